@@ -1,0 +1,46 @@
+# leukoscope — every target creates or reuses .venv itself.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-dev
+DATA   ?= ../shared/data/ALL
+IMAGES ?= $(DATA)
+# glibc malloc settings that make PyTorch CPU work ~1.5x faster here (see ../shared/NOTES.md)
+export MALLOC_MMAP_THRESHOLD_ ?= 33554432
+export MALLOC_TRIM_THRESHOLD_ ?= 17179869184
+export MALLOC_TOP_PAD_ ?= 1073741824
+
+.PHONY: run test bench lint model venv clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is needed)"; exit 2; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## make run: predict on the bundled model (IMAGES=... to choose what to read)
+run: $(STAMP)
+	$(VENV)/bin/leukoscope info
+	$(VENV)/bin/leukoscope predict $(IMAGES) --limit 16
+
+## make test: lint, then the whole test suite
+test: $(STAMP)
+	bash scripts/ensure_browser.sh || true
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/python -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
+## make model: rebuild the bundled model package on this CPU
+model: $(STAMP)
+	$(PY) scripts/build_bundled_model.py --data $(DATA)
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+from leukoscope.cli import main
+
+main()

@@ -1,0 +1,72 @@
+"""The `leukoscope` command line: thin Typer commands over the library.
+
+Every expected failure is a LeukoscopeError; `main` turns it into one red line on stderr and the error's
+exit code (2 for usage errors, 1 otherwise), so users never see a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from ..errors import LeukoscopeError
+from . import common
+from .data_cmd import data_app
+from .info_cmd import info
+
+app = typer.Typer(
+    name="leukoscope",
+    help="ALL detection and B-cell subtyping in blood smear images. Research software, not a medical device.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data_app, name="data")
+app.command("info")(info)
+
+
+def _register_optional() -> None:
+    """Commands living in their own modules; each module registers itself onto `app`."""
+    import importlib
+
+    for name in ("train_cmd", "evaluate_cmd", "predict_cmd", "serve_cmd"):
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+            continue
+        module.register(app)
+
+
+_register_optional()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except LeukoscopeError as exc:
+        common.error(str(exc))
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        common.error("interrupted")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click's usage errors and anything unexpected: one line, no traceback
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            common.error("aborted")
+            sys.exit(130)
+        common.error(f"unexpected error: {type(exc).__name__}: {exc} (set LEUKOSCOPE_DEBUG=1 for a traceback)")
+        if common.debug_enabled():
+            raise
+        sys.exit(1)

@@ -1,0 +1,135 @@
+"""Safe image decoding: every way a file can be bad becomes an `ImageError` with a one-line reason.
+
+Lab folders hold whatever a microscope PC wrote: truncated JPEGs from interrupted copies, zero-byte files,
+RGBA PNG screenshots, 16-bit TIFFs, CMYK scans, phone photos with EXIF rotation and, from the internet,
+decompression bombs. Decoding is the one place all of these are handled, so data checks, training,
+prediction and the web app all behave the same.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+MAX_PIXELS = 50_000_000  # refuse larger images before decoding (decompression-bomb guard)
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the header says about an image, read without decoding the pixels."""
+
+    width: int
+    height: int
+    mode: str
+    format: str
+
+
+def _open(source: str | Path | bytes) -> Image.Image:
+    if isinstance(source, bytes | bytearray):
+        if not source:
+            raise ImageError("empty file (0 bytes)")
+        return Image.open(io.BytesIO(source))
+    path = Path(source)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ImageError(f"cannot read file: {exc.strerror or exc}") from None
+    if size == 0:
+        raise ImageError("empty file (0 bytes)")
+    return Image.open(path)
+
+
+def _check_pixels(image: Image.Image) -> None:
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise ImageError(
+            f"image too large ({width}x{height} = {width * height / 1e6:.0f} megapixels; "
+            f"limit {MAX_PIXELS / 1e6:.0f}): refused as a possible decompression bomb"
+        )
+    if width < 1 or height < 1:
+        raise ImageError(f"image has no pixels ({width}x{height})")
+
+
+def read_info(source: str | Path | bytes) -> ImageInfo:
+    """Read the header only (fast); raises ImageError for files that are not images or are too large."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with _open(source) as image:
+                _check_pixels(image)
+                return ImageInfo(image.size[0], image.size[1], image.mode, image.format or "?")
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError("image too large: refused as a possible decompression bomb") from None
+    except UnidentifiedImageError:
+        raise ImageError("not an image (unrecognised file format)") from None
+    except PermissionError:
+        raise ImageError("permission denied") from None
+    except OSError as exc:
+        raise ImageError(f"cannot read image: {exc}") from None
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB; 16-bit and float data are scaled, not clipped."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        lo, hi = float(array.min()), float(array.max())
+        scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        image = Image.fromarray(((array - lo) * scale).astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def load_rgb(source: str | Path | bytes) -> Image.Image:
+    """Decode an image fully as 8-bit RGB, applying its EXIF orientation.
+
+    Raises ImageError with a one-line reason for zero-byte, truncated, non-image, unreadable or oversized
+    files. Transparent images are composited on white (the colour of an empty slide background).
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with _open(source) as image:
+                _check_pixels(image)
+                image.load()
+                image = ImageOps.exif_transpose(image) or image
+                return _to_rgb(image)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError("image too large: refused as a possible decompression bomb") from None
+    except UnidentifiedImageError:
+        raise ImageError("not an image (unrecognised file format)") from None
+    except PermissionError:
+        raise ImageError("permission denied") from None
+    except OSError as exc:
+        text = str(exc)
+        if "truncated" in text.lower() or "image file is truncated" in text:
+            raise ImageError("truncated image (file ends before the image data does)") from None
+        raise ImageError(f"corrupt image: {text}") from None
+    except (ValueError, SyntaxError) as exc:
+        raise ImageError(f"corrupt image: {exc}") from None
+
+
+def load_rgb_array(source: str | Path | bytes, size: int | None = None) -> np.ndarray:
+    """Decode to an HxWx3 uint8 array, optionally resized (bilinear, antialiased) to size x size."""
+    image = load_rgb(source)
+    if size is not None and image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def is_image_path(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
