@@ -31,7 +31,11 @@ def _image_files(folder: Path) -> tuple[list[Path], list[str]]:
     """Image files under `folder` (recursive, symlinked folders not followed, so loops cannot hang us)."""
     found: list[Path] = []
     notes: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False, onerror=None):
+
+    def unreadable(exc: OSError) -> None:
+        notes.append(f"{exc.filename}: cannot read folder: {exc.strerror or exc}")
+
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False, onerror=unreadable):
         base = Path(dirpath)
         for name in list(dirnames):
             if (base / name).is_symlink():
@@ -43,6 +47,31 @@ def _image_files(folder: Path) -> tuple[list[Path], list[str]]:
     return found, notes
 
 
+def _is_link_loop(path: Path) -> bool:
+    """True for a symbolic link to the folder it sits in or to a folder above it: walking it would loop."""
+    if not path.is_symlink():
+        return False
+    try:
+        target = path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return True
+    parent = path.parent.resolve()
+    return target == parent or target in parent.parents
+
+
+def _subfolders(folder: Path, notes: list[str]) -> list[Path]:
+    """Visible subfolders of `folder`, sorted; symbolic-link loops are skipped with a note."""
+    found = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_dir():
+            continue
+        if _is_link_loop(path):
+            notes.append(f"{path}: symbolic link to a folder above it (a loop), skipped")
+            continue
+        found.append(path)
+    return found
+
+
 def _class_root(root: Path) -> tuple[Path, list[str]]:
     """Find the folder whose subfolders are the classes, descending through wrapper folders.
 
@@ -52,7 +81,7 @@ def _class_root(root: Path) -> tuple[Path, list[str]]:
     notes: list[str] = []
     current = root
     for _ in range(3):
-        subdirs = sorted(p for p in current.iterdir() if p.is_dir() and not p.name.startswith("."))
+        subdirs = _subfolders(current, notes)
         has_images = any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in current.iterdir())
         if has_images or not subdirs:
             break
@@ -64,7 +93,8 @@ def _class_root(root: Path) -> tuple[Path, list[str]]:
         wrapper = next((d for d in subdirs if d.name.lower() in _WRAPPER_PREFERENCE), None)
         if wrapper is None:
             break
-        notes.append(f"using {wrapper.name}/ (other folders here: {[d.name for d in subdirs if d != wrapper]})")
+        others = [d.name for d in subdirs if d != wrapper]
+        notes.append(f"using {wrapper.name}/ (other folders here: {others})")
         current = wrapper
     return current, notes
 
@@ -118,7 +148,7 @@ def discover(
         raise DataError(f"not a folder: {root}")
     try:
         class_root, notes = _class_root(root)
-        class_dirs = sorted(p for p in class_root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        class_dirs = _subfolders(class_root, notes)
     except PermissionError:
         raise DataError(f"permission denied: {root}") from None
     if not class_dirs:
@@ -142,7 +172,7 @@ def discover(
                 progress(i, len(jobs))
     records = [s.record for s in results if s.record is not None]
     problems = [s.problem for s in results if s.problem is not None]
-    return Manifest(root, mapping.classes, records, problems, notes)
+    return Manifest(root, mapping.classes, records, problems, list(dict.fromkeys(notes)))
 
 
 # ----------------------------------------------------------------------------------------------- checks
@@ -305,10 +335,11 @@ def split(
                 f"train part plus {', '.join(p for p, _ in wanted)} part(s); add images or lower the sizes"
             )
         cursor = 0
-        for part, fraction in wanted:
+        for k, (part, fraction) in enumerate(wanted):
             target = max(1, round(n_images * fraction))
+            keep = len(wanted) - k  # groups left for the parts still to fill, train included
             taken = 0
-            while taken < target and cursor < len(gids) - 1:
+            while taken < target and cursor < len(gids) - keep:
                 part_of[gids[cursor]] = part
                 taken += len(members[gids[cursor]])
                 cursor += 1

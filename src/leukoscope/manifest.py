@@ -99,7 +99,9 @@ class Manifest:
         write_text(path, self.to_csv_text())
 
 
-def read_manifest_csv(csv_path: str | Path, root: str | Path, classes: Sequence[str] | None = None) -> Manifest:
+def read_manifest_csv(
+    csv_path: str | Path, root: str | Path, classes: Sequence[str] | None = None
+) -> Manifest:
     """Load a manifest or split CSV written by leukoscope; paths in it are relative to `root`."""
     csv_path = Path(csv_path)
     try:
@@ -107,25 +109,39 @@ def read_manifest_csv(csv_path: str | Path, root: str | Path, classes: Sequence[
             rows = list(csv.DictReader(handle))
     except OSError as exc:
         raise DataError(f"cannot read {csv_path}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{csv_path} is not a readable CSV file: {exc}") from None
     required = {"path", "label", "sha256"}
     if rows and not required <= set(rows[0]):
         raise DataError(f"{csv_path} is not a leukoscope manifest (needs columns {sorted(required)})")
-    known = {f.name for f in fields(ImageRecord)}
-    int_fields = {"width", "height", "bytes"}
-    records = []
-    for row in rows:
-        values = {k: (int(v) if k in int_fields and v else v) for k, v in row.items() if k in known}
-        for name in int_fields:
-            values.setdefault(name, 0)
-            if values[name] == "":
-                values[name] = 0
-        records.append(ImageRecord(**values))
+    records = [_record_from_row(row, f"{csv_path}, line {i}") for i, row in enumerate(rows, start=2)]
+    found = {r.label for r in records}
     if classes is None:
         from .classes import CANONICAL_CLASSES
 
-        found = {r.label for r in records}
         classes = CANONICAL_CLASSES if found <= set(CANONICAL_CLASSES) else tuple(sorted(found))
+    elif not found <= set(classes):
+        extra = sorted(found - set(classes))
+        raise DataError(f"{csv_path} has labels {extra} outside the classes {list(classes)}")
     return Manifest(Path(root), tuple(classes), records)
+
+
+def _record_from_row(row: dict, where: str) -> ImageRecord:
+    """One CSV row as an ImageRecord; a malformed row is a DataError naming its line."""
+    known = {f.name for f in fields(ImageRecord)}
+    values = {k: v for k, v in row.items() if k in known}
+    if any(v is None for v in values.values()):
+        raise DataError(f"{where}: too few columns")
+    if not values["path"] or not values["label"]:
+        raise DataError(f"{where}: empty path or label")
+    for name in ("width", "height", "bytes"):
+        try:
+            values[name] = int(values.get(name) or 0)
+        except ValueError:
+            raise DataError(f"{where}: {name} must be a whole number, got {values[name]!r}") from None
+    if values.get("part", "") not in ("", *PARTS):
+        raise DataError(f"{where}: unknown part {values['part']!r}; expected one of {list(PARTS)} or empty")
+    return ImageRecord(**values)
 
 
 def assign_parts(manifest: Manifest, parts: dict[str, str]) -> Manifest:

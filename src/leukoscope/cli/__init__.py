@@ -46,7 +46,7 @@ _register_optional()
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
     except LeukoscopeError as exc:
         common.error(str(exc))
         sys.exit(exc.exit_code)
@@ -58,15 +58,15 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit:
         raise
     except Exception as exc:  # click's usage errors and anything unexpected: one line, no traceback
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
+        if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
+            exc.show()  # a click UsageError/BadParameter (Typer >= 0.2x vendors click as typer._click)
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        if type(exc).__name__ == "Abort":
             common.error("aborted")
             sys.exit(130)
         common.error(f"unexpected error: {type(exc).__name__}: {exc} (set LEUKOSCOPE_DEBUG=1 for a traceback)")
         if common.debug_enabled():
             raise
         sys.exit(1)
+    if isinstance(code, int) and code:  # standalone_mode=False returns typer.Exit codes instead of raising
+        sys.exit(code)

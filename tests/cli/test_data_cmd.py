@@ -1,0 +1,254 @@
+"""`leukoscope data check|split`, driven through `main` as a user would: exit codes, output, files.
+
+Exit codes: 0 usable, 1 blocking problems in the data, 2 bad arguments; never a traceback.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from leukoscope.cli import main
+from leukoscope.cli.common import console, err_console
+
+
+@pytest.fixture(autouse=True)
+def wide_console():
+    """Rich wraps at 80 columns when not on a terminal; make it wide so long paths stay on one line."""
+    saved = (console._width, err_console._width)
+    console.width = err_console.width = 500
+    yield
+    console._width, err_console._width = saved
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
+    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+# ----------------------------------------------------------------------------------------------- check
+
+
+def test_check_usable_dataset_exits_0(capsys, tiny_dataset: Path) -> None:
+    code, out, err = run(capsys, "data", "check", tiny_dataset, "-q")
+    assert code == 0, err
+    for name in ("Benign", "Early Pre-B", "Pre-B", "Pro-B"):
+        assert name in out
+    assert "24 usable images" in out
+    assert "usable for training" in out
+
+
+def test_check_with_progress_bar_works_too(capsys, tiny_dataset: Path) -> None:
+    code, out, _ = run(capsys, "data", "check", tiny_dataset)
+    assert code == 0 and "usable for training" in out
+
+
+def test_check_json_is_loadable(capsys, tiny_dataset: Path, tmp_path: Path) -> None:
+    out_path = tmp_path / "reports" / "check.json"
+    code, _, _ = run(capsys, "data", "check", tiny_dataset, "--json", out_path, "-q")
+    assert code == 0
+    with open(out_path, encoding="utf-8") as handle:
+        info = json.load(handle)
+    assert info["images"] == 24 and info["usable"] is True and info["blocking"] == []
+    assert info["classes"] == ["Benign", "Early Pre-B", "Pre-B", "Pro-B"]
+    assert info["per_class"]["Early Pre-B"]["count"] == 6
+
+
+def test_check_lists_unreadable_files_and_still_exits_0(capsys, tiny_dataset: Path) -> None:
+    folder = tiny_dataset / "Blood cell Cancer [ALL]"  # brackets must print as they are, not as markup
+    folder.mkdir()
+    for name in ("Benign", "Early", "Pre", "Pro"):
+        shutil.move(str(tiny_dataset / name), folder / name)
+    (folder / "[bold]").mkdir()
+    (folder / "Pro" / "[red]broken.jpg").write_text("not an image")
+    (folder / "Pro" / "empty.jpg").write_bytes(b"")
+    code, out, err = run(capsys, "data", "check", tiny_dataset, "-q")
+    # "[bold]" is a fifth folder: classes become the folder names, and the empty "[bold]" class blocks
+    assert code == 1
+    assert "[red]broken.jpg: not an image" in out
+    assert "empty.jpg: empty file (0 bytes)" in out
+    assert "2 unreadable file(s)" in out
+    assert "[bold]" in err and "no usable images" in err
+
+
+def test_check_label_conflict_exits_1_and_still_writes_json(capsys, tiny_dataset: Path, tmp_path) -> None:
+    shutil.copyfile(tiny_dataset / "Benign" / "Benign-000.jpg", tiny_dataset / "Pro" / "same.jpg")
+    out_path = tmp_path / "check.json"
+    code, out, err = run(capsys, "data", "check", tiny_dataset, "--json", out_path, "-q")
+    assert code == 1
+    assert "LABEL CONFLICT" in out
+    assert "label conflict" in err
+    assert "not usable for training" in one_error_line(err)
+    info = json.loads(out_path.read_text())
+    assert info["usable"] is False
+    assert info["duplicates_across_classes"] == [["Benign/Benign-000.jpg", "Pro/same.jpg"]]
+
+
+def test_check_empty_class_exits_1(capsys, tiny_dataset: Path) -> None:
+    shutil.rmtree(tiny_dataset / "Pre")
+    (tiny_dataset / "Pre").mkdir()
+    code, _, err = run(capsys, "data", "check", tiny_dataset, "-q")
+    assert code == 1
+    assert "'Pre-B' has no usable images" in err
+
+
+def test_check_duplicates_within_a_class_do_not_block(capsys, tiny_dataset: Path) -> None:
+    shutil.copyfile(tiny_dataset / "Pro" / "Pro-000.jpg", tiny_dataset / "Pro" / "again.jpg")
+    code, out, _ = run(capsys, "data", "check", tiny_dataset, "-q")
+    assert code == 0
+    assert "Pro/Pro-000.jpg = Pro/again.jpg" in out
+
+
+def test_check_missing_folder_exits_2_with_one_line(capsys, tmp_path: Path) -> None:
+    code, out, err = run(capsys, "data", "check", tmp_path / "nowhere")
+    assert code == 2
+    assert "data folder not found" in one_error_line(err)
+    assert out == ""
+
+
+def test_check_file_instead_of_folder_exits_2(capsys, tmp_path: Path) -> None:
+    path = tmp_path / "images.zip"
+    path.write_bytes(b"PK\x03\x04")
+    code, _, err = run(capsys, "data", "check", path)
+    assert code == 2
+    assert "not a folder" in one_error_line(err)
+
+
+def test_check_empty_folder_exits_1_with_one_line(capsys, tmp_path: Path) -> None:
+    code, _, err = run(capsys, "data", "check", tmp_path)
+    assert code == 1
+    assert "no class folders" in one_error_line(err)
+
+
+def test_check_json_into_a_folder_exits_2(capsys, tiny_dataset: Path, tmp_path: Path) -> None:
+    code, _, err = run(capsys, "data", "check", tiny_dataset, "--json", tmp_path)
+    assert code == 2
+    assert "is a folder" in one_error_line(err)
+
+
+def test_check_without_directory_is_a_usage_error(capsys) -> None:
+    code, _, err = run(capsys, "data", "check")
+    assert code == 2
+    assert "unexpected" not in err
+
+
+# ----------------------------------------------------------------------------------------------- split
+
+
+def test_split_writes_a_stratified_csv(capsys, tiny_dataset: Path, tmp_path: Path) -> None:
+    out_path = tmp_path / "split.csv"
+    args = ("data", "split", tiny_dataset, "--test-size", "0.3", "--val-size", "0.2", "--seed", "0")
+    code, out, err = run(capsys, *args, "--out", out_path, "-q")
+    assert code == 0, err
+    rows = read_csv(out_path)
+    assert len(rows) == 24
+    assert {"path", "sha256", "label", "part"} <= set(rows[0])
+    counts = Counter((row["label"], row["part"]) for row in rows)
+    for name in ("Benign", "Early Pre-B", "Pre-B", "Pro-B"):
+        assert (counts[(name, "train")], counts[(name, "val")], counts[(name, "test")]) == (3, 1, 2)
+    assert all((tiny_dataset / row["path"]).is_file() for row in rows)
+    assert "split of 24 images" in out
+
+
+def test_split_is_deterministic_for_a_seed(capsys, tiny_dataset: Path, tmp_path: Path) -> None:
+    paths = [tmp_path / f"split-{i}.csv" for i in range(3)]
+    for path, seed in zip(paths, ("7", "7", "8"), strict=True):
+        assert run(capsys, "data", "split", tiny_dataset, "--seed", seed, "--out", path, "-q")[0] == 0
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    assert paths[0].read_bytes() != paths[2].read_bytes()
+
+
+def test_split_keeps_copies_in_one_part(capsys, tiny_dataset: Path, tmp_path: Path) -> None:
+    for i in range(3):
+        shutil.copyfile(tiny_dataset / "Pre" / f"Pre-00{i}.jpg", tiny_dataset / "Pre" / f"copy-{i}.jpg")
+    for seed in range(4):
+        out_path = tmp_path / f"split-{seed}.csv"
+        args = ("data", "split", tiny_dataset, "--seed", str(seed), "--near-duplicates", "-1")
+        assert run(capsys, *args, "--out", out_path, "-q")[0] == 0
+        part = {row["path"]: row["part"] for row in read_csv(out_path)}
+        for i in range(3):
+            assert part[f"Pre/Pre-00{i}.jpg"] == part[f"Pre/copy-{i}.jpg"]
+
+
+def test_split_refuses_a_class_too_small(capsys, tiny_dataset: Path, tmp_path: Path) -> None:
+    for path in sorted((tiny_dataset / "Benign").iterdir())[1:]:
+        path.unlink()
+    code, _, err = run(capsys, "data", "split", tiny_dataset, "--out", tmp_path / "s.csv", "-q")
+    assert code == 1
+    assert "class 'Benign' has 1 image(s)" in one_error_line(err)
+    assert not (tmp_path / "s.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--test-size", "1.5", "--test-size must be a fraction"),
+        ("--val-size", "-0.1", "--val-size must be a fraction"),
+        ("--near-duplicates", "40", "--near-duplicates must be between"),
+    ],
+)
+def test_split_bad_option_values_exit_2(capsys, tiny_dataset: Path, tmp_path: Path, option, value, message):
+    code, _, err = run(capsys, "data", "split", tiny_dataset, option, value, "--out", tmp_path / "s.csv")
+    assert code == 2
+    assert message in one_error_line(err)
+
+
+def test_split_fractions_summing_to_one_exit_2(capsys, tiny_dataset: Path, tmp_path: Path) -> None:
+    args = ("data", "split", tiny_dataset, "--test-size", "0.6", "--val-size", "0.4")
+    code, _, err = run(capsys, *args, "--out", tmp_path / "s.csv")
+    assert code == 2
+    assert "below 1" in one_error_line(err)
+
+
+def test_split_missing_folder_exits_2(capsys, tmp_path: Path) -> None:
+    code, _, err = run(capsys, "data", "split", tmp_path / "nowhere", "--out", tmp_path / "s.csv")
+    assert code == 2
+    assert "data folder not found" in one_error_line(err)
+
+
+def test_split_warns_about_skipped_files(capsys, tiny_dataset: Path, tmp_path: Path) -> None:
+    (tiny_dataset / "Pro" / "broken.jpg").write_text("nope")
+    code, _, err = run(capsys, "data", "split", tiny_dataset, "--out", tmp_path / "s.csv", "-q")
+    assert code == 0
+    assert "1 unreadable file(s) left out" in err
+    assert "Pro/broken.jpg" not in (tmp_path / "s.csv").read_text()
+
+
+# ------------------------------------------------------------------------------------------ shared data
+
+
+@pytest.mark.shared_data
+def test_check_shared_all(capsys, shared_all: Path, tmp_path: Path) -> None:
+    out_path = tmp_path / "all.json"
+    code, out, _ = run(capsys, "data", "check", shared_all, "--json", out_path, "-q")
+    assert code == 0
+    info = json.loads(out_path.read_text())
+    assert info["images"] == 2796
+    assert {k: v["count"] for k, v in info["per_class"].items()} == {
+        "Benign": 428, "Early Pre-B": 849, "Pre-B": 815, "Pro-B": 704,
+    }
+    assert len(info["duplicates_within_class"]) == 37
+    assert "37 group(s) of byte-identical images" in out

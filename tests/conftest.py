@@ -1,0 +1,125 @@
+"""Shared fixtures: tiny generated image datasets, and the shared ALL data where it exists.
+
+Fixtures other test modules can use:
+
+- ``tiny_dataset``: a fresh folder ``<tmp>/ALL`` with class folders Benign/Early/Pre/Pro holding 6 JPEGs
+  of 64x64 colour noise each (24 images). Each class has its own mean colour, so a model can learn it.
+  Deterministic: the same pixels on every run.
+- ``make_dataset``: the factory behind it, for other class names, counts or sizes.
+- ``make_image``: writes one noise image (any PIL mode and format) to a path.
+- ``image_bytes``: the same image as encoded bytes, for code that decodes uploads.
+- ``shared_all``: ``../shared/data/ALL`` resolved from the repository root; skips where absent.
+- ``shared_all_manifest``: that folder discovered once per test session (takes a couple of seconds).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_ALL = (REPO_ROOT / ".." / "shared" / "data" / "ALL").resolve()
+SHARED_ALL_MISSING = "../shared/data/ALL not present (only on CI and dev machines)"
+
+ALL_FOLDERS: tuple[str, ...] = ("Benign", "Early", "Pre", "Pro")
+# Mean colour of each class's noise (stain-like hues), so tiny models have something to learn.
+_CLASS_COLOURS: tuple[tuple[int, int, int], ...] = (
+    (200, 160, 190), (150, 90, 170), (110, 60, 150), (180, 120, 110), (90, 140, 200), (160, 200, 120),
+)
+
+
+def noise_array(seed: int, size: int = 64, colour: Sequence[int] = (128, 128, 128), spread: int = 60):
+    """A size x size x 3 uint8 array of colour noise around `colour`; the same seed gives the same pixels."""
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(-spread, spread + 1, size=(size, size, 3))
+    return np.clip(np.asarray(colour)[None, None, :] + noise, 0, 255).astype(np.uint8)
+
+
+def noise_image_bytes(seed: int = 0, size: int = 64, mode: str = "RGB", fmt: str = "JPEG") -> bytes:
+    """One encoded noise image; `mode` is a PIL mode (RGB, L, RGBA, CMYK, I;16, ...)."""
+    array = noise_array(seed, size)
+    if mode == "I;16":  # 16-bit grayscale: Pillow makes it from a uint16 array
+        array = array[..., 0].astype(np.uint16) * 257
+    image = Image.fromarray(array) if mode == "I;16" else Image.fromarray(array).convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def build_dataset(
+    root: Path,
+    folders: Sequence[str] = ALL_FOLDERS,
+    *,
+    per_class: int = 6,
+    size: int = 64,
+    seed: int = 0,
+) -> Path:
+    """Write `per_class` noise JPEGs into root/<folder>/ for every folder; returns root."""
+    for k, folder in enumerate(folders):
+        class_dir = root / folder
+        class_dir.mkdir(parents=True, exist_ok=True)
+        colour = _CLASS_COLOURS[k % len(_CLASS_COLOURS)]
+        for i in range(per_class):
+            array = noise_array(seed * 100_003 + k * 1_000 + i, size, colour)
+            stem = re.sub(r"[^A-Za-z0-9-]+", "_", folder).strip("_")
+            Image.fromarray(array).save(class_dir / f"{stem}-{i:03d}.jpg")
+    return root
+
+
+@pytest.fixture
+def make_dataset(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: make_dataset(name="data", folders=ALL_FOLDERS, per_class=6, size=64, seed=0) -> root."""
+
+    def make(name: str = "data", folders: Sequence[str] = ALL_FOLDERS, **kwargs) -> Path:
+        return build_dataset(tmp_path / name, folders, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path) -> Path:
+    """<tmp>/ALL with Benign/Early/Pre/Pro, 6 distinct 64x64 noise JPEGs each (24 images)."""
+    return build_dataset(tmp_path / "ALL")
+
+
+@pytest.fixture
+def make_image() -> Callable[..., Path]:
+    """Factory: make_image(path, seed=0, size=64, mode="RGB", fmt=None) writes one noise image."""
+
+    def make(path: Path, seed: int = 0, size: int = 64, mode: str = "RGB", fmt: str | None = None) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if fmt is None:
+            fmt = "PNG" if path.suffix.lower() == ".png" else "JPEG"
+        path.write_bytes(noise_image_bytes(seed, size, mode, fmt))
+        return path
+
+    return make
+
+
+@pytest.fixture
+def image_bytes() -> Callable[..., bytes]:
+    """Factory: image_bytes(seed=0, size=64, mode="RGB", fmt="JPEG") -> encoded noise image."""
+    return noise_image_bytes
+
+
+@pytest.fixture(scope="session")
+def shared_all() -> Path:
+    """../shared/data/ALL (relative to the repository root); the test skips where it is absent."""
+    if not SHARED_ALL.is_dir():
+        pytest.skip(SHARED_ALL_MISSING)
+    return SHARED_ALL
+
+
+@pytest.fixture(scope="session")
+def shared_all_manifest(shared_all: Path):
+    """The shared ALL folder discovered once for the whole session (read-only: do not modify it)."""
+    from leukoscope.data import discover
+
+    return discover(shared_all)
