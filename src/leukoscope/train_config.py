@@ -48,6 +48,7 @@ class TrainConfig:
     # stage 1: head warm-up with the backbone frozen
     warmup_epochs: int = 2
     warmup_lr: float = 1e-3
+    frozen_views: int = 0  # >0: while the backbone is frozen, train the head on this many cached views per image
     # stage 2: the main stage
     epochs: int = 30
     trainable: str = "all"
@@ -101,7 +102,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
         backbone="mobilenetv2_100", pad_type="same", drop_rate=0.0, test_size=0.3, val_size=0.0,
         warmup_epochs=0, epochs=5, trainable="head", optimizer="adam", lr=1e-3, weight_decay=0.0,
         schedule="constant", label_smoothing=0.0, class_balance="none", augment="paper", batch_size=32,
-        select="last", patience=0,
+        select="last", patience=0, frozen_views=3,
     ),
     # Recommended: warm up the head, then fine-tune everything with BatchNorm in inference mode, cosine
     # schedule, label smoothing, class-balanced loss, microscopy augmentation, best epoch by val macro-F1.

@@ -104,12 +104,16 @@ class Classifier(nn.Module):
             freeze_batchnorm(self.model)
         return self
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pooled: bool = False) -> torch.Tensor:
+        """Logits of images, or of already pooled backbone features when `pooled` is set."""
         if not self.head_only:
             return self.model(x)
-        with torch.no_grad():
-            pooled = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
-        pooled = F.dropout(pooled, p=self.model.drop_rate, training=self.training)
+        if pooled:
+            pooled_features = x
+        else:
+            with torch.no_grad():
+                pooled_features = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+        pooled = F.dropout(pooled_features, p=self.model.drop_rate, training=self.training)
         return self.model.get_classifier()(pooled)
 
 
@@ -218,6 +222,51 @@ def train_one_epoch(net: nn.Module, data: TensorSet, config: TrainConfig, prepro
         with _autocast(device, config.amp):
             logits = net(x)
             loss = loss_fn(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        correct = (logits.argmax(1) == y).sum().float()
+        totals += torch.stack([loss.detach() * len(y), correct, torch.tensor(float(len(y)), device=device)])
+        tick(len(y))
+    totals = ctx.all_reduce_sum(totals)
+    count = max(1.0, float(totals[2]))
+    return {"train_loss": float(totals[0]) / count, "train_acc": float(totals[1]) / count}
+
+
+def frozen_view_features(net: Classifier, data: TensorSet, config: TrainConfig, preprocess: Preprocess) -> torch.Tensor:
+    """Pooled features of `config.frozen_views` views of every training image (view 0 un-augmented, the
+    others augmented once), computed once. With a frozen backbone this trains the head on augmented data
+    for a fraction of the cost of running the backbone on every augmented batch of every epoch."""
+    generator = torch.Generator().manual_seed(config.seed * 31 + 17)
+    body = _PooledFeatures(net.model)
+    views = []
+    for view in range(config.frozen_views):
+        batches = []
+        for start in range(0, len(data), config.eval_batch_size):
+            chunk = data.images[start : start + config.eval_batch_size]
+            x = augment(chunk, "none" if view == 0 else config.augment, generator)
+            batches.append(predict_logits(body, (x * 255).round().to(torch.uint8), preprocess, len(chunk),
+                                          config.amp, config.channels_last))
+        views.append(torch.cat(batches).to(data.images.device))
+    return torch.stack(views)
+
+
+def train_head_epoch(net: nn.Module, views: torch.Tensor, labels: torch.Tensor, config: TrainConfig, epoch: int,
+                     optimizer, scheduler, loss_fn: nn.Module, ctx: DistContext, tick: Callable[[int], None]) -> dict[str, float]:
+    """One epoch of the head over cached frozen-backbone features, each image seen in a random view."""
+    device = views.device
+    order = epoch_order(labels.shape[0], config, epoch, labels, ctx).to(device)
+    generator = torch.Generator().manual_seed(config.seed * 7919 + epoch)
+    torch.manual_seed(config.seed * 1_000_003 + epoch)
+    chosen = torch.randint(0, views.shape[0], (labels.shape[0],), generator=generator).to(device)
+    net.train()
+    totals = torch.zeros(3, device=device)
+    for start in range(0, len(order), config.batch_size):
+        index = order[start : start + config.batch_size]
+        y = labels[index]
+        logits = net(views[chosen[index], index], pooled=True)
+        loss = loss_fn(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -359,7 +408,7 @@ def _fit(config: TrainConfig, device: torch.device, ctx: DistContext, resume: bo
     best = tuple(checkpoint["best_score"]) if checkpoint and checkpoint.get("best_score") else None
     stale = int(checkpoint.get("stale", 0)) if checkpoint else 0
     steps = max(1, math.ceil(len(train) // ctx.world_size / config.batch_size))
-    optimizer = scheduler = current = None
+    optimizer = scheduler = current = views = None
     started = time.perf_counter()
     for epoch in range(start_epoch, total_epochs):
         stage, _ = stage_at(stages, epoch)
@@ -383,7 +432,12 @@ def _fit(config: TrainConfig, device: torch.device, ctx: DistContext, resume: bo
                 done[0] += n
                 update(done[0], len(train) // ctx.world_size)
 
-            row = train_one_epoch(wrapped, train, config, preprocess, epoch, optimizer, scheduler, loss_fn, ctx, tick)
+            if net.head_only and config.frozen_views > 0:
+                if views is None:
+                    views = frozen_view_features(net, train, config, preprocess)
+                row = train_head_epoch(wrapped, views, train.labels, config, epoch, optimizer, scheduler, loss_fn, ctx, tick)
+            else:
+                row = train_one_epoch(wrapped, train, config, preprocess, epoch, optimizer, scheduler, loss_fn, ctx, tick)
         scores = classification_scores(evalset.data.labels.cpu().numpy(), evalset.logits(net), len(full.classes))
         row = {"epoch": epoch + 1, "stage": stage.name, **row, "val_loss": scores["loss"], "val_acc": scores["accuracy"],
                "val_macro_f1": scores["macro_f1"], "lr": float(optimizer.param_groups[0]["lr"]),

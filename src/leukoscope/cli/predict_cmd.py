@@ -1,0 +1,273 @@
+"""`leukoscope predict` and `leukoscope export`: thin shells over leukoscope.inference / leukoscope.export."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ..errors import ImageError, UsageError
+from ..fileio import write_text
+from ..imaging import is_image_path
+from .common import DISCLAIMER, console, err_console, error, progress_bar, warn
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+class Backend(str, Enum):
+    auto = "auto"
+    onnx = "onnx"
+    torch = "torch"
+
+
+class GroupBy(str, Enum):
+    none = "none"
+    folder = "folder"
+
+
+def collect_images(args: list[str]) -> tuple[list[Path], list[str], list[str]]:
+    """Image files named by files, folders (recursive) and globs, in order, without duplicates; the
+    arguments that name nothing (errors), and the folders without images (warnings)."""
+    found: list[Path] = []
+    problems: list[str] = []
+    empty: list[str] = []
+    for arg in args:
+        path = Path(arg)
+        if path.is_dir():
+            files = _folder_images(path)
+            if not files:
+                empty.append(f"{arg}: folder has no images")
+            found.extend(files)
+        elif path.is_file():
+            found.append(path)  # named explicitly: decoding decides whether it is an image
+        elif glob.has_magic(arg):
+            matches = [Path(m) for m in sorted(glob.glob(arg, recursive=True))]
+            files = [m for m in matches if m.is_file() and is_image_path(m)]
+            for folder in (m for m in matches if m.is_dir()):
+                files.extend(_folder_images(folder))
+            if not files:
+                problems.append(f"{arg}: no images match")
+            found.extend(files)
+        else:
+            problems.append(f"{arg}: no such file or folder")
+    return list(dict.fromkeys(found)), problems, empty
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    files = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        files.extend(Path(dirpath) / n for n in sorted(filenames)
+                     if not n.startswith(".") and is_image_path(Path(n)))
+    return files
+
+
+def _resolve_format(fmt: OutputFormat | None, out: Path | None) -> str:
+    if fmt is not None:
+        if out is not None and fmt is OutputFormat.table:
+            raise UsageError("--out writes csv or json; use --format csv or --format json")
+        return fmt.value
+    if out is None:
+        return "table"
+    suffix = out.suffix.lower().lstrip(".")
+    if suffix not in ("csv", "json"):
+        raise UsageError(f"cannot tell the format of --out {out}; name it .csv or .json, or pass --format")
+    return suffix
+
+
+def _render(rows: list[dict[str, Any]], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(rows, indent=2) + "\n"
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _gradcam_name(out_dir: Path, source: str, used: set[str]) -> Path:
+    stem = Path(source).stem or "image"
+    name, k = f"{stem}.gradcam.png", 1
+    while name in used:
+        k += 1
+        name = f"{stem}-{k}.gradcam.png"
+    used.add(name)
+    return out_dir / name
+
+
+def _print_table(rows: list[dict[str, Any]], classes: tuple[str, ...], grouped: bool) -> None:
+    key = "folder" if grouped else "path"
+    table = Table(show_lines=False)
+    table.add_column(key, overflow="fold")
+    if grouped:
+        table.add_column("images", justify="right")
+    table.add_column("prediction")
+    table.add_column("confidence", justify="right")
+    for name in classes:
+        table.add_column(name, justify="right")
+    table.add_column("review", overflow="fold")
+    for row in rows:
+        review = f"[yellow]REVIEW[/]: {escape(row['review_reasons'])}" if row["review"] else "[green]ok[/]"
+        if row.get("error"):
+            review = f"[red]failed[/]: {escape(row['error'])}"
+        cells = [escape(str(row[key]))] + ([str(row["images"])] if grouped else [])
+        cells += [escape(row["label"] or "-"), f"{row['confidence']:.3f}"]
+        cells += [f"{row[f'p_{c}']:.3f}" for c in classes] + [review]
+        table.add_row(*cells)
+    console.print(table)
+
+
+def predict(
+    paths: list[str] = typer.Argument(..., help="Image files, folders (searched recursively) or globs."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Model package folder, run folder or "
+                                     "checkpoint (default: the bundled package)."),
+    fmt: OutputFormat | None = typer.Option(None, "--format", "-f", help="Output format (default: table, "
+                                            "or from the --out suffix)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write csv/json results to this file."),
+    gradcam: Path | None = typer.Option(None, "--gradcam", help="Write a Grad-CAM overlay PNG per image here."),
+    tta: bool = typer.Option(False, "--tta", help="Average 8 flips/rotations (slower, slightly better)."),
+    group_by: GroupBy = typer.Option(GroupBy.none, "--group-by", help="folder: one sample-level call per "
+                                     "folder (one smear / patient)."),
+    backend: Backend = typer.Option(Backend.auto, "--backend", help="auto: ONNX Runtime when the package "
+                                    "has an ONNX model, else PyTorch."),
+    review_threshold: float | None = typer.Option(None, "--review-threshold", help="Flag images whose "
+                                                  "calibrated confidence is below this (default: the "
+                                                  "package's, chosen on validation data)."),
+    limit: int | None = typer.Option(None, "--limit", help="Process only the first N images found."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per inference batch."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads for inference (default: all)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+) -> None:
+    """Predict the class of blood smear images, with calibrated probabilities and a review flag.
+
+    Exit code 0 when every image was read, 1 when any failed, 2 for bad arguments or no images.
+    """
+    from ..inference import group_by_folder, load_predictor
+
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit must be at least 1, got {limit}")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    if review_threshold is not None and not 0.0 <= review_threshold <= 1.0:
+        raise UsageError(f"--review-threshold must be in [0, 1], got {review_threshold}")
+    if gradcam is not None and gradcam.exists() and not gradcam.is_dir():
+        raise UsageError(f"--gradcam {gradcam} is a file; give a folder")
+    if out is not None and out.is_dir():
+        raise UsageError(f"--out {out} is a folder; give a file name")
+    output_format = _resolve_format(fmt, out)
+    files, problems, empty = collect_images(paths)
+    for message in empty:
+        warn(message)
+    for message in problems:
+        error(message)
+    if not files:
+        raise UsageError("no images found in " + ", ".join(paths))
+    files = files[:limit] if limit is not None else files
+    predictor = load_predictor(model, backend=backend.value, threads=threads,
+                               confidence_threshold=review_threshold)
+    if gradcam is not None:
+        predictor.torch_model()  # fail once, up front, when the package cannot run Grad-CAM
+    predictions, cams = _run(predictor, files, tta=tta, batch_size=batch_size, gradcam=gradcam, quiet=quiet)
+    failed = sum(p.error is not None for p in predictions) + sum(c is None for c in cams) + len(problems)
+    if group_by is GroupBy.folder:
+        rows = group_by_folder(predictions, predictor.classes,
+                               confidence_threshold=predictor.confidence_threshold)
+    else:
+        rows = [p.to_row() | ({"gradcam": cam or ""} if gradcam is not None else {})
+                for p, cam in zip(predictions, cams, strict=True)]
+    if out is not None:
+        write_text(out, _render(rows, output_format))
+    elif output_format != "table":
+        sys.stdout.write(_render(rows, output_format))
+    if output_format == "table" or (out is not None and not quiet):
+        if out is None:
+            _print_table(rows, predictor.classes, group_by is GroupBy.folder)
+        flagged = sum(1 for p in predictions if p.review and p.error is None)
+        console.print(f"{len(predictions)} image(s): {flagged} flagged for review, {failed} failed"
+                      + (f" -> {escape(str(out))}" if out is not None else ""), highlight=False)
+        console.print(f"[bold]{DISCLAIMER}[/]")
+    if failed:
+        raise ImageError(f"{failed} input(s) failed (listed above); the others were processed")
+
+
+def _run(predictor: Any, files: list[Path], *, tta: bool, batch_size: int, gradcam: Path | None,
+         quiet: bool) -> tuple[list[Any], list[str | None]]:
+    """Predictions in file order, one error line per failed file, and the Grad-CAM file of each
+    ("" when not asked or not readable, None when writing it failed)."""
+    from ..errors import LeukoscopeError
+    from ..explain import write_gradcam
+
+    predictions: list[Any] = []
+    cams: list[str | None] = []
+    used: set[str] = set()
+    # No bar when stderr is not a terminal (logs, pipes): it would only leave blank lines behind.
+    with progress_bar("predicting", len(files), quiet=quiet or not err_console.is_terminal) as update:
+        for done, prediction in enumerate(predictor.predict_paths(files, tta=tta, batch_size=batch_size), 1):
+            cam: str | None = ""
+            if prediction.error is not None:
+                error(f"{prediction.source}: {prediction.error}")
+            elif gradcam is not None:
+                target = _gradcam_name(gradcam, prediction.source, used)
+                try:
+                    cam = str(write_gradcam(predictor, prediction.source, target, target=prediction.label))
+                except (LeukoscopeError, OSError, ValueError) as exc:
+                    error(f"{prediction.source}: Grad-CAM not written: {exc}")
+                    cam = None
+            predictions.append(prediction)
+            cams.append(cam)
+            update(done, len(files))
+    return predictions, cams
+
+
+def export(
+    run: Path = typer.Argument(..., help="Run folder (or a checkpoint in one) written by `leukoscope train`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model package folder to write (replaced if it is one)."),
+    int8: bool = typer.Option(False, "--int8", help="Also write a static int8 ONNX model and make it the "
+                              "default (refused when it agrees with fp32 on < 99% of val images)."),
+    int8_only: bool = typer.Option(False, "--int8-only", help="Like --int8, without the fp32 ONNX model "
+                                   "(smaller package; model.pt still serves PyTorch and Grad-CAM)."),
+    data: Path | None = typer.Option(None, "--data", help="Dataset root, when it moved since training "
+                                     "(default: config.yaml's data)."),
+    name: str | None = typer.Option(None, "--name", help="Model name stored in model.json (default: run name)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the result."),
+) -> None:
+    """Export a trained run as a model package: ONNX + model.pt + model.json (calibration, review
+    thresholds, out-of-distribution statistics, metrics, provenance, sha256 of every file).
+
+    Parity is checked before anything is written: fp32 ONNX vs PyTorch, and int8 vs fp32.
+    """
+    from ..export import export_run
+    from ..package import package_size, read_package_json
+
+    if not run.exists():
+        raise UsageError(f"run folder not found: {run}")
+
+    def log(message: str) -> None:
+        if not quiet:
+            console.print(escape(message), highlight=False)
+
+    path = export_run(run, out, int8=int8, int8_only=int8_only, data_root=data, name=name, log=log)
+    info = read_package_json(path)
+    files = ", ".join(f"{n} ({(path / n).stat().st_size / 1e6:.1f} MB)" for n in info["files"])
+    console.print(escape(f"wrote {path} ({package_size(path) / 1e6:.1f} MB): {files}"), highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `predict` and `export` to the leukoscope command line."""
+    app.command("predict")(predict)
+    app.command("export")(export)

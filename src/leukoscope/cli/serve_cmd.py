@@ -1,0 +1,69 @@
+"""`leukoscope serve`: the web app and JSON API over one model, with uvicorn.
+
+The model is loaded here, before the server starts, so a missing or damaged package is one clear line
+and exit code 1 instead of a traceback from inside the server's start-up.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .common import DISCLAIMER, console
+
+
+def serve_command(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. Anything but loopback needs "
+                             "LEUKOSCOPE_API_TOKEN set (or --insecure)."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Model package folder, run folder or "
+                                     "checkpoint (default: the bundled package)."),
+    db: Path | None = typer.Option(None, "--db", help="SQLite database of predictions (default: $LEUKOSCOPE_DB, "
+                                   "else ./leukoscope-data/leukoscope.db)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Inference threads (requests predicted at once)."),
+    queue: int = typer.Option(16, "--queue", min=0, help="Requests that may wait for a worker; beyond "
+                              "workers + queue the server answers 503 with Retry-After."),
+    backend: str = typer.Option("auto", "--backend", help="auto, onnx or torch."),
+    max_files: int = typer.Option(32, "--max-files", min=1, help="Files per request."),
+    max_file_mb: float = typer.Option(20.0, "--max-file-mb", min=0.01, help="Size of one file, MiB."),
+    max_request_mb: float = typer.Option(100.0, "--max-request-mb", min=0.01, help="Size of one request, MiB."),
+    tta: bool = typer.Option(False, "--tta", help="8-fold test-time augmentation (8x slower)."),
+    insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback --host without a token."),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level (debug, info, warning)."),
+) -> None:
+    """Serve the upload page, the prediction history and the JSON API (/api/v1, docs at /docs).
+
+    Every prediction is stored in SQLite before it is answered. Research software, not a medical device.
+    """
+    from ..serve import Settings, check_exposure, create_app
+    from ..serve.service import model_version
+    from ..serve.settings import MIB
+
+    settings = Settings.from_env(
+        host=host, port=port, model=model, db=db, workers=workers, queue=queue, insecure=insecure,
+        max_files=max_files, max_file_bytes=int(max_file_mb * MIB), max_request_bytes=int(max_request_mb * MIB),
+        tta=tta,
+    )
+    check_exposure(settings)  # before the (slow) model load: refuse at once
+    from ..serve.store import Store
+
+    Store(settings.db).open().close()  # create / migrate the database now: a bad --db is one clear line
+
+    import uvicorn
+
+    from ..inference import load_predictor
+
+    predictor = load_predictor(settings.model, backend=backend)
+    app = create_app(settings, predictor)
+    auth = "token required" if settings.token else "no authentication"
+    console.print(f"leukoscope serving on [bold]{settings.url}[/] ({auth}; model {model_version(predictor.info)} "
+                  f"on {predictor.backend}; database {settings.db}). Ctrl-C to stop.", highlight=False, soft_wrap=True)
+    console.print(DISCLAIMER, highlight=False, soft_wrap=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, server_header=False,
+                proxy_headers=False, timeout_graceful_shutdown=10)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `serve` to the leukoscope app."""
+    app.command("serve")(serve_command)

@@ -1,0 +1,435 @@
+"""`leukoscope export`: a run folder -> a model package that predicts exactly as checked.
+
+Order of work, and why:
+1. The checkpoint's weights are rounded to fp16 first (model.pt stores them so, to keep the bundled package
+   small), and everything after - ONNX export, thresholds, statistics - uses the rounded network, so the
+   PyTorch and ONNX Runtime backends of one package compute the same function.
+2. fp32 ONNX parity with PyTorch is checked on validation images (max probability difference <= 1e-4),
+   and, with --int8, static QDQ per-channel quantisation (calibrated on training images) must agree on
+   top-1 with fp32 on >= 99% of validation images; otherwise export refuses with the numbers.
+3. Temperature, review threshold, OOD statistics and image-quality thresholds are computed with the
+   backend the package will use by default (int8 when written), so the flags behave as calibrated.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .backends import OnnxBackend, TorchBackend
+from .errors import DataError, ImageError, ModelError
+from .imaging import load_rgb
+from .inference import SIZE_RATIO_RANGE, read_run_temperature
+from .manifest import Manifest, read_manifest_csv
+from .models import Preprocess
+from .ood import DEFAULT_QUANTILE, MahalanobisOOD, fit_quality_thresholds, image_stats
+from .package import ONNX_FP32, ONNX_INT8, OOD_FILE, TORCH_FILE, write_package
+from .transforms import normalize_numpy, resize_rgb
+
+FP32_TOLERANCE = 1e-4
+INT8_MIN_AGREEMENT = 0.99
+TARGET_CONFIDENT_ACCURACY = 0.995
+Log = Callable[[str], None]
+
+
+@dataclass
+class Images:
+    """Decoded images of one part at the model's input size, their labels and original sizes."""
+
+    pixels: np.ndarray  # N x S x S x 3 uint8
+    labels: np.ndarray
+    sizes: np.ndarray  # N x 2 (width, height)
+    skipped: int = 0
+
+
+def load_images(manifest: Manifest, preprocess: Preprocess, *, limit: int | None = None,
+                seed: int = 0) -> Images:
+    """Decode the images of `manifest` (a random `limit` of them), skipping unreadable files."""
+    records = list(zip(manifest.paths(), manifest.labels, strict=True))
+    if limit is not None and len(records) > limit:
+        chosen = np.random.default_rng(seed).choice(len(records), size=limit, replace=False)
+        records = [records[i] for i in sorted(chosen)]
+    pixels, labels, sizes, skipped = [], [], [], 0
+    for path, label in records:
+        try:
+            image = load_rgb(path)
+        except ImageError:
+            skipped += 1
+            continue
+        pixels.append(resize_rgb(image, preprocess))
+        labels.append(label)
+        sizes.append(image.size)
+    size = preprocess.input_size
+    return Images(np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.uint8),
+                  np.asarray(labels, dtype=np.int64), np.asarray(sizes, dtype=np.int64).reshape(-1, 2), skipped)
+
+
+def run_backend(backend: Any, pixels: np.ndarray, preprocess: Preprocess, batch_size: int = 32
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and features of an NHWC uint8 array, in batches."""
+    logits, feats = [], []
+    for start in range(0, len(pixels), batch_size):
+        lo, fe = backend.run(normalize_numpy(pixels[start:start + batch_size], preprocess))
+        logits.append(lo)
+        feats.append(fe)
+    if not logits:
+        return np.zeros((0, 0)), np.zeros((0, 0))
+    return np.concatenate(logits), np.concatenate(feats)
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+# ------------------------------------------------------------------------------------------- onnx
+
+
+def _two_outputs(model: Any) -> Any:
+    """Wrap a timm model so that it returns (logits, penultimate features)."""
+    from torch import nn
+
+    from .models import features
+
+    class LogitsAndFeatures(nn.Module):
+        def __init__(self, net: nn.Module) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            feats = features(self.net, x)
+            return self.net.get_classifier()(feats), feats
+
+    return LogitsAndFeatures(model).eval()
+
+
+def export_onnx(model: Any, input_size: int, path: str | Path) -> None:
+    """Export fp32 ONNX (opset 17, legacy exporter, dynamic batch) with outputs `logits` and `features`."""
+    import torch
+
+    wrapper = _two_outputs(model.eval())
+    dummy = torch.rand(2, 3, input_size, input_size)
+    with torch.inference_mode():
+        if not torch.allclose(wrapper(dummy)[0], model(dummy), atol=1e-4, rtol=1e-4):
+            raise ModelError("this backbone's classifier does not follow its pooled features directly; "
+                             "exporting it with a features output is not supported")
+    axes = {name: {0: "batch"} for name in ("input", "logits", "features")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapper, (dummy,), str(path), opset_version=17, dynamo=False,
+                          input_names=["input"], output_names=["logits", "features"], dynamic_axes=axes)
+
+
+def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, *, exclude_ends: bool = False,
+                  batch_size: int = 16) -> None:
+    """Static int8 QDQ, per-channel weights, uint8 activations, MinMax-calibrated on `calibration` (NCHW).
+
+    `exclude_ends` keeps the first convolution and the classifier in fp32, the usual fix when int8
+    disagrees with fp32 on borderline images.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = out_path.with_suffix(".pre.onnx")
+    try:
+        quant_pre_process(str(fp32_path), str(prepared))
+    except Exception:  # optimisation is a nicety: quantise the plain export if it fails
+        prepared = fp32_path
+    nodes = onnx.load(str(prepared)).graph.node
+    exclude = []
+    if exclude_ends:
+        convs = [n.name for n in nodes if n.op_type == "Conv"]
+        heads = [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")]
+        exclude = convs[:1] + heads[-1:]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = [calibration[i:i + batch_size] for i in range(0, len(calibration), batch_size)]
+            self.position = 0
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            if self.position >= len(self.batches):
+                return None
+            self.position += 1
+            return {"input": self.batches[self.position - 1]}
+
+        def rewind(self) -> None:
+            self.position = 0
+
+    quantize_static(str(prepared), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
+    if prepared != fp32_path:
+        prepared.unlink(missing_ok=True)
+
+
+def _int8_model(work: Path, calibration: np.ndarray, check: np.ndarray, fp32_probs: np.ndarray,
+                log: Log, threads: int | None = None) -> dict[str, Any]:
+    """Quantise into work/model.int8.onnx and check top-1 agreement with fp32 on `check` (normalised);
+    retry keeping the first convolution and the classifier in fp32; refuse with the numbers."""
+    tried = []
+    for exclude_ends in (False, True):
+        path = work / ONNX_INT8
+        quantize_int8(work / ONNX_FP32, path, calibration, exclude_ends=exclude_ends)
+        probs = softmax(run_normalised(OnnxBackend(path, threads), check)[0])
+        agreement = float(np.mean(probs.argmax(1) == fp32_probs.argmax(1)))
+        tried.append(f"{agreement:.2%}" + (" with first conv and classifier in fp32" if exclude_ends else ""))
+        log(f"int8 top-1 agreement with fp32: {tried[-1]} on {len(check)} images")
+        if agreement >= INT8_MIN_AGREEMENT:
+            return {"int8_top1_agreement": agreement, "int8_max_abs_prob_diff": float(np.abs(probs - fp32_probs).max()),
+                    "int8_fp32_ends": exclude_ends, "int8_calibration_images": len(calibration)}
+    raise ModelError(f"int8 model disagrees with fp32 too often: top-1 agreement {'; '.join(tried)} on "
+                     f"{len(check)} images, below the required {INT8_MIN_AGREEMENT:.0%}; "
+                     "export without --int8")
+
+
+def run_normalised(backend: Any, x: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and features of normalised NCHW float32 input, in batches."""
+    outs = [backend.run(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+
+
+def _check_fp32(original: Any, rounded: Any, onnx_path: Path, check: np.ndarray, log: Log,
+                threads: int | None = None) -> dict[str, Any]:
+    """ONNX Runtime fp32 vs PyTorch (same fp16-rounded weights) on `check` (normalised NCHW): refuse
+    above FP32_TOLERANCE. Also report what rounding the weights to fp16 changed against the checkpoint."""
+    torch_probs = softmax(run_normalised(TorchBackend(rounded, threads), check)[0])
+    onnx_probs = softmax(run_normalised(OnnxBackend(onnx_path, threads), check)[0])
+    diff = float(np.abs(torch_probs - onnx_probs).max())
+    log(f"fp32 ONNX vs PyTorch: max probability difference {diff:.2e} on {len(check)} images")
+    if not diff <= FP32_TOLERANCE:
+        raise ModelError(f"ONNX export does not match PyTorch: max probability difference {diff:.2e} on "
+                         f"{len(check)} images (tolerance {FP32_TOLERANCE:g}); not written")
+    original_probs = softmax(run_normalised(TorchBackend(original, threads), check)[0])
+    return {"fp32_max_abs_prob_diff": diff,
+            "fp16_weights_max_abs_prob_diff": float(np.abs(original_probs - torch_probs).max()),
+            "fp16_weights_top1_agreement": float(np.mean(original_probs.argmax(1) == torch_probs.argmax(1))),
+            "images": len(check)}
+
+
+# ------------------------------------------------------------------------------------------- review
+
+
+def choose_confidence_threshold(probs: np.ndarray, labels: np.ndarray, *,
+                                target: float = TARGET_CONFIDENT_ACCURACY, low: float = 0.5,
+                                high: float = 0.99) -> float:
+    """The smallest threshold in [low, high] (steps of 0.01) at which the images at or above it reach
+    `target` accuracy; `high` when none does.
+
+    >>> p = np.array([[0.95, 0.05], [0.6, 0.4], [0.3, 0.7]])
+    >>> choose_confidence_threshold(p, np.array([0, 1, 1]))
+    0.61
+    """
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    for t in np.round(np.arange(low, high + 1e-9, 0.01), 2):
+        kept = confidence >= t
+        if not kept.any():
+            break
+        if correct[kept].mean() >= target:
+            return float(t)
+    return float(high)
+
+
+def _fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    try:
+        from .calibration import fit_temperature
+    except ImportError:  # calibration.py not installed: a plain grid search over log T
+        grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 400))
+        nll = [-np.log(softmax(logits, t)[np.arange(len(labels)), labels] + 1e-12).mean() for t in grid]
+        return float(grid[int(np.argmin(nll))])
+    return float(fit_temperature(np.asarray(logits, dtype=np.float64), np.asarray(labels)))
+
+
+def _fit_review(engine: Any, train: Images, val: Images, preprocess: Preprocess, run_dir: Path, log: Log,
+                ) -> tuple[dict[str, Any], MahalanobisOOD, dict[str, Any]]:
+    """Temperature, confidence threshold, OOD statistics and quality thresholds, with the default engine."""
+    _, train_feats = run_backend(engine, train.pixels, preprocess)
+    has_val = len(val.pixels) > 0
+    temperature, t_source = read_run_temperature(run_dir), "calibration.json"
+    if has_val:
+        val_logits, val_feats = run_backend(engine, val.pixels, preprocess)
+        if temperature is None:
+            temperature, t_source = _fit_temperature(val_logits, val.labels), "fitted on the val part"
+        probs = softmax(val_logits, temperature)
+        threshold, c_source = choose_confidence_threshold(probs, val.labels), "chosen on the val part"
+        ood = MahalanobisOOD.fit(train_feats, train.labels)
+        val_scores = ood.score(val_feats)
+        ood.set_threshold(val_scores)
+        ood_part = "val"
+    else:  # no val part: OOD threshold from a held-out fifth of the training images (seen in training)
+        if temperature is None:
+            temperature, t_source = 1.0, "none (no val part and no calibration.json)"
+        threshold, c_source = 0.9, "default (no val part)"
+        held = np.arange(len(train.labels)) % 5 == 0
+        ood = MahalanobisOOD.fit(train_feats[~held], train.labels[~held])
+        ood.set_threshold(ood.score(train_feats[held]))
+        ood_part = "every 5th training image, held out of the fit"
+    quality = fit_quality_thresholds(np.array([image_stats(p) for p in train.pixels]))
+    log(f"temperature {temperature:.3f} ({t_source}); review below confidence {threshold:.2f} ({c_source}); "
+        f"OOD threshold {ood.threshold:.1f}")
+    review = {"confidence_threshold": threshold, "confidence_threshold_source": c_source,
+              "target_confident_accuracy": TARGET_CONFIDENT_ACCURACY, "ood_threshold": ood.threshold,
+              **quality.to_dict(), "size_ratio_range": list(SIZE_RATIO_RANGE)}
+    review_info = {"temperature": temperature, "temperature_source": t_source, "review": review,
+                   "ood": {"method": "mahalanobis", "file": OOD_FILE, "feature_dim": int(train_feats.shape[1]),
+                           "components": len(ood.variances), "fitted_on": "train", "threshold_part": ood_part,
+                           "quantile": DEFAULT_QUANTILE}}
+    metrics: dict[str, Any] = {}
+    if has_val:
+        metrics = _val_metrics(probs, val.labels, val_scores, ood.threshold, threshold)
+    return review_info, ood, metrics
+
+
+def _val_metrics(probs: np.ndarray, labels: np.ndarray, scores: np.ndarray, ood_threshold: float,
+                 threshold: float) -> dict[str, Any]:
+    """Accuracy and review rates on the val part (thresholds were chosen there: optimistic)."""
+    correct = probs.argmax(1) == labels
+    flagged = (probs.max(1) < threshold) | (scores > ood_threshold)
+    return {"images": len(labels), "accuracy": float(correct.mean()),
+            "review_rate": float(flagged.mean()), "ood_flag_rate": float((scores > ood_threshold).mean()),
+            "accuracy_not_flagged": float(correct[~flagged].mean()) if (~flagged).any() else None,
+            "note": "val part, also used to choose the thresholds; see the evaluation for test-part metrics"}
+
+
+# ------------------------------------------------------------------------------------------- run
+
+
+def _read_config(run_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """config.yaml of the run (the checkpoint's copy when the file is absent)."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return dict(meta.get("config") or {})
+    import yaml
+
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ModelError(f"cannot read {path}: {exc}") from None
+    return config if isinstance(config, dict) else {}
+
+
+def _load_split(run_dir: Path, config: dict[str, Any], classes: tuple[str, ...],
+                data_root: str | Path | None) -> Manifest:
+    split_csv = run_dir / "split.csv"
+    if not split_csv.is_file():
+        raise ModelError(f"run folder {run_dir} has no split.csv: export needs the run's train/val images")
+    root = Path(data_root or config.get("data") or "")
+    if not root.is_absolute() and not root.is_dir():
+        root = run_dir / root
+    if not str(data_root or config.get("data") or "") or not root.is_dir():
+        raise DataError(f"the run's data folder {root} is not here; pass --data FOLDER (the dataset root "
+                        "the run was trained on)")
+    return read_manifest_csv(split_csv, root, classes=classes)
+
+
+def _round_fp16(model: Any) -> tuple[Any, dict[str, Any]]:
+    """A copy of `model` whose float weights went through fp16, and that fp16 state_dict."""
+    half = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    rounded = copy.deepcopy(model)
+    rounded.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in half.items()})
+    return rounded.eval(), half
+
+
+def _summaries(run_dir: Path) -> dict[str, Any]:
+    """Metrics the run already has (summary.json from training, metrics.json from evaluate), if small."""
+    import json
+
+    found = {}
+    for key, name in (("training_summary", "summary.json"), ("evaluation", "metrics.json")):
+        path = run_dir / name
+        if path.is_file() and path.stat().st_size < 200_000:
+            try:
+                found[key] = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+    return found
+
+
+def _describe(run_dir: Path, loaded: Any, config: dict[str, Any], split: Manifest, train: Images,
+              name: str | None) -> dict[str, Any]:
+    """Provenance and preprocessing part of model.json."""
+    sizes = train.sizes.min(axis=1) if len(train.sizes) else np.array([loaded.preprocess.input_size])
+    meta = loaded.meta
+    return {
+        "name": name or run_dir.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "leukoscope_version": __version__, "backbone": loaded.spec.backbone, "spec": loaded.spec.to_dict(),
+        "classes": list(loaded.classes), "preprocess": loaded.preprocess.to_dict(),
+        "training_image_size": int(np.median(sizes)),
+        "training": {"run": run_dir.name, "command": config.get("command"), "epoch": meta.get("epoch"),
+                     "best_score": meta.get("best_score"), "config": config},
+        "data": {"manifest_digest": meta.get("manifest_digest") or split.digest(), "split_digest": split.digest(),
+                 "parts": {p: len(split.part(p)) for p in ("train", "val", "test")}},
+        "disclaimer": "Research software, not a certified medical device: never use it alone for a diagnosis.",
+    }
+
+
+def export_run(run: str | Path, out: str | Path, *, int8: bool = False, int8_only: bool = False,
+               data_root: str | Path | None = None, name: str | None = None, calibration_images: int = 256,
+               parity_images: int = 512, threads: int | None = None, log: Log | None = None) -> Path:
+    """Export a run folder (or checkpoint inside one) as a model package at `out`; returns `out`.
+
+    `threads`: CPU threads for the checks (default: all cores).
+    Raises ModelError when a parity check fails (nothing is written then) and DataError when the run's
+    images cannot be found.
+    """
+    from .checkpoint import find_checkpoint, load_trained
+
+    log = log or (lambda message: None)
+    int8 = int8 or int8_only
+    checkpoint = find_checkpoint(run)
+    run_dir = checkpoint.parent
+    loaded = load_trained(checkpoint)
+    config = _read_config(run_dir, loaded.meta)
+    split = _load_split(run_dir, config, loaded.classes, data_root)
+    pre = loaded.preprocess
+    train, val = load_images(split.part("train"), pre), load_images(split.part("val"), pre)
+    if len(train.pixels) < 2:
+        raise DataError(f"run {run_dir} has fewer than 2 readable training images in {split.root}")
+    check = val if len(val.pixels) else load_images(split.part("test"), pre, limit=parity_images)
+    check = check if len(check.pixels) else train
+    check_x = normalize_numpy(check.pixels[:parity_images], pre)
+    log(f"{len(train.pixels)} train, {len(val.pixels)} val images; checking parity on {len(check_x)}")
+    rounded, half_state = _round_fp16(loaded.model)
+    with tempfile.TemporaryDirectory(prefix="leukoscope-export-") as tmp:
+        work = Path(tmp)
+        export_onnx(rounded, pre.input_size, work / ONNX_FP32)
+        parity = _check_fp32(loaded.model, rounded, work / ONNX_FP32, check_x, log, threads)
+        default = ONNX_FP32
+        if int8:
+            chosen = np.random.default_rng(0).permutation(len(train.pixels))[:calibration_images]
+            fp32_probs = softmax(run_normalised(OnnxBackend(work / ONNX_FP32, threads), check_x)[0])
+            calibration = normalize_numpy(train.pixels[np.sort(chosen)], pre)
+            parity.update(_int8_model(work, calibration, check_x, fp32_probs, log, threads))
+            default = ONNX_INT8
+        engine = OnnxBackend(work / default, threads)
+        review_info, ood, val_metrics = _fit_review(engine, train, val, pre, run_dir, log)
+        ood.save(work / OOD_FILE)
+        _save_torch_payload(work / TORCH_FILE, loaded, half_state)
+        info = _describe(run_dir, loaded, config, split, train, name)
+        info.update(review_info)
+        info.update({"default_onnx": default, "parity": parity,
+                     "onnx": {"opset": 17, "input": "input", "outputs": ["logits", "features"],
+                              "input_layout": "N x 3 x S x S float32, (x/255 - mean) / std"},
+                     "metrics": {"val": val_metrics, **_summaries(run_dir)}})
+        names = [n for n in (ONNX_FP32, ONNX_INT8, TORCH_FILE, OOD_FILE) if (work / n).is_file()]
+        if int8_only:
+            names.remove(ONNX_FP32)
+        return write_package(out, info, {n: work / n for n in names})
+
+
+def _save_torch_payload(path: Path, loaded: Any, half_state: dict[str, Any]) -> None:
+    import torch
+
+    torch.save({"spec": loaded.spec.to_dict(), "classes": list(loaded.classes),
+                "preprocess": loaded.preprocess.to_dict(), "model": half_state}, path)

@@ -1,0 +1,384 @@
+"""Prediction: one `Predictor` over a model package (ONNX Runtime or PyTorch), used by the CLI, the web app
+and the benchmarks alike.
+
+A prediction is only useful with its caveats, so every `Prediction` carries calibrated probabilities
+(softmax of logits / temperature) and a `review` flag with its reasons: low calibrated confidence, an
+image unlike the training data (Mahalanobis distance of its features, see leukoscope.ood), a blurry or
+nearly uniform image, or an image far from the training resolution. Unreadable files become predictions
+with `error` set instead of exceptions, so one bad file never stops a folder of thousands.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .backends import OnnxBackend, TorchBackend, cpu_count, load_torch_file
+from .errors import ImageError, ModelError, UsageError
+from .fileio import sha256_bytes
+from .imaging import load_rgb
+from .models import Preprocess
+from .ood import MahalanobisOOD, QualityThresholds, quality_reasons
+from .package import (
+    MODEL_JSON,
+    ONNX_FP32,
+    OOD_FILE,
+    TORCH_FILE,
+    bundled_package_path,
+    is_package,
+    package_file,
+    verify_package,
+)
+from .transforms import normalize_numpy, resize_rgb
+
+BACKENDS = ("auto", "onnx", "torch")
+DEFAULT_CONFIDENCE_THRESHOLD = 0.9
+SIZE_RATIO_RANGE = (0.5, 4.0)
+
+
+@dataclass
+class Prediction:
+    """One image's result; the field set is a contract (docs/INTERFACES.md) shared with the web app."""
+
+    source: str
+    sha256: str
+    label: str | None
+    probabilities: dict[str, float]
+    confidence: float
+    review: bool
+    review_reasons: list[str]
+    ood_score: float | None
+    width: int
+    height: int
+    error: str | None = None
+
+    def to_row(self) -> dict[str, Any]:
+        """A flat dict (one column per class probability) for CSV / JSON that pandas reads."""
+        row: dict[str, Any] = {"path": self.source, "label": self.label or "",
+                               "confidence": round(self.confidence, 6), "review": self.review,
+                               "review_reasons": "; ".join(self.review_reasons)}
+        row.update({f"p_{name}": round(p, 6) for name, p in self.probabilities.items()})
+        row.update({"ood_score": None if self.ood_score is None else round(self.ood_score, 4),
+                    "width": self.width, "height": self.height, "sha256": self.sha256,
+                    "error": self.error or ""})
+        return row
+
+# ------------------------------------------------------------------------------------------- predictor
+
+
+@dataclass
+class _Decoded:
+    source: str
+    sha256: str = ""
+    pixels: np.ndarray | None = None  # model input, S x S x 3 uint8
+    width: int = 0
+    height: int = 0
+    error: str | None = None
+    reasons: list[str] = field(default_factory=list)
+
+
+def tta_views(batch: np.ndarray) -> Iterator[np.ndarray]:
+    """The 8 symmetries of the square (4 rotations x horizontal flip) of an NHWC batch, identity first."""
+    for k in range(4):
+        rotated = np.rot90(batch, k, axes=(1, 2))
+        yield np.ascontiguousarray(rotated)
+        yield np.ascontiguousarray(rotated[:, :, ::-1])
+
+
+class Predictor:
+    """Calibrated predictions with review flags; build it with `load_predictor`."""
+
+    def __init__(self, backend: Any, info: dict[str, Any], *, ood: MahalanobisOOD | None = None,
+                 source: Path | None = None, torch_model: Any = None,
+                 confidence_threshold: float | None = None) -> None:
+        self._backend = backend
+        self.info = info
+        self.classes: tuple[str, ...] = tuple(info["classes"])
+        self.preprocess = Preprocess.from_dict(info["preprocess"])
+        self.temperature = float(info.get("temperature") or 1.0)
+        review = info.get("review", {})
+        self.confidence_threshold = float(
+            confidence_threshold if confidence_threshold is not None
+            else review.get("confidence_threshold", DEFAULT_CONFIDENCE_THRESHOLD))
+        self.quality = QualityThresholds.from_dict(review)
+        self.training_size = int(info.get("training_image_size") or self.preprocess.input_size)
+        self.size_ratio_range = tuple(review.get("size_ratio_range", SIZE_RATIO_RANGE))
+        self.ood = ood
+        self.source = source
+        self._torch_model = torch_model
+
+    @property
+    def backend(self) -> str:
+        return self._backend.name
+
+    def torch_model(self) -> Any:
+        """The PyTorch network (for Grad-CAM); loaded from model.pt on first use."""
+        if self._torch_model is None:
+            path = package_file(self.source, self.info, TORCH_FILE) if self.source else None
+            if path is None:
+                raise ModelError("this model package has no model.pt, so it cannot run in PyTorch "
+                                 "(needed for --backend torch and Grad-CAM); re-export it")
+            self._torch_model = load_torch_file(path)
+        return self._torch_model
+
+    def raw(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and penultimate features of an N x H x W x 3 uint8 batch at the model's input size."""
+        return self._backend.run(normalize_numpy(batch, self.preprocess))
+
+    def _calibrate(self, logits: np.ndarray) -> np.ndarray:
+        z = np.asarray(logits, dtype=np.float64) / self.temperature
+        z -= z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+    def _forward(self, batch: np.ndarray, tta: bool) -> tuple[np.ndarray, np.ndarray]:
+        if not tta:
+            logits, feats = self.raw(batch)
+            return self._calibrate(logits), feats
+        probs, feats = None, None
+        for view in tta_views(batch):
+            logits, view_feats = self.raw(view)
+            feats = view_feats if feats is None else feats  # OOD on the identity view, as calibrated
+            p = self._calibrate(logits)
+            probs = p if probs is None else probs + p
+        return probs / 8.0, feats
+
+    def predict_proba(self, batch: np.ndarray, *, tta: bool = False) -> np.ndarray:
+        """Calibrated probabilities (N x C) of an N x S x S x 3 uint8 batch at the model's input size."""
+        batch = np.asarray(batch, dtype=np.uint8)
+        if batch.ndim != 4 or batch.shape[3] != 3:
+            raise ValueError(f"expected an N x H x W x 3 uint8 batch, got shape {batch.shape}")
+        if len(batch) == 0:
+            return np.zeros((0, len(self.classes)))
+        return self._forward(batch, tta)[0]
+
+    # ---- decoding
+
+    def _decode(self, source: str, data: bytes) -> _Decoded:
+        item = _Decoded(source, sha256_bytes(data))
+        try:
+            image = load_rgb(data)
+        except ImageError as exc:
+            item.error = str(exc)
+            return item
+        except Exception as exc:  # any decoder failure of one file must not stop the others
+            item.error = f"corrupt image: {type(exc).__name__}: {exc}"
+            return item
+        item.width, item.height = image.size
+        item.pixels = resize_rgb(image, self.preprocess)
+        item.reasons = quality_reasons(item.pixels, self.quality) + self._size_reasons(*image.size)
+        return item
+
+    def _decode_path(self, path: str | Path) -> _Decoded:
+        try:
+            data = Path(path).read_bytes()
+        except IsADirectoryError:
+            return _Decoded(str(path), error="is a folder, not an image")
+        except OSError as exc:
+            return _Decoded(str(path), error=f"cannot read file: {exc.strerror or exc}")
+        return self._decode(str(path), data)
+
+    def _size_reasons(self, width: int, height: int) -> list[str]:
+        ratio = min(width, height) / self.training_size
+        size = f"{self.training_size}x{self.training_size}"
+        if ratio < self.size_ratio_range[0]:
+            return [f"image ({width}x{height}) is much smaller than the training images ({size}): "
+                    "cells may be too small to judge"]
+        if ratio > self.size_ratio_range[1]:
+            return [f"image ({width}x{height}) is much larger than the training images ({size}): "
+                    "a different magnification or a whole slide?"]
+        if max(width, height) > 1.5 * min(width, height):
+            return [f"image ({width}x{height}) is far from square: resizing distorts the cells"]
+        return []
+
+    # ---- inference
+
+    def _finish(self, items: Sequence[_Decoded], tta: bool) -> list[Prediction]:
+        good = [i for i, item in enumerate(items) if item.pixels is not None]
+        probs = np.zeros((0, len(self.classes)))
+        scores: np.ndarray | None = None
+        if good:
+            probs, feats = self._forward(np.stack([items[i].pixels for i in good]), tta)
+            scores = self.ood.score(feats) if self.ood is not None else None
+        results: list[Prediction] = []
+        row_of = {index: row for row, index in enumerate(good)}
+        for index, item in enumerate(items):
+            if item.pixels is None:
+                results.append(Prediction(item.source, item.sha256, None, dict.fromkeys(self.classes, 0.0),
+                                          0.0, True, ["image could not be read"], None, item.width,
+                                          item.height, item.error or "unreadable"))
+                continue
+            p = probs[row_of[index]]
+            score = None if scores is None else float(scores[row_of[index]])
+            results.append(self._prediction(item, p, score))
+        return results
+
+    def _prediction(self, item: _Decoded, p: np.ndarray, score: float | None) -> Prediction:
+        top = int(np.argmax(p))
+        confidence = float(p[top])
+        reasons = list(item.reasons)
+        if score is not None and self.ood is not None and score > self.ood.threshold:
+            reasons.append(f"image looks unlike the training images (out-of-distribution score "
+                           f"{score:.1f} > {self.ood.threshold:.1f})")
+        if confidence < self.confidence_threshold:
+            reasons.append(f"low confidence ({confidence:.2f} < {self.confidence_threshold:.2f})")
+        return Prediction(item.source, item.sha256, self.classes[top],
+                          {c: float(v) for c, v in zip(self.classes, p, strict=True)}, confidence,
+                          bool(reasons), reasons, score, item.width, item.height, None)
+
+    def predict_bytes(self, items: Sequence[tuple[str, bytes]], *, tta: bool = False,
+                      batch_size: int = 32) -> list[Prediction]:
+        """Predict encoded images given as (name, bytes); unreadable ones get `error` set."""
+        results: list[Prediction] = []
+        for start in range(0, len(items), max(1, batch_size)):
+            chunk = items[start:start + max(1, batch_size)]
+            results.extend(self._finish([self._decode(name, data) for name, data in chunk], tta))
+        return results
+
+    def predict_paths(self, paths: Iterable[str | Path], *, tta: bool = False,
+                      batch_size: int = 32) -> Iterator[Prediction]:
+        """Predict image files in order, decoding batch k+1 in threads while batch k runs."""
+        paths = list(paths)
+        size = max(1, batch_size)
+        batches = [paths[i:i + size] for i in range(0, len(paths), size)]
+        pool = ThreadPoolExecutor(max_workers=min(4, cpu_count()))
+        try:
+            pending = [pool.submit(self._decode_path, p) for p in batches[0]] if batches else []
+            for k in range(len(batches)):
+                current = pending
+                nxt = batches[k + 1] if k + 1 < len(batches) else []
+                pending = [pool.submit(self._decode_path, p) for p in nxt]
+                yield from self._finish([f.result() for f in current], tta)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ------------------------------------------------------------------------------------------- loading
+
+
+def load_predictor(model: str | Path | None = None, *, backend: str = "auto", threads: int | None = None,
+                   confidence_threshold: float | None = None, onnx_file: str | None = None) -> Predictor:
+    """A Predictor for a model package folder, a run folder or checkpoint, or (None) the bundled package.
+
+    backend "auto" uses ONNX Runtime when the package has an ONNX model (the int8 one when model.json's
+    `default_onnx` names it, or `onnx_file` to choose), else PyTorch. `confidence_threshold` overrides
+    the package's review threshold. Raises ModelError for missing or damaged packages.
+    """
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
+    path = Path(model) if model is not None else bundled_package_path()
+    if model is None or is_package(path) or path.name == MODEL_JSON:
+        path = path.parent if path.name == MODEL_JSON else path
+        return _from_package(path, backend, threads, confidence_threshold, onnx_file)
+    if not path.exists():
+        raise ModelError(f"model not found: {path} (give a model package, a run folder or a checkpoint)")
+    return _from_run(path, backend, threads, confidence_threshold)
+
+
+def _from_package(path: Path, backend: str, threads: int | None, threshold: float | None,
+                  onnx_file: str | None) -> Predictor:
+    info = verify_package(path)
+    onnx_name = onnx_file or info.get("default_onnx") or ONNX_FP32
+    onnx_path = package_file(path, info, onnx_name)
+    if onnx_file and onnx_path is None:
+        raise ModelError(f"model package {path} has no {onnx_file}")
+    ood_path = package_file(path, info, OOD_FILE)
+    ood = MahalanobisOOD.load(ood_path) if ood_path is not None else None
+    torch_model = None
+    if backend == "onnx" or (backend == "auto" and onnx_path is not None):
+        if onnx_path is None:
+            raise ModelError(f"model package {path} has no ONNX model; use --backend torch")
+        engine: Any = OnnxBackend(onnx_path, threads)
+    else:
+        torch_path = package_file(path, info, TORCH_FILE)
+        if torch_path is None:
+            raise ModelError(f"model package {path} has no {TORCH_FILE}; use --backend onnx")
+        torch_model = load_torch_file(torch_path)
+        engine = TorchBackend(torch_model, threads)
+    return Predictor(engine, info, ood=ood, source=path, torch_model=torch_model,
+                     confidence_threshold=threshold)
+
+
+def _from_run(path: Path, backend: str, threads: int | None, threshold: float | None) -> Predictor:
+    """A run folder or checkpoint, in PyTorch: calibrated when the run has calibration.json, but without
+    out-of-distribution statistics (those are computed by `leukoscope export`)."""
+    from .checkpoint import load_trained
+
+    if backend == "onnx":
+        raise ModelError(f"{path} is a run or checkpoint, not an exported package: it has no ONNX model; "
+                         "run `leukoscope export` first or use --backend torch")
+    loaded = load_trained(path)
+    run_dir = path if path.is_dir() else path.parent
+    info = {"name": run_dir.name, "source": "run", "classes": list(loaded.classes),
+            "preprocess": loaded.preprocess.to_dict(), "spec": loaded.spec.to_dict(),
+            "backbone": loaded.spec.backbone, "temperature": read_run_temperature(run_dir) or 1.0,
+            "review": {"confidence_threshold": DEFAULT_CONFIDENCE_THRESHOLD}}
+    return Predictor(TorchBackend(loaded.model, threads), info, source=None, torch_model=loaded.model,
+                     confidence_threshold=threshold)
+
+
+def read_run_temperature(run_dir: str | Path) -> float | None:
+    """The temperature in `<run>/calibration.json` (written by evaluate), or None when absent."""
+    import json
+
+    path = Path(run_dir) / "calibration.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read {path}: {exc}") from None
+    value = data.get("temperature") if isinstance(data, dict) else None
+    if value is None and isinstance(data, dict) and isinstance(data.get("calibration"), dict):
+        value = data["calibration"].get("temperature")
+    if not isinstance(value, int | float) or not value > 0:
+        raise ModelError(f"{path} has no positive 'temperature'")
+    return float(value)
+
+
+# ------------------------------------------------------------------------------------------- samples
+
+
+def group_by_folder(predictions: Iterable[Prediction], classes: Sequence[str], *,
+                    confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
+                    review_fraction: float = 0.25) -> list[dict[str, Any]]:
+    """One sample-level call per folder (one smear / one patient): mean calibrated probabilities of its
+    readable images, the image count per predicted class, and a review flag when the mean confidence is
+    under `confidence_threshold`, when more than `review_fraction` of its images are flagged, or when an
+    image could not be read. Clinicians decide per patient, not per image.
+    """
+    groups: dict[str, list[Prediction]] = defaultdict(list)
+    for prediction in predictions:
+        groups[str(Path(prediction.source).parent)].append(prediction)
+    rows = []
+    for folder in sorted(groups):
+        items = groups[folder]
+        good = [p for p in items if p.error is None]
+        mean = np.mean([[p.probabilities[c] for c in classes] for p in good], axis=0) if good else None
+        reasons = []
+        failed = len(items) - len(good)
+        if failed:
+            reasons.append(f"{failed} image(s) could not be read")
+        flagged = sum(p.review for p in good)
+        if good and flagged > review_fraction * len(good):
+            reasons.append(f"{flagged} of {len(good)} images flagged for review")
+        confidence = float(mean.max()) if mean is not None else 0.0
+        if mean is not None and confidence < confidence_threshold:
+            reasons.append(f"low sample confidence ({confidence:.2f} < {confidence_threshold:.2f})")
+        if not good:
+            reasons.append("no readable images")
+        row: dict[str, Any] = {"folder": folder, "images": len(items), "failed": failed,
+                               "label": classes[int(np.argmax(mean))] if mean is not None else "",
+                               "confidence": round(confidence, 6), "review": bool(reasons),
+                               "review_reasons": "; ".join(reasons), "flagged_images": flagged}
+        row.update({f"p_{c}": round(float(mean[i]), 6) if mean is not None else 0.0
+                    for i, c in enumerate(classes)})
+        row.update({f"n_{c}": sum(p.label == c for p in good) for c in classes})
+        rows.append(row)
+    return rows

@@ -1,0 +1,114 @@
+"""The FastAPI application factory (FastAPI's "bigger applications" layout).
+
+`create_app(settings, predictor=None)` wires routers, middleware and error handlers; the lifespan loads
+the model once (unless a loaded predictor is injected, as tests and the CLI do), opens the SQLite store
+and starts the bounded inference pool, all kept in `app.state.ctx`.
+
+Error policy: every error a client sees is JSON `{"detail": "<one clear sentence>"}` with a 4xx status
+(5xx only for the server's own faults, whose details go to the server log, never to the client).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
+
+from .. import __version__
+from ..errors import ImageError, LeukoscopeError, ModelError, UsageError
+from .context import ServerContext
+from .limits import BodyLimitMiddleware, Gate, RequestRejected
+from .routes_api import router as api_router
+from .routes_pages import router as pages_router
+from .security import SecurityHeadersMiddleware, TokenAuthMiddleware
+from .service import GradcamFn, PredictionService
+from .settings import Settings
+from .store import Store
+
+log = logging.getLogger("leukoscope.serve")
+HERE = Path(__file__).resolve().parent
+
+DESCRIPTION = """\
+Acute lymphoblastic leukemia detection and B-cell subtyping in blood smear images.
+**Research software, not a medical device: never use it alone for a diagnosis.**
+
+`POST /api/v1/predict` takes multipart `files` (one or many). Each file gets its own entry in `results`:
+readable images are predicted and stored; a file that is not a readable image gets `ok: false` and an
+`error`, and the request still answers 200 as long as one file was predicted (422 when none was).
+Request limits (too many files, a file or the whole request too large) answer 413 for the whole request.
+When the server is saturated it answers 503 with `Retry-After`.
+"""
+
+
+def _load_predictor(settings: Settings) -> Any:
+    from ..inference import load_predictor  # lazy: importing inference pulls in numpy/onnxruntime
+
+    return load_predictor(settings.model)
+
+
+def _status_for(exc: LeukoscopeError) -> int:
+    if isinstance(exc, RequestRejected):
+        return exc.status_code
+    if isinstance(exc, ImageError):
+        return 422
+    if isinstance(exc, ModelError):
+        return 503
+    if isinstance(exc, UsageError):
+        return 400
+    return 400
+
+
+async def _leukoscope_error(request: Request, exc: Exception) -> JSONResponse:
+    status = _status_for(exc) if isinstance(exc, LeukoscopeError) else 400
+    headers = getattr(exc, "headers", None) or None
+    return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"detail": "internal server error (details are in the server log)"}, status_code=500)
+
+
+def create_app(settings: Settings, predictor: Any | None = None, *, gradcam: GradcamFn | None = None) -> FastAPI:
+    """Build the app. `predictor` (already loaded) and `gradcam` (overlay function) may be injected;
+    otherwise the lifespan loads `settings.model` and uses leukoscope.explain.gradcam_overlay."""
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loaded = predictor if predictor is not None else await run_in_threadpool(_load_predictor, settings)
+        store = await run_in_threadpool(Store(settings.db).open)
+        executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="leukoscope-inference")
+        templates = Jinja2Templates(directory=str(HERE / "templates"))
+        service = PredictionService(loaded, store, settings, gradcam)
+        templates.env.globals.update(version=__version__, model_version=service.model_version,
+                                     auth_enabled=bool(settings.token))
+        app.state.ctx = ServerContext(settings, service, store, executor, Gate(settings.capacity), templates)
+        log.info("leukoscope %s serving model %s, database %s", __version__, service.model_version, settings.db)
+        try:
+            yield
+        finally:
+            executor.shutdown(wait=True)
+            store.close()
+
+    app = FastAPI(
+        title="leukoscope", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+        docs_url="/docs", redoc_url=None, openapi_url="/openapi.json",
+    )
+    app.add_exception_handler(LeukoscopeError, _leukoscope_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+    # add_middleware: the last added runs first. Order on the way in: headers -> auth -> body limit.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(TokenAuthMiddleware, token=settings.token)
+    app.add_middleware(SecurityHeadersMiddleware)
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    app.include_router(api_router, prefix="/api/v1")
+    app.include_router(pages_router)
+    return app

@@ -1,0 +1,133 @@
+"""Authentication by a shared token, and the security headers every response carries.
+
+With LEUKOSCOPE_API_TOKEN set, every route but the login form and the static files needs the token:
+`Authorization: Bearer <token>`, `X-API-Token: <token>`, or the session cookie the login form sets. The
+cookie holds an HMAC of the token, not the token itself, is HttpOnly and SameSite=Strict (so another site
+cannot make the browser post uploads with it), and stops working when the token changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from http.cookies import SimpleCookie
+from urllib.parse import quote
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .limits import send_json
+
+COOKIE_NAME = "leukoscope_session"
+PUBLIC_PREFIXES = ("/static/",)
+PUBLIC_PATHS = frozenset({"/login", "/logout"})
+
+# The app's own pages load only same-origin scripts and styles: no inline script, no CDN.
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+# FastAPI's /docs page is Swagger UI from a CDN with an inline bootstrap script; it gets its own policy.
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "style-src 'self' https://cdn.jsdelivr.net; img-src 'self' data: https://fastapi.tiangolo.com; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
+STATIC_HEADERS = {
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+    "cross-origin-opener-policy": "same-origin",
+    "permissions-policy": "camera=(), microphone=(), geolocation=()",
+}
+
+
+def session_value(token: str) -> str:
+    """What the login cookie holds: a keyed hash of the token (the token never sits in the browser)."""
+    return hmac.new(token.encode(), b"leukoscope-session-v1", hashlib.sha256).hexdigest()
+
+
+def token_matches(given: str | None, token: str) -> bool:
+    return bool(given) and hmac.compare_digest(given.encode(), token.encode())
+
+
+def safe_next(target: str | None) -> str:
+    """Where to go after login: a local path only (no open redirect to another site)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+def is_authorized(scope: Scope, token: str) -> bool:
+    headers = _headers(scope)
+    auth = headers.get("authorization", "")
+    if auth[:7].lower() == "bearer " and token_matches(auth[7:].strip(), token):
+        return True
+    if token_matches(headers.get("x-api-token"), token):
+        return True
+    cookie = SimpleCookie()
+    try:
+        cookie.load(headers.get("cookie", ""))
+    except Exception:  # a malformed Cookie header is simply not a login
+        return False
+    morsel = cookie.get(COOKIE_NAME)
+    return morsel is not None and token_matches(morsel.value, session_value(token))
+
+
+class TokenAuthMiddleware:
+    """Every request needs the token (when one is configured), except the login form and static files.
+
+    Browsers asking for a page are sent to the login form; everything else gets 401 JSON.
+    """
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.token:
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES) or is_authorized(scope, self.token):
+            await self.app(scope, receive, send)
+            return
+        wants_page = scope["method"] == "GET" and "text/html" in _headers(scope).get("accept", "")
+        if wants_page and not path.startswith("/api/"):
+            target = path + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else "")
+            location = "/login?next=" + quote(target, safe="")
+            await send({"type": "http.response.start", "status": 303,
+                        "headers": [(b"location", location.encode("latin-1")), (b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await send_json(send, 401, {"detail": "authentication required: send 'Authorization: Bearer <token>' "
+                                              "or 'X-API-Token: <token>'"},
+                        headers={"WWW-Authenticate": 'Bearer realm="leukoscope"'})
+
+
+class SecurityHeadersMiddleware:
+    """Add CSP, nosniff, frame denial and referrer policy to every response, errors included."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        csp = DOCS_CSP if scope["path"] in DOCS_PATHS else PAGE_CSP
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.decode("latin-1").lower()
+                           not in STATIC_HEADERS and k.lower() != b"content-security-policy"]
+                headers += [(k.encode(), v.encode()) for k, v in STATIC_HEADERS.items()]
+                headers.append((b"content-security-policy", csp.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

@@ -1,0 +1,274 @@
+"""What the web app does, as plain synchronous functions: the route handlers only translate HTTP.
+
+`PredictionService.predict_uploads` is the whole upload path: sniff each file, predict the readable ones
+in one batch, store them (rows + image bytes) in one transaction, and return one JSON entry per file in
+upload order, with a per-sample summary. It runs in the inference thread pool, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from PIL import Image
+
+from .. import __version__
+from ..errors import ImageError, ModelError
+from ..fileio import sha256_bytes
+from ..imaging import load_rgb
+from .limits import RequestRejected, Upload, sniff
+from .settings import Settings
+from .store import Filters, NewPrediction, Store, StoredPrediction
+
+GRADCAM_MAX_SIDE = 1024
+THUMBNAIL_SIDE = 160
+GradcamFn = Callable[..., Image.Image]
+
+
+class PredictorLike(Protocol):
+    """The part of leukoscope.inference.Predictor the server uses (docs/INTERFACES.md)."""
+
+    classes: Sequence[str]
+    info: dict[str, Any]
+
+    def predict_bytes(self, items: Sequence[tuple[str, bytes]], *, tta: bool = False) -> list[Any]: ...
+
+
+def default_gradcam(predictor: Any, image: bytes, *, target: str | None = None) -> Image.Image:
+    """leukoscope.explain.gradcam_overlay, imported on first use (it pulls in torch and grad-cam)."""
+    try:
+        from ..explain import gradcam_overlay
+    except ImportError as exc:
+        raise ModelError(f"Grad-CAM is not available in this installation ({exc})") from None
+    return gradcam_overlay(predictor, image, target=target)
+
+
+def model_version(info: dict[str, Any]) -> str:
+    """A short, stable name for the exact weights: `<name>@<12 hex of the weight hashes>`.
+
+    Stored with every prediction so history rows stay attributable after the model is replaced.
+    """
+    name = str(info.get("name") or info.get("backbone") or "model")
+    if info.get("version"):
+        name = f"{name}-{info['version']}"
+    basis = info.get("files") or info
+    digest = hashlib.sha256(json.dumps(basis, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{name}@{digest[:12]}"
+
+
+def links(prediction_id: int) -> dict[str, str]:
+    base = f"/api/v1/predictions/{prediction_id}"
+    return {"self": base, "gradcam": f"{base}/gradcam", "thumbnail": f"{base}/thumbnail"}
+
+
+def result_entry(row: StoredPrediction) -> dict[str, Any]:
+    return {"file_name": row.file_name, "ok": True, "error": None, **row.to_json(), "links": links(row.id)}
+
+
+def error_entry(name: str, data: bytes, message: str) -> dict[str, Any]:
+    return {"file_name": name, "ok": False, "error": message, "id": None,
+            "sha256": sha256_bytes(data) if data else "", "label": None}
+
+
+def summarize(rows: Sequence[StoredPrediction], classes: Sequence[str], *, sample_id: str,
+              failed: int = 0) -> dict[str, Any]:
+    """One sample-level call for images uploaded together, with leukoscope.inference.group_by_folder's rules
+    (mean calibrated probabilities, images per class, a review flag when many images are flagged)."""
+    from ..inference import Prediction, group_by_folder
+
+    preds = [Prediction(f"sample/{r.id}", r.sha256, r.label, r.probabilities, r.confidence, r.review,
+                        r.review_reasons, r.ood_score, r.width, r.height, None) for r in rows]
+    preds += [Prediction(f"sample/failed-{i}", "", None, dict.fromkeys(classes, 0.0), 0.0, True, [],
+                         None, 0, 0, "unreadable") for i in range(failed)]
+    if not preds:
+        return {"sample_id": sample_id, "images": 0, "failed": 0, "label": None, "review": False}
+    row = group_by_folder(preds, list(classes))[0]
+    return {
+        "sample_id": sample_id, "images": row["images"], "predicted": row["images"] - row["failed"],
+        "failed": row["failed"], "label": row["label"] or None, "confidence": row["confidence"],
+        "review": row["review"], "review_reasons": [r for r in row["review_reasons"].split("; ") if r],
+        "flagged_images": row["flagged_images"],
+        "mean_probabilities": {c: row[f"p_{c}"] for c in classes},
+        "counts": {c: row[f"n_{c}"] for c in classes},
+    }
+
+
+@dataclass
+class BatchResult:
+    sample_id: str
+    results: list[dict[str, Any]]
+    summary: dict[str, Any]
+    model_version: str
+
+    @property
+    def any_ok(self) -> bool:
+        return any(entry["ok"] for entry in self.results)
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"sample_id": self.sample_id, "model_version": self.model_version,
+                                "results": self.results, "summary": self.summary}
+        if not self.any_ok:
+            reasons = "; ".join(f"{e['file_name']}: {e['error']}" for e in self.results)
+            body = {"detail": f"no file could be predicted ({reasons})", **body}
+        return body
+
+
+class PredictionService:
+    """Predictor + store + settings, behind the methods the routes call."""
+
+    def __init__(self, predictor: PredictorLike, store: Store, settings: Settings,
+                 gradcam: GradcamFn | None = None) -> None:
+        self.predictor = predictor
+        self.store = store
+        self.settings = settings
+        self.gradcam = gradcam or default_gradcam
+        self.classes = list(predictor.classes)
+        self.model_version = model_version(predictor.info)
+        # Grad-CAM hooks the PyTorch network: two overlays at once (or an overlay during a PyTorch-backend
+        # prediction, which runs the same network) would mix their activations. ONNX predictions run freely.
+        self._gradcam_lock = threading.Lock()
+        torch_backend = getattr(predictor, "backend", None) == "torch"
+        self._predict_lock: Any = self._gradcam_lock if torch_backend else contextlib.nullcontext()
+
+    # -- predicting --------------------------------------------------------------------------------------
+    def predict_uploads(self, uploads: Sequence[Upload], sample_id: str | None = None) -> BatchResult:
+        """Predict and store every readable upload; one entry per upload, in order."""
+        sample_id = sample_id or uuid.uuid4().hex
+        entries: list[dict[str, Any] | None] = [None] * len(uploads)
+        readable: list[int] = []
+        for index, upload in enumerate(uploads):
+            try:
+                sniff(upload.data, self.settings)
+                readable.append(index)
+            except ImageError as exc:
+                entries[index] = error_entry(upload.name, upload.data, str(exc))
+        items = [(uploads[i].name, uploads[i].data) for i in readable]
+        predictions = []
+        if items:
+            with self._predict_lock:
+                predictions = self.predictor.predict_bytes(items, tta=self.settings.tta)
+        rows, images, order = [], {}, []
+        for index, p in zip(readable, predictions, strict=True):
+            upload = uploads[index]
+            if p.error or p.label is None:
+                entries[index] = error_entry(upload.name, upload.data, p.error or "could not be predicted")
+                continue
+            sha = sha256_bytes(upload.data)
+            images[sha] = upload.data
+            order.append(index)
+            rows.append(NewPrediction(
+                sample_id=sample_id, file_name=upload.name, sha256=sha, model_version=self.model_version,
+                label=p.label, confidence=float(p.confidence),
+                probabilities={k: float(v) for k, v in p.probabilities.items()}, review=bool(p.review),
+                review_reasons=list(p.review_reasons),
+                ood_score=None if p.ood_score is None else float(p.ood_score), width=int(p.width),
+                height=int(p.height)))
+        stored = self.store.add(rows, images) if rows else []
+        for index, row in zip(order, stored, strict=True):
+            entries[index] = result_entry(row)
+        failed = len(uploads) - len(stored)
+        summary = summarize(stored, self.classes, sample_id=sample_id, failed=failed)
+        return BatchResult(sample_id, [e for e in entries if e is not None], summary, self.model_version)
+
+    def sample_summary(self, sample_id: str) -> dict[str, Any]:
+        rows = list(self.store.iter_all(Filters(sample_id=sample_id)))
+        if not rows:
+            raise RequestRejected(f"no predictions stored for sample {sample_id!r}", 404)
+        return summarize(rows[::-1], self.classes, sample_id=sample_id)
+
+    # -- images ------------------------------------------------------------------------------------------
+    def _stored(self, prediction_id: int) -> tuple[StoredPrediction, bytes]:
+        row = self.prediction(prediction_id)
+        data = self.store.image(row.sha256)
+        if data is None:
+            raise RequestRejected(f"the image of prediction {prediction_id} is not kept", 404)
+        return row, data
+
+    def prediction(self, prediction_id: int) -> StoredPrediction:
+        row = self.store.get(prediction_id)
+        if row is None:
+            raise RequestRejected(f"no prediction with id {prediction_id}", 404)
+        return row
+
+    def gradcam_png(self, prediction_id: int, target: str | None = None) -> bytes:
+        """Grad-CAM overlay of a stored prediction's image, computed now with the loaded model."""
+        row, data = self._stored(prediction_id)
+        if target is not None and target not in self.classes:
+            raise RequestRejected(f"unknown class {target!r}; choose from {self.classes}", 422)
+        try:
+            with self._gradcam_lock:
+                overlay = self.gradcam(self.predictor, data, target=target or row.label)
+        except ModelError as exc:
+            raise RequestRejected(f"Grad-CAM is not available for this model: {exc}", 501) from None
+        return _png(overlay, GRADCAM_MAX_SIDE)
+
+    def thumbnail_png(self, prediction_id: int) -> bytes:
+        _, data = self._stored(prediction_id)
+        return _png(load_rgb(data), THUMBNAIL_SIDE)
+
+    # -- reading -----------------------------------------------------------------------------------------
+    def model_card(self) -> dict[str, Any]:
+        info = self.predictor.info
+        return {"model_version": self.model_version, "classes": self.classes,
+                "backend": getattr(self.predictor, "backend", None), "card": info}
+
+    def health(self, in_flight: int) -> dict[str, Any]:
+        return {"status": "ok", "leukoscope": __version__, "model_version": self.model_version,
+                "backend": getattr(self.predictor, "backend", None), "schema_version": self.store.version,
+                "predictions": self.store.count(), "in_flight": in_flight, "capacity": self.settings.capacity}
+
+    def csv_rows(self, filters: Filters) -> Iterator[str]:
+        """The history as CSV lines (pandas-readable; one p_<class> column per class of the loaded model)."""
+        return csv_lines(self.store.iter_all(filters), self.classes)
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: Any) -> Any:
+    """Neutralise spreadsheet formulas in text cells (a file named '=HYPERLINK(...)' stays text)."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def csv_lines(rows: Iterable[StoredPrediction], classes: Sequence[str]) -> Iterator[str]:
+    header = ["id", "created_at", "sample_id", "file_name", "sha256", "model_version", "label", "confidence",
+              *[f"p_{c}" for c in classes], "review", "review_reasons", "ood_score", "width", "height",
+              "probabilities"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+
+    def flush() -> str:
+        text = buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+        return text
+
+    writer.writerow(header)
+    yield flush()
+    for r in rows:
+        writer.writerow([r.id, r.created_at, r.sample_id, _cell(r.file_name), r.sha256, r.model_version, r.label,
+                         round(r.confidence, 6), *[round(r.probabilities.get(c, 0.0), 6) for c in classes],
+                         int(r.review), _cell("; ".join(r.review_reasons)),
+                         "" if r.ood_score is None else round(r.ood_score, 4), r.width, r.height,
+                         json.dumps(r.probabilities)])
+        yield flush()
+
+
+def _png(image: Image.Image, max_side: int) -> bytes:
+    image = image.convert("RGB") if image.mode not in ("RGB", "RGBA") else image
+    if max(image.size) > max_side:
+        image = image.copy()
+        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", optimize=False)
+    return buffer.getvalue()

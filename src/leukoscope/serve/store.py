@@ -1,0 +1,331 @@
+"""The prediction history: one SQLite file in WAL mode, versioned with PRAGMA user_version.
+
+Why SQLite: one file the lab can copy, no server to run, and transactions that survive `kill -9`. Every
+request writes its rows (and the uploaded bytes, needed to redraw Grad-CAM later) in one transaction that
+is committed before the HTTP answer leaves, so an answered prediction is always on disk, and a crashed
+request leaves nothing half-written.
+
+Uploaded images are kept as BLOBs in the `images` table keyed by their sha256 (content-addressed, so the
+same image uploaded twice is stored once and no user-supplied file name ever becomes a path).
+
+Threads: each thread gets its own connection (SQLite connections must not be shared while in use);
+writes take `BEGIN IMMEDIATE` under a process-wide lock, so concurrent requests never interleave or lose
+a row, and `busy_timeout` covers other processes holding the database.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError
+
+# Migration k takes a database from user_version k to k + 1. Never edit a released migration: append one.
+MIGRATIONS: list[str] = [
+    # 0 -> 1: first release
+    """
+    CREATE TABLE images (
+        sha256     TEXT PRIMARY KEY,
+        data       BLOB NOT NULL,
+        size       INTEGER NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE predictions (
+        id             INTEGER PRIMARY KEY AUTOINCREMENT,
+        created_at     TEXT NOT NULL,
+        sample_id      TEXT NOT NULL,
+        file_name      TEXT NOT NULL,
+        sha256         TEXT NOT NULL REFERENCES images(sha256),
+        model_version  TEXT NOT NULL,
+        label          TEXT NOT NULL,
+        confidence     REAL NOT NULL,
+        probabilities  TEXT NOT NULL,
+        review         INTEGER NOT NULL CHECK (review IN (0, 1)),
+        review_reasons TEXT NOT NULL,
+        ood_score      REAL,
+        width          INTEGER NOT NULL,
+        height         INTEGER NOT NULL
+    );
+    CREATE INDEX predictions_label ON predictions(label, id);
+    CREATE INDEX predictions_review ON predictions(review, id);
+    CREATE INDEX predictions_sample ON predictions(sample_id, id);
+    """,
+]
+
+_COLUMNS = (
+    "id, created_at, sample_id, file_name, sha256, model_version, label, confidence, probabilities, "
+    "review, review_reasons, ood_score, width, height"
+)
+
+
+def schema_version() -> int:
+    """The schema version this code writes (the number of migrations)."""
+    return len(MIGRATIONS)
+
+
+def utc_now() -> str:
+    """ISO 8601 UTC with milliseconds: sorts as text, reads in any tool."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class NewPrediction:
+    """One prediction to be stored (what the service hands the store)."""
+
+    sample_id: str
+    file_name: str
+    sha256: str
+    model_version: str
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+    review: bool
+    review_reasons: list[str]
+    ood_score: float | None
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class StoredPrediction(NewPrediction):
+    """A stored prediction: a NewPrediction plus its id and time."""
+
+    id: int = 0
+    created_at: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "created_at": self.created_at, "sample_id": self.sample_id,
+            "file_name": self.file_name, "sha256": self.sha256, "model_version": self.model_version,
+            "label": self.label, "confidence": self.confidence, "probabilities": self.probabilities,
+            "review": self.review, "review_reasons": self.review_reasons, "ood_score": self.ood_score,
+            "width": self.width, "height": self.height,
+        }
+
+
+@dataclass(frozen=True)
+class Filters:
+    """History filters; None means "any"."""
+
+    label: str | None = None
+    review: bool | None = None
+    sample_id: str | None = None
+
+    def where(self) -> tuple[str, list[Any]]:
+        clauses, params = [], []
+        if self.label is not None:
+            clauses.append("label = ?")
+            params.append(self.label)
+        if self.review is not None:
+            clauses.append("review = ?")
+            params.append(int(self.review))
+        if self.sample_id is not None:
+            clauses.append("sample_id = ?")
+            params.append(self.sample_id)
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of history, newest first."""
+
+    items: list[StoredPrediction]
+    page: int
+    per_page: int
+    total: int
+    filters: Filters = field(default_factory=Filters)
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.per_page))
+
+
+def _row_to_prediction(row: sqlite3.Row) -> StoredPrediction:
+    return StoredPrediction(
+        id=row["id"], created_at=row["created_at"], sample_id=row["sample_id"], file_name=row["file_name"],
+        sha256=row["sha256"], model_version=row["model_version"], label=row["label"],
+        confidence=row["confidence"], probabilities=json.loads(row["probabilities"]),
+        review=bool(row["review"]), review_reasons=json.loads(row["review_reasons"]),
+        ood_score=row["ood_score"], width=row["width"], height=row["height"],
+    )
+
+
+class Store:
+    """The SQLite prediction store. Open once per process; safe to use from many threads."""
+
+    def __init__(self, path: str | Path, *, migrations: Sequence[str] | None = None) -> None:
+        self.path = Path(path)
+        self._migrations = list(MIGRATIONS if migrations is None else migrations)
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._closed = False
+
+    # -- connections -------------------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        # check_same_thread=False only so close() may run on the shutdown thread; each connection is
+        # otherwise used by the one thread that opened it.
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")  # a committed answer survives power loss, not just -9
+        conn.execute("PRAGMA foreign_keys = ON")
+        with self._connections_lock:
+            self._connections.append(conn)
+        return conn
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise DataError("the prediction store is closed")
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        return conn
+
+    def open(self) -> Store:
+        """Create the folder and database if needed and bring the schema up to date."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DataError(f"cannot create the data folder {self.path.parent}: {exc.strerror or exc}") from None
+        try:
+            self.migrate()
+        except sqlite3.Error as exc:
+            raise DataError(f"cannot open the prediction database {self.path}: {exc}") from None
+        return self
+
+    def close(self) -> None:
+        with self._connections_lock:
+            self._closed = True
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+
+    def __enter__(self) -> Store:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _write(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run `work` in one IMMEDIATE transaction: all of it is committed, or none of it."""
+        conn = self._conn
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+    # -- schema ------------------------------------------------------------------------------------------
+    @property
+    def version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def migrate(self) -> int:
+        """Apply every migration newer than the database's user_version; returns the final version."""
+        target = len(self._migrations)
+
+        def work(conn: sqlite3.Connection) -> int:
+            current = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if current > target:
+                raise DataError(
+                    f"{self.path} has schema version {current}, newer than this leukoscope supports "
+                    f"({target}): upgrade leukoscope or use another --db"
+                )
+            for version in range(current, target):
+                for statement in self._migrations[version].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {version + 1}")
+            return target
+
+        return self._write(work)
+
+    # -- writing -----------------------------------------------------------------------------------------
+    def add(self, predictions: Sequence[NewPrediction], images: dict[str, bytes]) -> list[StoredPrediction]:
+        """Store one request's predictions and their images in one transaction; returns them with ids."""
+        missing = {p.sha256 for p in predictions} - set(images)
+        if missing:
+            raise ValueError(f"no image bytes given for {sorted(missing)}")
+        now = utc_now()
+
+        def work(conn: sqlite3.Connection) -> list[StoredPrediction]:
+            conn.executemany(
+                "INSERT OR IGNORE INTO images (sha256, data, size, created_at) VALUES (?, ?, ?, ?)",
+                [(sha, data, len(data), now) for sha, data in images.items()],
+            )
+            stored = []
+            for p in predictions:
+                cursor = conn.execute(
+                    "INSERT INTO predictions (created_at, sample_id, file_name, sha256, model_version, label, "
+                    "confidence, probabilities, review, review_reasons, ood_score, width, height) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (now, p.sample_id, p.file_name, p.sha256, p.model_version, p.label, float(p.confidence),
+                     json.dumps(p.probabilities), int(p.review), json.dumps(p.review_reasons),
+                     p.ood_score, p.width, p.height),
+                )
+                stored.append(StoredPrediction(**vars(p), id=int(cursor.lastrowid or 0), created_at=now))
+            return stored
+
+        return self._write(work)
+
+    # -- reading -----------------------------------------------------------------------------------------
+    def get(self, prediction_id: int) -> StoredPrediction | None:
+        row = self._conn.execute(f"SELECT {_COLUMNS} FROM predictions WHERE id = ?", (prediction_id,)).fetchone()
+        return _row_to_prediction(row) if row else None
+
+    def image(self, sha256: str) -> bytes | None:
+        row = self._conn.execute("SELECT data FROM images WHERE sha256 = ?", (sha256,)).fetchone()
+        return bytes(row["data"]) if row else None
+
+    def count(self, filters: Filters | None = None) -> int:
+        where, params = (filters or Filters()).where()
+        return int(self._conn.execute(f"SELECT COUNT(*) FROM predictions{where}", params).fetchone()[0])
+
+    def page(self, page: int = 1, per_page: int = 50, filters: Filters | None = None) -> Page:
+        """Newest first; `page` counts from 1 (a page past the end is simply empty)."""
+        filters = filters or Filters()
+        page, per_page = max(1, page), max(1, per_page)
+        where, params = filters.where()
+        rows = self._conn.execute(
+            f"SELECT {_COLUMNS} FROM predictions{where} ORDER BY id DESC LIMIT ? OFFSET ?",
+            [*params, per_page, (page - 1) * per_page],
+        ).fetchall()
+        return Page([_row_to_prediction(r) for r in rows], page, per_page, self.count(filters), filters)
+
+    def iter_all(self, filters: Filters | None = None, *, chunk: int = 500) -> Iterator[StoredPrediction]:
+        """Every matching row, newest first, read in keyset chunks.
+
+        Each chunk is one complete query, so a streaming response may pull successive chunks from
+        different threads (each then uses its own connection).
+        """
+        where, params = (filters or Filters()).where()
+        joiner = " AND " if where else " WHERE "
+        last_id: int | None = None
+        while True:
+            keyset = "" if last_id is None else f"{joiner}id < {int(last_id)}"
+            rows = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM predictions{where}{keyset} ORDER BY id DESC LIMIT ?", [*params, chunk]
+            ).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield _row_to_prediction(row)
+            last_id = rows[-1]["id"]
+
+    def labels(self) -> list[str]:
+        """Every class name present in the history (for filter menus)."""
+        return [r[0] for r in self._conn.execute("SELECT DISTINCT label FROM predictions ORDER BY label")]

@@ -1,0 +1,97 @@
+"""`leukoscope evaluate` and `leukoscope compare`, driven through `main` as a user would."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from _evalfixtures import make_noise_dataset, make_run
+from leukoscope.cli import main
+from leukoscope.cli.common import console, err_console
+
+
+@pytest.fixture(autouse=True)
+def wide_console():
+    """Rich wraps at 80 columns when not on a terminal; make it wide so messages stay on one line."""
+    saved = (console._width, err_console._width)
+    console.width = err_console.width = 400
+    yield
+    console._width, err_console._width = saved
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("cli-eval")
+    return make_run(base / "run", make_noise_dataset(base / "ALL"))
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
+    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+def test_evaluate_prints_metrics_and_writes_into_the_run_folder(run_folder, capsys):
+    code, out, err = run(capsys, "evaluate", run_folder, "--bootstrap", "20", "--quiet")
+    assert code == 0, err
+    assert "Accuracy" in out and "Leukemia sensitivity" in out and "interval" in out
+    assert "leukemia images called benign" in out
+    assert "Research software" in out
+    assert f"wrote {run_folder}/" in out
+    for name in ("metrics.json", "predictions.csv", "report.html", "MODEL_CARD.md", "calibration.json"):
+        assert (run_folder / name).is_file(), name
+
+
+def test_evaluate_warns_about_leakage_with_the_count(run_folder, tmp_path, capsys):
+    code, _, err = run(capsys, "evaluate", run_folder, run_folder / "split.csv", "--root",
+                         run_folder.parent / "ALL", "--part", "train", "--out", tmp_path / "leak", "--bootstrap", "0",
+                         "--no-calibrate", "-q")
+    assert code == 0, err
+    assert "warning:" in err and "LEAKAGE: 12 of 12 evaluated images" in err
+    assert (tmp_path / "leak" / "report.html").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--part", "holdout"], 2, "--part must be one of"),
+        (["--bootstrap", "-1"], 2, "--bootstrap must be >= 0"),
+        (["--batch-size", "0"], 2, "--batch-size must be at least 1"),
+    ],
+)
+def test_evaluate_bad_options_exit_2(run_folder, capsys, args, code, message):
+    got, _, err = run(capsys, "evaluate", run_folder, *args)
+    assert got == code and message in err
+
+
+def test_evaluate_errors_are_one_line(run_folder, tmp_path, capsys):
+    code, _, err = run(capsys, "evaluate", tmp_path / "missing-run")
+    assert code == 2 and "model not found" in err
+    (tmp_path / "empty-run").mkdir()
+    code, _, err = run(capsys, "evaluate", tmp_path / "empty-run", run_folder.parent / "ALL")
+    assert code == 1 and "no checkpoint" in err and len(err.strip().splitlines()) == 1
+
+
+def test_compare_writes_markdown_and_html(run_folder, tmp_path, capsys):
+    other = make_run(tmp_path / "run-b", run_folder.parent / "ALL", seed=1)
+    assert run(capsys, "evaluate", other, "--bootstrap", "0", "--no-calibrate", "-q")[0] == 0
+    if not (run_folder / "metrics.json").is_file():
+        assert run(capsys, "evaluate", run_folder, "--bootstrap", "0", "-q")[0] == 0
+    code, out, err = run(capsys, "compare", run_folder, other, "--out", tmp_path / "compare.md")
+    assert code == 0, err
+    assert "McNemar run vs run-b" in out and "Accuracy" in out
+    markdown = (tmp_path / "compare.md").read_text(encoding="utf-8")
+    assert "| metric | run | run-b |" in markdown and "Paired tests" in markdown
+    code, _, err = run(capsys, "compare", run_folder, other, "--out", tmp_path / "compare.html", "-q")
+    assert code == 0 and (tmp_path / "compare.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    code, _, err = run(capsys, "compare", run_folder, other, "--out", tmp_path / "compare.pdf")
+    assert code == 2 and ".html or .md" in err
+    code, _, err = run(capsys, "compare", run_folder, tmp_path)
+    assert code == 1 and "leukoscope evaluate" in err

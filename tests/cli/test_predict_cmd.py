@@ -1,0 +1,140 @@
+"""`leukoscope predict` and `leukoscope export`, driven through `main` as a user would."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from _modelfixtures import shared_tiny_package, shared_tiny_run, smear_image
+from leukoscope.cli import main
+from leukoscope.cli.common import DISCLAIMER, console, err_console
+
+CLASSES = ("Benign", "Early Pre-B", "Pre-B", "Pro-B")
+
+
+@pytest.fixture(autouse=True)
+def wide_console():
+    """Rich wraps at 80 columns when not on a terminal; make it wide so messages stay on one line."""
+    saved = (console._width, err_console._width)
+    console.width = err_console.width = 400
+    yield
+    console._width, err_console._width = saved
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return shared_tiny_package(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """patient1/ (3 smears), patient2/ (2 smears + a truncated and a zero-byte file), empty/."""
+    root = tmp_path_factory.mktemp("smears")
+    for folder, cls, count in (("patient1", 0, 3), ("patient2", 3, 2)):
+        (root / folder).mkdir()
+        for i in range(count):
+            Image.fromarray(smear_image(cls, 300 + i)).save(root / folder / f"img{i}.png")
+    data = (root / "patient1" / "img0.png").read_bytes()
+    (root / "patient2" / "broken.png").write_bytes(data[: len(data) // 2])
+    (root / "patient2" / "empty.jpg").write_bytes(b"")
+    (root / "empty").mkdir()
+    return root
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
+    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+def test_csv_rows_for_every_image_and_one_error_line_per_bad_file(package, images, capsys) -> None:
+    code, out, err = run(capsys, "predict", images, "--model", package, "--format", "csv", "--threads", "1")
+    assert code == 1
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert len(rows) == 7 and DISCLAIMER not in out
+    assert set(rows[0]) >= {"path", "label", "confidence", "review", "review_reasons", "ood_score", "error",
+                            *(f"p_{c}" for c in CLASSES)}
+    good = [r for r in rows if not r["error"]]
+    assert len(good) == 5 and all(r["label"] in CLASSES for r in good)
+    assert all(abs(sum(float(r[f"p_{c}"]) for c in CLASSES) - 1) < 1e-4 for r in good)
+    error_lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert any("broken.png" in line and "truncated" in line for line in error_lines)
+    assert any("empty.jpg" in line and "0 bytes" in line for line in error_lines)
+    assert "folder has no images" not in err  # images/empty is inside a folder that has images
+
+
+def test_table_output_ends_with_the_disclaimer(package, images, capsys) -> None:
+    code, out, _ = run(capsys, "predict", images / "patient1", "-m", package, "--threads", "1")
+    assert code == 0
+    assert "img0.png" in out and "3 image(s)" in out
+    assert out.strip().endswith(DISCLAIMER)
+
+
+def test_json_out_file_with_gradcam_and_limit(package, images, tmp_path, capsys) -> None:
+    out_file, cams = tmp_path / "results.json", tmp_path / "cams"
+    code, out, _ = run(capsys, "predict", images / "patient1", "-m", package, "--out", out_file,
+                       "--gradcam", cams, "--limit", "2", "--tta", "--quiet", "--threads", "1")
+    assert code == 0 and out == ""
+    rows = json.loads(out_file.read_text())
+    assert [Path(r["path"]).name for r in rows] == ["img0.png", "img1.png"]
+    for row in rows:
+        cam = Path(row["gradcam"])
+        assert cam.parent == cams and cam.is_file()
+        with Image.open(cam) as overlay:
+            assert overlay.size == (64, 64)
+
+
+def test_group_by_folder(package, images, capsys) -> None:
+    code, out, err = run(capsys, "predict", images, "-m", package, "--group-by", "folder", "-f", "json",
+                         "--threads", "1")
+    assert code == 1, err
+    rows = {Path(r["folder"]).name: r for r in json.loads(out)}
+    assert set(rows) == {"patient1", "patient2"}
+    assert rows["patient1"]["images"] == 3 and rows["patient1"]["failed"] == 0
+    assert sum(rows["patient1"][f"n_{c}"] for c in CLASSES) == 3
+    assert rows["patient2"]["failed"] == 2 and rows["patient2"]["review"]
+    assert "could not be read" in rows["patient2"]["review_reasons"]
+
+
+def test_glob_and_missing_paths(package, images, capsys) -> None:
+    code, out, err = run(capsys, "predict", str(images / "*" / "img1.png"), images / "nope.png", "-m", package,
+                         "-f", "csv", "--threads", "1")
+    assert code == 1
+    assert len(list(csv.DictReader(io.StringIO(out)))) == 2
+    assert "nope.png: no such file or folder" in err
+
+
+def test_no_images_is_a_usage_error(package, images, capsys) -> None:
+    code, _, err = run(capsys, "predict", images / "empty", "-m", package)
+    assert code == 2 and "folder has no images" in err and "no images found" in err
+    code, _, err = run(capsys, "predict", images / "patient1", "-m", package, "--out", images / "x.txt")
+    assert code == 2 and "--format" in err
+
+
+def test_damaged_package_is_one_clear_error(package, images, tmp_path, capsys) -> None:
+    copy = Path(shutil.copytree(package, tmp_path / "pkg"))
+    (copy / "model.onnx").write_bytes(b"garbage")
+    code, _, err = run(capsys, "predict", images / "patient1", "-m", copy)
+    assert code == 1 and "model.onnx does not match its sha256" in err
+
+
+def test_export_command(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, capsys) -> None:
+    run_dir = shared_tiny_run(tmp_path_factory)
+    code, out, err = run(capsys, "export", run_dir, "--out", tmp_path / "pkg", "--name", "cli-test")
+    assert code == 0, err
+    assert "fp32 ONNX vs PyTorch" in out and "wrote" in out and "model.onnx" in out
+    assert json.loads((tmp_path / "pkg" / "model.json").read_text())["name"] == "cli-test"
+    code, _, err = run(capsys, "export", tmp_path / "no-run", "--out", tmp_path / "pkg2")
+    assert code == 2 and "run folder not found" in err

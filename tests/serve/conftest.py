@@ -1,0 +1,50 @@
+"""Fixtures for the web app tests: an app on the fake predictor, bad uploads, a real tiny package."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from leukoscope.serve import Settings, create_app
+
+from .fakes import FakePredictor, fake_gradcam
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(db=tmp_path / "data" / "leukoscope.db")
+
+
+@pytest.fixture
+def make_client(settings: Settings) -> Iterator[Callable[..., TestClient]]:
+    """Factory: make_client(predictor=None, gradcam=fake_gradcam, raise_server_exceptions=True, **settings)
+    -> a started TestClient (lifespan run) on the fake predictor unless one is given."""
+    with ExitStack() as stack:
+
+        def make(predictor: Any = None, gradcam: Any = fake_gradcam, raise_server_exceptions: bool = True,
+                 **changes: Any) -> TestClient:
+            app = create_app(settings.with_(**changes), predictor or FakePredictor(), gradcam=gradcam)
+            client = TestClient(app, raise_server_exceptions=raise_server_exceptions)
+            return stack.enter_context(client)
+
+        yield make
+
+
+@pytest.fixture
+def client(make_client: Callable[..., TestClient]) -> TestClient:
+    return make_client()
+
+
+@pytest.fixture(scope="session")
+def tiny_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real tiny model package (tests/_modelfixtures.py); skips where it cannot be built."""
+    try:
+        from _modelfixtures import shared_tiny_package
+    except ImportError as exc:
+        pytest.skip(f"tests/_modelfixtures.py not available: {exc}")
+    return shared_tiny_package(tmp_path_factory)

@@ -1,0 +1,101 @@
+"""A fake predictor and Grad-CAM that honour docs/INTERFACES.md, for fast server tests without a model.
+
+Also imported by `fake_server.py`, which runs the app on them in a real uvicorn subprocess.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from leukoscope.errors import ImageError, ModelError
+from leukoscope.fileio import sha256_bytes
+from leukoscope.imaging import load_rgb
+
+CLASSES = ("Benign", "Early Pre-B", "Pre-B", "Pro-B")
+
+
+class FakePrediction:
+    """Field-for-field the Prediction of docs/INTERFACES.md."""
+
+    def __init__(self, **fields: Any) -> None:
+        self.__dict__.update(fields)
+
+
+class FakePredictor:
+    """Probabilities from the image's mean colour: deterministic, instant, different per image.
+
+    `hold` (a threading.Event) makes predict_bytes wait until it is set, to fill the server's pool;
+    `explode` makes it raise a RuntimeError, to test the 500 path.
+    """
+
+    backend = "fake"
+
+    def __init__(self, *, hold: threading.Event | None = None, explode: bool = False) -> None:
+        self.classes = CLASSES
+        self.info = {"format": "leukoscope-model", "name": "fake-model", "classes": list(CLASSES),
+                     "files": {"model.onnx": "0" * 64}, "temperature": 1.0,
+                     "metrics": {"accuracy": 0.99}}
+        self.hold = hold
+        self.explode = explode
+        self.entered = threading.Semaphore(0)
+        self.calls = 0
+
+    def _one(self, name: str, data: bytes) -> FakePrediction:
+        try:
+            image = load_rgb(data)
+        except ImageError as exc:
+            return FakePrediction(source=name, sha256=sha256_bytes(data), label=None,
+                                  probabilities=dict.fromkeys(CLASSES, 0.0), confidence=0.0, review=True,
+                                  review_reasons=["image could not be read"], ood_score=None, width=0,
+                                  height=0, error=str(exc))
+        mean = np.asarray(image, dtype=np.float64).mean(axis=(0, 1))
+        logits = np.array([mean[0], mean[1], mean[2], 128.0]) / 12.0
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        top = int(np.argmax(p))
+        reasons = [f"low confidence ({p[top]:.2f} < 0.90)"] if p[top] < 0.9 else []
+        return FakePrediction(source=name, sha256=sha256_bytes(data), label=CLASSES[top],
+                              probabilities={c: float(v) for c, v in zip(CLASSES, p, strict=True)},
+                              confidence=float(p[top]), review=bool(reasons), review_reasons=reasons,
+                              ood_score=1.5, width=image.size[0], height=image.size[1], error=None)
+
+    def predict_bytes(self, items: Sequence[tuple[str, bytes]], *, tta: bool = False) -> list[FakePrediction]:
+        self.calls += 1
+        self.entered.release()
+        if self.hold is not None:
+            self.hold.wait(timeout=60)
+        if self.explode:
+            raise RuntimeError("secret internal detail /etc/passwd")
+        return [self._one(name, data) for name, data in items]
+
+
+def fake_gradcam(predictor: Any, image: bytes, *, target: str | None = None) -> Image.Image:
+    """A red-tinted copy of the image at its original size (what the real overlay looks like, roughly)."""
+    if target is not None and target not in predictor.classes:
+        raise ModelError(f"unknown class {target}")
+    rgb = load_rgb(image)
+    red = Image.new("RGB", rgb.size, (255, 0, 0))
+    return Image.blend(rgb, red, 0.4)
+
+
+def png_bomb(width: int = 30000, height: int = 30000) -> bytes:
+    """A tiny PNG whose header claims width x height pixels (a decompression bomb, as far as a header says)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def files(*items: tuple[str, bytes], content_type: str = "application/octet-stream") -> list[tuple]:
+    """httpx multipart `files=` for the predict endpoint."""
+    return [("files", (name, data, content_type)) for name, data in items]

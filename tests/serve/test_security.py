@@ -1,0 +1,127 @@
+"""Token authentication (header, X-API-Token, login cookie), exposure checks, names, redirects."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from leukoscope.cli import app as cli_app
+from leukoscope.errors import UsageError
+from leukoscope.serve import Settings, check_exposure
+from leukoscope.serve.limits import clean_filename
+from leukoscope.serve.security import COOKIE_NAME, safe_next, session_value
+from leukoscope.serve.settings import is_loopback
+
+from .fakes import files
+
+TOKEN = "s3cret-token-for-tests"
+
+
+@pytest.fixture
+def secured(make_client):
+    return make_client(token=TOKEN)
+
+
+def test_without_a_token_everything_is_open(client):
+    assert client.get("/api/v1/health").status_code == 200
+    assert client.get("/").status_code == 200
+    assert client.get("/login", follow_redirects=False).status_code == 303  # no login when no token
+
+
+@pytest.mark.parametrize("path", ["/api/v1/health", "/api/v1/model", "/api/v1/predictions",
+                                  "/api/v1/predictions.csv", "/openapi.json", "/docs", "/history", "/"])
+def test_every_route_needs_the_token(secured, path):
+    response = secured.get(path, follow_redirects=False)
+    assert response.status_code == 401
+    assert response.json()["detail"].startswith("authentication required")
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert response.headers["x-frame-options"] == "DENY"  # errors carry the security headers too
+
+
+def test_predict_needs_the_token(secured, image_bytes):
+    response = secured.post("/api/v1/predict", files=files(("a.jpg", image_bytes())))
+    assert response.status_code == 401
+
+
+@pytest.mark.parametrize("headers", [{"Authorization": f"Bearer {TOKEN}"}, {"authorization": f"bearer {TOKEN}"},
+                                     {"X-API-Token": TOKEN}])
+def test_token_headers_are_accepted(secured, headers, image_bytes):
+    assert secured.get("/api/v1/health", headers=headers).status_code == 200
+    response = secured.post("/api/v1/predict", files=files(("a.jpg", image_bytes())), headers=headers)
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize("headers", [{"Authorization": "Bearer wrong"}, {"X-API-Token": TOKEN[:-1]},
+                                     {"Authorization": TOKEN}, {"Cookie": f"{COOKIE_NAME}={TOKEN}"},
+                                     {"Cookie": 'bad"cookie;;='}])
+def test_wrong_tokens_are_refused(secured, headers):
+    assert secured.get("/api/v1/health", headers=headers).status_code == 401
+
+
+def test_browser_is_sent_to_login_and_the_cookie_works(secured):
+    page = secured.get("/history?label=Benign", headers={"Accept": "text/html"}, follow_redirects=False)
+    assert page.status_code == 303 and page.headers["location"] == "/login?next=%2Fhistory%3Flabel%3DBenign"
+    form = secured.get("/login?next=/history")
+    assert form.status_code == 200 and 'name="token"' in form.text
+    assert secured.get("/static/style.css").status_code == 200  # the login page needs its stylesheet
+    wrong = secured.post("/login", data={"token": "nope", "next": "/history"}, follow_redirects=False)
+    assert wrong.status_code == 401 and "wrong token" in wrong.text
+    ok = secured.post("/login", data={"token": TOKEN, "next": "/history"}, follow_redirects=False)
+    assert ok.status_code == 303 and ok.headers["location"] == "/history"
+    cookie = ok.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+    assert TOKEN not in cookie and session_value(TOKEN) in cookie
+    assert secured.get("/history").status_code == 200  # the client kept the cookie
+    assert secured.get("/api/v1/health").status_code == 200
+    out = secured.post("/logout", follow_redirects=False)
+    assert out.status_code == 303
+    secured.cookies.clear()
+    assert secured.get("/api/v1/health").status_code == 401
+
+
+def test_login_never_redirects_off_site(secured):
+    for target in ("https://evil.example/", "//evil.example/", "/\\evil.example", "javascript:alert(1)"):
+        response = secured.post("/login", data={"token": TOKEN, "next": target}, follow_redirects=False)
+        assert response.headers["location"] == "/"
+    assert safe_next("/history?page=2") == "/history?page=2"
+
+
+def test_exposure_check():
+    check_exposure(Settings(host="127.0.0.1"))
+    check_exposure(Settings(host="::1"))
+    check_exposure(Settings(host="localhost"))
+    check_exposure(Settings(host="0.0.0.0", token="t"))
+    check_exposure(Settings(host="0.0.0.0", insecure=True))
+    with pytest.raises(UsageError, match=r"refusing to listen on 0\.0\.0\.0"):
+        check_exposure(Settings(host="0.0.0.0"))
+    with pytest.raises(UsageError):
+        check_exposure(Settings(host="192.168.1.20"))
+    assert is_loopback("127.0.0.2") and not is_loopback("example.org")
+
+
+def test_cli_refuses_an_open_public_bind_before_loading_a_model(monkeypatch, tmp_path):
+    monkeypatch.delenv("LEUKOSCOPE_API_TOKEN", raising=False)
+    result = CliRunner().invoke(cli_app, ["serve", "--host", "0.0.0.0", "--model", str(tmp_path / "none"),
+                                          "--db", str(tmp_path / "db.sqlite")])
+    assert result.exit_code != 0
+    assert isinstance(result.exception, UsageError) and "--insecure" in str(result.exception)
+    assert not (tmp_path / "db.sqlite").exists()
+
+
+def test_settings_from_env():
+    settings = Settings.from_env({"LEUKOSCOPE_API_TOKEN": "abc", "LEUKOSCOPE_DB": "/tmp/x/y.db"}, port=9000,
+                                 model=None)
+    assert settings.token == "abc" and str(settings.db) == "/tmp/x/y.db" and settings.port == 9000
+    assert "abc" not in repr(settings)
+    assert Settings.from_env({}, db="here.db").db.name == "here.db"
+    assert Settings.from_env({"LEUKOSCOPE_API_TOKEN": ""}).token is None
+    with pytest.raises(UsageError, match="workers"):
+        Settings(workers=0)
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("../../etc/passwd", "passwd"), ("C:\\Users\\me\\cell.jpg", "cell.jpg"), ("a\x00b\x1b[31m.jpg", "ab[31m.jpg"),
+    ("", "upload-3"), (None, "upload-3"), ("..", "upload-3"), ("x" * 500, "x" * 200),
+])
+def test_clean_filename(raw, expected):
+    assert clean_filename(raw, 2) == expected

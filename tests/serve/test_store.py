@@ -1,0 +1,139 @@
+"""The SQLite store: schema versions and migrations, WAL, ordering, filters, concurrency, reopening."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from leukoscope.errors import DataError
+from leukoscope.serve.store import MIGRATIONS, Filters, NewPrediction, Store, schema_version
+
+
+def new(i: int, *, label: str = "Benign", review: bool = False, sample: str = "s1", sha: str | None = None):
+    return NewPrediction(
+        sample_id=sample, file_name=f"cell-{i}.jpg", sha256=sha or f"{i:064x}", model_version="m@1",
+        label=label, confidence=0.9, probabilities={"Benign": 0.9, "Pre-B": 0.1}, review=review,
+        review_reasons=["low confidence"] if review else [], ood_score=None, width=64, height=64,
+    )
+
+
+def add(store: Store, *items: NewPrediction) -> list:
+    return store.add(list(items), {p.sha256: p.sha256.encode() for p in items})
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    with Store(tmp_path / "sub" / "db.sqlite") as s:
+        yield s
+
+
+def test_new_database_has_schema_version_wal_and_folder(store: Store):
+    assert store.path.parent.is_dir()
+    assert store.version == schema_version() == len(MIGRATIONS)
+    mode = sqlite3.connect(store.path).execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+
+
+def test_rows_round_trip_newest_first_with_pagination(store: Store):
+    stored = add(store, *[new(i) for i in range(7)])
+    assert [s.id for s in stored] == sorted(s.id for s in stored)
+    first = store.page(1, 3)
+    assert first.total == 7 and first.pages == 3
+    assert [r.file_name for r in first.items] == ["cell-6.jpg", "cell-5.jpg", "cell-4.jpg"]
+    assert [r.file_name for r in store.page(3, 3).items] == ["cell-0.jpg"]
+    assert store.page(9, 3).items == []
+    row = store.get(stored[2].id)
+    assert row is not None and row.probabilities == {"Benign": 0.9, "Pre-B": 0.1}
+    assert row.created_at.endswith("Z") and row.review is False
+    assert store.get(10_000) is None
+
+
+def test_filters_by_class_review_and_sample(store: Store):
+    add(store, new(1, label="Benign"), new(2, label="Pre-B", review=True), new(3, label="Pre-B", sample="s2"))
+    assert store.count(Filters(label="Pre-B")) == 2
+    assert store.count(Filters(review=True)) == 1
+    assert store.count(Filters(review=False, label="Pre-B")) == 1
+    assert [r.file_name for r in store.iter_all(Filters(sample_id="s2"))] == ["cell-3.jpg"]
+    assert store.labels() == ["Benign", "Pre-B"]
+
+
+def test_images_are_content_addressed_and_stored_once(store: Store):
+    add(store, new(1, sha="a" * 64), new(2, sha="a" * 64))
+    assert store.image("a" * 64) == ("a" * 64).encode()
+    count = sqlite3.connect(store.path).execute("SELECT COUNT(*) FROM images").fetchone()[0]
+    assert count == 1
+    with pytest.raises(ValueError, match="no image bytes"):
+        store.add([new(3)], {})
+
+
+def test_iter_all_reads_in_chunks_newest_first(store: Store):
+    add(store, *[new(i) for i in range(12)])
+    ids = [r.id for r in store.iter_all(chunk=5)]
+    assert ids == sorted(ids, reverse=True) and len(ids) == 12
+
+
+def test_failed_transaction_leaves_nothing(store: Store):
+    with pytest.raises(sqlite3.Error):
+        store.add([new(1), new(2, label=None)], {new(1).sha256: b"x", new(2).sha256: b"y"})  # type: ignore[arg-type]
+    assert store.count() == 0
+    assert store.image(new(1).sha256) is None
+
+
+def test_concurrent_writers_never_lose_or_duplicate_rows(store: Store):
+    threads, per_thread = 8, 25
+    errors: list[BaseException] = []
+
+    def writer(t: int) -> None:
+        try:
+            for i in range(per_thread):
+                add(store, new(t * 1000 + i, sample=f"t{t}"))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=writer, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not errors
+    rows = list(store.iter_all())
+    assert len(rows) == threads * per_thread
+    assert len({r.id for r in rows}) == len(rows)
+    assert {r.file_name for r in rows} == {f"cell-{t * 1000 + i}.jpg" for t in range(threads) for i in range(per_thread)}
+
+
+def test_reopen_keeps_rows_and_version(tmp_path: Path):
+    path = tmp_path / "db.sqlite"
+    with Store(path) as s:
+        add(s, new(1), new(2))
+    with Store(path) as s:
+        assert s.count() == 2 and s.version == schema_version()
+
+
+def test_migrations_run_in_order_from_any_older_version(tmp_path: Path):
+    path = tmp_path / "db.sqlite"
+    with Store(path) as s:  # a database of the first release
+        add(s, new(1))
+    extra = "ALTER TABLE predictions ADD COLUMN note TEXT; CREATE INDEX predictions_note ON predictions(note)"
+    with Store(path, migrations=[*MIGRATIONS, extra]) as s:
+        assert s.version == len(MIGRATIONS) + 1
+        assert s.count() == 1
+        columns = [r[1] for r in sqlite3.connect(path).execute("PRAGMA table_info(predictions)")]
+        assert "note" in columns
+
+
+def test_newer_database_is_refused_with_a_clear_message(tmp_path: Path):
+    path = tmp_path / "db.sqlite"
+    sqlite3.connect(path).execute(f"PRAGMA user_version = {schema_version() + 5}").connection.close()
+    with pytest.raises(DataError, match="newer than this leukoscope supports"):
+        Store(path).open()
+
+
+def test_not_a_database_is_a_clear_error(tmp_path: Path):
+    path = tmp_path / "db.sqlite"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(DataError, match="cannot open the prediction database"):
+        Store(path).open()

@@ -1,0 +1,121 @@
+"""`export_run`: parity checks before writing, model.json contents, int8, temperature sources."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _modelfixtures import shared_tiny_package, shared_tiny_run
+from leukoscope import export as export_module
+from leukoscope.errors import DataError, ModelError
+from leukoscope.export import choose_confidence_threshold, export_run
+from leukoscope.package import read_package_json, verify_package
+
+MODEL_JSON_KEYS = {
+    "format", "format_version", "name", "created", "leukoscope_version", "backbone", "spec", "classes",
+    "preprocess", "training_image_size", "temperature", "temperature_source", "review", "ood",
+    "default_onnx", "parity", "onnx", "metrics", "training", "data", "disclaimer", "files",
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return shared_tiny_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return shared_tiny_package(tmp_path_factory)
+
+
+def _copy_run(run: Path, tmp_path: Path) -> Path:
+    """A private copy of the run folder (its config.yaml still points at the shared data)."""
+    return Path(shutil.copytree(run, tmp_path / "run"))
+
+
+def test_model_json_has_everything_a_package_promises(tiny_package: Path) -> None:
+    info = verify_package(tiny_package)
+    assert set(info) >= MODEL_JSON_KEYS
+    assert info["classes"] == ["Benign", "Early Pre-B", "Pre-B", "Pro-B"]
+    assert info["preprocess"]["input_size"] == 64 and info["default_onnx"] == "model.onnx"
+    assert info["parity"]["fp32_max_abs_prob_diff"] <= 1e-4
+    assert 0.5 <= info["review"]["confidence_threshold"] <= 0.99
+    assert info["review"]["ood_threshold"] > 0 and info["ood"]["threshold_part"] == "val"
+    assert info["temperature"] > 0 and info["temperature_source"] == "fitted on the val part"
+    assert info["training"]["command"] == "leukoscope train tiny-test-run"
+    assert len(info["data"]["manifest_digest"]) == 64 and info["data"]["parts"]["val"] == 12
+    assert info["onnx"]["outputs"] == ["logits", "features"]
+
+
+def test_model_pt_holds_fp16_weights(tiny_package: Path) -> None:
+    import torch
+
+    payload = torch.load(tiny_package / "model.pt", weights_only=True)
+    assert payload["spec"]["backbone"] == "test_efficientnet"
+    floats = [v for v in payload["model"].values() if v.is_floating_point()]
+    assert floats and all(v.dtype == torch.float16 for v in floats)
+
+
+def test_int8_export_is_checked_and_becomes_default(tmp_path_factory: pytest.TempPathFactory) -> None:
+    package = shared_tiny_package(tmp_path_factory, int8=True)
+    info = verify_package(package)
+    assert info["default_onnx"] == "model.int8.onnx" and "model.onnx" in info["files"]
+    assert info["parity"]["int8_top1_agreement"] >= 0.99
+
+
+def test_int8_disagreement_refuses_with_numbers(tiny_run: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(export_module, "INT8_MIN_AGREEMENT", 1.01)  # unreachable
+    with pytest.raises(ModelError, match=r"top-1 agreement 100\.00%.*below the required"):
+        export_run(tiny_run, tmp_path / "pkg", int8=True, threads=1)
+    assert not (tmp_path / "pkg").exists()
+
+
+def test_fp32_parity_failure_writes_nothing(tiny_run: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(export_module, "FP32_TOLERANCE", -1.0)
+    with pytest.raises(ModelError, match="does not match PyTorch"):
+        export_run(tiny_run, tmp_path / "pkg", threads=1)
+    assert not (tmp_path / "pkg").exists()
+
+
+def test_temperature_from_calibration_json_and_int8_only(tiny_run: Path, tmp_path: Path) -> None:
+    run = _copy_run(tiny_run, tmp_path)
+    (run / "calibration.json").write_text(json.dumps({"temperature": 1.75, "fitted_on": "val", "n": 12}))
+    package = export_run(run, tmp_path / "pkg", int8_only=True, name="tiny", threads=1)
+    info = read_package_json(package)
+    assert info["temperature"] == 1.75 and info["temperature_source"] == "calibration.json"
+    assert info["name"] == "tiny" and "model.onnx" not in info["files"]
+    assert info["default_onnx"] == "model.int8.onnx"
+
+
+def test_run_without_val_part_uses_defaults(tiny_run: Path, tmp_path: Path) -> None:
+    run = _copy_run(tiny_run, tmp_path)
+    split = (run / "split.csv").read_text().replace(",val\n", ",train\n")
+    (run / "split.csv").write_text(split)
+    info = read_package_json(export_run(run, tmp_path / "pkg", threads=1))
+    assert info["review"]["confidence_threshold"] == 0.9
+    assert info["temperature"] == 1.0 and "no val part" in info["temperature_source"]
+    assert "held out" in info["ood"]["threshold_part"]
+
+
+def test_missing_data_or_split_is_a_clear_error(tiny_run: Path, tmp_path: Path) -> None:
+    run = _copy_run(tiny_run, tmp_path)
+    with pytest.raises(DataError, match="pass --data"):
+        export_run(run, tmp_path / "pkg", data_root=tmp_path / "moved")
+    (run / "split.csv").unlink()
+    with pytest.raises(ModelError, match=r"no split\.csv"):
+        export_run(run, tmp_path / "pkg")
+    with pytest.raises(ModelError, match="no checkpoint"):
+        export_run(tmp_path, tmp_path / "pkg")
+
+
+def test_choose_confidence_threshold() -> None:
+    probs = np.array([[0.97, 0.03], [0.8, 0.2], [0.55, 0.45], [0.3, 0.7]])
+    assert choose_confidence_threshold(probs, np.array([0, 0, 1, 1])) == 0.56
+    assert choose_confidence_threshold(probs, np.array([0, 0, 0, 1])) == 0.5
+    assert choose_confidence_threshold(probs, np.array([1, 1, 1, 0])) == 0.99  # never accurate: maximum

@@ -1,0 +1,187 @@
+"""Predictor: both backends agree, every kind of bad input gets a one-line error, review reasons, TTA."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from _modelfixtures import shared_tiny_package, shared_tiny_run, smear_image
+from leukoscope.errors import ModelError
+from leukoscope.inference import Prediction, group_by_folder, load_predictor, tta_views
+
+CLASSES = ("Benign", "Early Pre-B", "Pre-B", "Pro-B")
+
+
+@pytest.fixture(scope="session")
+def tiny_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return shared_tiny_package(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def predictor(tiny_package: Path):
+    return load_predictor(tiny_package, threads=1)
+
+
+def encode(array: np.ndarray | Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
+    image = array if isinstance(array, Image.Image) else Image.fromarray(array)
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def held_out(n_per_class: int = 3) -> np.ndarray:
+    """Smear-like images the model never saw (seeds outside the run's dataset)."""
+    return np.stack([smear_image(c, 100 + i) for c in range(4) for i in range(n_per_class)])
+
+
+def test_backends_agree(tiny_package: Path, predictor) -> None:
+    torch_predictor = load_predictor(tiny_package, backend="torch", threads=1)
+    assert predictor.backend == "onnx" and torch_predictor.backend == "torch"
+    batch = held_out()
+    diff = np.abs(predictor.predict_proba(batch) - torch_predictor.predict_proba(batch)).max()
+    assert diff <= 1e-4
+    assert predictor.classes == CLASSES and predictor.preprocess.input_size == 64
+
+
+def test_int8_package_prefers_int8(tmp_path_factory: pytest.TempPathFactory) -> None:
+    package = shared_tiny_package(tmp_path_factory, int8=True)
+    int8 = load_predictor(package, threads=1)
+    fp32 = load_predictor(package, threads=1, onnx_file="model.onnx")
+    assert int8.info["default_onnx"] == "model.int8.onnx"
+    batch = held_out()
+    assert np.mean(int8.predict_proba(batch).argmax(1) == fp32.predict_proba(batch).argmax(1)) >= 0.9
+    with pytest.raises(ModelError, match=r"has no nope\.onnx"):
+        load_predictor(package, onnx_file="nope.onnx")
+
+
+def test_predictions_are_calibrated_and_complete(predictor) -> None:
+    (prediction,) = predictor.predict_bytes([("a.png", encode(smear_image(0, 101)))])
+    assert prediction.error is None and prediction.label in CLASSES
+    assert list(prediction.probabilities) == list(CLASSES)
+    assert abs(sum(prediction.probabilities.values()) - 1) < 1e-6
+    assert prediction.confidence == max(prediction.probabilities.values())
+    assert (prediction.width, prediction.height) == (64, 64) and len(prediction.sha256) == 64
+    assert prediction.ood_score is not None and prediction.review == bool(prediction.review_reasons)
+    row = prediction.to_row()
+    assert row["path"] == "a.png" and row["p_Pre-B"] >= 0 and row["error"] == ""
+
+
+def _exif_rotated() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees when displayed
+    return encode(Image.fromarray(smear_image(1, 7)).resize((80, 40)), "JPEG", exif=exif)
+
+
+def test_every_bad_input_gets_a_one_line_error_and_the_rest_still_predict(predictor) -> None:
+    good = smear_image(2, 101)
+    jpeg = encode(good, "JPEG")
+    bomb = encode(Image.new("1", (8000, 7000)))  # 56 megapixels
+    items = [
+        ("zero.jpg", b""), ("truncated.jpg", jpeg[: len(jpeg) // 3]), ("text.jpg", b"hello, not an image"),
+        ("bomb.png", bomb), ("gray.png", encode(Image.fromarray(good).convert("L"))),
+        ("rgba.png", encode(Image.fromarray(good).convert("RGBA"))),
+        ("cmyk.jpg", encode(Image.fromarray(good).convert("CMYK"), "JPEG")),
+        ("sixteen.png", encode(Image.fromarray(good[..., 0].astype(np.uint16) * 257))),
+        ("exif.jpg", _exif_rotated()), ("ok.jpg", jpeg),
+    ]
+    results = {p.source: p for p in predictor.predict_bytes(items, batch_size=4)}
+    assert list(results) == [name for name, _ in items]
+    for name in ("zero.jpg", "truncated.jpg", "text.jpg", "bomb.png"):
+        p = results[name]
+        assert p.error and "\n" not in p.error and p.label is None and p.confidence == 0.0 and p.review
+    assert "0 bytes" in results["zero.jpg"].error and "truncated" in results["truncated.jpg"].error
+    assert "not an image" in results["text.jpg"].error and "too large" in results["bomb.png"].error
+    for name in ("gray.png", "rgba.png", "cmyk.jpg", "sixteen.png", "exif.jpg", "ok.jpg"):
+        assert results[name].error is None and results[name].label in CLASSES, name
+    assert (results["exif.jpg"].width, results["exif.jpg"].height) == (40, 80)
+
+
+def test_image_size_far_from_training_resolution_is_a_review_reason(predictor) -> None:
+    image = Image.fromarray(smear_image(0, 101))
+    items = [(f"{w}x{h}", encode(image.resize((w, h)))) for w, h in ((20, 20), (300, 300), (64, 128))]
+    small, large, tall = predictor.predict_bytes(items)
+    assert small.review and any("much smaller" in r for r in small.review_reasons)
+    assert large.review and any("much larger" in r for r in large.review_reasons)
+    assert any("far from square" in r for r in tall.review_reasons)
+    assert (large.width, large.height) == (300, 300) and large.label in CLASSES
+
+
+def test_predict_paths_keeps_order_across_batches(predictor, tmp_path: Path) -> None:
+    paths = []
+    for i in range(7):
+        path = tmp_path / f"img{i}.png"
+        path.write_bytes(encode(smear_image(i % 4, 100 + i)) if i != 3 else b"")
+        paths.append(path)
+    paths.append(tmp_path / "missing.png")
+    results = list(predictor.predict_paths(paths, batch_size=3))
+    assert [r.source for r in results] == [str(p) for p in paths]
+    assert [r.error is not None for r in results] == [False, False, False, True, False, False, False, True]
+    assert "cannot read file" in results[-1].error
+
+
+def test_tta_uses_8_views_and_is_rotation_invariant(predictor) -> None:
+    batch = held_out(1)
+    views = list(tta_views(batch))
+    assert len(views) == 8 and np.array_equal(views[0], batch)
+    assert len({v.tobytes() for v in views}) == 8
+    plain = predictor.predict_proba(batch, tta=True)
+    rotated = predictor.predict_proba(np.rot90(batch, 1, axes=(1, 2)), tta=True)
+    assert np.abs(plain - rotated).max() < 1e-5
+    (p,) = predictor.predict_bytes([("x.png", encode(batch[0]))], tta=True)
+    assert abs(sum(p.probabilities.values()) - 1) < 1e-6
+
+
+def test_confidence_threshold_override(tiny_package: Path) -> None:
+    items = [(f"{i}.png", encode(image)) for i, image in enumerate(held_out(2))]
+    never = load_predictor(tiny_package, threads=1, confidence_threshold=0.0).predict_bytes(items)
+    always = load_predictor(tiny_package, threads=1, confidence_threshold=1.0).predict_bytes(items)
+    assert not any("low confidence" in r for p in never for r in p.review_reasons)
+    assert all(p.review and any("low confidence" in r for r in p.review_reasons) for p in always)
+
+
+def test_run_folder_predicts_in_torch(tmp_path_factory: pytest.TempPathFactory) -> None:
+    run = shared_tiny_run(tmp_path_factory)
+    predictor = load_predictor(run, threads=1)
+    assert predictor.backend == "torch" and predictor.classes == CLASSES and predictor.ood is None
+    assert predictor.predict_proba(held_out(1)).shape == (4, 4)
+    with pytest.raises(ModelError, match="export"):
+        load_predictor(run, backend="onnx")
+
+
+def test_damaged_and_missing_packages(tiny_package: Path, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    copy = Path(shutil.copytree(tiny_package, tmp_path / "pkg"))
+    (copy / "ood.npz").write_bytes(b"tampered")
+    with pytest.raises(ModelError, match="sha256"):
+        load_predictor(copy)
+    with pytest.raises(ModelError, match="not found"):
+        load_predictor(tmp_path / "nothing-here")
+    missing = tmp_path / "assets" / "default"
+    monkeypatch.setattr("leukoscope.inference.bundled_package_path", lambda: missing)
+    monkeypatch.setattr("leukoscope.package.bundled_package_path", lambda: missing)
+    with pytest.raises(ModelError, match="bundled model package is missing"):
+        load_predictor()
+
+
+def _pred(source: str, label: str | None, probs: list[float], review: bool = False) -> Prediction:
+    return Prediction(source, "", label, dict(zip(CLASSES, probs, strict=True)), max(probs), review,
+                      ["x"] if review else [], None, 64, 64, None if label else "unreadable")
+
+
+def test_group_by_folder() -> None:
+    rows = group_by_folder([
+        _pred("p1/a.png", "Benign", [0.9, 0.1, 0, 0]), _pred("p1/b.png", "Benign", [0.98, 0.02, 0, 0]),
+        _pred("p2/a.png", "Pre-B", [0, 0.4, 0.6, 0], review=True), _pred("p2/b.png", "Early Pre-B", [0, 0.7, 0.3, 0]),
+        _pred("p2/c.png", None, [0, 0, 0, 0]),
+    ], CLASSES, confidence_threshold=0.9)
+    p1, p2 = rows
+    assert p1["folder"] == "p1" and p1["label"] == "Benign" and abs(p1["confidence"] - 0.94) < 1e-9
+    assert p1["n_Benign"] == 2 and not p1["review"]
+    assert p2["images"] == 3 and p2["failed"] == 1 and p2["label"] == "Early Pre-B"
+    assert p2["n_Pre-B"] == 1 and p2["n_Early Pre-B"] == 1 and p2["review"]
+    assert "could not be read" in p2["review_reasons"] and "low sample confidence" in p2["review_reasons"]

@@ -1,0 +1,98 @@
+"""Out-of-distribution scores and image-quality checks: non-smear images must not pass as confident calls."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFilter
+
+from _modelfixtures import shared_tiny_package, smear_image
+from leukoscope.inference import load_predictor
+from leukoscope.ood import MahalanobisOOD, QualityThresholds, fit_quality_thresholds, image_stats, quality_reasons
+
+
+@pytest.fixture(scope="session")
+def predictor(tmp_path_factory: pytest.TempPathFactory):
+    return load_predictor(shared_tiny_package(tmp_path_factory), threads=1)
+
+
+def png(image: np.ndarray | Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _text_image() -> Image.Image:
+    image = Image.new("RGB", (64, 64), "white")
+    draw = ImageDraw.Draw(image)
+    for row in range(5):
+        draw.text((2, 2 + 12 * row), "Lorem ipsum", fill="black")
+    return image
+
+
+def _non_smears() -> dict[str, bytes]:
+    rng = np.random.default_rng(0)
+    blurred = Image.fromarray(smear_image(1, 101)).filter(ImageFilter.GaussianBlur(3))
+    other_stain = smear_image(2, 102)[..., [1, 2, 0]]  # another lab's colours: green background
+    return {"noise": png(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)),
+            "solid": png(np.full((64, 64, 3), (205, 120, 170), np.uint8)),
+            "text": png(_text_image()), "blurred": png(blurred), "other stain": png(other_stain)}
+
+
+def test_review_flag_fires_on_non_smear_images(predictor) -> None:
+    names, data = zip(*_non_smears().items(), strict=True)
+    for name, p in zip(names, predictor.predict_bytes(list(zip(names, data, strict=True))), strict=True):
+        # Not merely low confidence: flagged as unlike the training data or as a bad image.
+        assert p.review, name
+        assert any("unlike the training" in r or "blurry" in r or "uniform" in r for r in p.review_reasons), (
+            name, p.review_reasons)
+
+
+def test_ood_and_quality_flags_spare_most_in_distribution_images(predictor) -> None:
+    items = [(f"{c}-{i}", png(smear_image(c, 200 + i))) for c in range(4) for i in range(6)]
+    predictions = predictor.predict_bytes(items)
+    flagged = [p for p in predictions
+               if any("unlike" in r or "blurry" in r or "uniform" in r for r in p.review_reasons)]
+    assert len(flagged) <= len(predictions) // 4, [p.review_reasons for p in flagged]
+    scores = [p.ood_score for p in predictions]
+    assert np.median(scores) < predictor.ood.threshold
+
+
+def test_mahalanobis_fit_score_threshold_and_file(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 5, size=(3, 16))
+    labels = np.repeat(np.arange(3), 100)
+    train = centres[labels] + rng.normal(size=(300, 16))
+    ood = MahalanobisOOD.fit(train, labels, n_components=8)
+    val = centres[labels] + rng.normal(size=(300, 16))
+    threshold = ood.set_threshold(ood.score(val))
+    assert 0.03 <= np.mean(ood.score(val) > threshold) <= 0.07
+    far = rng.normal(0, 1, size=(20, 16)) + 40
+    assert np.all(ood.score(far) > threshold)
+    ood.save(tmp_path / "ood.npz")
+    loaded = MahalanobisOOD.load(tmp_path / "ood.npz")
+    assert loaded.threshold == threshold
+    assert np.allclose(loaded.score(val[:10]), ood.score(val[:10]), rtol=1e-5)
+
+
+def test_mahalanobis_with_missing_class_and_few_samples() -> None:
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(6, 32))  # fewer samples than dimensions: shrinkage keeps it finite
+    ood = MahalanobisOOD.fit(features, np.array([0, 0, 0, 2, 2, 2]))
+    scores = ood.score(rng.normal(size=(4, 32)))
+    assert np.all(np.isfinite(scores)) and ood.means.shape == (3, 32)
+    with pytest.raises(ValueError, match="need"):
+        MahalanobisOOD.fit(features[:1], np.array([0]))
+
+
+def test_quality_checks() -> None:
+    smear = smear_image(0, 5)
+    thresholds = fit_quality_thresholds(np.array([image_stats(smear_image(c, i)) for c in range(4) for i in range(5)]))
+    assert quality_reasons(smear, thresholds) == []
+    blurred = np.asarray(Image.fromarray(smear).filter(ImageFilter.GaussianBlur(3)))
+    assert "blurry" in quality_reasons(blurred, thresholds)[0]
+    assert "uniform" in quality_reasons(np.full((64, 64, 3), 200, np.uint8), thresholds)[0]
+    assert QualityThresholds.from_dict(thresholds.to_dict()) == thresholds

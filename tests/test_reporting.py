@@ -1,0 +1,163 @@
+"""Figures, the self-contained HTML report, the model card and the comparison page, from synthetic results."""
+
+from __future__ import annotations
+
+import base64
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from leukoscope.calibration import softmax
+from leukoscope.metrics import compute_metrics
+from leukoscope.plots import evaluation_figures, prediction_grid, training_curves
+from leukoscope.reporting import DISCLAIMER, write_comparison, write_model_card, write_report_html
+
+CLASSES = ("Benign", "Early Pre-B", "Pre-B", "Pro-B")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class PageParser(HTMLParser):
+    """Collects images, external references and text of an HTML page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[dict[str, str | None]] = []
+        self.external: list[str] = []
+        self.tags: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        values = dict(attrs)
+        if tag == "img":
+            self.images.append(values)
+        for key in ("src", "href"):
+            if values.get(key) and not values[key].startswith(("data:", "#")):
+                self.external.append(values[key])
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+@pytest.fixture(scope="module")
+def synthetic_eval(tmp_path_factory) -> dict:
+    """A small evaluation's arrays, image files and metrics, as `evaluate` would have them."""
+    folder = tmp_path_factory.mktemp("synthetic")
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 6)
+    logits = rng.normal(size=(24, 4))
+    logits[np.arange(24), y] += 2.0
+    paths = []
+    for i in range(24):
+        path = folder / f"img{i:02d}.jpg"
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    probs, raw = softmax(logits, 1.5), softmax(logits)
+    metrics = compute_metrics(y, probs, classes=CLASSES, n_bootstrap=50)
+    return {"folder": folder, "y": y, "probs": probs, "raw": raw, "paths": paths, "metrics": metrics}
+
+
+@pytest.fixture(scope="module")
+def figures(synthetic_eval) -> list[dict]:
+    s = synthetic_eval
+    history = [{"epoch": i, "stage": "warmup" if i < 2 else "main", "train_loss": 1 / i, "train_acc": 1 - 1 / (i + 1),
+                "val_loss": 1.1 / i, "val_acc": "" if i == 1 else 0.9 - 1 / (i + 1)} for i in range(1, 6)]
+    return evaluation_figures(s["folder"] / "figures", y=s["y"], probs=s["probs"], raw_probs=s["raw"],
+                              classes=CLASSES, paths=s["paths"], confusion=s["metrics"]["confusion_matrix"],
+                              history=history, seed=0)
+
+
+def result_dict(metrics: dict, warnings: list[str] | None = None) -> dict:
+    return {
+        **metrics,
+        "model": {"name": "tiny-run", "kind": "run", "backbone": "test_efficientnet", "classes": list(CLASSES),
+                  "input_size": 64, "temperature": 1.5},
+        "data_summary": {"data_root": "/data/ALL", "split_csv": "/runs/x/split.csv", "part": "test", "n_images": 24,
+                         "class_counts": dict.fromkeys(CLASSES, 6), "split_sizes": {"train": 50, "val": 10, "test": 24},
+                         "duplicate_groups": 1, "duplicate_images": 2, "problems": 0,
+                         "leakage": {"checked": True, "train_overlap": 0}},
+        "calibration": {"source": "fitted", "temperature": 1.5, "fitted_on": "val", "n_fit": 10, "n_bins": 15,
+                        "ece_before": 0.2, "ece_after": 0.05, "brier_before": 0.4, "brier_after": 0.3,
+                        "log_loss_before": 0.9, "log_loss_after": 0.7},
+        "warnings": warnings or [],
+    }
+
+
+def test_every_figure_is_a_png(figures):
+    assert [f["title"] for f in figures] == ["Training curves", "Confusion matrix", "Example predictions",
+                                             "ROC curves", "Reliability diagram"]
+    for figure in figures:
+        assert Path(figure["path"]).read_bytes()[:8] == PNG_MAGIC
+        assert figure["caption"]
+
+
+def test_figures_cope_with_empty_inputs(tmp_path):
+    assert prediction_grid([], [], [], [], tmp_path / "grid.png").read_bytes()[:8] == PNG_MAGIC
+    rows = [{"epoch": 1, "train_loss": "", "train_acc": ""}]
+    assert training_curves(rows, tmp_path / "curves.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_html_report_is_self_contained_and_embeds_every_figure(synthetic_eval, figures, tmp_path):
+    leak = "LEAKAGE: 3 of 24 evaluated images are in the model's training part"
+    config = {"data": "/data/ALL", "backbone": "test_efficientnet", "command": "leukoscope train /data/ALL"}
+    path = write_report_html(tmp_path / "report.html", result=result_dict(synthetic_eval["metrics"], [leak]),
+                             figures=figures, config=config)
+    html = path.read_text(encoding="utf-8")
+    parser = PageParser()
+    parser.feed(html)
+    parser.close()
+    assert html.startswith("<!DOCTYPE html>")
+    assert parser.external == [] and "script" not in parser.tags and "link" not in parser.tags
+    sources = [img["src"] for img in parser.images]
+    assert len(sources) == len(figures)
+    for src, figure in zip(sources, figures, strict=True):
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1]) == Path(figure["path"]).read_bytes()
+    text = " ".join(parser.text)
+    for expected in (DISCLAIMER, leak, "Accuracy", "Cohen's kappa", "Pro-B", "test_efficientnet", "split.csv",
+                     "leukoscope train /data/ALL", "Leukemia vs benign"):
+        assert expected in text, expected
+    assert "24" in text and "test" in text  # what the numbers are on
+
+
+def test_model_card_says_what_the_numbers_are_on(synthetic_eval, tmp_path):
+    result = result_dict(synthetic_eval["metrics"])
+    path = write_model_card(tmp_path / "MODEL_CARD.md", model_info=result["model"], metrics=result,
+                            data_summary=result["data_summary"], config={"seed": 3, "protocol": "finetune"})
+    card = path.read_text(encoding="utf-8")
+    assert card.startswith("---\n") and "model-index:" in card
+    for section in ("## Intended use", "## Out-of-scope use", "## Training data", "## Evaluation data and protocol",
+                    "## Metrics", "## Known limitations"):
+        assert section in card
+    assert "the `test` part, **24 images**" in card
+    assert "no patient identifiers" in card and "One hospital, one microscope" in card
+    assert DISCLAIMER in card
+    assert "| Accuracy |" in card and "[" in card  # interval column
+    # the export calls it with much less: nothing may be required
+    minimal = write_model_card(tmp_path / "min.md", model_info={}, metrics={}, data_summary={}, config={})
+    assert DISCLAIMER in minimal.read_text(encoding="utf-8")
+
+
+def comparison() -> dict:
+    headline = {"accuracy": {"label": "Accuracy", "value": 0.9, "low": 0.85, "high": 0.94}}
+    runs = [{"name": "a", "headline": headline, "n_images": 100, "part": "test", "train_seconds": 65.0,
+             "eval_seconds": 3.2},
+            {"name": "b", "headline": {}, "n_images": 100, "part": "test", "train_seconds": None, "eval_seconds": 2.0}]
+    tests = [{"a": "a", "b": "b", "n": 100, "a_only": 7, "b_only": 1, "accuracy_a": 0.9, "accuracy_b": 0.84,
+              "p_value": 0.0703}]
+    return {"title": "Comparison of a, b", "runs": runs, "tests": tests, "notes": []}
+
+
+def test_comparison_markdown_and_html(tmp_path):
+    markdown = write_comparison(tmp_path / "compare.md", comparison()).read_text(encoding="utf-8")
+    assert "| Accuracy | 0.900 [0.850, 0.940] | n/a |" in markdown
+    assert "| a | b | 100 | 7 | 1 | 0.0703 |" in markdown
+    html = write_comparison(tmp_path / "compare.html", comparison()).read_text(encoding="utf-8")
+    parser = PageParser()
+    parser.feed(html)
+    assert parser.external == [] and "0.0703" in html and "65.0" in html
+    with pytest.raises(ValueError, match=r"\.html or \.md"):
+        write_comparison(tmp_path / "compare.txt", comparison())
