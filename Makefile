@@ -5,12 +5,14 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 DATA   ?= ../shared/data/ALL
 IMAGES ?= $(DATA)
+PORT   ?= 8000
+LIMIT  ?= 32
 # glibc malloc settings that make PyTorch CPU work ~1.5x faster here (see ../shared/NOTES.md)
 export MALLOC_MMAP_THRESHOLD_ ?= 33554432
 export MALLOC_TRIM_THRESHOLD_ ?= 17179869184
 export MALLOC_TOP_PAD_ ?= 1073741824
 
-.PHONY: run test bench lint model venv clean
+.PHONY: run predict test bench lint model venv clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is needed)"; exit 2; }
@@ -21,10 +23,14 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## make run: predict on the bundled model (IMAGES=... to choose what to read)
+## make run: serve the web app on the bundled model (http://127.0.0.1:8000; Ctrl-C stops it)
 run: $(STAMP)
 	$(VENV)/bin/leukoscope info
-	$(VENV)/bin/leukoscope predict $(IMAGES) --limit 16
+	$(VENV)/bin/leukoscope serve --host 127.0.0.1 --port $(PORT)
+
+## make predict: the command-line reader on the bundled model (IMAGES=... to choose what to read)
+predict: $(STAMP)
+	$(VENV)/bin/leukoscope predict $(IMAGES) --limit $(LIMIT)
 
 ## make test: lint, then the whole test suite
 test: $(STAMP)
@@ -40,7 +46,7 @@ lint: $(STAMP)
 
 ## make model: rebuild the bundled model package on this CPU
 model: $(STAMP)
-	$(PY) scripts/build_bundled_model.py --data $(DATA)
+	$(PY) scripts/build_bundled_model.py --data $(DATA) --device cpu
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .ruff_cache

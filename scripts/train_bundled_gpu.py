@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -60,6 +61,10 @@ def main() -> None:
         overrides = {"data": args.data, "split_csv": args.split, "weights_dir": args.weights_dir, "device": args.device,
                      "out_dir": "/tmp/leukoscope-runs", "name": name, **CANDIDATES[name], **extra}
         config = resolve_config("finetune", {}, overrides)
+        # what config.yaml records as the command: the equivalent CLI call
+        sys.argv = ["leukoscope", "train", args.data, "--protocol", "finetune",
+                    *(f"--set={k}={v}" for k, v in {**CANDIDATES[name], **extra}.items()),
+                    "--split", args.split, "--device", args.device, "--name", name]
         started = time.perf_counter()
         run_dir = fit(config, quiet=True)
         print(f"{name}: {time.perf_counter() - started:.1f} s wall (data loading included)", flush=True)

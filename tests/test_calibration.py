@@ -59,8 +59,11 @@ def test_temperature_sharpens_an_under_confident_model_and_keeps_predictions():
 def test_temperature_is_clamped():
     logits = np.array([[5.0, 0.0], [0.0, 5.0]] * 10)
     labels = np.array([0, 1] * 10)
-    # perfectly separable: the NLL keeps falling as T -> 0 (until it underflows), never below the floor
-    assert T_MIN <= fit_temperature(logits, labels) < 0.2
+    # perfectly separable: the NLL keeps falling as T -> 0, so the mean confidence is matched to the
+    # Laplace-smoothed accuracy (n + 1) / (n + 2) instead of becoming certain
+    t = fit_temperature(logits, labels)
+    assert T_MIN <= t <= T_MAX
+    assert softmax(logits, t).max(axis=1).mean() == pytest.approx(21 / 22, abs=1e-3)
     # always wrong: the NLL keeps falling as T grows (towards uniform), never above the ceiling
     assert 10 < fit_temperature(logits, 1 - labels) <= T_MAX
 

@@ -55,10 +55,14 @@ def nll(logits: Any, labels: Any, temperature: float = 1.0) -> float:
 
 
 def fit_temperature(logits: Any, labels: Any) -> float:
-    """The temperature T in [0.05, 20] minimising the NLL of softmax(logits / T) on (logits, labels).
+    """The temperature T in [0.05, 20] that calibrates softmax(logits / T) on (logits, labels).
 
-    Searched over log T (bounded Brent), where the NLL is smooth and well scaled. T > 1 softens an
-    over-confident model, T < 1 sharpens an under-confident one.
+    Normally T minimises the NLL (bounded Brent search over log T, where the NLL is smooth and well
+    scaled): T > 1 softens an over-confident model, T < 1 sharpens an under-confident one. When every
+    image is already classified correctly the NLL has no minimum (it keeps falling as T -> 0, which would
+    make every later mistake look certain), so T is instead set where the mean confidence equals the
+    Laplace-smoothed accuracy (k + 1) / (n + 2): confidence then matches what n error-free images can
+    support, and no more.
 
     >>> rng = np.random.default_rng(0)
     >>> base = rng.normal(size=(500, 4))
@@ -68,12 +72,20 @@ def fit_temperature(logits: Any, labels: Any) -> float:
     """
     z, y = _check_logits(logits, labels)
     rows = np.arange(len(y))
+    bounds = (math.log(T_MIN), math.log(T_MAX))
+    if len(y) and bool((z.argmax(axis=1) == y).all()):
+        target = (len(y) + 1) / (len(y) + 2)
 
-    def objective(log_t: float) -> float:
-        return float(-log_softmax(z / math.exp(log_t), axis=1)[rows, y].mean())
+        def gap(log_t: float) -> float:
+            return abs(float(np.exp(log_softmax(z / math.exp(log_t), axis=1)).max(axis=1).mean()) - target)
 
-    result = minimize_scalar(objective, bounds=(math.log(T_MIN), math.log(T_MAX)), method="bounded",
-                             options={"xatol": 1e-4})
+        result = minimize_scalar(gap, bounds=bounds, method="bounded", options={"xatol": 1e-4})
+    else:
+
+        def objective(log_t: float) -> float:
+            return float(-log_softmax(z / math.exp(log_t), axis=1)[rows, y].mean())
+
+        result = minimize_scalar(objective, bounds=bounds, method="bounded", options={"xatol": 1e-4})
     return float(min(max(math.exp(result.x), T_MIN), T_MAX))
 
 

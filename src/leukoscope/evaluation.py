@@ -63,6 +63,14 @@ def _run_dir_of(path: Path) -> Path | None:
     return folder if (folder / "config.yaml").is_file() or (folder / "split.csv").is_file() else None
 
 
+def _shown_path(path: Path) -> str:
+    """The path relative to the working folder when it lies inside it (reports travel between machines)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def open_model(path: str | Path) -> ModelHandle:
     """Open a run folder, a checkpoint file or a model package (folder with model.json).
 
@@ -78,11 +86,13 @@ def open_model(path: str | Path) -> ModelHandle:
 
         predictor = load_predictor(path)
         info = dict(predictor.info)
-        model_info = {"name": info.get("name", path.name), "kind": "package", "source": str(path),
+        model_info = {"name": info.get("name", path.name), "kind": "package", "source": _shown_path(path),
                       "backbone": info.get("backbone"), "classes": list(predictor.classes),
                       "temperature": info.get("temperature"), **predictor.preprocess.to_dict()}
+        training = info.get("training") or {}
+        config = {**(training.get("config") or {}), "command": training.get("command") or ""}
         return ModelHandle("package", path, tuple(predictor.classes), predictor.preprocess,
-                           run_dir=_run_dir_of(path), predictor=predictor, info=model_info)
+                           run_dir=_run_dir_of(path), predictor=predictor, info=model_info, config=config)
     from .checkpoint import load_trained
 
     loaded = load_trained(path)  # ModelError when there is no checkpoint

@@ -14,6 +14,7 @@ Order of work, and why:
 from __future__ import annotations
 
 import copy
+import math
 import tempfile
 import time
 import warnings
@@ -38,6 +39,7 @@ from .transforms import normalize_numpy, resize_rgb
 FP32_TOLERANCE = 1e-4
 INT8_MIN_AGREEMENT = 0.99
 TARGET_CONFIDENT_ACCURACY = 0.995
+REVIEW_FRACTION = 0.02  # at least this share of in-distribution val images is flagged by confidence
 Log = Callable[[str], None]
 
 
@@ -222,9 +224,11 @@ def _check_fp32(original: Any, rounded: Any, onnx_path: Path, check: np.ndarray,
 
 def choose_confidence_threshold(probs: np.ndarray, labels: np.ndarray, *,
                                 target: float = TARGET_CONFIDENT_ACCURACY, low: float = 0.5,
-                                high: float = 0.99) -> float:
+                                high: float = 0.99, review_fraction: float = REVIEW_FRACTION) -> float:
     """The smallest threshold in [low, high] (steps of 0.01) at which the images at or above it reach
-    `target` accuracy; `high` when none does.
+    `target` accuracy; `high` when none does. It is never below the `review_fraction` quantile of the
+    confidences: a validation part with no (or very few) errors says little about where errors will
+    fall, so the least confident couple of percent of ordinary images still get a human look.
 
     >>> p = np.array([[0.95, 0.05], [0.6, 0.4], [0.3, 0.7]])
     >>> choose_confidence_threshold(p, np.array([0, 1, 1]))
@@ -232,12 +236,15 @@ def choose_confidence_threshold(probs: np.ndarray, labels: np.ndarray, *,
     """
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
+    floor = low
+    if review_fraction > 0 and len(confidence):
+        floor = min(high, math.ceil(round(float(np.quantile(confidence, review_fraction)) * 100, 6)) / 100)
     for t in np.round(np.arange(low, high + 1e-9, 0.01), 2):
         kept = confidence >= t
         if not kept.any():
             break
         if correct[kept].mean() >= target:
-            return float(t)
+            return float(max(t, floor))
     return float(high)
 
 

@@ -105,7 +105,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except FileNotFoundError:
         raise ModelError(f"weights file not found: {path}") from None
     except Exception as exc:
-        raise ModelError(f"cannot read weights file {path}: {type(exc).__name__}: {exc}") from None
+        reason = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise ModelError(f"cannot read weights file {path} (not a PyTorch or safetensors state_dict?): "
+                         f"{type(exc).__name__}: {reason}") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -127,7 +129,9 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
     if missing or mismatched or not incoming:
         detail = f"{len(missing)} missing tensors, {len(mismatched)} with other shapes"
         example = (missing or mismatched or ["(empty file)"])[0]
-        raise ModelError(f"weights file {path.name} does not fit this backbone ({detail}, e.g. {example})")
+        arch = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
+        raise ModelError(f"weights file {path} does not fit backbone {arch} ({detail}, e.g. {example}): "
+                         "weights of another architecture?")
     model.load_state_dict({k: incoming[k] for k in own}, strict=False)
 
 
@@ -158,12 +162,13 @@ def create_model(spec: ModelSpec, *, weights: str = "imagenet", weights_dir: str
                 model = timm.create_model(spec.backbone, pretrained=True, pretrained_cfg_overlay={"file": str(local)}, **kwargs)
             else:
                 model = timm.create_model(spec.backbone, pretrained=True, **kwargs)
-        except RuntimeError as exc:
-            if "size mismatch" in str(exc) or "Missing key" in str(exc):
-                raise ModelError(f"weights file {local} does not fit backbone {spec.backbone}") from None
-            raise ModelError(_no_weights_message(spec.backbone, exc)) from None
         except Exception as exc:
-            raise ModelError(_no_weights_message(spec.backbone, exc)) from None
+            if local is None:
+                raise ModelError(_no_weights_message(spec.backbone, exc)) from None
+            # Say why the local file failed: unreadable, or which tensors do not fit (raises ModelError).
+            load_backbone_weights(timm.create_model(spec.backbone, pretrained=False, **kwargs), local)
+            raise ModelError(f"cannot load ImageNet weights {local} into {spec.backbone}: "
+                             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
     elif weights in ("none", "", None):
         model = timm.create_model(spec.backbone, pretrained=False, **kwargs)
     else:
@@ -176,7 +181,8 @@ def create_model(spec: ModelSpec, *, weights: str = "imagenet", weights_dir: str
 def _no_weights_message(backbone: str, exc: Exception) -> str:
     return (f"could not get ImageNet weights for {backbone} ({type(exc).__name__}); offline, put a "
             f"'{backbone}.<tag>.pth' state_dict in a folder and pass --weights-dir FOLDER (or set "
-            f"{WEIGHTS_DIR_ENV}), or pass --weights PATH, or --weights none to train from scratch")
+            f"{WEIGHTS_DIR_ENV}), or pass --weights PATH, or --weights none to train from scratch "
+            f"(set HF_HUB_OFFLINE=1 to skip the download attempt)")
 
 
 def build_model(spec: ModelSpec, state_dict: dict[str, torch.Tensor] | None = None) -> nn.Module:
@@ -209,7 +215,9 @@ def head_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 def set_trainable(model: nn.Module, policy: str, *, last_blocks: int = 0) -> None:
     """`head`: only the classifier trains. `all`: everything. `last`: the classifier, the final conv and
-    the last `last_blocks` stages of `model.blocks` (timm EfficientNet family); others fall back to all."""
+    the last `last_blocks` stages of `model.blocks` (timm EfficientNet family); others fall back to all.
+    `frozen` is another name for `head`."""
+    policy = "head" if policy == "frozen" else policy
     if policy not in ("head", "all", "last"):
         raise ModelError(f"unknown trainable policy {policy!r}; choose head, all or last")
     for param in model.parameters():

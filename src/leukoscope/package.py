@@ -111,6 +111,7 @@ def write_package(out: str | Path, info: dict[str, Any], files: Mapping[str, byt
         raise UsageError(f"--out {out} exists and is not a model package; choose a new folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staging.chmod(0o755)  # mkdtemp makes 0700; a package is meant to be read by others (a server user)
     try:
         hashes: dict[str, str] = {}
         for name, content in files.items():

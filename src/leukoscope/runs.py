@@ -21,12 +21,26 @@ from .manifest import Manifest
 METRIC_COLUMNS = ("epoch", "stage", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "lr", "seconds")
 
 
-def prepare_run_dir(path: Path, *, resume: bool) -> Path:
-    """Create the run folder, refusing to overwrite a finished or started run unless resuming."""
+def check_run_dir(path: Path, *, resume: bool) -> None:
+    """Refuse a run folder that cannot be used, without creating anything: a file in its place, a started
+    run (unless resuming), or a place where no folder can be made (an ancestor is a file, or read-only)."""
+    path = Path(path)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"run folder path exists and is a file: {path}")
     if not resume and (path / "last.pt").exists():
         raise ConfigError(f"run folder {path} already holds a run; use --resume to continue it or pick another --name")
+    ancestor = path.absolute()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"cannot create run folder {path}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write to run folder {path}: {ancestor} is not writable")
+
+
+def prepare_run_dir(path: Path, *, resume: bool) -> Path:
+    """Create the run folder, refusing to overwrite a finished or started run unless resuming."""
+    check_run_dir(path, resume=resume)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write-test"

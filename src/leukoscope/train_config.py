@@ -16,7 +16,7 @@ from .errors import ConfigError
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "protocol": ("paper", "finetune", "custom"),
-    "trainable": ("head", "all", "last"),
+    "trainable": ("head", "all", "last"),  # "frozen" is accepted as another name for "head"
     "optimizer": ("adam", "adamw", "sgd"),
     "schedule": ("constant", "cosine", "onecycle"),
     "class_balance": ("none", "loss", "sampler"),
@@ -76,6 +76,8 @@ class TrainConfig:
         return asdict(self)
 
     def validate(self) -> TrainConfig:
+        if self.trainable == "frozen":  # the backbone frozen: only the head trains
+            self.trainable = "head"
         for name, allowed in CHOICES.items():
             value = getattr(self, name)
             if value not in allowed:
@@ -85,6 +87,11 @@ class TrainConfig:
         for name in ("epochs", "warmup_epochs", "batch_size", "eval_batch_size", "patience"):
             if getattr(self, name) < (1 if name in ("batch_size", "eval_batch_size") else 0):
                 raise ConfigError(f"{name} must be positive; got {getattr(self, name)}")
+        for name in ("frozen_views", "last_blocks", "input_size", "workers"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 or more; got {getattr(self, name)}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be 0 or more; got {self.weight_decay}")
         if self.epochs + self.warmup_epochs == 0:
             raise ConfigError("nothing to train: epochs and warmup_epochs are both 0")
         for name in ("lr", "warmup_lr"):
@@ -116,6 +123,8 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
 }
 
 _FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
+# Keys a run folder's config.yaml adds to the TrainConfig (see runs.write_config); ignored when read back.
+RUN_ONLY_KEYS = ("command", "eval_part")
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -150,6 +159,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config {path}: {exc}") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"config {path} must be a mapping of option: value")
+    for key in RUN_ONLY_KEYS:  # a run's config.yaml repeats the run: `--config runs/x/config.yaml`
+        loaded.pop(key, None)
     return loaded
 
 

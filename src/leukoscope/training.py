@@ -1,38 +1,56 @@
-"""The fit loop. Reads top to bottom: prepare data, build the model, run the stages, evaluate the best.
+"""The fit loop. Reads top to bottom: check and prepare (`_setup_run`, `_build`), write the run folder, run
+the stages epoch by epoch (`_run_epochs`), score the best checkpoint (`_finish`).
 
 Stages: an optional head warm-up with the backbone frozen, then the main stage (`trainable`: head, all or
 the last blocks). The dataset is decoded once into uint8 tensors on the training device; augmentation runs
-on batches there. Each epoch reseeds from (seed, epoch), so a run resumed from `last.pt` replays exactly
-what the uninterrupted run would have done.
+on batches there (the epochs themselves live in `leukoscope.epochs`). Each epoch reseeds from (seed, epoch),
+so a run resumed from `last.pt` replays exactly what the uninterrupted run would have done.
 """
 
 from __future__ import annotations
 
 import math
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 from torch import nn
 
 from . import runs
 from .checkpoint import read_checkpoint, save_checkpoint
 from .data import discover, split
 from .distributed import DistContext, init_from_env, shutdown
-from .errors import DataError, LeukoscopeError
+from .epochs import (
+    Classifier,
+    EvalSet,
+    TensorSet,
+    classification_scores,
+    epoch_order,
+    frozen_view_features,
+    load_part,
+    predict_logits,
+    train_head_epoch,
+    train_one_epoch,
+)
+from .errors import ConfigError, DataError, LeukoscopeError, ModelError
 from .fileio import write_json, write_text
 from .manifest import Manifest, read_manifest_csv
-from .models import ModelSpec, Preprocess, create_model, freeze_batchnorm, preprocess_for, set_trainable
+from .models import ModelSpec, Preprocess, check_backbone_name, create_model, preprocess_for, set_trainable
 from .train_config import TrainConfig
-from .transforms import augment, load_uint8_batch, normalize
+from .transforms import load_uint8_batch
+
+__all__ = [  # the fit loop, and the epoch pieces it re-exports from .epochs
+    "Classifier", "EpochCallback", "EvalSet", "Stage", "TensorSet", "TrainingInterrupted", "classification_scores",
+    "epoch_order", "fit", "frozen_view_features", "load_part", "pick_device", "predict_logits", "prepare_data",
+    "run_dir_of", "stage_at", "stages_of", "train_head_epoch", "train_one_epoch",
+]
 
 EpochCallback = Callable[[int, dict[str, Any]], None]
 
@@ -70,51 +88,34 @@ def stage_at(stages: list[Stage], epoch: int) -> tuple[Stage, int]:
 
 
 def pick_device(name: str) -> torch.device:
+    """`auto` (CUDA, then MPS, then the CPU), or the device named; a device that is absent is a ConfigError."""
     if name != "auto":
         try:
             device = torch.device(name)
         except RuntimeError:
-            raise DataError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+            raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise DataError("--device cuda asked for, but no CUDA GPU is available")
+            raise ConfigError(f"--device {name} asked for, but no CUDA GPU is available")
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA GPU(s)")
+        if device.type == "mps" and not _mps_available():
+            raise ConfigError(f"--device {name} asked for, but MPS (Apple GPU) is not available")
+        if device.type not in ("cpu", "cuda", "mps"):
+            raise ConfigError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
         return device
     if torch.cuda.is_available():
         return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+    if _mps_available():
         return torch.device("mps")
     return torch.device("cpu")
 
 
-# ---------------------------------------------------------------------------------------- the network
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps and mps.is_available())
 
 
-class Classifier(nn.Module):
-    """Wraps the timm model so that a frozen backbone runs without autograd (much faster) and DDP sees
-    one forward. BatchNorm stays in inference mode when `freeze_bn` is set, whatever .train() says."""
-
-    def __init__(self, model: nn.Module, freeze_bn: bool) -> None:
-        super().__init__()
-        self.model, self.freeze_bn, self.head_only = model, freeze_bn, False
-
-    def train(self, mode: bool = True) -> Classifier:
-        super().train(mode)
-        if self.head_only:
-            self.model.eval()
-        if self.freeze_bn:
-            freeze_batchnorm(self.model)
-        return self
-
-    def forward(self, x: torch.Tensor, pooled: bool = False) -> torch.Tensor:
-        """Logits of images, or of already pooled backbone features when `pooled` is set."""
-        if not self.head_only:
-            return self.model(x)
-        if pooled:
-            pooled_features = x
-        else:
-            with torch.no_grad():
-                pooled_features = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
-        pooled = F.dropout(pooled_features, p=self.model.drop_rate, training=self.training)
-        return self.model.get_classifier()(pooled)
+# ------------------------------------------------------------------------------- optimiser and schedule
 
 
 def _optimizer(config: TrainConfig, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
@@ -145,29 +146,17 @@ def _scheduler(config: TrainConfig, stage: Stage, optimizer: torch.optim.Optimiz
 # ------------------------------------------------------------------------------------------ the data
 
 
-@dataclass
-class TensorSet:
-    """Images of one part as uint8 tensors on the training device, and their labels."""
+def prepare_data(config: TrainConfig, saved_split: Path | None, *,
+                 classes: tuple[str, ...] | None = None) -> tuple[Manifest, Manifest]:
+    """Discover the dataset and split it (or reuse a saved split); returns (full manifest, split).
 
-    images: torch.Tensor
-    labels: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-
-def load_part(manifest: Manifest, part: str, preprocess: Preprocess, device: torch.device, workers: int) -> TensorSet:
-    subset = manifest.part(part)
-    images = load_uint8_batch(subset.paths(), preprocess, workers=workers)
-    labels = torch.tensor(subset.labels, dtype=torch.long)
-    return TensorSet(images.to(device), labels.to(device))
-
-
-def prepare_data(config: TrainConfig, saved_split: Path | None) -> tuple[Manifest, Manifest]:
-    """Discover the dataset and split it (or reuse a saved split); returns (full manifest, split)."""
+    `classes`: those of the run being resumed; data with other classes is refused before anything else.
+    """
     full = discover(config.data, workers=max(2, config.workers))
     if not len(full):
         raise DataError(f"no usable images in {config.data}")
+    if classes is not None:
+        runs.check_same_classes(tuple(classes), full.classes)
     source = saved_split or (Path(config.split_csv) if config.split_csv else None)
     if source is not None:
         parted = read_manifest_csv(source, config.data, classes=full.classes)
@@ -179,165 +168,6 @@ def prepare_data(config: TrainConfig, saved_split: Path | None) -> tuple[Manifes
     parted = split(full, test_size=config.test_size, val_size=config.val_size, seed=config.seed,
                    near_duplicate_distance=None if config.near_duplicate_distance < 0 else config.near_duplicate_distance)
     return full, parted
-
-
-# ------------------------------------------------------------------------------------ one epoch each
-
-
-def _autocast(device: torch.device, enabled: bool):
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast(device.type, enabled=False)
-
-
-def epoch_order(n: int, config: TrainConfig, epoch: int, labels: torch.Tensor, ctx: DistContext) -> torch.Tensor:
-    """This rank's sample order for an epoch: a seeded permutation (or class-balanced draw), sharded."""
-    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-    if config.class_balance == "sampler":
-        counts = torch.bincount(labels.cpu(), minlength=int(labels.max()) + 1).clamp(min=1).float()
-        weights = (1.0 / counts)[labels.cpu()]
-        order = torch.multinomial(weights, n, replacement=True, generator=generator)
-    else:
-        order = torch.randperm(n, generator=generator)
-    usable = (n // ctx.world_size) * ctx.world_size
-    return order[:usable][ctx.rank :: ctx.world_size]
-
-
-def train_one_epoch(net: nn.Module, data: TensorSet, config: TrainConfig, preprocess: Preprocess, epoch: int,
-                    optimizer, scheduler, loss_fn: nn.Module, ctx: DistContext, tick: Callable[[int], None]) -> dict[str, float]:
-    device = data.images.device
-    order = epoch_order(len(data), config, epoch, data.labels, ctx).to(device)
-    generator = torch.Generator().manual_seed(config.seed * 7919 + epoch)
-    torch.manual_seed(config.seed * 1_000_003 + epoch)  # dropout
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    net.train()
-    totals = torch.zeros(3, device=device)  # loss sum, correct, count
-    for start in range(0, len(order), config.batch_size):
-        index = order[start : start + config.batch_size]
-        if index.numel() < 2 and len(order) > 1:
-            continue  # a 1-image tail batch gives noisy steps
-        x = normalize(augment(data.images[index], config.augment, generator), preprocess)
-        x = x.contiguous(memory_format=memory_format)
-        y = data.labels[index]
-        with _autocast(device, config.amp):
-            logits = net(x)
-            loss = loss_fn(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        correct = (logits.argmax(1) == y).sum().float()
-        totals += torch.stack([loss.detach() * len(y), correct, torch.tensor(float(len(y)), device=device)])
-        tick(len(y))
-    totals = ctx.all_reduce_sum(totals)
-    count = max(1.0, float(totals[2]))
-    return {"train_loss": float(totals[0]) / count, "train_acc": float(totals[1]) / count}
-
-
-def frozen_view_features(net: Classifier, data: TensorSet, config: TrainConfig, preprocess: Preprocess) -> torch.Tensor:
-    """Pooled features of `config.frozen_views` views of every training image (view 0 un-augmented, the
-    others augmented once), computed once. With a frozen backbone this trains the head on augmented data
-    for a fraction of the cost of running the backbone on every augmented batch of every epoch."""
-    generator = torch.Generator().manual_seed(config.seed * 31 + 17)
-    body = _PooledFeatures(net.model)
-    views = []
-    for view in range(config.frozen_views):
-        batches = []
-        for start in range(0, len(data), config.eval_batch_size):
-            chunk = data.images[start : start + config.eval_batch_size]
-            x = augment(chunk, "none" if view == 0 else config.augment, generator)
-            batches.append(predict_logits(body, (x * 255).round().to(torch.uint8), preprocess, len(chunk),
-                                          config.amp, config.channels_last))
-        views.append(torch.cat(batches).to(data.images.device))
-    return torch.stack(views)
-
-
-def train_head_epoch(net: nn.Module, views: torch.Tensor, labels: torch.Tensor, config: TrainConfig, epoch: int,
-                     optimizer, scheduler, loss_fn: nn.Module, ctx: DistContext, tick: Callable[[int], None]) -> dict[str, float]:
-    """One epoch of the head over cached frozen-backbone features, each image seen in a random view."""
-    device = views.device
-    order = epoch_order(labels.shape[0], config, epoch, labels, ctx).to(device)
-    generator = torch.Generator().manual_seed(config.seed * 7919 + epoch)
-    torch.manual_seed(config.seed * 1_000_003 + epoch)
-    chosen = torch.randint(0, views.shape[0], (labels.shape[0],), generator=generator).to(device)
-    net.train()
-    totals = torch.zeros(3, device=device)
-    for start in range(0, len(order), config.batch_size):
-        index = order[start : start + config.batch_size]
-        y = labels[index]
-        logits = net(views[chosen[index], index], pooled=True)
-        loss = loss_fn(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        correct = (logits.argmax(1) == y).sum().float()
-        totals += torch.stack([loss.detach() * len(y), correct, torch.tensor(float(len(y)), device=device)])
-        tick(len(y))
-    totals = ctx.all_reduce_sum(totals)
-    count = max(1.0, float(totals[2]))
-    return {"train_loss": float(totals[0]) / count, "train_acc": float(totals[1]) / count}
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, preprocess: Preprocess, batch_size: int,
-                   amp: bool = True, channels_last: bool = True) -> torch.Tensor:
-    """Logits of a uint8 image tensor, in eval mode, in batches (float32 result on the CPU)."""
-    model.eval()
-    outputs = []
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    for start in range(0, images.shape[0], batch_size):
-        x = normalize(images[start : start + batch_size], preprocess).contiguous(memory_format=memory_format)
-        with _autocast(x.device, amp):
-            outputs.append(model(x).float().cpu())
-    if not outputs:
-        return torch.empty(0, 0)
-    return torch.cat(outputs)
-
-
-def classification_scores(labels: np.ndarray, logits: torch.Tensor, num_classes: int) -> dict[str, float]:
-    """Accuracy, macro/weighted precision, recall and F1 (scikit-learn) plus the cross-entropy."""
-    predicted = logits.argmax(1).numpy()
-    every = list(range(num_classes))
-    scores = {"loss": float(F.cross_entropy(logits, torch.as_tensor(labels)).item()),
-              "accuracy": float(accuracy_score(labels, predicted)),
-              "macro_f1": float(f1_score(labels, predicted, labels=every, average="macro", zero_division=0))}
-    for average in ("macro", "weighted"):
-        p, r, f, _ = precision_recall_fscore_support(labels, predicted, labels=every, average=average, zero_division=0)
-        scores.update({f"precision_{average}": float(p), f"recall_{average}": float(r), f"f1_{average}": float(f)})
-    return scores
-
-
-class EvalSet:
-    """The part scored after every epoch. While the backbone is frozen its pooled features do not change,
-    so they are computed once and only the head runs each epoch."""
-
-    def __init__(self, data: TensorSet, preprocess: Preprocess, config: TrainConfig) -> None:
-        self.data, self.preprocess, self.config = data, preprocess, config
-        self._features: torch.Tensor | None = None
-
-    def logits(self, net: Classifier) -> torch.Tensor:
-        if not net.head_only:
-            self._features = None
-            return predict_logits(net.model, self.data.images, self.preprocess, self.config.eval_batch_size,
-                                  self.config.amp, self.config.channels_last)
-        net.eval()
-        if self._features is None:
-            body = _PooledFeatures(net.model)
-            self._features = predict_logits(body, self.data.images, self.preprocess, self.config.eval_batch_size,
-                                            self.config.amp, self.config.channels_last)
-        head = net.model.get_classifier()
-        with torch.no_grad():
-            return head(self._features.to(self.data.images.device)).float().cpu()
-
-
-class _PooledFeatures(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
 
 
 def _loss_fn(config: TrainConfig, labels: torch.Tensor, num_classes: int) -> nn.Module:
@@ -355,9 +185,70 @@ def _improved(config: TrainConfig, row: dict[str, Any], best: tuple[float, float
     return best is None or key > best
 
 
+def _should_stop(config: TrainConfig, stage: str, stale: int, eval_part: str) -> bool:
+    """Early stopping: only in the main stage, only on a val part (never on the test part)."""
+    return bool(config.patience) and stage == "main" and stale >= config.patience and eval_part == "val"
+
+
+@dataclass
+class _Session:
+    """What the epochs of one run share: the run folder, the data on the device and the network."""
+
+    config: TrainConfig
+    run_dir: Path
+    device: torch.device
+    ctx: DistContext
+    quiet: bool
+    full: Manifest
+    parted: Manifest
+    spec: ModelSpec
+    model: nn.Module
+    net: Classifier
+    preprocess: Preprocess
+    train: TensorSet
+    evalset: EvalSet
+    eval_part: str
+    stages: list[Stage]
+    loss_fn: nn.Module
+
+    @property
+    def total_epochs(self) -> int:
+        return sum(s.epochs for s in self.stages)
+
+    @property
+    def steps(self) -> int:
+        return max(1, math.ceil(len(self.train) // self.ctx.world_size / self.config.batch_size))
+
+
+@dataclass
+class _Progress:
+    """The state a checkpoint carries from epoch to epoch (restored by --resume)."""
+
+    completed: int = 0  # epochs finished and saved in last.pt
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: tuple[float, float] | None = None
+    stale: int = 0
+
+    @classmethod
+    def of(cls, checkpoint: dict[str, Any] | None) -> _Progress:
+        if not checkpoint:
+            return cls()
+        best = tuple(checkpoint["best_score"]) if checkpoint.get("best_score") else None
+        return cls(int(checkpoint["epoch"]), list(checkpoint["history"]), best, int(checkpoint.get("stale", 0)))
+
+
+def run_dir_of(config: TrainConfig) -> Path:
+    return Path(config.out_dir) / (config.name or f"{config.protocol}-{config.backbone}-seed{config.seed}")
+
+
 def fit(config: TrainConfig, *, resume: bool = False, quiet: bool = False,
         on_epoch_end: EpochCallback | None = None) -> Path:
-    """Train as `config` says into `out_dir/name`; returns the run folder. Resumable from last.pt."""
+    """Train as `config` says into `out_dir/name`; returns the run folder. Resumable from last.pt.
+
+    Everything that can be checked (run folder, backbone, weights, data, split) is checked before the run
+    folder is written. Ctrl-C anywhere in the epochs raises TrainingInterrupted; last.pt then holds the last
+    completed epoch and `fit(config, resume=True)` continues exactly where the run stopped.
+    """
     device = pick_device(config.device)
     ctx = init_from_env(device.type)
     if ctx.enabled and device.type == "cuda":
@@ -370,22 +261,46 @@ def fit(config: TrainConfig, *, resume: bool = False, quiet: bool = False,
 
 def _fit(config: TrainConfig, device: torch.device, ctx: DistContext, resume: bool, quiet: bool,
          on_epoch_end: EpochCallback | None) -> Path:
-    from .cli.common import progress_bar
-
-    run_dir = Path(config.out_dir) / (config.name or f"{config.protocol}-{config.backbone}-seed{config.seed}")
-    if ctx.is_main:
-        runs.prepare_run_dir(run_dir, resume=resume)
+    run_dir, checkpoint = _setup_run(config, resume)
+    session = _build(config, run_dir, device, ctx, quiet, checkpoint)
+    if ctx.is_main and checkpoint is None:
+        _write_run_files(session)
     ctx.barrier()
+    progress = _Progress.of(checkpoint)
+    started = time.perf_counter()
+    try:
+        _run_epochs(session, progress, checkpoint, on_epoch_end)
+        if ctx.is_main:
+            _finish(run_dir, session.parted, session.preprocess, device, config, progress.history,
+                    time.perf_counter() - started)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(_interrupted_message(session, progress)) from None
+    ctx.barrier()
+    return run_dir
+
+
+def _interrupted_message(session: _Session, progress: _Progress) -> str:
+    done = (f"last.pt holds epoch {progress.completed}/{session.total_epochs}" if progress.completed
+            else "no epoch was completed")
+    return f"interrupted: {done}; continue with `leukoscope train --resume {session.run_dir}`"
+
+
+def _setup_run(config: TrainConfig, resume: bool) -> tuple[Path, dict[str, Any] | None]:
+    """The run folder (checked, not yet created), the checkpoint to resume from, and the cheap checks."""
+    run_dir = run_dir_of(config)
+    runs.check_run_dir(run_dir, resume=resume)
+    check_backbone_name(config.backbone)
+    if config.weights not in ("imagenet", "none", "") and not Path(config.weights).is_file():
+        raise ModelError(f"weights file not found: {config.weights}")
     checkpoint = read_checkpoint(run_dir / "last.pt") if resume and (run_dir / "last.pt").exists() else None
-    full, parted = prepare_data(config, run_dir / "split.csv" if checkpoint else None)
-    if checkpoint:
-        runs.check_same_classes(tuple(checkpoint["classes"]), full.classes)
-    elif ctx.is_main:
-        has_val = any(r.part == "val" for r in parted.records)
-        resolved = {**config.to_dict(), "data": str(Path(config.data).resolve()), "eval_part": "val" if has_val else "test"}
-        runs.write_config(run_dir, resolved, shlex.join(["leukoscope", *sys.argv[1:]]))
-        runs.write_manifests(run_dir, full, parted)
-        runs.write_env(run_dir, str(device), config.seed)
+    return run_dir, checkpoint
+
+
+def _build(config: TrainConfig, run_dir: Path, device: torch.device, ctx: DistContext, quiet: bool,
+           checkpoint: dict[str, Any] | None) -> _Session:
+    """Data, split, network and tensors: everything that may fail on bad input, before any file is written."""
+    full, parted = prepare_data(config, run_dir / "split.csv" if checkpoint else None,
+                                classes=tuple(checkpoint["classes"]) if checkpoint else None)
     spec = ModelSpec(config.backbone, len(full.classes), config.drop_rate, config.pad_type)
     torch.manual_seed(config.seed)
     model = create_model(spec, weights="none" if checkpoint else config.weights, weights_dir=config.weights_dir or None)
@@ -395,86 +310,142 @@ def _fit(config: TrainConfig, device: torch.device, ctx: DistContext, resume: bo
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
-    net = Classifier(model, config.freeze_bn)
     eval_part = "val" if any(r.part == "val" for r in parted.records) else "test"
     train = load_part(parted, "train", preprocess, device, config.workers)
-    if len(train) < 2:
+    if len(train) < max(2, ctx.world_size):
         raise DataError(f"too few training images ({len(train)}) after the split")
     evalset = EvalSet(load_part(parted, eval_part, preprocess, device, config.workers), preprocess, config)
-    stages, loss_fn = stages_of(config), _loss_fn(config, train.labels, len(full.classes))
-    total_epochs = sum(s.epochs for s in stages)
-    history: list[dict[str, Any]] = list(checkpoint["history"]) if checkpoint else []
-    start_epoch = int(checkpoint["epoch"]) if checkpoint else 0
-    best = tuple(checkpoint["best_score"]) if checkpoint and checkpoint.get("best_score") else None
-    stale = int(checkpoint.get("stale", 0)) if checkpoint else 0
-    steps = max(1, math.ceil(len(train) // ctx.world_size / config.batch_size))
-    optimizer = scheduler = current = views = None
-    started = time.perf_counter()
-    for epoch in range(start_epoch, total_epochs):
-        stage, _ = stage_at(stages, epoch)
+    return _Session(config, run_dir, device, ctx, quiet, full, parted, spec, model,
+                    Classifier(model, config.freeze_bn), preprocess, train, evalset, eval_part,
+                    stages_of(config), _loss_fn(config, train.labels, len(full.classes)))
+
+
+def _write_run_files(session: _Session) -> None:
+    """config.yaml, manifest.csv, split.csv and env.json of a new run (each written atomically); a folder
+    this call created is removed again when writing them fails."""
+    run_dir, config = session.run_dir, session.config
+    created = not run_dir.exists()
+    runs.prepare_run_dir(run_dir, resume=True)
+    try:
+        resolved = {**config.to_dict(), "data": str(Path(config.data).resolve()), "eval_part": session.eval_part}
+        runs.write_config(run_dir, resolved, shlex.join(["leukoscope", *sys.argv[1:]]))
+        runs.write_manifests(run_dir, session.full, session.parted)
+        runs.write_env(run_dir, str(session.device), config.seed)
+    except BaseException:
+        if created:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _run_epochs(session: _Session, progress: _Progress, checkpoint: dict[str, Any] | None,
+                on_epoch_end: EpochCallback | None) -> None:
+    """The epochs from the last completed one to the end (or an early stop)."""
+    config, start = session.config, progress.completed
+    if start and _should_stop(config, str(checkpoint.get("stage")), progress.stale, session.eval_part):
+        return  # the resumed run had already stopped early
+    current = optimizer = scheduler = wrapped = views = None
+    for epoch in range(start, session.total_epochs):
+        stage, _ = stage_at(session.stages, epoch)
         if stage is not current:
-            current, net.head_only = stage, stage.trainable == "head"
-            set_trainable(model, stage.trainable, last_blocks=config.last_blocks)
-            net.train()
-            params = [p for p in model.parameters() if p.requires_grad]
-            optimizer = _optimizer(config, params, stage.lr)
-            scheduler = _scheduler(config, stage, optimizer, steps)
-            if checkpoint and checkpoint.get("stage") == stage.name and epoch == start_epoch:
-                optimizer.load_state_dict(checkpoint["optimizer"])
-                scheduler.load_state_dict(checkpoint["scheduler"])
-            wrapped = nn.parallel.DistributedDataParallel(net) if ctx.enabled else net
-        tick_start = time.perf_counter()
-        label = f"epoch {epoch + 1}/{total_epochs} ({stage.name})"
-        with progress_bar(label, total=len(train) // ctx.world_size, quiet=quiet) as update:
-            done = [0]
-
-            def tick(n: int, done: list[int] = done, update=update) -> None:
-                done[0] += n
-                update(done[0], len(train) // ctx.world_size)
-
-            if net.head_only and config.frozen_views > 0:
-                if views is None:
-                    views = frozen_view_features(net, train, config, preprocess)
-                row = train_head_epoch(wrapped, views, train.labels, config, epoch, optimizer, scheduler, loss_fn, ctx, tick)
-            else:
-                row = train_one_epoch(wrapped, train, config, preprocess, epoch, optimizer, scheduler, loss_fn, ctx, tick)
-        scores = classification_scores(evalset.data.labels.cpu().numpy(), evalset.logits(net), len(full.classes))
-        row = {"epoch": epoch + 1, "stage": stage.name, **row, "val_loss": scores["loss"], "val_acc": scores["accuracy"],
-               "val_macro_f1": scores["macro_f1"], "lr": float(optimizer.param_groups[0]["lr"]),
-               "seconds": time.perf_counter() - tick_start}
-        history.append(row)
-        improved = _improved(config, row, best)
-        if improved:
-            best, stale = ((row["val_macro_f1"], -row["val_loss"]), 0)
-        else:
-            stale += 1
-        payload = {"model": model.state_dict(), "spec": spec.to_dict(), "classes": list(full.classes),
-                   "preprocess": preprocess.to_dict(), "epoch": epoch + 1, "stage": stage.name,
-                   "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "best_score": best,
-                   "stale": stale, "history": history, "config": config.to_dict(), "manifest_digest": parted.digest()}
-        if ctx.is_main:
-            if improved:
-                save_checkpoint(run_dir / "best.pt", payload)
-            save_checkpoint(run_dir / "last.pt", payload)
-            runs.write_metrics_csv(run_dir, history)
-            if not quiet:
-                print(f"epoch {epoch + 1}/{total_epochs} {stage.name}: loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
-                      f"{eval_part} loss {row['val_loss']:.4f} acc {row['val_acc']:.4f} macro-F1 {row['val_macro_f1']:.4f} | "
-                      f"{row['seconds']:.1f}s", file=sys.stderr)
-        try:
-            if on_epoch_end is not None:
-                on_epoch_end(epoch + 1, row)
-        except KeyboardInterrupt:
-            message = f"interrupted after epoch {epoch + 1}; continue with `leukoscope train --resume {run_dir}`"
-            raise TrainingInterrupted(message) from None
-        if config.patience and stage.name == "main" and stale >= config.patience and eval_part == "val":
-            if not quiet:
-                print(f"early stop: no better {eval_part} macro-F1 for {stale} epochs", file=sys.stderr)
+            current, wrapped = stage, None  # drop the old DDP wrapper (and its gradient hooks) first
+            optimizer, scheduler, wrapped = _start_stage(session, stage, checkpoint if epoch == start else None)
+        if session.net.head_only and config.frozen_views > 0 and views is None:
+            views = frozen_view_features(session.net, session.train, config, session.preprocess)
+        row = _epoch(session, wrapped, stage, epoch, optimizer, scheduler, views)
+        improved = _record(config, progress, row)
+        payload = _checkpoint_payload(session, progress, stage, epoch, optimizer, scheduler)
+        _save_epoch(session, progress, row, payload, improved)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, row)
+        if _should_stop(config, stage.name, progress.stale, session.eval_part):
+            if not session.quiet:
+                print(f"early stop: no better {session.eval_part} macro-F1 for {progress.stale} epochs", file=sys.stderr)
             break
-    if ctx.is_main:
-        _finish(run_dir, parted, preprocess, device, config, history, time.perf_counter() - started)
-    ctx.barrier()
-    return run_dir
+
+
+def _start_stage(session: _Session, stage: Stage, checkpoint: dict[str, Any] | None):
+    """Set what trains in `stage`, build its optimizer and schedule (restored from `checkpoint` when the run
+    resumes inside this stage) and wrap the network for DDP."""
+    config, net = session.config, session.net
+    net.head_only = stage.trainable == "head"
+    set_trainable(session.model, stage.trainable, last_blocks=config.last_blocks)
+    net.train()  # re-applies freeze_bn, which also stops BatchNorm's affine parameters from training
+    params = [p for p in session.model.parameters() if p.requires_grad]
+    optimizer = _optimizer(config, params, stage.lr)
+    scheduler = _scheduler(config, stage, optimizer, session.steps)
+    if checkpoint and checkpoint.get("stage") == stage.name:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+    wrapped = nn.parallel.DistributedDataParallel(net) if session.ctx.enabled else net
+    return optimizer, scheduler, wrapped
+
+
+def _epoch(session: _Session, wrapped: nn.Module, stage: Stage, epoch: int, optimizer, scheduler,
+           views: torch.Tensor | None) -> dict[str, Any]:
+    """Train one epoch and score the eval part; returns the metrics.csv row."""
+    from .cli.common import progress_bar
+
+    config, train, ctx = session.config, session.train, session.ctx
+    started = time.perf_counter()
+    per_rank = len(train) // ctx.world_size
+    label = f"epoch {epoch + 1}/{session.total_epochs} ({stage.name})"
+    with progress_bar(label, total=per_rank, quiet=session.quiet) as update:
+        done = [0]
+
+        def tick(n: int) -> None:
+            done[0] += n
+            update(done[0], per_rank)
+
+        if views is not None and session.net.head_only:
+            row = train_head_epoch(wrapped, views, train.labels, config, epoch, optimizer, scheduler,
+                                   session.loss_fn, ctx, tick)
+        else:
+            row = train_one_epoch(wrapped, train, config, session.preprocess, epoch, optimizer, scheduler,
+                                  session.loss_fn, ctx, tick)
+    evalset = session.evalset
+    scores = classification_scores(evalset.data.labels.cpu().numpy(), evalset.logits(session.net),
+                                   len(session.full.classes))
+    return {"epoch": epoch + 1, "stage": stage.name, **row, "val_loss": scores["loss"], "val_acc": scores["accuracy"],
+            "val_macro_f1": scores["macro_f1"], "lr": float(optimizer.param_groups[0]["lr"]),
+            "seconds": time.perf_counter() - started}
+
+
+def _checkpoint_payload(session: _Session, progress: _Progress, stage: Stage, epoch: int, optimizer,
+                        scheduler) -> dict[str, Any]:
+    """The checkpoint dict of a completed epoch (keys: docs/INTERFACES.md), after `progress` took its row."""
+    return {"model": session.model.state_dict(), "spec": session.spec.to_dict(), "classes": list(session.full.classes),
+            "preprocess": session.preprocess.to_dict(), "epoch": epoch + 1, "stage": stage.name,
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "best_score": progress.best,
+            "stale": progress.stale, "history": list(progress.history), "config": session.config.to_dict(),
+            "manifest_digest": session.parted.digest()}
+
+
+def _record(config: TrainConfig, progress: _Progress, row: dict[str, Any]) -> bool:
+    """Add an epoch's row to the history and update best/stale; returns whether it is the new best."""
+    progress.history.append(row)
+    improved = _improved(config, row, progress.best)
+    if improved:
+        progress.best, progress.stale = (row["val_macro_f1"], -row["val_loss"]), 0
+    else:
+        progress.stale += 1
+    return improved
+
+
+def _save_epoch(session: _Session, progress: _Progress, row: dict[str, Any], payload: dict[str, Any],
+                improved: bool) -> None:
+    """Rank 0 writes best.pt (when improved), then last.pt, then metrics.csv, each atomically."""
+    if session.ctx.is_main:
+        if improved:
+            save_checkpoint(session.run_dir / "best.pt", payload)
+        save_checkpoint(session.run_dir / "last.pt", payload)
+    progress.completed = row["epoch"]
+    if not session.ctx.is_main:
+        return
+    runs.write_metrics_csv(session.run_dir, progress.history)
+    if not session.quiet:
+        print(f"epoch {row['epoch']}/{session.total_epochs} {row['stage']}: loss {row['train_loss']:.4f} "
+              f"acc {row['train_acc']:.4f} | {session.eval_part} loss {row['val_loss']:.4f} acc {row['val_acc']:.4f} "
+              f"macro-F1 {row['val_macro_f1']:.4f} | {row['seconds']:.1f}s", file=sys.stderr)
 
 
 def _finish(run_dir: Path, parted: Manifest, preprocess: Preprocess, device: torch.device, config: TrainConfig,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import typer
@@ -13,8 +14,8 @@ from .common import console
 
 def train(
     data: Path | None = typer.Argument(None, help="Dataset root (one subfolder per class). Not needed with --resume."),
-    protocol: str = typer.Option("finetune", "--protocol", "-p",
-        help="paper (the published recipe), finetune (recommended) or custom."),
+    protocol: str | None = typer.Option(None, "--protocol", "-p",
+        help="paper (the published recipe), finetune (recommended, the default) or custom."),
     config: Path | None = typer.Option(None, "--config", "-c",
         help="YAML file of options (any TrainConfig key); CLI options win."),
     name: str | None = typer.Option(None, help="Run folder name under --out-dir (default: protocol-backbone-seedN)."),
@@ -39,6 +40,8 @@ def train(
 ) -> None:
     """Train a model; writes runs/<name>/ with config, data manifest, split, env, metrics and checkpoints.
 
+    Options resolve as: the protocol's preset, then --config FILE, then the options given here (which win).
+    Ctrl-C stops cleanly (last.pt keeps the last completed epoch) and --resume RUN continues from there.
     Under torchrun the same command trains with DistributedDataParallel (NCCL on GPUs, gloo on CPUs).
     """
     from ..train_config import load_yaml, parse_set_options, resolve_config
@@ -56,12 +59,14 @@ def train(
     overrides = {
         "data": str(data) if data else None, "name": name, "out_dir": out_dir, "backbone": backbone, "weights": weights,
         "weights_dir": weights_dir, "epochs": epochs, "warmup_epochs": warmup_epochs, "lr": lr, "batch_size": batch_size,
-        "seed": seed, "split_csv": split_csv, "device": device, **parse_set_options(set_values),
+        "seed": seed, "split_csv": split_csv, "device": device,
+        "protocol": protocol,  # None (not given): the --config file's, the resumed run's, or finetune
+        **parse_set_options(set_values),
     }
-    if resume is None and "protocol" not in yaml_values:
-        overrides["protocol"] = protocol
-    resolved = resolve_config(protocol, yaml_values, overrides)
+    resolved = resolve_config("finetune", yaml_values, overrides)
     run_dir = fit(resolved, resume=resume is not None, quiet=quiet)
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun only rank 0 reports
     summary_file = run_dir / "summary.json"
     if summary_file.is_file():
         summary = json.loads(summary_file.read_text())

@@ -1,0 +1,235 @@
+"""One epoch each: the network wrapper, the dataset as tensors, a training epoch over images or over cached
+frozen-backbone features, and scoring. `leukoscope.training` composes these into the fit loop (and
+re-exports them).
+
+Every epoch draws its order, augmentation and dropout from generators seeded by (seed, epoch), so an epoch
+replayed after `--resume` is the epoch the uninterrupted run would have trained.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+from torch import nn
+
+from .distributed import DistContext
+from .manifest import Manifest
+from .models import Preprocess, freeze_batchnorm
+from .train_config import TrainConfig
+from .transforms import augment, load_uint8_batch, normalize
+
+# ---------------------------------------------------------------------------------------- the network
+
+
+class Classifier(nn.Module):
+    """Wraps the timm model so that a frozen backbone runs without autograd (much faster) and DDP sees
+    one forward. BatchNorm stays in inference mode when `freeze_bn` is set, whatever .train() says."""
+
+    def __init__(self, model: nn.Module, freeze_bn: bool) -> None:
+        super().__init__()
+        self.model, self.freeze_bn, self.head_only = model, freeze_bn, False
+
+    def train(self, mode: bool = True) -> Classifier:
+        super().train(mode)
+        if self.head_only:
+            self.model.eval()
+        if self.freeze_bn:
+            freeze_batchnorm(self.model)
+        return self
+
+    def forward(self, x: torch.Tensor, pooled: bool = False) -> torch.Tensor:
+        """Logits of images, or of already pooled backbone features when `pooled` is set."""
+        if not self.head_only:
+            return self.model(x)
+        if pooled:
+            pooled_features = x
+        else:
+            with torch.no_grad():
+                pooled_features = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+        pooled = F.dropout(pooled_features, p=self.model.drop_rate, training=self.training)
+        return self.model.get_classifier()(pooled)
+
+
+# ------------------------------------------------------------------------------------------ the data
+
+
+@dataclass
+class TensorSet:
+    """Images of one part as uint8 tensors on the training device, and their labels."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def load_part(manifest: Manifest, part: str, preprocess: Preprocess, device: torch.device, workers: int) -> TensorSet:
+    subset = manifest.part(part)
+    images = load_uint8_batch(subset.paths(), preprocess, workers=workers)
+    labels = torch.tensor(subset.labels, dtype=torch.long)
+    return TensorSet(images.to(device), labels.to(device))
+
+
+# ------------------------------------------------------------------------------------ one epoch each
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
+
+
+def epoch_order(n: int, config: TrainConfig, epoch: int, labels: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """This rank's sample order for an epoch: a seeded permutation (or class-balanced draw), sharded."""
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    if config.class_balance == "sampler":
+        counts = torch.bincount(labels.cpu(), minlength=int(labels.max()) + 1).clamp(min=1).float()
+        weights = (1.0 / counts)[labels.cpu()]
+        order = torch.multinomial(weights, n, replacement=True, generator=generator)
+    else:
+        order = torch.randperm(n, generator=generator)
+    usable = (n // ctx.world_size) * ctx.world_size
+    return order[:usable][ctx.rank :: ctx.world_size]
+
+
+def train_one_epoch(net: nn.Module, data: TensorSet, config: TrainConfig, preprocess: Preprocess, epoch: int,
+                    optimizer, scheduler, loss_fn: nn.Module, ctx: DistContext, tick: Callable[[int], None]) -> dict[str, float]:
+    device = data.images.device
+    order = epoch_order(len(data), config, epoch, data.labels, ctx).to(device)
+    generator = torch.Generator().manual_seed(config.seed * 7919 + epoch)
+    torch.manual_seed(config.seed * 1_000_003 + epoch)  # dropout
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    net.train()
+    totals = torch.zeros(3, device=device)  # loss sum, correct, count
+    for start in range(0, len(order), config.batch_size):
+        index = order[start : start + config.batch_size]
+        if index.numel() < 2 and len(order) > 1:
+            continue  # a 1-image tail batch gives noisy steps
+        x = normalize(augment(data.images[index], config.augment, generator), preprocess)
+        x = x.contiguous(memory_format=memory_format)
+        y = data.labels[index]
+        with _autocast(device, config.amp):
+            logits = net(x)
+            loss = loss_fn(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        correct = (logits.argmax(1) == y).sum().float()
+        totals += torch.stack([loss.detach() * len(y), correct, torch.tensor(float(len(y)), device=device)])
+        tick(len(y))
+    totals = ctx.all_reduce_sum(totals)
+    count = max(1.0, float(totals[2]))
+    return {"train_loss": float(totals[0]) / count, "train_acc": float(totals[1]) / count}
+
+
+def frozen_view_features(net: Classifier, data: TensorSet, config: TrainConfig, preprocess: Preprocess) -> torch.Tensor:
+    """Pooled features of `config.frozen_views` views of every training image (view 0 un-augmented, the
+    others augmented once), computed once. With a frozen backbone this trains the head on augmented data
+    for a fraction of the cost of running the backbone on every augmented batch of every epoch."""
+    generator = torch.Generator().manual_seed(config.seed * 31 + 17)
+    body = _PooledFeatures(net.model)
+    views = []
+    for view in range(config.frozen_views):
+        batches = []
+        for start in range(0, len(data), config.eval_batch_size):
+            chunk = data.images[start : start + config.eval_batch_size]
+            x = augment(chunk, "none" if view == 0 else config.augment, generator)
+            batches.append(predict_logits(body, (x * 255).round().to(torch.uint8), preprocess, len(chunk),
+                                          config.amp, config.channels_last))
+        views.append(torch.cat(batches).to(data.images.device))
+    return torch.stack(views)
+
+
+def train_head_epoch(net: nn.Module, views: torch.Tensor, labels: torch.Tensor, config: TrainConfig, epoch: int,
+                     optimizer, scheduler, loss_fn: nn.Module, ctx: DistContext, tick: Callable[[int], None]) -> dict[str, float]:
+    """One epoch of the head over cached frozen-backbone features, each image seen in a random view."""
+    device = views.device
+    order = epoch_order(labels.shape[0], config, epoch, labels, ctx).to(device)
+    generator = torch.Generator().manual_seed(config.seed * 7919 + epoch)
+    torch.manual_seed(config.seed * 1_000_003 + epoch)
+    chosen = torch.randint(0, views.shape[0], (labels.shape[0],), generator=generator).to(device)
+    net.train()
+    totals = torch.zeros(3, device=device)
+    for start in range(0, len(order), config.batch_size):
+        index = order[start : start + config.batch_size]
+        y = labels[index]
+        logits = net(views[chosen[index], index], pooled=True)
+        loss = loss_fn(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        correct = (logits.argmax(1) == y).sum().float()
+        totals += torch.stack([loss.detach() * len(y), correct, torch.tensor(float(len(y)), device=device)])
+        tick(len(y))
+    totals = ctx.all_reduce_sum(totals)
+    count = max(1.0, float(totals[2]))
+    return {"train_loss": float(totals[0]) / count, "train_acc": float(totals[1]) / count}
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: torch.Tensor, preprocess: Preprocess, batch_size: int,
+                   amp: bool = True, channels_last: bool = True) -> torch.Tensor:
+    """Logits of a uint8 image tensor, in eval mode, in batches (float32 result on the CPU)."""
+    model.eval()
+    outputs = []
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    for start in range(0, images.shape[0], batch_size):
+        x = normalize(images[start : start + batch_size], preprocess).contiguous(memory_format=memory_format)
+        with _autocast(x.device, amp):
+            outputs.append(model(x).float().cpu())
+    if not outputs:
+        return torch.empty(0, 0)
+    return torch.cat(outputs)
+
+
+def classification_scores(labels: np.ndarray, logits: torch.Tensor, num_classes: int) -> dict[str, float]:
+    """Accuracy, macro/weighted precision, recall and F1 (scikit-learn) plus the cross-entropy."""
+    predicted = logits.argmax(1).numpy()
+    every = list(range(num_classes))
+    scores = {"loss": float(F.cross_entropy(logits, torch.as_tensor(labels)).item()),
+              "accuracy": float(accuracy_score(labels, predicted)),
+              "macro_f1": float(f1_score(labels, predicted, labels=every, average="macro", zero_division=0))}
+    for average in ("macro", "weighted"):
+        p, r, f, _ = precision_recall_fscore_support(labels, predicted, labels=every, average=average, zero_division=0)
+        scores.update({f"precision_{average}": float(p), f"recall_{average}": float(r), f"f1_{average}": float(f)})
+    return scores
+
+
+class EvalSet:
+    """The part scored after every epoch. While the backbone is frozen its pooled features do not change,
+    so they are computed once and only the head runs each epoch."""
+
+    def __init__(self, data: TensorSet, preprocess: Preprocess, config: TrainConfig) -> None:
+        self.data, self.preprocess, self.config = data, preprocess, config
+        self._features: torch.Tensor | None = None
+
+    def logits(self, net: Classifier) -> torch.Tensor:
+        if not net.head_only:
+            self._features = None
+            return predict_logits(net.model, self.data.images, self.preprocess, self.config.eval_batch_size,
+                                  self.config.amp, self.config.channels_last)
+        net.eval()
+        if self._features is None:
+            body = _PooledFeatures(net.model)
+            self._features = predict_logits(body, self.data.images, self.preprocess, self.config.eval_batch_size,
+                                            self.config.amp, self.config.channels_last)
+        head = net.model.get_classifier()
+        with torch.no_grad():
+            return head(self._features.to(self.data.images.device)).float().cpu()
+
+
+class _PooledFeatures(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
