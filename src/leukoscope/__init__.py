@@ -1,9 +1,18 @@
 """leukoscope: ALL detection and B-cell subtyping in peripheral blood smear images.
 
 Research software, not a certified medical device.
+
+>>> import leukoscope
+>>> predictor = leukoscope.load_model()          # the bundled package      # doctest: +SKIP
+>>> [p.label for p in predictor.predict_paths(["smear.jpg"])]               # doctest: +SKIP
+
+The heavy parts (PyTorch training, ONNX Runtime inference, evaluation) are imported on first use, so
+`import leukoscope` stays fast for the data tools.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -11,6 +20,19 @@ from .classes import CANONICAL_CLASSES, resolve_classes
 from .data import check, discover, split
 from .errors import DataError, ImageError, LeukoscopeError, ModelError, UsageError
 from .manifest import ImageRecord, Manifest, read_manifest_csv
+
+_LAZY = {
+    "load_model": ("inference", "load_predictor"),
+    "load_predictor": ("inference", "load_predictor"),
+    "Predictor": ("inference", "Predictor"),
+    "Prediction": ("inference", "Prediction"),
+    "TrainConfig": ("train_config", "TrainConfig"),
+    "resolve_config": ("train_config", "resolve_config"),
+    "fit": ("training", "fit"),
+    "evaluate": ("evaluation", "evaluate"),
+    "export_run": ("export", "export_run"),
+    "gradcam_overlay": ("explain", "gradcam_overlay"),
+}
 
 __all__ = [
     "CANONICAL_CLASSES",
@@ -27,4 +49,17 @@ __all__ = [
     "read_manifest_csv",
     "resolve_classes",
     "split",
+    *_LAZY,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the heavy modules only when their names are first used."""
+    if name in _LAZY:
+        import importlib
+
+        module, attribute = _LAZY[name]
+        value = getattr(importlib.import_module(f".{module}", __name__), attribute)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'leukoscope' has no attribute {name!r}")
