@@ -75,6 +75,8 @@ def main() -> None:
     (ROOT / "bundle" / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     for name in ("report.html", "metrics.json"):
         shutil.copyfile(evaluation / name, ROOT / "bundle" / name)
+    # the run's own report adds the training curves (the package no longer has its history)
+    shutil.copyfile(run / "report.html", ROOT / "bundle" / "training_report.html")
     print(f"bundled package: {PACKAGE}")
 
 

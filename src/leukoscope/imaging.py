@@ -8,8 +8,10 @@ prediction and the web app all behave the same.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,14 +60,19 @@ def _check_pixels(image: Image.Image) -> None:
         raise ImageError(f"image has no pixels ({width}x{height})")
 
 
-def read_info(source: str | Path | bytes) -> ImageInfo:
-    """Read the header only (fast); raises ImageError for files that are not images or are too large."""
+@contextlib.contextmanager
+def _opened(source: str | Path | bytes, what: str) -> Iterator[Image.Image]:
+    """Open an image with the pixel limit checked, turning every decoder failure into an ImageError.
+
+    `what` names the step for the generic message ("cannot read image" for headers, "corrupt image" for
+    full decodes), so both entry points report the same reasons for the same bad files.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with _open(source) as image:
                 _check_pixels(image)
-                return ImageInfo(image.size[0], image.size[1], image.mode, image.format or "?")
+                yield image
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -75,7 +82,17 @@ def read_info(source: str | Path | bytes) -> ImageInfo:
     except PermissionError:
         raise ImageError("permission denied") from None
     except OSError as exc:
-        raise ImageError(f"cannot read image: {exc}") from None
+        if "truncated" in str(exc).lower():
+            raise ImageError("truncated image (file ends before the image data does)") from None
+        raise ImageError(f"{what}: {exc}") from None
+    except (ValueError, SyntaxError) as exc:
+        raise ImageError(f"corrupt image: {exc}") from None
+
+
+def read_info(source: str | Path | bytes) -> ImageInfo:
+    """Read the header only (fast); raises ImageError for files that are not images or are too large."""
+    with _opened(source, "cannot read image") as image:
+        return ImageInfo(image.size[0], image.size[1], image.mode, image.format or "?")
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -98,29 +115,9 @@ def load_rgb(source: str | Path | bytes) -> Image.Image:
     Raises ImageError with a one-line reason for zero-byte, truncated, non-image, unreadable or oversized
     files. Transparent images are composited on white (the colour of an empty slide background).
     """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with _open(source) as image:
-                _check_pixels(image)
-                image.load()
-                image = ImageOps.exif_transpose(image) or image
-                return _to_rgb(image)
-    except ImageError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError("image too large: refused as a possible decompression bomb") from None
-    except UnidentifiedImageError:
-        raise ImageError("not an image (unrecognised file format)") from None
-    except PermissionError:
-        raise ImageError("permission denied") from None
-    except OSError as exc:
-        text = str(exc)
-        if "truncated" in text.lower() or "image file is truncated" in text:
-            raise ImageError("truncated image (file ends before the image data does)") from None
-        raise ImageError(f"corrupt image: {text}") from None
-    except (ValueError, SyntaxError) as exc:
-        raise ImageError(f"corrupt image: {exc}") from None
+    with _opened(source, "corrupt image") as image:
+        image.load()
+        return _to_rgb(ImageOps.exif_transpose(image) or image)
 
 
 def load_rgb_array(source: str | Path | bytes, size: int | None = None) -> np.ndarray:
