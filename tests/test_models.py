@@ -157,7 +157,7 @@ def test_imagenet_offline_without_a_local_file_says_how_to_supply_weights(offlin
 
 def test_imagenet_file_of_another_architecture_is_refused(tmp_path):
     torch.save(timm.create_model("test_resnet", num_classes=1000).state_dict(), tmp_path / f"{TINY}.in1k.pth")
-    with pytest.raises(ModelError, match="does not fit backbone test_efficientnet.*another architecture"):
+    with pytest.raises(ModelError, match=r"does not fit backbone test_efficientnet.*another architecture"):
         create_model(spec(), weights="imagenet", weights_dir=tmp_path)
 
 

@@ -80,7 +80,7 @@ def test_set_values_are_parsed_as_yaml_scalars():
         "epochs": 3, "lr": 1e-4, "amp": False, "name": "007", "pad_type": "same"}
     with pytest.raises(ConfigError, match="key=value"):
         parse_set_options(["epochs"])
-    with pytest.raises(ConfigError, match="unknown config key 'epoch'.*epochs"):
+    with pytest.raises(ConfigError, match=r"unknown config key 'epoch'.*epochs"):
         parse_set_options(["epoch=3"])
     with pytest.raises(ConfigError, match="epochs must be a number"):
         parse_set_options(["epochs=many"])

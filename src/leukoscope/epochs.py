@@ -1,6 +1,6 @@
-"""One epoch each: the network wrapper, the dataset as tensors, a training epoch over images or over cached
-frozen-backbone features, and scoring. `leukoscope.training` composes these into the fit loop (and
-re-exports them).
+"""The pieces of the fit loop: the network wrapper, the dataset (discovered, split, decoded into tensors), a
+training epoch over images or over cached frozen-backbone features, scoring, and each stage's optimiser,
+schedule and loss. `leukoscope.training` composes them into the fit loop (and re-exports the public ones).
 
 Every epoch draws its order, augmentation and dropout from generators seeded by (seed, epoch), so an epoch
 replayed after `--resume` is the epoch the uninterrupted run would have trained.
@@ -8,8 +8,11 @@ replayed after `--resume` is the epoch the uninterrupted run would have trained.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,11 +20,17 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 from torch import nn
 
+from . import runs
+from .data import discover, split
 from .distributed import DistContext
-from .manifest import Manifest
+from .errors import DataError
+from .manifest import Manifest, read_manifest_csv
 from .models import Preprocess, freeze_batchnorm
 from .train_config import TrainConfig
 from .transforms import augment, load_uint8_batch, normalize
+
+if TYPE_CHECKING:
+    from .training import Stage
 
 # ---------------------------------------------------------------------------------------- the network
 
@@ -74,6 +83,30 @@ def load_part(manifest: Manifest, part: str, preprocess: Preprocess, device: tor
     images = load_uint8_batch(subset.paths(), preprocess, workers=workers)
     labels = torch.tensor(subset.labels, dtype=torch.long)
     return TensorSet(images.to(device), labels.to(device))
+
+
+def prepare_data(config: TrainConfig, saved_split: Path | None, *,
+                 classes: tuple[str, ...] | None = None) -> tuple[Manifest, Manifest]:
+    """Discover the dataset and split it (or reuse a saved split); returns (full manifest, split).
+
+    `classes`: those of the run being resumed; data with other classes is refused before anything else.
+    """
+    full = discover(config.data, workers=max(2, config.workers))
+    if not len(full):
+        raise DataError(f"no usable images in {config.data}")
+    if classes is not None:
+        runs.check_same_classes(tuple(classes), full.classes)
+    source = saved_split or (Path(config.split_csv) if config.split_csv else None)
+    if source is not None:
+        parted = read_manifest_csv(source, config.data, classes=full.classes)
+        known = {r.path for r in full.records}
+        missing = [r.path for r in parted.records if r.path not in known]
+        if missing:
+            raise DataError(f"{len(missing)} image(s) of the split are missing or unreadable in {config.data}, e.g. {missing[0]}")
+        return full, parted
+    parted = split(full, test_size=config.test_size, val_size=config.val_size, seed=config.seed,
+                   near_duplicate_distance=None if config.near_duplicate_distance < 0 else config.near_duplicate_distance)
+    return full, parted
 
 
 # ------------------------------------------------------------------------------------ one epoch each
@@ -233,3 +266,39 @@ class _PooledFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+
+
+# ------------------------------------------------------------------------------- optimiser, schedule, loss
+
+
+def make_optimizer(config: TrainConfig, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=config.weight_decay, nesterov=True)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+
+
+def make_scheduler(config: TrainConfig, stage: Stage, optimizer: torch.optim.Optimizer, steps: int):
+    total = max(1, stage.epochs * steps)
+    if stage.name == "warmup" or config.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=stage.lr, total_steps=total, pct_start=0.15)
+    warm = min(steps, total // 10)
+
+    def cosine(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(1, total - warm)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+
+
+def make_loss(config: TrainConfig, labels: torch.Tensor, num_classes: int) -> nn.Module:
+    weight = None
+    if config.class_balance == "loss":
+        counts = torch.bincount(labels.cpu(), minlength=num_classes).clamp(min=1).float()
+        weight = (counts.sum() / (num_classes * counts)).to(labels.device)
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)

@@ -25,7 +25,6 @@ from torch import nn
 
 from . import runs
 from .checkpoint import read_checkpoint, save_checkpoint
-from .data import discover, split
 from .distributed import DistContext, init_from_env, shutdown
 from .epochs import (
     Classifier,
@@ -35,13 +34,17 @@ from .epochs import (
     epoch_order,
     frozen_view_features,
     load_part,
+    make_loss,
+    make_optimizer,
+    make_scheduler,
     predict_logits,
+    prepare_data,
     train_head_epoch,
     train_one_epoch,
 )
 from .errors import ConfigError, DataError, LeukoscopeError, ModelError
 from .fileio import write_json, write_text
-from .manifest import Manifest, read_manifest_csv
+from .manifest import Manifest
 from .models import ModelSpec, Preprocess, check_backbone_name, create_model, preprocess_for, set_trainable
 from .train_config import TrainConfig
 from .transforms import load_uint8_batch
@@ -115,69 +118,6 @@ def _mps_available() -> bool:
     return bool(mps and mps.is_available())
 
 
-# ------------------------------------------------------------------------------- optimiser and schedule
-
-
-def _optimizer(config: TrainConfig, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=config.weight_decay)
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=config.weight_decay, nesterov=True)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
-
-
-def _scheduler(config: TrainConfig, stage: Stage, optimizer: torch.optim.Optimizer, steps: int):
-    total = max(1, stage.epochs * steps)
-    if stage.name == "warmup" or config.schedule == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    if config.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=stage.lr, total_steps=total, pct_start=0.15)
-    warm = min(steps, total // 10)
-
-    def cosine(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        progress = (step - warm) / max(1, total - warm)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
-
-
-# ------------------------------------------------------------------------------------------ the data
-
-
-def prepare_data(config: TrainConfig, saved_split: Path | None, *,
-                 classes: tuple[str, ...] | None = None) -> tuple[Manifest, Manifest]:
-    """Discover the dataset and split it (or reuse a saved split); returns (full manifest, split).
-
-    `classes`: those of the run being resumed; data with other classes is refused before anything else.
-    """
-    full = discover(config.data, workers=max(2, config.workers))
-    if not len(full):
-        raise DataError(f"no usable images in {config.data}")
-    if classes is not None:
-        runs.check_same_classes(tuple(classes), full.classes)
-    source = saved_split or (Path(config.split_csv) if config.split_csv else None)
-    if source is not None:
-        parted = read_manifest_csv(source, config.data, classes=full.classes)
-        known = {r.path for r in full.records}
-        missing = [r.path for r in parted.records if r.path not in known]
-        if missing:
-            raise DataError(f"{len(missing)} image(s) of the split are missing or unreadable in {config.data}, e.g. {missing[0]}")
-        return full, parted
-    parted = split(full, test_size=config.test_size, val_size=config.val_size, seed=config.seed,
-                   near_duplicate_distance=None if config.near_duplicate_distance < 0 else config.near_duplicate_distance)
-    return full, parted
-
-
-def _loss_fn(config: TrainConfig, labels: torch.Tensor, num_classes: int) -> nn.Module:
-    weight = None
-    if config.class_balance == "loss":
-        counts = torch.bincount(labels.cpu(), minlength=num_classes).clamp(min=1).float()
-        weight = (counts.sum() / (num_classes * counts)).to(labels.device)
-    return nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
-
-
 def _improved(config: TrainConfig, row: dict[str, Any], best: tuple[float, float] | None) -> bool:
     if config.select == "last":
         return True
@@ -246,8 +186,9 @@ def fit(config: TrainConfig, *, resume: bool = False, quiet: bool = False,
     """Train as `config` says into `out_dir/name`; returns the run folder. Resumable from last.pt.
 
     Everything that can be checked (run folder, backbone, weights, data, split) is checked before the run
-    folder is written. Ctrl-C anywhere in the epochs raises TrainingInterrupted; last.pt then holds the last
-    completed epoch and `fit(config, resume=True)` continues exactly where the run stopped.
+    folder is written. Ctrl-C (KeyboardInterrupt) anywhere in fit raises TrainingInterrupted with a one-line
+    message; last.pt then holds the last completed epoch and `fit(config, resume=True)` continues exactly
+    where the run stopped.
     """
     device = pick_device(config.device)
     ctx = init_from_env(device.type)
@@ -261,11 +202,14 @@ def fit(config: TrainConfig, *, resume: bool = False, quiet: bool = False,
 
 def _fit(config: TrainConfig, device: torch.device, ctx: DistContext, resume: bool, quiet: bool,
          on_epoch_end: EpochCallback | None) -> Path:
-    run_dir, checkpoint = _setup_run(config, resume)
-    session = _build(config, run_dir, device, ctx, quiet, checkpoint)
-    if ctx.is_main and checkpoint is None:
-        _write_run_files(session)
-    ctx.barrier()
+    try:
+        run_dir, checkpoint = _setup_run(config, resume)
+        session = _build(config, run_dir, device, ctx, quiet, checkpoint)
+        if ctx.is_main and checkpoint is None:
+            _write_run_files(session)
+        ctx.barrier()
+    except KeyboardInterrupt:
+        raise TrainingInterrupted("interrupted before the first epoch started; no checkpoint was written") from None
     progress = _Progress.of(checkpoint)
     started = time.perf_counter()
     try:
@@ -317,7 +261,7 @@ def _build(config: TrainConfig, run_dir: Path, device: torch.device, ctx: DistCo
     evalset = EvalSet(load_part(parted, eval_part, preprocess, device, config.workers), preprocess, config)
     return _Session(config, run_dir, device, ctx, quiet, full, parted, spec, model,
                     Classifier(model, config.freeze_bn), preprocess, train, evalset, eval_part,
-                    stages_of(config), _loss_fn(config, train.labels, len(full.classes)))
+                    stages_of(config), make_loss(config, train.labels, len(full.classes)))
 
 
 def _write_run_files(session: _Session) -> None:
@@ -371,8 +315,8 @@ def _start_stage(session: _Session, stage: Stage, checkpoint: dict[str, Any] | N
     set_trainable(session.model, stage.trainable, last_blocks=config.last_blocks)
     net.train()  # re-applies freeze_bn, which also stops BatchNorm's affine parameters from training
     params = [p for p in session.model.parameters() if p.requires_grad]
-    optimizer = _optimizer(config, params, stage.lr)
-    scheduler = _scheduler(config, stage, optimizer, session.steps)
+    optimizer = make_optimizer(config, params, stage.lr)
+    scheduler = make_scheduler(config, stage, optimizer, session.steps)
     if checkpoint and checkpoint.get("stage") == stage.name:
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])

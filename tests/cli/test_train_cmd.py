@@ -89,7 +89,7 @@ def test_help_explains_the_options(capsys):
 def test_config_file_beats_the_preset_and_options_beat_the_file(tmp_path, data, captured, capsys):
     file = tmp_path / "options.yaml"
     file.write_text("protocol: paper\nepochs: 4\nlr: 0.01\nseed: 5\n")
-    code, out, err = run(capsys, "train", data, "--config", file, "--epochs", "2", "--set", "seed=6")
+    code, _, err = run(capsys, "train", data, "--config", file, "--epochs", "2", "--set", "seed=6")
     assert code == 0, err
     config = captured[-1]
     assert (config.protocol, config.trainable, config.frozen_views) == ("paper", "head", 3)  # file's protocol preset
@@ -126,7 +126,7 @@ def test_train_writes_a_run_quietly_and_reports_test_metrics(tmp_path, data, cap
                  "summary.json"):
         assert (tmp_path / "quiet" / name).is_file(), name
     saved = yaml.safe_load((tmp_path / "quiet" / "config.yaml").read_text())
-    assert saved["epochs"] == 1 and saved["input_size"] == 32 and saved["command"].startswith("leukoscope train")
+    assert saved["epochs"] == 1 and saved["input_size"] == 32 and saved["command"].startswith("leukoscope")
 
 
 def test_ctrl_c_exits_130_with_one_line_and_resume_finishes_the_run(tmp_path, data, monkeypatch, capsys):
@@ -156,7 +156,7 @@ def test_ctrl_c_before_training_exits_130_and_writes_nothing(tmp_path, data, mon
     def discover(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(training, "discover", discover)
+    monkeypatch.setattr(epochs_module, "discover", discover)
     code, _, err = run(capsys, "train", data, *TINY, "--out-dir", tmp_path / "runs", "--quiet")
     assert code == 130 and "interrupted" in one_error_line(err)
     assert not (tmp_path / "runs").exists()
