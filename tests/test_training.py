@@ -277,6 +277,19 @@ def test_ctrl_c_in_the_first_epoch_leaves_no_checkpoint_and_resume_starts_over(t
     assert_same_weights(last_state(tmp_path / "run"), last_state(reference(warmup_epochs=0, epochs=2)))
 
 
+def test_an_early_stopped_run_stays_stopped_when_resumed(tmp_path, data, monkeypatch):
+    config = tiny(data, tmp_path, warmup_epochs=0, epochs=4, patience=1)
+    real_improved = training._improved
+    monkeypatch.setattr(training, "_improved", lambda config, row, best: row["epoch"] == 1)
+    run = fit(config, quiet=True)
+    last = read_checkpoint(run / "last.pt")
+    assert last["epoch"] == 2 and last["stale"] == 1  # stopped after one epoch without improvement
+    assert read_checkpoint(run / "best.pt")["epoch"] == 1
+    monkeypatch.setattr(training, "_improved", real_improved)
+    fit(config, resume=True, quiet=True)
+    assert read_checkpoint(run / "last.pt")["epoch"] == 2
+
+
 # ---------------------------------------------------------------------------------------------- output
 
 

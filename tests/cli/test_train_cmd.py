@@ -3,6 +3,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,8 +23,9 @@ from leukoscope.cli.common import console, err_console
 from leukoscope.runs import write_config
 from leukoscope.train_config import TrainConfig
 
-TINY = ("--backbone", "test_efficientnet", "--weights", "none", "--set", "input_size=32", "--batch-size", "4",
-        "--device", "cpu", "--set", "near_duplicate_distance=-1", "--set", "workers=1")
+SMALL = ("--backbone", "test_efficientnet", "--set", "input_size=32", "--batch-size", "4", "--device", "cpu",
+         "--set", "near_duplicate_distance=-1", "--set", "workers=1")
+TINY = (*SMALL, "--weights", "none")
 
 
 @pytest.fixture(autouse=True)
@@ -129,6 +135,24 @@ def test_train_writes_a_run_quietly_and_reports_test_metrics(tmp_path, data, cap
     assert saved["epochs"] == 1 and saved["input_size"] == 32 and saved["command"].startswith("leukoscope")
 
 
+def test_imagenet_weights_from_a_local_folder(tmp_path, data, capsys):
+    """--weights imagenet --weights-dir: the backbone starts from the file (a head-only run keeps it)."""
+    import timm
+
+    (tmp_path / "weights").mkdir()
+    state = timm.create_model("test_efficientnet").state_dict()
+    torch.save(state, tmp_path / "weights" / "test_efficientnet.tiny_in1k.pth")
+    code, _, err = run(capsys, "train", data, *SMALL, "--weights", "imagenet", "--weights-dir", tmp_path / "weights",
+                       "--epochs", "1", "--warmup-epochs", "0", "--set", "trainable=head",
+                       "--out-dir", tmp_path, "--name", "pretrained", "--quiet")
+    assert code == 0, err
+    trained = read_checkpoint(tmp_path / "pretrained" / "last.pt")["model"]
+    for key, value in trained.items():
+        assert torch.equal(value, state[key]) != key.startswith("classifier."), key
+    saved = yaml.safe_load((tmp_path / "pretrained" / "config.yaml").read_text())
+    assert saved["weights"] == "imagenet" and saved["weights_dir"] == str(tmp_path / "weights")
+
+
 def test_ctrl_c_exits_130_with_one_line_and_resume_finishes_the_run(tmp_path, data, monkeypatch, capsys):
     run_dir = tmp_path / "runs" / "ctrlc"
     real_augment = epochs_module.augment
@@ -150,6 +174,33 @@ def test_ctrl_c_exits_130_with_one_line_and_resume_finishes_the_run(tmp_path, da
     assert code == 0, err
     assert read_checkpoint(run_dir / "last.pt")["epoch"] == 2 and "test accuracy" in out
     assert len((run_dir / "metrics.csv").read_text().splitlines()) == 3
+
+
+def test_a_real_sigint_in_a_subprocess_exits_130_and_keeps_a_whole_checkpoint(tmp_path, data):
+    """The signal lands wherever the process is (a batch, a save, a metrics write): one line, exit 130, and
+    last.pt is a complete checkpoint of the last finished epoch."""
+    run_dir = tmp_path / "runs" / "sigint"
+    command = [sys.executable, "-m", "leukoscope", "train", str(data), *TINY, "--epochs", "500", "--warmup-epochs",
+               "0", "--out-dir", str(tmp_path / "runs"), "--name", "sigint", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "400"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for _ in range(1200):  # up to ~2 minutes on a busy machine
+            if (run_dir / "last.pt").exists() or process.poll() is not None:
+                break
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    line = one_error_line(err)
+    assert "interrupted" in line and "--resume" in line
+    last = read_checkpoint(run_dir / "last.pt")
+    assert 1 <= last["epoch"] < 500 and len(last["history"]) == last["epoch"]
+    assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_ctrl_c_before_training_exits_130_and_writes_nothing(tmp_path, data, monkeypatch, capsys):
@@ -187,9 +238,7 @@ def test_imagenet_offline_without_a_local_file_says_how_to_supply_weights(tmp_pa
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # read once at import
     monkeypatch.delenv("LEUKOSCOPE_WEIGHTS_DIR", raising=False)
-    args = [a for a in TINY if a != "none"]
-    args.remove("--weights")
-    code, _, err = run(capsys, "train", data, *args, "--weights", "imagenet", "--out-dir", tmp_path / "runs")
+    code, _, err = run(capsys, "train", data, *SMALL, "--weights", "imagenet", "--out-dir", tmp_path / "runs")
     assert code == 1 and "--weights-dir" in one_error_line(err)
     assert not (tmp_path / "runs").exists()
 

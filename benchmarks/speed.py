@@ -1,0 +1,637 @@
+"""Speed of the bundled model on this CPU (issue #5): every inference path side by side, in one run.
+
+Why each part is measured the way it is:
+- Same images and batch sizes (1 and 32) for every path, medians of several rounds after warm-up, and the
+  ONNX Runtime rounds interleaved (fp32, int8, fp32, ...) so a load change hits both alike.
+- PyTorch eager runs in child processes, once with glibc's default malloc and once with the settings of
+  ../shared/NOTES.md, because glibc reads them only at process start.
+- int8 is leukoscope.export's static QDQ per-channel quantisation, calibrated on *train* images and
+  checked on *val* images (as `leukoscope export --int8` does), then scored on the *test* part, written
+  to a temporary package (never into the bundled one).
+- End to end is the real `leukoscope predict` command on 1,000 image files, decode included, nothing
+  subtracted; Predictor.predict_paths in-process shows what the command's start-up costs.
+- FLOPs come from torch.utils.flop_counter (2 FLOPs per multiply-add, convolutions and matmuls only),
+  and the CPU's peak from a large fp32 matmul on all cores, so "% of peak" has a measured denominator.
+
+    .venv/bin/python benchmarks/speed.py                   # writes the `speed` section of RESULTS.md
+    .venv/bin/python benchmarks/speed.py --no-write --json speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # the benchmarks folder is not a package: its scripts import each other by path
+
+BATCH = 32
+E2E_IMAGES = 1000
+CALIBRATION_IMAGES = 256
+
+
+@dataclass
+class Timing:
+    """One inference path: batch-1 latency and batch-32 throughput, with the per-round values."""
+
+    name: str
+    b1_ms: float
+    b32_ips: float
+    b1_rounds: list[float] = field(default_factory=list)
+    b32_rounds: list[float] = field(default_factory=list)
+
+    @property
+    def b32_ms(self) -> float:
+        return 1000.0 / self.b32_ips
+
+
+# ------------------------------------------------------------------------------------------- images
+
+
+def load_split(split_csv: Path, data: Path, classes: tuple[str, ...]) -> Any:
+    from leukoscope.manifest import read_manifest_csv
+
+    return read_manifest_csv(split_csv, data, classes=classes)
+
+
+def decoded(manifest: Any, preprocess: Any, limit: int | None = None, seed: int = 0) -> Any:
+    """Images of a manifest at the model's input size (leukoscope.export.load_images: what export uses)."""
+    from leukoscope.export import load_images
+
+    return load_images(manifest, preprocess, limit=limit, seed=seed)
+
+
+def timing_batches(pixels: np.ndarray, preprocess: Any, batches: int = 2) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Normalised inputs shared by every path: 16 single images and `batches` distinct batches of 32 (images
+    repeat only when there are fewer than that, as in the tests' tiny data)."""
+    from leukoscope.transforms import normalize_numpy
+
+    x = normalize_numpy(pixels[np.arange(BATCH * batches) % len(pixels)], preprocess)
+    return x[:16], [x[i:i + BATCH] for i in range(0, BATCH * batches, BATCH)]
+
+
+def measure(run: Any, singles: np.ndarray, batches: list[np.ndarray], *, repeats: int,
+            inner: int) -> tuple[list[float], list[float]]:
+    """Per-round batch-1 latency (ms) and batch-32 throughput (img/s) of `run(x)`."""
+    position = [0]
+
+    def one() -> None:
+        run(singles[position[0] % len(singles)][None])
+        position[0] += 1
+
+    def many() -> None:
+        for batch in batches:
+            run(batch)
+
+    b1 = [s * 1000 for s in common.repeat_timing(one, repeats=repeats, warmup=5, inner=inner)]
+    seconds = common.repeat_timing(many, repeats=repeats, warmup=1)
+    images = sum(len(b) for b in batches)
+    return b1, [images / s for s in seconds]
+
+
+# ------------------------------------------------------------------------------------------- eager (child)
+
+
+def eager_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Child process: the package's model.pt in a timm model, plain and channels_last (prints JSON)."""
+    import torch
+
+    from leukoscope.backends import load_torch_file
+
+    torch.set_num_threads(spec["threads"])
+    model = load_torch_file(spec["model_pt"]).eval()
+    data = np.load(spec["inputs"])
+    results = {}
+    for layout in ("contiguous", "channels_last"):
+        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        net = model.to(memory_format=fmt)
+        singles = torch.from_numpy(data["singles"]).contiguous(memory_format=fmt)
+        batches = [torch.from_numpy(b).contiguous(memory_format=fmt) for b in data["batches"]]
+
+        def run(x: Any, net: Any = net) -> Any:
+            with torch.inference_mode():
+                return net(x)
+
+        b1, b32 = measure(run, singles, batches, repeats=spec["repeats"], inner=spec["inner"])
+        results[layout] = {"b1_rounds": b1, "b32_rounds": b32}
+    return results
+
+
+def run_eager(model_pt: Path, singles: np.ndarray, batches: list[np.ndarray], work: Path, *, malloc: bool,
+              repeats: int) -> list[Timing]:
+    """PyTorch eager in a fresh interpreter, with or without the NOTES.md malloc settings."""
+    inputs = work / "eager-inputs.npz"
+    if not inputs.exists():
+        np.savez(inputs, singles=singles, batches=np.stack(batches))
+    spec = {"model_pt": str(model_pt), "inputs": str(inputs), "threads": common.usable_cores(),
+            "repeats": repeats, "inner": 20}
+    env = {k: v for k, v in os.environ.items() if k not in common.MALLOC_ENV}
+    if malloc:
+        env.update(common.MALLOC_ENV)
+    done = subprocess.run([sys.executable, __file__, "--eager-worker", json.dumps(spec)], env=env,
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"eager worker failed:\n{done.stderr[-3000:]}")
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    suffix = "malloc env" if malloc else "default malloc"
+    timings = []
+    for layout, label in (("contiguous", ""), ("channels_last", ", channels_last")):
+        r = results[layout]
+        timings.append(Timing(f"PyTorch eager fp32{label} ({suffix})", common.median(r["b1_rounds"]),
+                              common.median(r["b32_rounds"]), r["b1_rounds"], r["b32_rounds"]))
+    return timings
+
+
+# ------------------------------------------------------------------------------------------- ONNX Runtime
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def run_all_images(backend: Any, pixels: np.ndarray, preprocess: Any) -> np.ndarray:
+    from leukoscope.export import run_backend
+
+    return run_backend(backend, pixels, preprocess, BATCH)[0]
+
+
+def quantise(fp32: Path, out: Path, train: Any, val: Any, preprocess: Any, log: Any) -> dict[str, Any]:
+    """leukoscope.export's int8 recipe: static QDQ per-channel, calibrated on train images; when it agrees
+    with fp32 on < 99% of the val images, again with the first conv and the classifier kept in fp32."""
+    from leukoscope.backends import OnnxBackend
+    from leukoscope.export import INT8_MIN_AGREEMENT, quantize_int8
+    from leukoscope.transforms import normalize_numpy
+
+    calibration = normalize_numpy(train.pixels, preprocess)
+    fp32_val = run_all_images(OnnxBackend(fp32), val.pixels, preprocess).argmax(1)
+    tried: list[dict[str, Any]] = []
+    for exclude_ends in (False, True):
+        started = time.perf_counter()
+        quantize_int8(fp32, out, calibration, exclude_ends=exclude_ends)
+        agreement = float(np.mean(run_all_images(OnnxBackend(out), val.pixels, preprocess).argmax(1) == fp32_val))
+        tried.append({"fp32_ends": exclude_ends, "val_agreement": agreement,
+                      "seconds": time.perf_counter() - started})
+        log(f"int8 (fp32 ends: {exclude_ends}): top-1 agreement with fp32 on {len(val.pixels)} val images "
+            f"{agreement:.2%}")
+        if agreement >= INT8_MIN_AGREEMENT:
+            break
+    return {"calibration_images": len(calibration), "val_images": len(val.pixels), "tried": tried,
+            **tried[-1]}
+
+
+def int8_package(bundled: Path, int8_onnx: Path, out: Path, quant: dict[str, Any]) -> Path:
+    """The bundled package plus model.int8.onnx as its default, in a temporary folder; temperature and
+    review thresholds stay those fitted for fp32 (they do not change speed or top-1)."""
+    from leukoscope.package import ONNX_INT8, read_package_json, write_package
+
+    info = read_package_json(bundled)
+    files = {name: bundled / name for name in info["files"]}
+    files[ONNX_INT8] = int8_onnx
+    meta = {k: v for k, v in info.items() if k not in ("format", "format_version", "files")}
+    meta["default_onnx"] = ONNX_INT8
+    meta["name"] = f"{info.get('name', 'bundled')}-int8-bench"
+    meta["parity"] = {**info.get("parity", {}), "int8_benchmark": quant}
+    return write_package(out, meta, files)
+
+
+def test_scores(fp32: Any, int8: Any, test: Any, preprocess: Any) -> dict[str, Any]:
+    """int8 against fp32 on the test part: top-1 agreement, largest probability change, accuracy (sklearn)."""
+    from sklearn.metrics import accuracy_score
+
+    p32 = softmax(run_all_images(fp32, test.pixels, preprocess))
+    p8 = softmax(run_all_images(int8, test.pixels, preprocess))
+    return {"images": len(test.labels), "top1_agreement": float(np.mean(p32.argmax(1) == p8.argmax(1))),
+            "disagreements": int(np.sum(p32.argmax(1) != p8.argmax(1))),
+            "max_abs_prob_diff": float(np.abs(p32 - p8).max()),
+            "accuracy_fp32": float(accuracy_score(test.labels, p32.argmax(1))),
+            "accuracy_int8": float(accuracy_score(test.labels, p8.argmax(1)))}
+
+
+def time_onnx(paths: dict[str, Path], singles: np.ndarray, batches: list[np.ndarray], repeats: int) -> list[Timing]:
+    """ONNX Runtime sessions (as the Predictor builds them), rounds interleaved between the models."""
+    from leukoscope.backends import OnnxBackend
+
+    backends = {name: OnnxBackend(path) for name, path in paths.items()}
+    rounds: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in paths}
+    for _ in range(repeats):
+        for name, backend in backends.items():
+            b1, b32 = measure(backend.run, singles, batches, repeats=1, inner=50)
+            rounds[name][0].extend(b1)
+            rounds[name][1].extend(b32)
+    return [Timing(name, common.median(b1), common.median(b32), b1, b32) for name, (b1, b32) in rounds.items()]
+
+
+# ------------------------------------------------------------------------------------------- decode
+
+
+def decode_timing(predictor: Any, files: list[Path], repeats: int) -> dict[str, Any]:
+    """The predictor's per-image preparation (read, sha256, JPEG decode, resize, quality checks) on one
+    core, the same with its decode pool, and input normalisation per image of a batch of 32."""
+    from leukoscope.backends import cpu_count
+    from leukoscope.transforms import normalize_numpy
+
+    workers = min(4, cpu_count())  # what Predictor.predict_paths uses
+
+    def serial() -> list[Any]:
+        return [predictor._decode_path(f) for f in files]
+
+    one = common.repeat_timing(serial, repeats=repeats, warmup=1)
+    many = common.repeat_timing(lambda: _pooled_decode(predictor, files), repeats=repeats, warmup=1)
+    batch = np.stack([d.pixels for d in serial()[:BATCH]])
+    norm = common.repeat_timing(lambda: normalize_numpy(batch, predictor.preprocess), repeats=repeats, warmup=2,
+                                inner=10)
+    n = len(files)
+    return {"images": n, "workers": workers, "serial_ms": 1000 * common.median(one) / n,
+            "parallel_ms": 1000 * common.median(many) / n, "normalize_ms": 1000 * common.median(norm) / len(batch),
+            "serial_rounds_s": one, "parallel_rounds_s": many}
+
+
+# ------------------------------------------------------------------------------------------- end to end
+
+
+def e2e_folder(split: Any, work: Path, count: int = E2E_IMAGES, seed: int = 0) -> tuple[Path, list[Path]]:
+    """A folder of `count` symlinks to dataset images (a seeded sample of every part)."""
+    paths = split.paths()
+    chosen = np.random.default_rng(seed).choice(len(paths), size=min(count, len(paths)), replace=False)
+    folder = work / "e2e-images"
+    folder.mkdir()
+    links = []
+    for i, index in enumerate(sorted(chosen)):
+        source = Path(paths[index]).resolve()
+        link = folder / f"{i:04d}-{source.name}"
+        link.symlink_to(source)
+        links.append(link)
+    return folder, links
+
+
+def cli_command(folder: Path, out: Path, model: Path | None) -> list[str]:
+    command = [sys.executable, "-m", "leukoscope", "predict", str(folder), "--format", "csv", "--out", str(out),
+               "--quiet"]
+    return command + (["--model", str(model)] if model is not None else [])
+
+
+def time_cli(folder: Path, expected: int, model: Path | None, work: Path, repeats: int) -> dict[str, Any]:
+    """Wall time of the real command as a user runs it (no malloc settings), median of `repeats` after a
+    warm-up run that also fills the page cache; every run must exit 0 with one CSV row per image."""
+    out = work / "predict.csv"
+    env = {k: v for k, v in os.environ.items() if k not in common.MALLOC_ENV}
+    command = cli_command(folder, out, model)
+    seconds = []
+    for attempt in range(repeats + 1):
+        out.unlink(missing_ok=True)
+        started = time.perf_counter()
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        elapsed = time.perf_counter() - started
+        rows = max(0, len(out.read_text(encoding="utf-8").splitlines()) - 1) if out.exists() else 0
+        if done.returncode != 0 or rows != expected:
+            raise SystemExit(f"`{' '.join(command)}` exited {done.returncode} with {rows} rows:\n{done.stderr[-2000:]}")
+        if attempt:
+            seconds.append(elapsed)
+    display = ["leukoscope", *command[3:]]
+    return {"images": expected, "seconds": common.median(seconds), "rounds_s": seconds,
+            "ips": expected / common.median(seconds), "command": " ".join(display)}
+
+
+def time_predict_paths(predictor: Any, files: list[Path], repeats: int) -> dict[str, Any]:
+    """Predictor.predict_paths in this process (no interpreter start, imports or model load)."""
+    def run() -> int:
+        return sum(1 for _ in predictor.predict_paths(files, batch_size=BATCH))
+
+    seconds = common.repeat_timing(run, repeats=repeats, warmup=1)
+    return {"images": len(files), "seconds": common.median(seconds), "rounds_s": seconds,
+            "ips": len(files) / common.median(seconds)}
+
+
+def overlap_check(predictor: Any, files: list[Path], pp_seconds: float, repeats: int) -> dict[str, Any]:
+    """Does predict_paths decode while the network runs? Compare it with decode alone (its pool) plus
+    inference alone on the decoded images: overlapping work finishes well before the serial sum."""
+    decode_s = common.median(common.repeat_timing(lambda: _pooled_decode(predictor, files), repeats=repeats,
+                                                  warmup=0))
+    pixels = np.stack([d.pixels for d in _pooled_decode(predictor, files) if d.pixels is not None])
+
+    def infer() -> None:
+        for i in range(0, len(pixels), BATCH):
+            predictor.predict_proba(pixels[i:i + BATCH])
+
+    infer_s = common.median(common.repeat_timing(infer, repeats=repeats, warmup=1))
+    serial = decode_s + infer_s
+    return {"decode_s": decode_s, "inference_s": infer_s, "serial_sum_s": serial, "predict_paths_s": pp_seconds,
+            "saved_fraction_of_shorter": (serial - pp_seconds) / min(decode_s, infer_s)}
+
+
+def _pooled_decode(predictor: Any, files: list[Path]) -> list[Any]:
+    from leukoscope.backends import cpu_count
+
+    with ThreadPoolExecutor(max_workers=min(4, cpu_count())) as pool:
+        return list(pool.map(predictor._decode_path, files))
+
+
+def startup_seconds(repeats: int = 3) -> dict[str, Any]:
+    """What every command pays before the first image: importing leukoscope.inference (does it pull in
+    torch?) in a fresh interpreter."""
+    code = "import sys, time; t = time.perf_counter(); import leukoscope.inference; " \
+           "print(time.perf_counter() - t, 'torch' in sys.modules)"
+    seconds, torch_loaded = [], False
+    for _ in range(repeats):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+        seconds.append(float(out[0]))
+        torch_loaded = out[1] == "True"
+    return {"import_inference_s": common.median(seconds), "imports_torch": torch_loaded}
+
+
+# ------------------------------------------------------------------------------------------- FLOPs, peak
+
+
+def model_flops(model: Any, size: int) -> int:
+    """FLOPs of one forward pass on one size x size image (conv/matmul only, 2 per multiply-add)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model.eval()(torch.zeros(1, 3, size, size))
+    return int(counter.get_total_flops())
+
+
+def peak_gflops(n: int = 4096, repeats: int = 5) -> dict[str, Any]:
+    """fp32 matmul of two n x n matrices on all cores: the achievable peak that "% of peak" divides by."""
+    import torch
+
+    torch.set_num_threads(common.usable_cores())
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    out = torch.empty(n, n)
+    seconds = common.repeat_timing(lambda: torch.mm(a, b, out=out), repeats=repeats, warmup=2)
+    return {"n": n, "threads": torch.get_num_threads(), "gflops": 2 * n ** 3 / common.median(seconds) / 1e9,
+            "rounds_gflops": [2 * n ** 3 / s / 1e9 for s in seconds]}
+
+
+# ------------------------------------------------------------------------------------------- the run
+
+
+def measure_models(package: Path, int8_onnx: Path, test: Any, preprocess: Any, work: Path,
+                   args: argparse.Namespace, log: Any) -> list[Timing]:
+    """Every model-only path on the same inputs: eager (two mallocs, two layouts), ORT fp32 and int8."""
+    from leukoscope.package import ONNX_FP32, TORCH_FILE
+
+    singles, batches = timing_batches(test.pixels, preprocess, args.batches)
+    timings: list[Timing] = []
+    for malloc in (False, True):
+        log(f"PyTorch eager ({'malloc env' if malloc else 'default malloc'}) ...")
+        timings += run_eager(package / TORCH_FILE, singles, batches, work, malloc=malloc, repeats=args.repeats)
+    log("ONNX Runtime fp32 and int8 ...")
+    timings += time_onnx({"ONNX Runtime fp32 (package model.onnx)": package / ONNX_FP32,
+                          "ONNX Runtime int8 (static QDQ, per-channel)": int8_onnx},
+                         singles, batches, args.repeats + 2)
+    return timings
+
+
+def measure_e2e(package: Path, int8_pkg: Path, split: Any, work: Path, args: argparse.Namespace,
+                log: Any) -> dict[str, Any]:
+    """The command line and predict_paths on the same 1,000 files, for the bundled and the int8 package."""
+    from leukoscope.inference import load_predictor
+
+    folder, files = e2e_folder(split, work, args.e2e_images)
+    out: dict[str, Any] = {"images": len(files), "startup": startup_seconds()}
+    for key, model in (("fp32", None if args.model is None else package), ("int8", int8_pkg)):
+        log(f"`leukoscope predict` on {len(files)} images ({key}) ...")
+        out[f"cli_{key}"] = time_cli(folder, len(files), model, work, args.e2e_repeats)
+        predictor = load_predictor(model if model is not None else package)
+        out[f"predict_paths_{key}"] = time_predict_paths(predictor, files, args.e2e_repeats)
+        if key == "fp32":
+            out["decode"] = decode_timing(predictor, files[: args.decode_images], args.repeats)
+            out["overlap"] = overlap_check(predictor, files, out["predict_paths_fp32"]["seconds"], args.e2e_repeats)
+    for key in ("cli_fp32", "cli_int8"):  # readable commands: placeholders for the temporary paths
+        for path, name in ((folder, f"FOLDER_OF_{len(files)}_IMAGES"), (work / "predict.csv", "OUT.csv"),
+                           (int8_pkg, "INT8_PACKAGE")):
+            out[key]["command"] = out[key]["command"].replace(str(path), name)
+    return out
+
+
+def collect(args: argparse.Namespace, log: Any) -> dict[str, Any]:
+    """Run every measurement; returns plain data (rendered by `render`)."""
+    from leukoscope.backends import OnnxBackend, load_torch_file
+    from leukoscope.inference import load_predictor
+    from leukoscope.package import ONNX_FP32, TORCH_FILE, bundled_package_path
+
+    package = Path(args.model).resolve() if args.model else bundled_package_path()
+    predictor = load_predictor(package, backend="onnx")
+    pre = predictor.preprocess
+    split = load_split(args.split, args.data, predictor.classes)
+    results: dict[str, Any] = {"machine": common.machine(), "package": str(package), "name": predictor.info.get("name"),
+                               "load_at_start": common.load_average(), "input_size": pre.input_size}
+    test = decoded(split.part("test"), pre)
+    val = decoded(split.part("val"), pre)
+    train = decoded(split.part("train"), pre, limit=CALIBRATION_IMAGES, seed=0)
+    with tempfile.TemporaryDirectory(prefix="leukoscope-speed-") as tmp:
+        work = Path(tmp)
+        int8_onnx = work / "model.int8.onnx"
+        quant = quantise(package / ONNX_FP32, int8_onnx, train, val if len(val.pixels) else test, pre, log)
+        int8_pkg = int8_package(package, int8_onnx, work / "int8-package", quant)
+        quant["test"] = test_scores(OnnxBackend(package / ONNX_FP32), OnnxBackend(int8_onnx), test, pre)
+        results["int8"] = quant
+        results["timings"] = [asdict(t) for t in measure_models(package, int8_onnx, test, pre, work, args, log)]
+        results["e2e"] = measure_e2e(package, int8_pkg, split, work, args, log)
+        shutil.rmtree(work / "e2e-images", ignore_errors=True)
+    results["flops"] = model_flops(load_torch_file(package / TORCH_FILE), pre.input_size)
+    log("peak fp32 matmul ...")
+    results["peak"] = peak_gflops(args.peak_n)
+    results["load_at_end"] = common.load_average()
+    return results
+
+
+# ------------------------------------------------------------------------------------------- markdown
+
+
+def _timings(results: dict[str, Any]) -> list[Timing]:
+    return [Timing(**t) for t in results["timings"]]
+
+
+def _find(results: dict[str, Any], prefix: str) -> Timing:
+    return next(t for t in _timings(results) if t.name.startswith(prefix))
+
+
+def render_models(results: dict[str, Any]) -> str:
+    """The side-by-side table of model-only paths, with decode + preprocessing as its own columns."""
+    decode, flops, peak = results["e2e"]["decode"], results["flops"], results["peak"]["gflops"]
+    prep_1 = decode["serial_ms"] + decode["normalize_ms"]
+    prep_n = decode["parallel_ms"] + decode["normalize_ms"]
+    rows = []
+    for t in _timings(results):
+        gflops = t.b32_ips * flops / 1e9
+        rows.append([t.name, f"{t.b1_ms:.2f} ({common.spread(t.b1_rounds)})", f"{1000 / t.b1_ms:.0f}",
+                     f"{t.b32_ips:.0f} ({common.spread(t.b32_rounds)})", f"{t.b32_ms:.2f}",
+                     f"{gflops:.1f} ({gflops / peak:.1%})", f"{prep_1:.2f}", f"{prep_n:.2f}"])
+    header = ["path (model only, no decode)", "batch 1: ms/image (min-max)", "batch 1: img/s",
+              "batch 32: img/s (min-max)", "batch 32: ms/image", "batch 32: GFLOP/s (% of peak)",
+              "decode + preprocess ms/image, 1 core", f"decode + preprocess ms/image, {decode['workers']} threads"]
+    notes = (f"\nDecode + preprocess = the predictor's own per-image work (read file, sha256, PIL JPEG decode, "
+             f"resize to {results['input_size']}, quality checks: {decode['serial_ms']:.2f} ms on one core, "
+             f"{decode['parallel_ms']:.2f} ms/image with its pool of {decode['workers']} threads) plus input "
+             f"normalisation ({decode['normalize_ms']:.3f} ms/image in batches of 32); measured on "
+             f"{decode['images']} dataset files. It is the same for every path, so it is one pair of columns.\n")
+    return common.table(header, rows) + notes
+
+
+def render_e2e(results: dict[str, Any]) -> str:
+    """Whole-command throughput against the eager baseline, and the decode/inference overlap check."""
+    e2e = results["e2e"]
+    eager = _find(results, "PyTorch eager fp32 (malloc env)").b32_ips
+    eager_plain = _find(results, "PyTorch eager fp32 (default malloc)").b32_ips
+    rows = []
+    for key, label in (("cli_fp32", "`leukoscope predict`, bundled package (ONNX fp32, its default)"),
+                       ("cli_int8", "`leukoscope predict`, same package + int8 ONNX as default"),
+                       ("predict_paths_fp32", "Predictor.predict_paths in-process, ONNX fp32"),
+                       ("predict_paths_int8", "Predictor.predict_paths in-process, ONNX int8")):
+        r = e2e[key]
+        rows.append([label, f"{r['seconds']:.2f} ({common.spread(r['rounds_s'])})", f"{r['ips']:.0f}",
+                     f"{r['ips'] / eager:.1f}x", f"{r['ips'] / eager_plain:.1f}x"])
+    header = [f"end to end, {e2e['images']} JPEG files, decode included", "seconds (min-max)", "img/s",
+              "x eager fp32 b32 (malloc env)", "x eager fp32 b32 (default malloc)"]
+    o, s = e2e["overlap"], e2e["startup"]
+    text = common.table(header, rows)
+    text += (f"\nCommands: `{e2e['cli_fp32']['command']}` and `{e2e['cli_int8']['command']}`, run as "
+             "subprocesses without the malloc settings (as a user runs them), median of the runs after one "
+             "warm-up run; every run exited 0 with one CSV row per image. Nothing is subtracted: the times "
+             f"include interpreter start, imports ({s['import_inference_s']:.2f} s to import "
+             f"leukoscope.inference, which {'imports' if s['imports_torch'] else 'does not import'} torch), "
+             "model loading with sha256 checks, decoding and writing the CSV.\n\n"
+             f"Decode runs in parallel with inference in Predictor.predict_paths: decode alone (its thread pool) "
+             f"{o['decode_s']:.2f} s + inference alone on the decoded images {o['inference_s']:.2f} s = "
+             f"{o['serial_sum_s']:.2f} s serial, predict_paths {o['predict_paths_s']:.2f} s "
+             f"({o['saved_fraction_of_shorter']:.0%} of the shorter of the two hidden behind the other).\n")
+    return text
+
+
+def render_int8(results: dict[str, Any]) -> str:
+    q = results["int8"]
+    t = q["test"]
+    tried = "; ".join(f"{'first conv + classifier in fp32' if r['fp32_ends'] else 'all layers int8'}: "
+                      f"{r['val_agreement']:.2%} on val" for r in q["tried"])
+    rows = [[t["images"], f"{t['top1_agreement']:.2%} ({t['disagreements']} images differ)",
+             f"{t['max_abs_prob_diff']:.3f}", f"{t['accuracy_fp32']:.2%}", f"{t['accuracy_int8']:.2%}"]]
+    header = ["test images", "int8 top-1 agreement with fp32", "largest probability change",
+              "accuracy fp32 (sklearn)", "accuracy int8 (sklearn)"]
+    return (common.table(header, rows) +
+            f"\nint8 model: leukoscope.export.quantize_int8 (static QDQ, per-channel int8 weights, uint8 "
+            f"activations, MinMax) calibrated on {q['calibration_images']} random images of the *train* part of "
+            f"bundle/split.csv, checked on the {q['val_images']} *val* images as `leukoscope export --int8` "
+            f"does ({tried}), written to a temporary package; the test part was not used to make it. "
+            "Probabilities here are plain softmax (temperature does not change top-1).\n")
+
+
+def render_flops(results: dict[str, Any]) -> str:
+    flops, peak = results["flops"], results["peak"]
+    best = max(_timings(results), key=lambda t: t.b32_ips)
+    achieved = best.b32_ips * flops / 1e9
+    size = results["input_size"]
+    return (f"- Model: {flops / 1e9:.3f} GFLOPs per {size}x{size} image = {flops / 2e9:.3f} G multiply-adds (MACs); "
+            "torch.utils.flop_counter.FlopCounterMode counts 2 FLOPs per multiply-add and only convolutions "
+            "and matrix products (BatchNorm, activations and pooling are not counted).\n"
+            f"- Measured peak of this CPU: {peak['gflops']:.0f} GFLOP/s (fp32 torch.mm of two {peak['n']}x{peak['n']} "
+            f"matrices on {peak['threads']} threads, median; rounds {common.spread(peak['rounds_gflops'])}).\n"
+            f"- Best path, {best.name} at batch 32: {best.b32_ips:.0f} img/s x {flops / 1e9:.3f} GFLOPs = "
+            f"{achieved:.1f} GFLOP/s, {achieved / peak['gflops']:.1%} of that fp32 peak"
+            + (" (int8 operations counted as FLOPs against the fp32 peak; VNNI's int8 peak is higher)."
+               if "int8" in best.name else ".") + "\n")
+
+
+def target_rows(results: dict[str, Any]) -> list[list[str]]:
+    """Each issue #5 target with the measured number and met / not met."""
+    e2e, t = results["e2e"], results["int8"]["test"]
+    eager = _find(results, "PyTorch eager fp32 (malloc env)").b32_ips
+    fp32, int8 = _find(results, "ONNX Runtime fp32"), _find(results, "ONNX Runtime int8")
+    best = min(_timings(results), key=lambda x: x.b1_ms)
+
+    def verdict(ok: bool) -> str:
+        return "**met**" if ok else "**not met**"
+
+    rows = []
+    for key, label in (("cli_fp32", "bundled package (fp32)"), ("cli_int8", "with int8 default")):
+        ratio = e2e[key]["ips"] / eager
+        rows.append([f"`leukoscope predict` on {e2e['images']} images >= 8x PyTorch eager (batch 32), {label}",
+                     f"{e2e[key]['ips']:.0f} vs {eager:.0f} img/s = {ratio:.1f}x", verdict(ratio >= 8)])
+    speedup = int8.b32_ips / fp32.b32_ips
+    rows.append(["int8 >= 1.5x ONNX Runtime fp32 with >= 99% top-1 agreement",
+                 f"{speedup:.2f}x at batch 32 ({fp32.b1_ms / int8.b1_ms:.2f}x at batch 1), agreement "
+                 f"{t['top1_agreement']:.2%}", verdict(speedup >= 1.5 and t["top1_agreement"] >= 0.99)])
+    rows.append(["batch-1 latency <= 3 ms (best path)", f"{best.b1_ms:.2f} ms ({best.name}, model only)",
+                 verdict(best.b1_ms <= 3.0)])
+    return rows
+
+
+def render(results: dict[str, Any], command: str) -> str:
+    """The `speed` section of RESULTS.md."""
+    extra = (f"- Package: {results['name']} (`{Path(results['package']).name}`); load average "
+             f"{results['load_at_start']:.2f} at start, {results['load_at_end']:.2f} at the end; this process "
+             f"{'with' if results['machine']['malloc_env'] else 'without'} the NOTES.md malloc settings "
+             "(PyTorch eager is measured both ways in child processes).")
+    parts = [common.section_header("Speed (issue #5)", command, results["machine"], extra),
+             "### Targets\n", common.table(["target", "measured", "verdict"], target_rows(results)),
+             "\n### Model only, side by side (same 64 test images, medians of rounds)\n", render_models(results),
+             "\n### End to end\n", render_e2e(results),
+             "\n### int8 against fp32 (test part of bundle/split.csv)\n", render_int8(results),
+             "\n### FLOPs and peak\n", render_flops(results)]
+    return "\n".join(p.rstrip("\n") + "\n" for p in parts)
+
+
+# ------------------------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="model package (default: the bundled one)")
+    parser.add_argument("--data", type=Path, default=common.DATA, help="dataset root (default ../shared/data/ALL)")
+    parser.add_argument("--split", type=Path, default=common.SPLIT, help="split CSV (default bundle/split.csv)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds per measurement (default 5)")
+    parser.add_argument("--batches", type=int, default=2, help="batches of 32 per throughput round (default 2)")
+    parser.add_argument("--e2e-images", type=int, default=E2E_IMAGES, help="files for end to end (default 1000)")
+    parser.add_argument("--e2e-repeats", type=int, default=3, help="timed end-to-end runs (default 3)")
+    parser.add_argument("--decode-images", type=int, default=256, help="files for the decode columns (default 256)")
+    parser.add_argument("--peak-n", type=int, default=4096, help="matrix side for the peak matmul (default 4096)")
+    parser.add_argument("--max-load", type=float, default=1.5, help="wait until the 1-min load is below this")
+    parser.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine")
+    parser.add_argument("--no-write", action="store_true", help="do not write RESULTS.md")
+    parser.add_argument("--results", type=Path, default=common.RESULTS, help="RESULTS.md to update")
+    parser.add_argument("--json", type=Path, help="also write the raw numbers here")
+    parser.add_argument("--eager-worker", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.eager_worker:
+        print(json.dumps(eager_worker(json.loads(args.eager_worker))))
+        return 0
+
+    def log(message: str) -> None:
+        print(f"[speed] {message}", file=sys.stderr, flush=True)
+
+    if not args.no_wait:
+        common.wait_for_quiet(args.max_load, log=log)
+    results = collect(args, log)
+    command = common.command_line([__file__, *(sys.argv[1:] if argv is None else argv)])
+    body = render(results, command)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    if not args.no_write:
+        common.write_section("speed", body, args.results)
+        log(f"wrote the speed section of {args.results}")
+    print(body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
