@@ -35,14 +35,14 @@ predict: $(STAMP)
 ## make test: lint, then the whole test suite
 test: $(STAMP)
 	bash scripts/ensure_browser.sh || true
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks scripts
 	$(VENV)/bin/python -m pytest -q
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks scripts
 
 ## make model: rebuild the bundled model package on this CPU
 model: $(STAMP)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
+import shlex
 import tarfile
 import time
 from pathlib import Path
@@ -62,11 +62,11 @@ def main() -> None:
                      "out_dir": "/tmp/leukoscope-runs", "name": name, **CANDIDATES[name], **extra}
         config = resolve_config("finetune", {}, overrides)
         # what config.yaml records as the command: the equivalent CLI call
-        sys.argv = ["leukoscope", "train", args.data, "--protocol", "finetune",
-                    *(f"--set={k}={v}" for k, v in {**CANDIDATES[name], **extra}.items()),
-                    "--split", args.split, "--device", args.device, "--name", name]
+        command = shlex.join(["leukoscope", "train", args.data, "--protocol", "finetune",
+                              *(f"--set={k}={v}" for k, v in {**CANDIDATES[name], **extra}.items()),
+                              "--split", args.split, "--device", args.device, "--name", name])
         started = time.perf_counter()
-        run_dir = fit(config, quiet=True)
+        run_dir = fit(config, quiet=True, command=command)
         print(f"{name}: {time.perf_counter() - started:.1f} s wall (data loading included)", flush=True)
         print((run_dir / "metrics.csv").read_text(), flush=True)
         pack(run_dir, Path(args.out) / f"{name}.tar")

@@ -182,8 +182,11 @@ def run_dir_of(config: TrainConfig) -> Path:
 
 
 def fit(config: TrainConfig, *, resume: bool = False, quiet: bool = False,
-        on_epoch_end: EpochCallback | None = None) -> Path:
+        on_epoch_end: EpochCallback | None = None, command: str | None = None) -> Path:
     """Train as `config` says into `out_dir/name`; returns the run folder. Resumable from last.pt.
+
+    `command` is what config.yaml records as the command that made the run (default: this process's
+    `leukoscope ...` arguments; pass the equivalent CLI call when fit is driven from Python).
 
     Everything that can be checked (run folder, backbone, weights, data, split) is checked before the run
     folder is written. Ctrl-C (KeyboardInterrupt) anywhere in fit raises TrainingInterrupted with a one-line
@@ -195,18 +198,19 @@ def fit(config: TrainConfig, *, resume: bool = False, quiet: bool = False,
     if ctx.enabled and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
     try:
-        return _fit(config, device, ctx, resume, quiet or not ctx.is_main, on_epoch_end)
+        command = command or shlex.join(["leukoscope", *sys.argv[1:]])
+        return _fit(config, device, ctx, resume, quiet or not ctx.is_main, on_epoch_end, command)
     finally:
         shutdown(ctx)
 
 
 def _fit(config: TrainConfig, device: torch.device, ctx: DistContext, resume: bool, quiet: bool,
-         on_epoch_end: EpochCallback | None) -> Path:
+         on_epoch_end: EpochCallback | None, command: str) -> Path:
     try:
         run_dir, checkpoint = _setup_run(config, resume)
         session = _build(config, run_dir, device, ctx, quiet, checkpoint)
         if ctx.is_main and checkpoint is None:
-            _write_run_files(session)
+            _write_run_files(session, command)
         ctx.barrier()
     except KeyboardInterrupt:
         raise TrainingInterrupted("interrupted before the first epoch started; no checkpoint was written") from None
@@ -264,7 +268,7 @@ def _build(config: TrainConfig, run_dir: Path, device: torch.device, ctx: DistCo
                     stages_of(config), make_loss(config, train.labels, len(full.classes)))
 
 
-def _write_run_files(session: _Session) -> None:
+def _write_run_files(session: _Session, command: str) -> None:
     """config.yaml, manifest.csv, split.csv and env.json of a new run (each written atomically); a folder
     this call created is removed again when writing them fails."""
     run_dir, config = session.run_dir, session.config
@@ -272,7 +276,7 @@ def _write_run_files(session: _Session) -> None:
     runs.prepare_run_dir(run_dir, resume=True)
     try:
         resolved = {**config.to_dict(), "data": str(Path(config.data).resolve()), "eval_part": session.eval_part}
-        runs.write_config(run_dir, resolved, shlex.join(["leukoscope", *sys.argv[1:]]))
+        runs.write_config(run_dir, resolved, command)
         runs.write_manifests(run_dir, session.full, session.parted)
         runs.write_env(run_dir, str(session.device), config.seed)
     except BaseException:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from leukoscope.cli import main
+from _cli import run
 from leukoscope.cli.common import console, err_console
 
 
@@ -24,18 +24,6 @@ def wide_console():
     console.width = err_console.width = 500
     yield
     console._width, err_console._width = saved
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
-    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return code, out, err
 
 
 def one_error_line(err: str) -> str:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from _cli import run
 from _evalfixtures import make_noise_dataset, make_run
-from leukoscope.cli import main
 from leukoscope.cli.common import console, err_console
 
 
@@ -24,18 +24,6 @@ def wide_console():
 def run_folder(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("cli-eval")
     return make_run(base / "run", make_noise_dataset(base / "ALL"))
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
-    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return code, out, err
 
 
 def test_evaluate_prints_metrics_and_writes_into_the_run_folder(run_folder, capsys):

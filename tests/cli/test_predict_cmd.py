@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from _cli import run
 from _modelfixtures import shared_tiny_package, shared_tiny_run, smear_image
-from leukoscope.cli import main
 from leukoscope.cli.common import DISCLAIMER, console, err_console
 
 CLASSES = ("Benign", "Early Pre-B", "Pre-B", "Pro-B")
@@ -45,18 +45,6 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "patient2" / "empty.jpg").write_bytes(b"")
     (root / "empty").mkdir()
     return root
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
-    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return code, out, err
 
 
 def test_csv_rows_for_every_image_and_one_error_line_per_bad_file(package, images, capsys) -> None:

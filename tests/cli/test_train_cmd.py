@@ -14,11 +14,11 @@ import pytest
 import torch
 import yaml
 
+from _cli import run
 from conftest import build_dataset
 from leukoscope import epochs as epochs_module
 from leukoscope import training
 from leukoscope.checkpoint import read_checkpoint
-from leukoscope.cli import main
 from leukoscope.cli.common import console, err_console
 from leukoscope.runs import write_config
 from leukoscope.train_config import TrainConfig
@@ -49,18 +49,6 @@ def one_thread():
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     return build_dataset(tmp_path_factory.mktemp("cli-train") / "ALL")
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
-    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return code, out, err
 
 
 def one_error_line(err: str) -> str:
