@@ -189,7 +189,7 @@ def score_test(run_dir: Path, split: Path, data: Path) -> dict[str, Any]:
 
 
 def _p(value: Any) -> str:
-    return "n/a" if value is None else f"{100 * float(value):.1f}"
+    return "n/a" if value is None else f"{100 * float(value):.2f}"
 
 
 def metrics_table(rows: list[dict[str, Any]]) -> str:
@@ -284,14 +284,15 @@ def trained_note(args: argparse.Namespace, protocol: str) -> str:
 def runs_note(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     sources = sorted({r["test_source"] for r in rows})
     text = (f"- Read from the run folders (summary.json, config.yaml, env.json, metrics.csv); nothing was trained "
-            f"by this command. Test metrics: {'; '.join(sources)}. Before scoring, each run's own split.csv was "
+            f"by this command; the Machine line above is where the test metrics were computed, "
+            "the tables name where each run trained. Test metrics: {'; '.join(sources)}. Before scoring, each run's own split.csv was "
             "checked to hold none of the test images (by path and by sha256).\n"
             f"- {PAPER_NOTE}\n")
     if any(r["val"] for r in rows) and any(r["name"] == bundled_run_name() for r in rows):
         text += ("- Model selection: the bundled package was chosen among these runs by their validation scores, "
                  "before any test metric was computed: all had val macro-F1 1.000; the MobileNetV2 with the "
                  "lower val loss was chosen (MobileNetV2 is the faster network on CPUs; EfficientNet-Lite0's val "
-                 "loss is in the table below). The test numbers above were computed afterwards.\n\n"
+                 "loss is in the table below). The test metrics were computed afterwards.\n\n"
                  "### Validation part (280 images) at each run's best epoch\n\n" + selection_note(rows))
     return text
 
