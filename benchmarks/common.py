@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import platform
 import re
 import shlex
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -97,13 +99,12 @@ def machine_line(info: dict[str, Any] | None = None) -> str:
 def command_line(argv: list[str] | None = None) -> str:
     """The command that produced a section, as one could paste it from the repository root."""
     argv = list(sys.argv if argv is None else argv)
-    script = Path(argv[0])
-    with contextlib.suppress(ValueError):
-        script = script.resolve().relative_to(REPO)
-    return shlex.join([".venv/bin/python", str(script), *argv[1:]])
+    shown = [display_path(a) if a.startswith("/") else a for a in argv]
+    return shlex.join([".venv/bin/python", *shown])
 
 
 def today() -> str:
+    """UTC, so sections written on machines in different time zones sort and compare."""
     return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
@@ -120,6 +121,7 @@ def section_header(title: str, command: str, info: dict[str, Any] | None = None,
 
 
 def markers(name: str) -> tuple[str, str]:
+    """The HTML comments around a section (invisible when the markdown is rendered)."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]*", name):
         raise ValueError(f"bad section name {name!r}: use letters, digits and dashes")
     return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
@@ -141,7 +143,9 @@ def replace_section(text: str, name: str, body: str) -> str:
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    lock = path.with_name(f".{path.name}.lock")
+    """An exclusive lock for editing `path`, kept in the temp folder so the repository gets no lock file."""
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    lock = Path(tempfile.gettempdir()) / f"leukoscope-results-{digest}.lock"  # not in the repository
     with open(lock, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -180,7 +184,7 @@ def load_average() -> float:
         return 0.0
 
 
-def wait_for_quiet(max_load: float = 1.5, *, timeout: float = 900.0, poll: float = 60.0,
+def wait_for_quiet(max_load: float = 1.5, *, timeout: float = 900.0, poll: float = 30.0,
                    log: Callable[[str], None] | None = None) -> float:
     """Wait until the 1-minute load is at most `max_load` (others' jobs distort timings on 2 cores);
     returns the load when it starts, or after `timeout` seconds with a warning."""
@@ -228,12 +232,13 @@ def pct(value: float | None, digits: int = 1) -> str:
 
 
 def display_path(path: str | Path) -> str:
-    """A path relative to the repository when it is inside it (RESULTS.md must not name one machine's home)."""
-    path = Path(path)
-    try:
-        return str(path.resolve().relative_to(REPO))
-    except ValueError:
-        return str(path)
+    """A path relative to the repository when it is inside it or beside it (../shared/...), so RESULTS.md
+    names paths as a reader's checkout has them, not as one machine's file system does."""
+    resolved = Path(path).resolve()
+    for base, prefix in ((REPO, ""), (REPO.parent, "../")):
+        with contextlib.suppress(ValueError):
+            return prefix + str(resolved.relative_to(base))
+    return str(path)
 
 
 def reexec_with_malloc_env(argv: list[str]) -> None:

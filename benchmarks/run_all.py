@@ -1,0 +1,131 @@
+"""`make bench`: every benchmark in turn, each writing its own section of benchmarks/RESULTS.md.
+
+Steps (each a child process, so one failing does not hide the others' results, and each measures in a
+fresh interpreter):
+1. speed.py — inference paths, int8, end-to-end `leukoscope predict`, FLOPs and peak (section `speed`).
+2. load_server.py — a small load test of `leukoscope serve` on the bundled model (section `load`, written
+   here from its JSON, since load_server.py prints a table but does not edit RESULTS.md).
+3. accuracy.py — the paper protocol trained on this CPU (section `accuracy-paper`); with --full also the
+   finetune protocol (`accuracy-finetune`, ~40-60 min on 2 cores); and the GPU runs of runs/ when present
+   (`accuracy-runs`).
+
+    .venv/bin/python benchmarks/run_all.py              # or: make bench
+    .venv/bin/python benchmarks/run_all.py --full       # adds the CPU finetune run
+    .venv/bin/python benchmarks/run_all.py --only speed load
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # the benchmarks folder is not a package: its scripts import each other by path
+
+HERE = Path(__file__).resolve().parent
+GPU_RUNS = ("runs/gpu-mbv2-s0", "runs/gpu-mbv2-s1-b64", "runs/gpu-lite0-s0")
+LOAD_ARGS = ("--requests", "1000", "--concurrency", "8")
+STEPS = ("speed", "load", "accuracy", "runs")
+
+
+@dataclass
+class Step:
+    """One benchmark: its name, command line, and the section it writes (None: it writes its own)."""
+
+    name: str
+    command: list[str]
+    section: str | None = None
+    json_out: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def plan(args: argparse.Namespace, work: Path) -> list[Step]:
+    """The steps to run, in order (speed first, while nothing of ours has warmed the machine)."""
+    python = sys.executable
+    steps = []
+    wanted = set(args.only or STEPS)
+    results = [] if Path(args.results).resolve() == common.RESULTS else ["--results", str(args.results)]
+    no_wait = ["--no-wait"] if args.no_wait else []
+    if "speed" in wanted:
+        steps.append(Step("speed", [python, str(HERE / "speed.py"), *results, *no_wait]))
+    if "load" in wanted:
+        out = work / "load.json"
+        steps.append(Step("load", [python, str(HERE / "load_server.py"), *LOAD_ARGS, "--out", str(out)],
+                          section="load", json_out=out))
+    if "accuracy" in wanted:
+        protocols = ["paper", "finetune"] if args.full else ["paper"]
+        steps.append(Step("accuracy", [python, str(HERE / "accuracy.py"), "--protocols", *protocols, *results,
+                                       *no_wait]))
+    runs = [r for r in GPU_RUNS if (common.REPO / r / "summary.json").is_file()]
+    if "runs" in wanted and runs:
+        steps.append(Step("runs", [python, str(HERE / "accuracy.py"), "--from-runs", *runs, *results]))
+    return steps
+
+
+def display(command: list[str], work: Path) -> str:
+    """The command as it can be pasted from the repository root (temporary paths named OUT)."""
+    shown = [".venv/bin/python" if c == sys.executable else common.display_path(c) if c.startswith("/") else c
+             for c in command]
+    return " ".join(c.replace(str(work), "OUT") for c in shown)
+
+
+def load_section(result: dict[str, Any], command: str) -> str:
+    """The `load` section from load_server.py's JSON."""
+    sys.path.insert(0, str(HERE))
+    from load_server import Result
+
+    fields = {k: v for k, v in result.items() if k in Result.__dataclass_fields__}
+    row = Result(**fields)
+    verdict = "no errors, one DB row per accepted request" if row.errors == 0 and row.db_ok else "**FAILED**"
+    images = (f"synthetic {row.image_size}x{row.image_size} JPEGs" if row.image_size else "dataset images")
+    extra = (f"- Server: `python -m leukoscope serve` on 127.0.0.1 with a fresh database, inference workers: "
+             f"{row.workers}, queue: {row.queue}; {row.concurrency} concurrent clients sent single-image requests "
+             f"({images}) after a warm-up. Result: {verdict}; HTTP status counts {result.get('statuses')}.")
+    return (common.section_header("Load test of the web server", command, extra=extra) + "\n"
+            + Result.HEADER + "\n" + row.row() + "\n")
+
+
+def run_step(step: Step, args: argparse.Namespace, work: Path) -> int:
+    """Run one step; write its section when the script does not write one itself."""
+    if not args.no_wait:
+        common.wait_for_quiet(args.max_load, poll=20)
+    print(f"[bench] {step.name}: {display(step.command, work)}", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    code = subprocess.run(step.command, cwd=common.REPO, check=False).returncode
+    print(f"[bench] {step.name}: exit {code} after {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+    if step.section and step.json_out is not None and step.json_out.is_file():
+        result = json.loads(step.json_out.read_text(encoding="utf-8"))
+        common.write_section(step.section, load_section(result, display(step.command, work)), args.results)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the planned steps; exit 1 when any failed (the others' sections are still written)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--full", action="store_true", help="also train the finetune protocol on this CPU (long)")
+    parser.add_argument("--only", nargs="+", choices=STEPS, help="run only these steps")
+    parser.add_argument("--max-load", type=float, default=1.5, help="wait for a 1-min load below this first")
+    parser.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine")
+    parser.add_argument("--results", type=Path, default=common.RESULTS, help="RESULTS.md to update")
+    args = parser.parse_args(argv)
+    failed = []
+    with tempfile.TemporaryDirectory(prefix="leukoscope-bench-") as tmp:
+        for step in plan(args, Path(tmp)):
+            if run_step(step, args, Path(tmp)) != 0:
+                failed.append(step.name)
+    if failed:
+        print(f"[bench] failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    print(f"[bench] all sections written to {args.results}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""Smoke tests of the benchmark scripts' functions on tiny inputs (the tests' tiny model package and a few
+synthetic images): they check the structure of what the scripts measure and write, never the timings, so
+`make bench` does not discover a broken script after an hour of training."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import accuracy  # noqa: E402  (benchmark scripts are imported by path, like they import each other)
+import common  # noqa: E402
+import run_all  # noqa: E402
+import speed  # noqa: E402
+from _modelfixtures import shared_tiny_package, shared_tiny_run  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The shared tiny run (best.pt, split.csv with train/val/test parts), its data and its package."""
+    run = shared_tiny_run(tmp_path_factory)
+    return {"run": run, "data": run.parent / "data", "split": run / "split.csv",
+            "package": shared_tiny_package(tmp_path_factory)}
+
+
+@pytest.fixture(scope="module")
+def tiny_images(tiny: dict[str, Path]):
+    """(predictor, split manifest, decoded test images) of the tiny package."""
+    from leukoscope.inference import load_predictor
+
+    predictor = load_predictor(tiny["package"], threads=1)
+    split = speed.load_split(tiny["split"], tiny["data"], predictor.classes)
+    return predictor, split, speed.decoded(split.part("test"), predictor.preprocess)
+
+
+# ------------------------------------------------------------------------------------------- common
+
+
+def test_sections_are_added_replaced_and_kept(tmp_path: Path) -> None:
+    path = tmp_path / "RESULTS.md"
+    common.write_section("speed", "## Speed\nold", path)
+    common.write_section("load", "## Load\nkept", path)
+    common.write_section("speed", "## Speed\nnew", path)
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith(common.RESULTS_TITLE)
+    assert "new" in text and "old" not in text and "## Load\nkept" in text
+    assert text.count("<!-- speed:begin -->") == 1 and text.count("<!-- speed:end -->") == 1
+    assert text.index("speed:begin") < text.index("load:begin")
+
+
+def test_bad_section_names_and_broken_markers_are_refused() -> None:
+    with pytest.raises(ValueError, match="section name"):
+        common.replace_section("", "two words", "x")
+    with pytest.raises(ValueError, match="without"):
+        common.replace_section("<!-- speed:begin -->\nhalf a section\n", "speed", "x")
+
+
+def test_header_names_command_date_and_machine() -> None:
+    info = common.machine()
+    assert info["cores"] >= 1 and {"cpu", "torch", "onnxruntime", "malloc_env"} <= set(info)
+    header = common.section_header("Title", "python x.py --flag", info)
+    assert header.startswith("## Title") and "`python x.py --flag`" in header
+    assert "Date:" in header and f"{info['cores']} cores" in header
+    assert common.command_line([str(BENCH / "speed.py"), "--no-write"]).endswith("benchmarks/speed.py --no-write")
+
+
+def test_repeat_timing_and_measure_return_one_value_per_round() -> None:
+    calls = []
+    rounds = common.repeat_timing(lambda: calls.append(1), repeats=3, warmup=2, inner=4)
+    assert len(rounds) == 3 and len(calls) == 2 + 3 * 4
+    singles, batches = np.zeros((16, 3, 8, 8), np.float32), [np.zeros((32, 3, 8, 8), np.float32)] * 2
+    b1, b32 = speed.measure(lambda x: x.sum(), singles, batches, repeats=3, inner=2)
+    assert len(b1) == len(b32) == 3 and min(b1) > 0 and min(b32) > 0
+
+
+# ------------------------------------------------------------------------------------------- speed
+
+
+def test_timing_inputs_and_eager_worker(tiny: dict[str, Path], tiny_images, tmp_path: Path) -> None:
+    predictor, _, test = tiny_images
+    singles, batches = speed.timing_batches(test.pixels, predictor.preprocess, batches=2)
+    size = predictor.preprocess.input_size
+    assert singles.shape == (16, 3, size, size) and [b.shape[0] for b in batches] == [32, 32]
+    np.savez(tmp_path / "inputs.npz", singles=singles, batches=np.stack(batches))
+    spec = {"model_pt": str(tiny["package"] / "model.pt"), "inputs": str(tmp_path / "inputs.npz"), "threads": 1,
+            "repeats": 2, "inner": 1}
+    result = speed.eager_worker(spec)
+    assert set(result) == {"contiguous", "channels_last"}
+    assert all(len(r["b1_rounds"]) == 2 and len(r["b32_rounds"]) == 2 for r in result.values())
+
+
+def test_int8_package_scores_and_interleaved_timing(tiny: dict[str, Path], tiny_images, tmp_path: Path) -> None:
+    from leukoscope.backends import OnnxBackend
+    from leukoscope.inference import load_predictor
+
+    predictor, split, test = tiny_images
+    pre = predictor.preprocess
+    train, val = speed.decoded(split.part("train"), pre, limit=16), speed.decoded(split.part("val"), pre)
+    quant = speed.quantise(tiny["package"] / "model.onnx", tmp_path / "model.int8.onnx", train, val, pre, print)
+    assert quant["calibration_images"] == 16 and 0.0 <= quant["val_agreement"] <= 1.0
+    package = speed.int8_package(tiny["package"], tmp_path / "model.int8.onnx", tmp_path / "pkg", quant)
+    assert load_predictor(package, threads=1).info["default_onnx"] == "model.int8.onnx"
+    assert not (tiny["package"] / "model.int8.onnx").exists()  # never written into the source package
+    scores = speed.test_scores(OnnxBackend(tiny["package"] / "model.onnx", 1), OnnxBackend(package / "model.int8.onnx", 1),
+                               test, pre)
+    assert scores["images"] == len(test.labels) and 0.0 <= scores["top1_agreement"] <= 1.0
+    assert 0.0 <= scores["accuracy_fp32"] <= 1.0 and 0.0 <= scores["accuracy_int8"] <= 1.0
+    singles, batches = speed.timing_batches(test.pixels, pre, batches=1)
+    timings = speed.time_onnx({"fp32": tiny["package"] / "model.onnx", "int8": package / "model.int8.onnx"},
+                              singles, batches, repeats=2)
+    assert [t.name for t in timings] == ["fp32", "int8"] and all(len(t.b32_rounds) == 2 for t in timings)
+
+
+def test_decode_e2e_and_overlap(tiny: dict[str, Path], tiny_images, tmp_path: Path) -> None:
+    predictor, split, _ = tiny_images
+    folder, files = speed.e2e_folder(split, tmp_path, count=6)
+    assert len(files) == 6 and all(f.is_symlink() and f.parent == folder for f in files)
+    decode = speed.decode_timing(predictor, files, repeats=1)
+    assert decode["images"] == 6 and decode["serial_ms"] > 0 and decode["parallel_ms"] > 0
+    paths = speed.time_predict_paths(predictor, files, repeats=1)
+    assert paths["images"] == 6 and paths["ips"] > 0
+    overlap = speed.overlap_check(predictor, files, paths["seconds"], repeats=1)
+    assert {"decode_s", "inference_s", "no_overlap_s", "predict_paths_s", "gain"} <= set(overlap)
+    cli = speed.time_cli(folder, 6, tiny["package"], tmp_path, repeats=1)  # the real command, as a subprocess
+    assert cli["images"] == 6 and len(cli["rounds_s"]) == 1 and "predict" in cli["command"]
+
+
+def test_flops_and_peak(tiny: dict[str, Path]) -> None:
+    from leukoscope.backends import load_torch_file
+
+    assert speed.model_flops(load_torch_file(tiny["package"] / "model.pt"), 64) > 0
+    peak = speed.peak_gflops(n=64, repeats=1)
+    assert peak["gflops"] > 0 and peak["n"] == 64
+
+
+def _speed_results(e2e_ips: float) -> dict:
+    timing = {"b1_rounds": [1.0], "b32_rounds": [100.0]}
+    names = [("PyTorch eager fp32 (default malloc)", 14.0, 40.0), ("PyTorch eager fp32 (malloc env)", 12.0, 50.0),
+             ("ONNX Runtime fp32 (package model.onnx)", 3.2, 270.0), ("ONNX Runtime int8 (static QDQ)", 2.0, 600.0)]
+    run = {"images": 1000, "seconds": 1000 / e2e_ips, "rounds_s": [1000 / e2e_ips], "ips": e2e_ips, "command": "c"}
+    peak = {"gflops": 200.0, "torch_gflops": 190.0, "numpy_gflops": 200.0, "n": 4096, "threads": 2,
+            "rounds_gflops": [190.0]}
+    return {
+        "machine": common.machine(), "package": "/x/default", "name": "m", "load_at_start": 0.1, "load_at_end": 0.2,
+        "input_size": 224, "flops": 600_000_000, "peak": peak,
+        "timings": [{"name": n, "b1_ms": b1, "b32_ips": b32, **timing} for n, b1, b32 in names],
+        "int8": {"calibration_images": 256, "val_images": 280, "tried": [{"fp32_ends": False, "val_agreement": 1.0}],
+                 "test": {"images": 838, "top1_agreement": 0.995, "disagreements": 4, "max_abs_prob_diff": 0.3,
+                          "accuracy_fp32": 0.99, "accuracy_int8": 0.99}},
+        "e2e": {"images": 1000, "startup": {"import_inference_s": 1.2, "imports_torch": True},
+                "cli_fp32": run, "cli_int8": run, "predict_paths_fp32": run, "predict_paths_int8": run,
+                "decode": {"images": 256, "workers": 2, "serial_ms": 1.3, "parallel_ms": 0.8, "normalize_ms": 0.1},
+                "overlap": {"decode_s": 1.0, "inference_s": 3.0, "no_overlap_s": 4.0, "predict_paths_s": 3.2,
+                            "gain": 0.25}},
+    }
+
+
+def test_speed_section_states_each_target() -> None:
+    body = speed.render(_speed_results(e2e_ips=450.0), "python benchmarks/speed.py")
+    assert body.startswith("## Speed") and "### Targets" in body and "### FLOPs and peak" in body
+    targets = body.split("### Targets")[1].split("###")[0]
+    assert targets.count("**met**") == 4  # 9x eager (twice), 2.2x int8 at 99.5%, 2.0 ms
+    assert "0.300 GFLOPs" not in body and "0.600 GFLOPs" in body and "0.300 G multiply-adds" in body
+    slow = speed.render(_speed_results(e2e_ips=100.0), "python benchmarks/speed.py")
+    assert slow.split("### Targets")[1].split("###")[0].count("**not met**") == 2
+
+
+# ------------------------------------------------------------------------------------------- accuracy
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_paper_split_moves_val_rows_to_train(tiny: dict[str, Path], tmp_path: Path) -> None:
+    out = accuracy.paper_split(tiny["split"], tmp_path / "paper.csv")
+    before = [r["part"] for r in _rows(tiny["split"])]
+    after = [r["part"] for r in _rows(out)]
+    assert "val" in before and "val" not in after
+    assert after.count("test") == before.count("test") and len(after) == len(before)
+
+
+def _finished_run(tiny: dict[str, Path], tmp_path: Path) -> Path:
+    """A copy of the tiny run with what fit writes at the end, but no test metrics (a GPU run's case)."""
+    run = tmp_path / "gpu-run"
+    shutil.copytree(tiny["run"], run)
+    (run / "summary.json").write_text(json.dumps({"protocol": "finetune", "backbone": "test_efficientnet",
+                                                  "device": "cuda", "best_epoch": 2, "epochs_run": 2,
+                                                  "seconds_total": 3.0, "seconds_per_epoch": 1.5,
+                                                  "train_images": 40}))
+    (run / "env.json").write_text(json.dumps({"gpu": "Some GPU", "torch": "2.x", "cpu_count": 16}))
+    (run / "metrics.csv").write_text("epoch,stage,train_loss,train_acc,val_loss,val_acc,val_macro_f1,lr,seconds\n"
+                                     "1,warmup,1,0.5,0.9,0.5,0.4,0.001,2.0\n2,main,0.5,0.9,0.2,1,1,0.001,1.0\n")
+    return run
+
+
+def test_run_row_scores_the_test_part_when_the_summary_has_none(tiny: dict[str, Path], tmp_path: Path) -> None:
+    run = _finished_run(tiny, tmp_path)
+    row = accuracy.run_row(run, split=tiny["split"], data=tiny["data"])
+    assert row["test"]["n"] == 12 and row["test"]["leakage_checked"]
+    assert all(0.0 <= row["test"][k] <= 1.0 for k in accuracy.METRICS)
+    assert row["val"] == {"val_acc": 1.0, "val_macro_f1": 1.0, "val_loss": 0.2}
+    assert "Some GPU" in row["machine"] and row["first_epoch_s"] == 2.0 and row["later_epoch_s"] == 1.0
+    body = accuracy.render([row], "cmd", "Accuracy", "- note\n")
+    assert "paper (published)" in body and "96.90" in body and "gpu-run" in body
+
+
+def test_run_row_refuses_test_images_the_run_trained_on(tiny: dict[str, Path], tmp_path: Path) -> None:
+    run = _finished_run(tiny, tmp_path)
+    rows = _rows(tiny["split"])
+    first_train = next(r for r in rows if r["part"] == "train")
+    first_train["part"] = "test"
+    leaky = tmp_path / "leaky.csv"
+    with open(leaky, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(SystemExit, match="test image"):
+        accuracy.run_row(run, split=leaky, data=tiny["data"])
+
+
+def test_accuracy_from_runs_writes_its_section(tiny: dict[str, Path], tmp_path: Path) -> None:
+    run = _finished_run(tiny, tmp_path)
+    results = tmp_path / "RESULTS.md"
+    code = accuracy.main(["--from-runs", str(run), "--split", str(tiny["split"]), "--data", str(tiny["data"]),
+                          "--results", str(results), "--json", str(tmp_path / "rows.json")])
+    assert code == 0
+    text = results.read_text(encoding="utf-8")
+    assert "<!-- accuracy-runs:begin -->" in text and "--from-runs" in text and "Test-part metrics" in text
+    assert json.loads((tmp_path / "rows.json").read_text())[0]["test"]["n"] == 12
+
+
+# ------------------------------------------------------------------------------------------- run_all
+
+
+def test_run_all_plan_and_load_section(tmp_path: Path) -> None:
+    import argparse
+
+    args = argparse.Namespace(only=None, full=False, no_wait=True, results=tmp_path / "R.md")
+    steps = run_all.plan(args, tmp_path)
+    names = [s.name for s in steps]
+    assert names[:3] == ["speed", "load", "accuracy"]
+    accuracy_step = next(s for s in steps if s.name == "accuracy")
+    assert "finetune" not in accuracy_step.command
+    args.full = True
+    assert "finetune" in next(s for s in run_all.plan(args, tmp_path) if s.name == "accuracy").command
+    result = {"date": "2026-01-01T00:00:00+00:00", "model": "m", "backend": "onnx", "requests": 10, "concurrency": 2,
+              "workers": 1, "queue": 16, "image_size": 256, "sent": 10, "accepted": 10, "busy_503": 0, "errors": 0,
+              "seconds": 1.0, "throughput_rps": 10.0, "p50_ms": 5.0, "p95_ms": 9.0, "p99_ms": 9.5, "db_rows": 10,
+              "db_ok": True, "cpu": "x86_64 x2", "statuses": {"200": 10}}
+    body = run_all.load_section(result, "python benchmarks/load_server.py --requests 10")
+    assert body.startswith("## Load test") and "| req/s |" in body and "no errors" in body
