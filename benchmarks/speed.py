@@ -78,7 +78,7 @@ def decoded(manifest: Any, preprocess: Any, limit: int | None = None, seed: int 
 def timing_batches(pixels: np.ndarray, preprocess: Any, batches: int = 2) -> tuple[np.ndarray, list[np.ndarray]]:
     """Normalised inputs shared by every path: 16 single images and `batches` distinct batches of 32 (images
     repeat only when there are fewer than that, as in the tests' tiny data)."""
-    from leukoscope.transforms import normalize_numpy
+    from leukoscope.preprocessing import normalize_numpy
 
     x = normalize_numpy(pixels[np.arange(BATCH * batches) % len(pixels)], preprocess)
     return x[:16], [x[i:i + BATCH] for i in range(0, BATCH * batches, BATCH)]
@@ -177,7 +177,7 @@ def quantise(fp32: Path, out: Path, train: Any, val: Any, preprocess: Any, log: 
     with fp32 on < 99% of the val images, again with the first conv and the classifier kept in fp32."""
     from leukoscope.backends import OnnxBackend
     from leukoscope.export import INT8_MIN_AGREEMENT, quantize_int8
-    from leukoscope.transforms import normalize_numpy
+    from leukoscope.preprocessing import normalize_numpy
 
     calibration = normalize_numpy(train.pixels, preprocess)
     fp32_val = run_all_images(OnnxBackend(fp32), val.pixels, preprocess).argmax(1)
@@ -245,7 +245,7 @@ def decode_timing(predictor: Any, files: list[Path], repeats: int) -> dict[str, 
     """The predictor's per-image preparation (read, sha256, JPEG decode, resize, quality checks) on one
     core, the same with its decode pool, and input normalisation per image of a batch of 32."""
     from leukoscope.backends import cpu_count
-    from leukoscope.transforms import normalize_numpy
+    from leukoscope.preprocessing import normalize_numpy
 
     workers = min(4, cpu_count())  # what Predictor.predict_paths uses
 

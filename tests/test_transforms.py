@@ -10,16 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from leukoscope.models import Preprocess
-from leukoscope.transforms import (
-    RECIPES,
-    _affine,
-    augment,
-    load_uint8_batch,
-    normalize,
-    normalize_numpy,
-    resize_rgb,
-)
+from leukoscope.preprocessing import Preprocess, normalize_numpy, resize_rgb
+from leukoscope.transforms import RECIPES, _affine, augment, load_uint8_batch, normalize
 
 PRE = Preprocess(32, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 

@@ -25,7 +25,7 @@ from .errors import DataError, UsageError
 from .fileio import write_json, write_text
 from .manifest import Manifest, read_manifest_csv
 from .metrics import compute_metrics
-from .models import Preprocess
+from .preprocessing import Preprocess
 
 Progress = Callable[[str, int, int], None]
 N_BINS = 15

@@ -18,7 +18,7 @@ from PIL import Image
 from .errors import ModelError
 from .fileio import atomic_open
 from .imaging import load_rgb
-from .transforms import normalize_numpy, resize_rgb
+from .preprocessing import normalize_numpy, resize_rgb
 
 _LOCK = threading.Lock()
 

@@ -31,10 +31,9 @@ from .errors import DataError, ImageError, ModelError
 from .imaging import load_rgb
 from .inference import SIZE_RATIO_RANGE, read_run_temperature
 from .manifest import Manifest, read_manifest_csv
-from .models import Preprocess
 from .ood import DEFAULT_QUANTILE, MahalanobisOOD, fit_quality_thresholds, image_stats
 from .package import ONNX_FP32, ONNX_INT8, OOD_FILE, TORCH_FILE, write_package
-from .transforms import normalize_numpy, resize_rgb
+from .preprocessing import Preprocess, normalize_numpy, resize_rgb
 
 FP32_TOLERANCE = 1e-4
 INT8_MIN_AGREEMENT = 0.99

@@ -25,7 +25,6 @@ from .backends import OnnxBackend, TorchBackend, cpu_count, load_torch_file
 from .errors import ImageError, ModelError, UsageError
 from .fileio import sha256_bytes
 from .imaging import load_rgb
-from .models import Preprocess
 from .ood import MahalanobisOOD, QualityThresholds, quality_reasons
 from .package import (
     MODEL_JSON,
@@ -37,7 +36,7 @@ from .package import (
     package_file,
     verify_package,
 )
-from .transforms import normalize_numpy, resize_rgb
+from .preprocessing import Preprocess, normalize_numpy, resize_rgb
 
 BACKENDS = ("auto", "onnx", "torch")
 DEFAULT_CONFIDENCE_THRESHOLD = 0.9

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .errors import ModelError
+from .preprocessing import Preprocess
 
 WEIGHTS_DIR_ENV = "LEUKOSCOPE_WEIGHTS_DIR"
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
@@ -39,25 +40,6 @@ class ModelSpec:
     def from_dict(cls, values: dict[str, Any]) -> ModelSpec:
         known = {k: values[k] for k in ("backbone", "num_classes", "drop_rate", "pad_type") if k in values}
         return cls(**known)
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """The input a model expects; saved with checkpoints and packages and read back by inference."""
-
-    input_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bilinear"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"input_size": self.input_size, "mean": list(self.mean), "std": list(self.std),
-                "interpolation": self.interpolation}
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> Preprocess:
-        return cls(int(values["input_size"]), tuple(values["mean"]), tuple(values["std"]),
-                   str(values.get("interpolation", "bilinear")))
 
 
 def check_backbone_name(name: str) -> None:

@@ -19,29 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from .imaging import load_rgb
-from .models import Preprocess
+from .preprocessing import Preprocess, resize_rgb
 
 RECIPES = ("none", "paper", "strong")
-
-_PIL_INTERPOLATION = {
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "nearest": Image.Resampling.NEAREST,
-    "lanczos": Image.Resampling.LANCZOS,
-}
-
-
-def resize_rgb(image: Image.Image, preprocess: Preprocess) -> np.ndarray:
-    """Resize a decoded RGB image to the model's square input (plain resize: smear fields are square and
-    a crop could cut off the one abnormal cell); returns HxWx3 uint8."""
-    size = preprocess.input_size
-    if image.size != (size, size):
-        image = image.resize((size, size), _PIL_INTERPOLATION.get(preprocess.interpolation, Image.Resampling.BILINEAR))
-    return np.asarray(image, dtype=np.uint8)
-
 
 def load_uint8_batch(paths: Sequence[str | Path], preprocess: Preprocess, workers: int = 2) -> torch.Tensor:
     """Decode images in parallel into an N x 3 x S x S uint8 tensor (channels first)."""
@@ -62,13 +44,6 @@ def normalize(batch: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
     mean = torch.tensor(preprocess.mean, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(preprocess.std, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
-
-
-def normalize_numpy(batch: np.ndarray, preprocess: Preprocess) -> np.ndarray:
-    """N x H x W x 3 uint8 -> N x 3 x H x W float32 normalised, for ONNX Runtime (no torch needed)."""
-    x = batch.astype(np.float32) * np.float32(1.0 / 255.0)
-    x = (x - np.asarray(preprocess.mean, np.float32)) / np.asarray(preprocess.std, np.float32)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
