@@ -28,10 +28,11 @@ from common import DATA, SPLIT, command_line, section_header, table, write_secti
 SEGMENTED = DATA.parent / "ALL_segmented"
 
 
-def _jpeg(image: Image.Image, quality: int) -> Image.Image:
+def _jpeg(image: Image.Image, quality: int) -> bytes:
+    """The file a camera or a careless export would write (kept as JPEG bytes, as a user's file is)."""
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=quality)
-    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    return buffer.getvalue()
 
 
 def _tint(image: Image.Image, gains: tuple[float, float, float]) -> Image.Image:
@@ -39,7 +40,7 @@ def _tint(image: Image.Image, gains: tuple[float, float, float]) -> Image.Image:
     return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
 
 
-SHIFTS: dict[str, Callable[[Image.Image], Image.Image]] = {
+SHIFTS: dict[str, Callable[[Image.Image], Image.Image | bytes]] = {
     "none (test part as is)": lambda im: im,
     "warmer stain (R x1.15, B x0.85)": lambda im: _tint(im, (1.15, 1.0, 0.85)),
     "bluer stain (R x0.85, B x1.15)": lambda im: _tint(im, (0.85, 1.0, 1.15)),
@@ -83,7 +84,8 @@ def main() -> None:
     originals = [Image.open(DATA / row["path"]).convert("RGB") for row in test]
     rows = []
     for name, shift in SHIFTS.items():
-        items = [(row["path"], _png(shift(image))) for row, image in zip(test, originals, strict=True)]
+        shifted = [shift(image) for image in originals]
+        items = [(row["path"], data if isinstance(data, bytes) else _png(data)) for row, data in zip(test, shifted, strict=True)]
         rows.append([name, *score(predictor, items, labels)])
         print(rows[-1], flush=True)
     if SEGMENTED.is_dir():

@@ -81,3 +81,15 @@ def test_bundled_model_on_a_sample_of_its_test_part(predictor, shared_all: Path)
     assert accuracy >= 0.95
     flagged = np.mean([r.review for r in results])
     assert flagged <= 0.2  # ordinary images of the training distribution are mostly not flagged
+
+
+def test_heavily_compressed_jpeg_is_flagged(predictor) -> None:
+    rng = np.random.default_rng(1)
+    field = Image.fromarray(np.clip(rng.normal(210, 20, (224, 224, 3)), 0, 255).astype(np.uint8))
+    qualities = {}
+    for quality in (10, 95):
+        buffer = io.BytesIO()
+        field.save(buffer, format="JPEG", quality=quality)
+        [result] = predictor.predict_bytes([(f"q{quality}.jpg", buffer.getvalue())])
+        qualities[quality] = any("compressed JPEG" in reason for reason in result.review_reasons)
+    assert qualities == {10: True, 95: False}

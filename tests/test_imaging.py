@@ -237,3 +237,18 @@ def test_corrupted_bytes_never_escape_as_other_exceptions(image_bytes) -> None:
                 outcomes["refused"] += 1
     assert outcomes["refused"] > 0 and outcomes["decoded"] > 0
 
+
+
+def test_jpeg_quality_estimates_the_encoders_setting() -> None:
+    from leukoscope.imaging import jpeg_quality
+
+    rng = np.random.default_rng(3)
+    image = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    for quality in (10, 50, 90):
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=quality)
+        assert abs(jpeg_quality(buffer.getvalue()) - quality) < 3
+    png = io.BytesIO()
+    image.save(png, format="PNG")
+    assert jpeg_quality(png.getvalue()) is None
+    assert jpeg_quality(b"not an image") is None

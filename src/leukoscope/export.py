@@ -29,7 +29,7 @@ from . import __version__
 from .backends import OnnxBackend, TorchBackend
 from .errors import DataError, ImageError, ModelError
 from .imaging import load_rgb
-from .inference import SIZE_RATIO_RANGE, read_run_temperature
+from .inference import MIN_JPEG_QUALITY, SIZE_RATIO_RANGE, read_run_temperature
 from .manifest import Manifest, read_manifest_csv
 from .ood import DEFAULT_QUANTILE, MahalanobisOOD, fit_quality_thresholds, image_stats
 from .package import ONNX_FP32, ONNX_INT8, OOD_FILE, TORCH_FILE, write_package
@@ -286,7 +286,8 @@ def _fit_review(engine: Any, train: Images, val: Images, preprocess: Preprocess,
         f"OOD threshold {ood.threshold:.1f}")
     review = {"confidence_threshold": threshold, "confidence_threshold_source": c_source,
               "target_confident_accuracy": TARGET_CONFIDENT_ACCURACY, "ood_threshold": ood.threshold,
-              **quality.to_dict(), "size_ratio_range": list(SIZE_RATIO_RANGE)}
+              **quality.to_dict(), "size_ratio_range": list(SIZE_RATIO_RANGE),
+              "min_jpeg_quality": MIN_JPEG_QUALITY}
     review_info = {"temperature": temperature, "temperature_source": t_source, "review": review,
                    "ood": {"method": "mahalanobis", "file": OOD_FILE, "feature_dim": int(train_feats.shape[1]),
                            "components": len(ood.variances), "fitted_on": "train", "threshold_part": ood_part,

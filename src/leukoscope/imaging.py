@@ -130,3 +130,27 @@ def load_rgb_array(source: str | Path | bytes, size: int | None = None) -> np.nd
 
 def is_image_path(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+# IJG's standard luminance quantisation table (quality 50), in the zig-zag order PIL reports.
+_IJG_LUMINANCE = np.array([
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+    14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99], dtype=np.float64)
+
+
+def jpeg_quality(data: bytes) -> float | None:
+    """Estimated IJG quality (1-100) of a JPEG from its luminance quantisation table; None for other files.
+
+    Heavy compression wipes out the chromatin texture that separates the subtypes (benchmarks/shift.py
+    measures it), so prediction flags such files for review instead of trusting them.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            tables = getattr(image, "quantization", None) if image.format == "JPEG" else None
+            if not tables or 0 not in tables or len(tables[0]) != 64:
+                return None
+            scale = float(np.mean(np.asarray(tables[0], dtype=np.float64) / _IJG_LUMINANCE)) * 100
+    except Exception:  # a header we cannot read says nothing about compression
+        return None
+    return 5000.0 / scale if scale > 100 else (200.0 - scale) / 2

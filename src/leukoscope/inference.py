@@ -24,7 +24,7 @@ import numpy as np
 from .backends import OnnxBackend, TorchBackend, cpu_count, load_torch_file
 from .errors import ImageError, ModelError, UsageError
 from .fileio import sha256_bytes
-from .imaging import load_rgb
+from .imaging import jpeg_quality, load_rgb
 from .ood import MahalanobisOOD, QualityThresholds, quality_reasons
 from .package import (
     MODEL_JSON,
@@ -71,6 +71,8 @@ class Prediction:
         return row
 
 # ------------------------------------------------------------------------------------------- predictor
+
+MIN_JPEG_QUALITY = 40.0  # the training JPEGs are quality 95; below this, texture is visibly destroyed
 
 _BLAS_LOCK = threading.Lock()
 _BLAS_CONTROLLER: list[Any] = []
@@ -131,6 +133,7 @@ class Predictor:
             confidence_threshold if confidence_threshold is not None
             else review.get("confidence_threshold", DEFAULT_CONFIDENCE_THRESHOLD))
         self.quality = QualityThresholds.from_dict(review)
+        self.min_jpeg_quality = float(review.get("min_jpeg_quality", MIN_JPEG_QUALITY))
         self.training_size = int(info.get("training_image_size") or self.preprocess.input_size)
         self.size_ratio_range = tuple(review.get("size_ratio_range", SIZE_RATIO_RANGE))
         self.ood = ood
@@ -197,6 +200,10 @@ class Predictor:
         item.width, item.height = image.size
         item.pixels = resize_rgb(image, self.preprocess)
         item.reasons = quality_reasons(item.pixels, self.quality) + self._size_reasons(*image.size)
+        quality = jpeg_quality(data)
+        if quality is not None and quality < self.min_jpeg_quality:
+            item.reasons.append(f"heavily compressed JPEG (quality about {quality:.0f} < {self.min_jpeg_quality:.0f}): "
+                                "fine cell detail may be lost")
         return item
 
     def _decode_path(self, path: str | Path) -> _Decoded:
