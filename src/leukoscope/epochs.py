@@ -150,13 +150,23 @@ def train_one_epoch(net: nn.Module, data: TensorSet, config: TrainConfig, prepro
         with _autocast(device, config.amp):
             logits = net(x)
             loss = loss_fn(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        correct = (logits.argmax(1) == y).sum().float()
-        totals += torch.stack([loss.detach() * len(y), correct, torch.tensor(float(len(y)), device=device)])
+        _step(optimizer, scheduler, loss, logits, y, totals)
         tick(len(y))
+    return _epoch_means(totals, ctx)
+
+
+def _step(optimizer, scheduler, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, totals: torch.Tensor) -> None:
+    """One optimisation step; adds (loss sum, correct, count) of the batch to `totals` without a sync."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    correct = (logits.argmax(1) == y).sum().float()
+    totals += torch.stack([loss.detach() * len(y), correct, torch.tensor(float(len(y)), device=totals.device)])
+
+
+def _epoch_means(totals: torch.Tensor, ctx: DistContext) -> dict[str, float]:
+    """Mean training loss and accuracy of an epoch, summed over every DDP rank."""
     totals = ctx.all_reduce_sum(totals)
     count = max(1.0, float(totals[2]))
     return {"train_loss": float(totals[0]) / count, "train_acc": float(totals[1]) / count}
@@ -194,17 +204,9 @@ def train_head_epoch(net: nn.Module, views: torch.Tensor, labels: torch.Tensor, 
         index = order[start : start + config.batch_size]
         y = labels[index]
         logits = net(views[chosen[index], index], pooled=True)
-        loss = loss_fn(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        correct = (logits.argmax(1) == y).sum().float()
-        totals += torch.stack([loss.detach() * len(y), correct, torch.tensor(float(len(y)), device=device)])
+        _step(optimizer, scheduler, loss_fn(logits.float(), y), logits, y, totals)
         tick(len(y))
-    totals = ctx.all_reduce_sum(totals)
-    count = max(1.0, float(totals[2]))
-    return {"train_loss": float(totals[0]) / count, "train_acc": float(totals[1]) / count}
+    return _epoch_means(totals, ctx)
 
 
 @torch.no_grad()
