@@ -5,7 +5,8 @@ fresh interpreter):
 1. speed.py — inference paths, int8, end-to-end `leukoscope predict`, FLOPs and peak (section `speed`).
 2. load_server.py — a small load test of `leukoscope serve` on the bundled model (section `load`, written
    here from its JSON, since load_server.py prints a table but does not edit RESULTS.md).
-3. accuracy.py — the paper protocol trained on this CPU (section `accuracy-paper`); with --full also the
+3. shift.py — the review flag on stain / optics-shifted test images (section `shift`).
+4. accuracy.py — the paper protocol trained on this CPU (section `accuracy-paper`); with --full also the
    finetune protocol (`accuracy-finetune`, ~40-60 min on 2 cores); and the GPU runs of runs/ when present
    (`accuracy-runs`).
 
@@ -32,7 +33,7 @@ import common  # the benchmarks folder is not a package: its scripts import each
 HERE = Path(__file__).resolve().parent
 GPU_RUNS = ("runs/gpu-mbv2-s0", "runs/gpu-mbv2-s1-b64", "runs/gpu-lite0-s0")
 LOAD_ARGS = ("--requests", "1000", "--concurrency", "8")
-STEPS = ("speed", "load", "accuracy", "runs")
+STEPS = ("speed", "load", "shift", "accuracy", "runs")
 
 
 @dataclass
@@ -59,6 +60,8 @@ def plan(args: argparse.Namespace, work: Path) -> list[Step]:
         out = work / "load.json"
         steps.append(Step("load", [python, str(HERE / "load_server.py"), *LOAD_ARGS, "--out", str(out)],
                           section="load", json_out=out))
+    if "shift" in wanted:
+        steps.append(Step("shift", [python, str(HERE / "shift.py"), *results]))
     if "accuracy" in wanted:
         protocols = ["paper", "finetune"] if args.full else ["paper"]
         steps.append(Step("accuracy", [python, str(HERE / "accuracy.py"), "--protocols", *protocols, *results,

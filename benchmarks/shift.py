@@ -74,6 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="model package (default: the bundled one)")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
+    parser.add_argument("--results", type=Path, default=None, help="RESULTS.md to update (default: benchmarks/)")
     args = parser.parse_args()
     import leukoscope
 
@@ -98,7 +99,7 @@ def main() -> None:
     body += table(header, rows)
     print(body)
     if not args.no_write:
-        write_section("shift", body)
+        write_section("shift", body, *([args.results] if args.results else []))
 
 
 if __name__ == "__main__":

@@ -248,7 +248,8 @@ def test_run_all_plan_and_load_section(tmp_path: Path) -> None:
     args = argparse.Namespace(only=None, full=False, no_wait=True, results=tmp_path / "R.md")
     steps = run_all.plan(args, tmp_path)
     names = [s.name for s in steps]
-    assert names[:3] == ["speed", "load", "accuracy"]
+    assert names[:4] == ["speed", "load", "shift", "accuracy"]
+    assert str(tmp_path / "R.md") in next(s for s in steps if s.name == "shift").command
     accuracy_step = next(s for s in steps if s.name == "accuracy")
     assert "finetune" not in accuracy_step.command
     args.full = True
