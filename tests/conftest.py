@@ -123,3 +123,41 @@ def shared_all_manifest(shared_all: Path):
     from leukoscope.data import discover
 
     return discover(shared_all)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread: on a busy 2-core machine two threads spin against each other (several times
+    slower for tiny models)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real, tiny model package (tests/_modelfixtures.py), built once per session."""
+    from _modelfixtures import shared_tiny_package
+
+    return shared_tiny_package(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def predictor(tiny_package: Path):
+    from leukoscope.inference import load_predictor
+
+    return load_predictor(tiny_package, threads=1)
+
+
+@pytest.fixture
+def wide_console():
+    """Rich wraps at 80 columns when not on a terminal; make it wide so CLI messages stay on one line."""
+    from leukoscope.cli.common import console, err_console
+
+    saved = (console._width, err_console._width)
+    console.width = err_console.width = 400
+    yield
+    console._width, err_console._width = saved

@@ -10,20 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _modelfixtures import shared_tiny_package, smear_image
+from _modelfixtures import smear_image
 from leukoscope.errors import ImageError, ModelError
 from leukoscope.explain import gradcam_map, gradcam_overlay, write_gradcam
 from leukoscope.inference import load_predictor
-
-
-@pytest.fixture(scope="session")
-def tiny_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return shared_tiny_package(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def predictor(tiny_package: Path):
-    return load_predictor(tiny_package, threads=1)
 
 
 def _png(array: np.ndarray) -> bytes:

@@ -17,16 +17,6 @@ from leukoscope.inference import Prediction, group_by_folder, load_predictor, tt
 CLASSES = ("Benign", "Early Pre-B", "Pre-B", "Pro-B")
 
 
-@pytest.fixture(scope="session")
-def tiny_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return shared_tiny_package(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def predictor(tiny_package: Path):
-    return load_predictor(tiny_package, threads=1)
-
-
 def encode(array: np.ndarray | Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
     image = array if isinstance(array, Image.Image) else Image.fromarray(array)
     buffer = io.BytesIO()

@@ -29,14 +29,7 @@ CLASSES = ("Benign", "Early Pre-B", "Pre-B", "Pro-B")  # the canonical names of 
 RUN_FILES = ("config.yaml", "manifest.csv", "split.csv", "env.json", "metrics.csv", "best.pt", "last.pt", "summary.json")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on this busy 2-core machine two threads spin against each other (several times
-    slower for these tiny models)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

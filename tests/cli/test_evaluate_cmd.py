@@ -8,16 +8,8 @@ import pytest
 
 from _cli import run
 from _evalfixtures import make_noise_dataset, make_run
-from leukoscope.cli.common import console, err_console
 
-
-@pytest.fixture(autouse=True)
-def wide_console():
-    """Rich wraps at 80 columns when not on a terminal; make it wide so messages stay on one line."""
-    saved = (console._width, err_console._width)
-    console.width = err_console.width = 400
-    yield
-    console._width, err_console._width = saved
+pytestmark = pytest.mark.usefixtures("wide_console")
 
 
 @pytest.fixture(scope="module")

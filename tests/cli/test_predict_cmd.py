@@ -13,18 +13,11 @@ from PIL import Image
 
 from _cli import run
 from _modelfixtures import shared_tiny_package, shared_tiny_run, smear_image
-from leukoscope.cli.common import DISCLAIMER, console, err_console
+from leukoscope.cli.common import DISCLAIMER
+
+pytestmark = pytest.mark.usefixtures("wide_console")
 
 CLASSES = ("Benign", "Early Pre-B", "Pre-B", "Pro-B")
-
-
-@pytest.fixture(autouse=True)
-def wide_console():
-    """Rich wraps at 80 columns when not on a terminal; make it wide so messages stay on one line."""
-    saved = (console._width, err_console._width)
-    console.width = err_console.width = 400
-    yield
-    console._width, err_console._width = saved
 
 
 @pytest.fixture(scope="module")

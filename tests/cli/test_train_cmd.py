@@ -19,7 +19,6 @@ from conftest import build_dataset
 from leukoscope import epochs as epochs_module
 from leukoscope import training
 from leukoscope.checkpoint import read_checkpoint
-from leukoscope.cli.common import console, err_console
 from leukoscope.runs import write_config
 from leukoscope.train_config import TrainConfig
 
@@ -28,22 +27,7 @@ SMALL = ("--backbone", "test_efficientnet", "--set", "input_size=32", "--batch-s
 TINY = (*SMALL, "--weights", "none")
 
 
-@pytest.fixture(autouse=True)
-def wide_console():
-    """Rich wraps at 80 columns when not on a terminal; make it wide so messages stay on one line."""
-    saved = (console._width, err_console._width)
-    console.width = err_console.width = 400
-    yield
-    console._width, err_console._width = saved
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a busy 2-core machine two threads spin against each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "wide_console")
 
 
 @pytest.fixture(scope="module")
