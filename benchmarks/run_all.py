@@ -32,7 +32,7 @@ import common  # the benchmarks folder is not a package: its scripts import each
 
 HERE = Path(__file__).resolve().parent
 GPU_RUNS = ("runs/gpu-mbv2-s0", "runs/gpu-mbv2-s1-b64", "runs/gpu-lite0-s0")
-LOAD_ARGS = ("--requests", "1000", "--concurrency", "8")
+LOAD_ARGS = ("--requests", "2000", "--concurrency", "16")  # the example load
 STEPS = ("speed", "load", "shift", "accuracy", "runs")
 
 
