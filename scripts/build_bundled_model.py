@@ -46,7 +46,10 @@ def provenance(run: Path) -> str:
         f"- Hardware: {where}, torch {env['torch']}, device `{env['device']}`; "
         f"{summary['epochs_run']} epochs in {summary['seconds_total']:.1f} s "
         "(the epoch loop with per-epoch validation; data loading excluded).\n"
-        f"- Rebuild on a CPU: `make model` (runs `scripts/build_bundled_model.py`).\n"
+        f"- Rebuild on a CPU: `make model` (runs `scripts/build_bundled_model.py`). The same configuration "
+        "retrained on a 2-core CPU is reported in `benchmarks/RESULTS.md` (run `cpu-bundled`): training on "
+        "another device does not reproduce the weights bit for bit, so expect test scores within the "
+        "intervals above rather than identical ones.\n"
     )
 
 
