@@ -32,6 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # the benchmarks folder is not a package: its scripts import each other by path
+from leukoscope.runs import read_config_file
 
 PAPER = {"accuracy": 0.969, "precision": 0.966, "recall": 0.969, "f1": 0.967}
 METRICS = ("accuracy", "precision_weighted", "recall_weighted", "f1_weighted", "precision_macro",
@@ -94,16 +95,6 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return {}
-    return values if isinstance(values, dict) else {}
-
-
 def history(run_dir: Path) -> list[dict[str, str]]:
     """The per-epoch rows of metrics.csv (empty when the run has none)."""
     path = run_dir / "metrics.csv"
@@ -133,7 +124,7 @@ def machine_of(env: dict[str, Any], device: str) -> str:
 def run_row(run_dir: Path, *, split: Path | None, data: Path) -> dict[str, Any]:
     """One result row from a finished run folder; test metrics computed here when the summary has none."""
     run_dir = Path(run_dir)
-    summary, config, env = (_read_json(run_dir / "summary.json"), _read_yaml(run_dir / "config.yaml"),
+    summary, config, env = (_read_json(run_dir / "summary.json"), read_config_file(run_dir / "config.yaml"),
                             _read_json(run_dir / "env.json"))
     if not summary:
         raise SystemExit(f"{run_dir} has no summary.json: not a finished run")

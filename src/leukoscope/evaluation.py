@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from . import __version__, calibration
 from .errors import DataError, UsageError
@@ -26,6 +25,7 @@ from .fileio import write_json, write_text
 from .manifest import Manifest, read_manifest_csv
 from .metrics import compute_metrics
 from .preprocessing import Preprocess
+from .runs import read_config_file
 
 Progress = Callable[[str, int, int], None]
 N_BINS = 15
@@ -48,14 +48,6 @@ class ModelHandle:
     predictor: Any = None  # leukoscope.inference.Predictor (package)
     info: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return {}
-    return values if isinstance(values, dict) else {}
 
 
 def _run_dir_of(path: Path) -> Path | None:
@@ -103,7 +95,7 @@ def open_model(path: str | Path) -> ModelHandle:
                   "backbone": loaded.spec.backbone, "classes": list(loaded.classes),
                   **loaded.preprocess.to_dict(), "epoch": meta.get("epoch"), "best_score": meta.get("best_score"),
                   "manifest_digest": meta.get("manifest_digest")}
-    config = _read_yaml(run_dir / "config.yaml") if run_dir else {}
+    config = read_config_file(run_dir / "config.yaml") if run_dir else {}
     config = config or dict(meta.get("config") or {})
     return ModelHandle(model_info["kind"], path, loaded.classes, loaded.preprocess, run_dir=run_dir,
                        network=loaded.model, info=model_info, config=config)

@@ -65,6 +65,16 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     return values
 
 
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A run's config.yaml as written (command included), or {} when it is missing, unreadable or not a
+    mapping: reports and benchmarks then fall back to the checkpoint's own copy of the config."""
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}
+    return values if isinstance(values, dict) else {}
+
+
 def write_manifests(path: Path, full: Manifest, split: Manifest) -> None:
     without_parts = full.with_records(r.__class__(**{**r.__dict__, "part": ""}) for r in full.records)
     without_parts.write_csv(path / "manifest.csv")
