@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # the benchmarks folder is not a package: its scripts import each other by path
 
 HERE = Path(__file__).resolve().parent
-GPU_RUNS = ("runs/gpu-mbv2-s0", "runs/gpu-mbv2-s1-b64", "runs/gpu-lite0-s0")
+TRAINED_RUNS = ("runs/gpu-mbv2-s0", "runs/gpu-mbv2-s1-b64", "runs/gpu-lite0-s0", "runs/cpu-bundled", "runs/student-mbv2")
 LOAD_ARGS = ("--requests", "2000", "--concurrency", "16")  # the example load
 STEPS = ("speed", "load", "shift", "accuracy", "runs")
 
@@ -66,7 +66,7 @@ def plan(args: argparse.Namespace, work: Path) -> list[Step]:
         protocols = ["paper", "finetune"] if args.full else ["paper"]
         steps.append(Step("accuracy", [python, str(HERE / "accuracy.py"), "--protocols", *protocols, *results,
                                        *no_wait]))
-    runs = [r for r in GPU_RUNS if (common.REPO / r / "summary.json").is_file()]
+    runs = [r for r in TRAINED_RUNS if (common.REPO / r / "summary.json").is_file()]
     if "runs" in wanted and runs:
         steps.append(Step("runs", [python, str(HERE / "accuracy.py"), "--from-runs", *runs, *results]))
     return steps

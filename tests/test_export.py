@@ -123,3 +123,36 @@ def test_choose_confidence_threshold() -> None:
     confident = np.column_stack([np.linspace(0.6, 1.0, 101), 1 - np.linspace(0.6, 1.0, 101)])
     assert choose_confidence_threshold(confident, np.zeros(101, int), review_fraction=0) == 0.5
     assert choose_confidence_threshold(confident, np.zeros(101, int), review_fraction=0.1) == 0.64
+
+
+@pytest.mark.parametrize(("wrong", "expected_calls", "kept_ends"), [
+    ({False: 0, True: 0}, [False], False),  # all-int8 agrees everywhere: nothing else is tried
+    ({False: 2, True: 1}, [False, True], True),  # fp32 ends agree better: kept
+    ({False: 1, True: 2}, [False, True, False], False),  # all-int8 was better: written again
+    ({False: 1, True: 1}, [False, True, False], False),  # a tie keeps the faster all-int8 model
+])
+def test_int8_keeps_the_recipe_that_agrees_best_on_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             wrong, expected_calls, kept_ends) -> None:
+    calls: list[bool] = []
+
+    def quantize(fp32, out, calibration, *, exclude_ends=False):
+        calls.append(exclude_ends)
+        Path(out).write_text(str(exclude_ends))
+
+    labels = np.arange(100) % 4
+    reference = np.eye(4)[labels]
+
+    def run(backend, x, batch_size=32):
+        ends = backend.read_text() == "True"
+        logits = reference.copy()
+        logits[: wrong[ends]] = np.roll(logits[: wrong[ends]], 1, axis=1)  # change the top-1 of the first few
+        return logits * 10, None
+
+    monkeypatch.setattr(export_module, "quantize_int8", quantize)
+    monkeypatch.setattr(export_module, "OnnxBackend", lambda path, threads=None: Path(path))
+    monkeypatch.setattr(export_module, "run_normalised", run)
+    result = export_module.quantize_with_gate(tmp_path, np.zeros((4, 3, 8, 8), np.float32), np.zeros((100, 3, 8, 8)),
+                                       reference, log=lambda message: None)
+    assert calls == expected_calls
+    assert result["int8_fp32_ends"] is kept_ends and (tmp_path / "model.int8.onnx").read_text() == str(kept_ends)
+    assert result["int8_top1_agreement"] == 1 - wrong[kept_ends] / 100

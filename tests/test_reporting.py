@@ -139,6 +139,16 @@ def test_model_card_says_what_the_numbers_are_on(synthetic_eval, tmp_path):
     # the export calls it with much less: nothing may be required
     minimal = write_model_card(tmp_path / "min.md", model_info={}, metrics={}, data_summary={}, config={})
     assert DISCLAIMER in minimal.read_text(encoding="utf-8")
+    assert "seed 3" in card and "Distilled from" not in card
+
+
+def test_model_card_names_a_split_file_and_the_teachers_of_a_distilled_model(synthetic_eval, tmp_path):
+    result = result_dict(synthetic_eval["metrics"])
+    config = {"seed": 1, "split_csv": "bundle/split.csv", "soft_targets": "t/a.csv,t/b.csv", "soft_target_weight": 0.5}
+    card = write_model_card(tmp_path / "MODEL_CARD.md", model_info=result["model"], metrics=result,
+                            data_summary=result["data_summary"], config=config).read_text(encoding="utf-8")
+    assert "read from the split file bundle/split.csv" in card and "seed 1" not in card
+    assert "Distilled from:** t/a.csv,t/b.csv (weight 0.5)" in card
 
 
 def comparison() -> dict:

@@ -99,6 +99,8 @@ def test_set_values_are_parsed_as_yaml_scalars():
     ({"frozen_views": -2}, "frozen_views must be 0 or more"),
     ({"weight_decay": -0.1}, "weight_decay must be 0 or more"),
     ({"data": ""}, "no data folder"),
+    ({"soft_target_weight": 1.5}, r"soft_target_weight must be in \[0, 1\]"),
+    ({"soft_targets": "t.csv", "frozen_views": 3}, "do not work with frozen_views"),
 ])
 def test_bad_values_are_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):

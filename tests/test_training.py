@@ -346,3 +346,59 @@ def test_resuming_with_data_of_other_classes_is_refused_and_the_run_untouched(tm
     with pytest.raises(DataError, match="differ from the run's classes"):
         fit(tiny(other, tmp_path, warmup_epochs=0, epochs=2), resume=True, quiet=True)
     assert {p.name: p.read_bytes() for p in run.iterdir()} == snapshot
+
+
+# ------------------------------------------------------------------------------ distillation (soft targets)
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory, data) -> str:
+    """Two teacher CSVs over every image of `data`: one uniform, one sure of Pro-B."""
+    from leukoscope.data import discover
+
+    folder = tmp_path_factory.mktemp("teachers")
+    records = discover(data, workers=1).records
+    header = "path,sha256,p_Benign,p_Early Pre-B,p_Pre-B,p_Pro-B"
+    uniform = [header] + [f"{r.path},{r.sha256},0.25,0.25,0.25,0.25" for r in records]
+    pro = [header] + [f"{r.path},{r.sha256},0,0,0,1" for r in records]
+    (folder / "uniform.csv").write_text("\n".join(uniform) + "\n")
+    (folder / "pro.csv").write_text("\n".join(pro) + "\n")
+    return f"{folder / 'uniform.csv'},{folder / 'pro.csv'}"
+
+
+def test_a_distillation_run_trains_on_the_mixed_targets_and_writes_them(reference, teachers):
+    run = reference(warmup_epochs=0, epochs=2, soft_targets=teachers, soft_target_weight=0.5)
+    with (run / "soft_targets.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    with (run / "split.csv").open(newline="") as handle:
+        labels = {r["path"]: r["label"] for r in csv.DictReader(handle) if r["part"] == "train"}
+    assert sorted(r["path"] for r in rows) == sorted(labels)
+    for row in rows:  # 0.5 * mean(uniform, Pro-B) + 0.5 * one-hot(label)
+        expected = {name: 0.0625 + 0.25 * (name == "Pro-B") + 0.5 * (name == labels[row["path"]])
+                    for name in CLASSES}
+        assert {name: float(row[f"p_{name}"]) for name in CLASSES} == pytest.approx(expected)
+    assert yaml.safe_load((run / "config.yaml").read_text())["soft_targets"] == teachers
+    plain = reference(warmup_epochs=0, epochs=2)
+    assert any(not torch.equal(a, b) for a, b in zip(last_state(run).values(), last_state(plain).values(), strict=True))
+
+
+def test_a_resumed_distillation_run_gives_the_same_weights(tmp_path, reference, teachers, data):
+    options = dict(warmup_epochs=0, epochs=2, soft_targets=teachers, soft_target_weight=0.5)
+
+    def stop(epoch, row):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted):
+        fit(tiny(data, tmp_path, **options), quiet=True, on_epoch_end=stop)
+    fit(tiny(data, tmp_path, **options), resume=True, quiet=True)
+    assert_same_weights(last_state(tmp_path / "run"), last_state(reference(**options)))
+
+
+def test_soft_targets_missing_a_training_image_fail_before_anything_is_written(tmp_path, data, teachers):
+    partial = tmp_path / "partial.csv"
+    lines = Path(teachers.split(",")[0]).read_text().splitlines()
+    partial.write_text("\n".join(lines[:-3]) + "\n")
+    with pytest.raises(DataError, match="have no soft target"):
+        fit(tiny(data, tmp_path, soft_targets=str(partial)), quiet=True)
+    assert not (tmp_path / "run").exists()

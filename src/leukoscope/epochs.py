@@ -73,6 +73,7 @@ class TensorSet:
 
     images: torch.Tensor
     labels: torch.Tensor
+    targets: torch.Tensor | None = None  # N x C soft targets (distillation); None: train on the labels
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -147,9 +148,10 @@ def train_one_epoch(net: nn.Module, data: TensorSet, config: TrainConfig, prepro
         x = normalize(augment(data.images[index], config.augment, generator), preprocess)
         x = x.contiguous(memory_format=memory_format)
         y = data.labels[index]
+        target = y if data.targets is None else data.targets[index]
         with _autocast(device, config.amp):
             logits = net(x)
-            loss = loss_fn(logits.float(), y)
+            loss = loss_fn(logits.float(), target)
         _step(optimizer, scheduler, loss, logits, y, totals)
         tick(len(y))
     return _epoch_means(totals, ctx)

@@ -191,11 +191,14 @@ def write_model_card(
         ("Dataset", config.get("data") or data_summary.get("data_root") or "not recorded"),
         ("Split", _join(data_summary.get("split_sizes")) or "not recorded"),
         ("Split method", "stratified by class; copies of an image (same bytes or near-identical) kept in one part"
-         + (f", seed {config['seed']}" if "seed" in config else "")),
+         + (f", read from the split file {config['split_csv']}" if config.get("split_csv")
+            else f", seed {config['seed']}" if "seed" in config else "")),
         ("Protocol", config.get("protocol", "not recorded")),
         ("Augmentation", config.get("augment", "not recorded")),
         ("Epochs", config.get("epochs", model_info.get("epoch", "not recorded"))),
     ]
+    if config.get("soft_targets"):
+        training_rows.append(("Distilled from", f"{config['soft_targets']} (weight {config.get('soft_target_weight')})"))
     text = _MD_ENV.from_string(MODEL_CARD_MD).render(
         **_globals(), name=model_info.get("name", "leukoscope model"), classes=classes,
         benign="Benign" in classes, model_rows=model_rows(model_info), training_rows=training_rows,

@@ -65,6 +65,9 @@ class TrainConfig:
     eval_batch_size: int = 64
     select: str = "macro_f1"
     patience: int = 10
+    # distillation (leukoscope.soft_targets): teachers' predictions CSVs, comma-separated, and their share
+    soft_targets: str = ""
+    soft_target_weight: float = 0.5
     # runtime
     device: str = "auto"
     amp: bool = True
@@ -99,6 +102,11 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be > 0; got {getattr(self, name)}")
         if not 0 <= self.label_smoothing < 1 or not 0 <= self.drop_rate < 1:
             raise ConfigError("label_smoothing and drop_rate must be in [0, 1)")
+        if not 0 <= self.soft_target_weight <= 1:
+            raise ConfigError(f"soft_target_weight must be in [0, 1]; got {self.soft_target_weight}")
+        if self.soft_targets and self.frozen_views:
+            raise ConfigError("soft_targets train the whole network; they do not work with frozen_views "
+                              "(the cached-feature head training of the paper protocol)")
         return self
 
 

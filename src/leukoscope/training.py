@@ -46,8 +46,11 @@ from .errors import ConfigError, DataError, LeukoscopeError, ModelError
 from .fileio import write_json, write_text
 from .manifest import Manifest
 from .models import ModelSpec, Preprocess, check_backbone_name, create_model, preprocess_for, set_trainable
+from .soft_targets import read_teacher_csv, split_sources, teacher_mean, training_targets, write_targets_csv
 from .train_config import TrainConfig
 from .transforms import load_uint8_batch
+
+SOFT_TARGETS_FILE = "soft_targets.csv"  # the training targets of a distillation run, next to its results
 
 __all__ = [  # the fit loop, and the epoch pieces it re-exports from .epochs
     "Classifier", "EpochCallback", "EvalSet", "Stage", "TensorSet", "TrainingInterrupted", "classification_scores",
@@ -150,6 +153,7 @@ class _Session:
     eval_part: str
     stages: list[Stage]
     loss_fn: nn.Module
+    soft_targets: np.ndarray | None = None  # what train.targets holds, in float64 for soft_targets.csv
 
     @property
     def total_epochs(self) -> int:
@@ -263,9 +267,24 @@ def _build(config: TrainConfig, run_dir: Path, device: torch.device, ctx: DistCo
     if len(train) < max(2, ctx.world_size):
         raise DataError(f"too few training images ({len(train)}) after the split")
     evalset = EvalSet(load_part(parted, eval_part, preprocess, device, config.workers), preprocess, config)
+    soft = _soft_targets(config, parted.part("train"), run_dir, resumed=checkpoint is not None)
+    if soft is not None:
+        train.targets = torch.as_tensor(soft, dtype=torch.float32, device=device)
     return _Session(config, run_dir, device, ctx, quiet, full, parted, spec, model,
                     Classifier(model, config.freeze_bn), preprocess, train, evalset, eval_part,
-                    stages_of(config), make_loss(config, train.labels, len(full.classes)))
+                    stages_of(config), make_loss(config, train.labels, len(full.classes)), soft)
+
+
+def _soft_targets(config: TrainConfig, part: Manifest, run_dir: Path, *, resumed: bool) -> np.ndarray | None:
+    """Distillation targets of the training images: from the teachers' CSVs for a new run, from the run's
+    own soft_targets.csv when resuming (so a resumed run trains on exactly the same numbers)."""
+    if not config.soft_targets:
+        return None
+    if resumed:
+        table = read_teacher_csv(run_dir / SOFT_TARGETS_FILE, part.classes, normalise=False)
+        return training_targets(part, table, 1.0)
+    table = teacher_mean(split_sources(config.soft_targets), part.classes)
+    return training_targets(part, table, config.soft_target_weight)
 
 
 def _write_run_files(session: _Session, command: str) -> None:
@@ -279,6 +298,8 @@ def _write_run_files(session: _Session, command: str) -> None:
         runs.write_config(run_dir, resolved, command)
         runs.write_manifests(run_dir, session.full, session.parted)
         runs.write_env(run_dir, str(session.device), config.seed)
+        if session.soft_targets is not None:
+            write_targets_csv(run_dir / SOFT_TARGETS_FILE, session.parted.part("train"), session.soft_targets)
     except BaseException:
         if created:
             shutil.rmtree(run_dir, ignore_errors=True)

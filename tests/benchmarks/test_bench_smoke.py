@@ -104,19 +104,41 @@ def test_int8_package_scores_and_interleaved_timing(tiny: dict[str, Path], tiny_
     predictor, split, test = tiny_images
     pre = predictor.preprocess
     train, val = speed.decoded(split.part("train"), pre, limit=16), speed.decoded(split.part("val"), pre)
-    quant = speed.quantise(tiny["package"] / "model.onnx", tmp_path / "model.int8.onnx", train, val, pre, print)
-    assert quant["calibration_images"] == 16 and 0.0 <= quant["val_agreement"] <= 1.0
-    package = speed.int8_package(tiny["package"], tmp_path / "model.int8.onnx", tmp_path / "pkg", quant)
+    fp32, int8, quant = speed.package_models(tiny["package"], tmp_path, train, val, pre, print)
+    assert fp32 == tiny["package"] / "model.onnx" and int8 == tmp_path / "model.int8.onnx"  # quantised here
+    assert quant["source"] == "benchmark" and quant["calibration_images"] == 16 and 0.0 <= quant["val_agreement"] <= 1.0
+    package = speed.variant_package(tiny["package"], fp32, int8, tmp_path / "pkg")
     assert load_predictor(package, threads=1).info["default_onnx"] == "model.int8.onnx"
     assert not (tiny["package"] / "model.int8.onnx").exists()  # never written into the source package
-    scores = speed.test_scores(OnnxBackend(tiny["package"] / "model.onnx", 1), OnnxBackend(package / "model.int8.onnx", 1),
-                               test, pre)
+    scores = speed.test_scores(OnnxBackend(fp32, 1), OnnxBackend(package / "model.int8.onnx", 1), test, pre)
     assert scores["images"] == len(test.labels) and 0.0 <= scores["top1_agreement"] <= 1.0
     assert 0.0 <= scores["accuracy_fp32"] <= 1.0 and 0.0 <= scores["accuracy_int8"] <= 1.0
     singles, batches = speed.timing_batches(test.pixels, pre, batches=1)
     timings = speed.time_onnx({"fp32": tiny["package"] / "model.onnx", "int8": package / "model.int8.onnx"},
                               singles, batches, repeats=2)
     assert [t.name for t in timings] == ["fp32", "int8"] and all(len(t.b32_rounds) == 2 for t in timings)
+
+
+def test_an_int8_only_package_is_measured_as_it_ships(tiny: dict[str, Path], tiny_images, tmp_path: Path) -> None:
+    """Its own int8 model and gate numbers are used, fp32 comes from its model.pt, and the variant is fp32."""
+    from leukoscope.backends import OnnxBackend
+    from leukoscope.export import export_run
+    from leukoscope.inference import load_predictor
+
+    predictor, split, test = tiny_images
+    pre = predictor.preprocess
+    shipped = export_run(tiny["run"], tmp_path / "int8-only", int8_only=True, data_root=tiny["data"],
+                         calibration_images=8, threads=1)
+    assert not (shipped / "model.onnx").exists()
+    fp32, int8, quant = speed.package_models(shipped, tmp_path, None, speed.decoded(split.part("val"), pre), pre, print)
+    assert int8 == shipped / "model.int8.onnx" and quant["source"] == "package" and fp32 == tmp_path / "model.onnx"
+    reference = OnnxBackend(tiny["package"] / "model.onnx", 1).run(test.pixels[:4].transpose(0, 3, 1, 2).astype("float32"))
+    again = OnnxBackend(fp32, 1).run(test.pixels[:4].transpose(0, 3, 1, 2).astype("float32"))
+    assert abs(reference[0] - again[0]).max() < 1e-3  # the same fp16-rounded network as the fp32 package
+    variant = speed.variant_package(shipped, fp32, int8, tmp_path / "fp32-variant")
+    assert load_predictor(variant, threads=1).info["default_onnx"] == "model.onnx"
+    rendered = speed._package_label({"bundled_default": "int8"}, "fp32")
+    assert "same package with the ONNX fp32 model as default" in rendered
 
 
 def test_decode_e2e_and_overlap(tiny: dict[str, Path], tiny_images, tmp_path: Path) -> None:
@@ -152,7 +174,7 @@ def _speed_results(e2e_ips: float) -> dict:
         "machine": common.machine(), "package": "/x/default", "name": "m", "load_at_start": 0.1, "load_at_end": 0.2,
         "input_size": 224, "flops": 600_000_000, "peak": peak,
         "timings": [{"name": n, "b1_ms": b1, "b32_ips": b32, **timing} for n, b1, b32 in names],
-        "int8": {"calibration_images": 256, "val_images": 280, "tried": [{"fp32_ends": False, "val_agreement": 1.0}],
+        "int8": {"calibration_images": 256, "val_images": 280, "fp32_ends": False, "val_agreement": 1.0,
                  "test": {"images": 838, "top1_agreement": 0.995, "disagreements": 4, "max_abs_prob_diff": 0.3,
                           "accuracy_fp32": 0.99, "accuracy_int8": 0.99}},
         "e2e": {"images": 1000, "startup": {"import_inference_s": 1.2, "imports_torch": True},
@@ -260,3 +282,14 @@ def test_run_all_plan_and_load_section(tmp_path: Path) -> None:
               "db_ok": True, "cpu": "x86_64 x2", "statuses": {"200": 10}}
     body = run_all.load_section(result, "python benchmarks/load_server.py --requests 10")
     assert body.startswith("## Load test") and "| req/s |" in body and "no errors" in body
+
+
+def test_a_distilled_run_is_named_as_such_with_its_teachers(tiny: dict[str, Path], tmp_path: Path) -> None:
+    run = _finished_run(tiny, tmp_path)
+    config = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(config + "soft_targets: t/a.csv,t/b.csv\nsoft_target_weight: 0.5\n")
+    row = accuracy.run_row(run, split=tiny["split"], data=tiny["data"])
+    assert row["protocol"].endswith("+ distillation") and row["soft_targets"] == "t/a.csv,t/b.csv"
+    note = accuracy._distillation_note([row])
+    assert "`t/a.csv,t/b.csv`, weight 0.5" in note and "used the test part" in note
+    assert accuracy._distillation_note([{**row, "soft_targets": ""}]) == ""
