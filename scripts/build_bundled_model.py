@@ -21,6 +21,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+from leukoscope.runs import read_config_file  # noqa: E402  (the script runs without installing the package)
+
 PACKAGE = ROOT / "src" / "leukoscope" / "assets" / "default"
 NAME = "leukoscope-mbv2-all4"
 TRAIN_ARGS = ["--protocol", "finetune", "--backbone", "mobilenetv2_100", "--seed", "1", "--batch-size", "64",
@@ -37,10 +40,14 @@ def provenance(run: Path) -> str:
     env = json.loads((run / "env.json").read_text())
     summary = json.loads((run / "summary.json").read_text())
     where = env.get("gpu") or env.get("processor") or "CPU"
+    split_used = str(read_config_file(run / "config.yaml").get("split_csv") or "bundle/split.csv")
+    packed = "" if split_used.endswith("bundle/split.csv") else (
+        f" The run read those rows from `{split_used}`, the train and val rows of `bundle/split.csv` copied next "
+        "to the images packed for the GPU machine (scripts/train_bundled_gpu.py).")
     return (
         "\n## How this package was built\n\n"
         f"- Training: `leukoscope train` with `{' '.join(TRAIN_ARGS)}` on the split `bundle/split.csv` "
-        f"({summary['train_images']} training images; the val part picked the best epoch, {summary['best_epoch']}).\n"
+        f"({summary['train_images']} training images; the val part picked the best epoch, {summary['best_epoch']}).{packed}\n"
         f"- Images: the original JPEG bytes of `../shared/data/ALL` (public ALL dataset, Taleqani Hospital), "
         "no re-encoding, decoded once and resized to 224x224 (they are 224x224 already).\n"
         f"- Hardware: {where}, torch {env['torch']}, device `{env['device']}`; "
