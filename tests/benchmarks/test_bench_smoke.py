@@ -20,6 +20,7 @@ import accuracy  # noqa: E402  (benchmark scripts are imported by path, like the
 import common  # noqa: E402
 import run_all  # noqa: E402
 import speed  # noqa: E402
+import speed_report  # noqa: E402
 from _modelfixtures import shared_tiny_package, shared_tiny_run  # noqa: E402
 
 
@@ -137,7 +138,7 @@ def test_an_int8_only_package_is_measured_as_it_ships(tiny: dict[str, Path], tin
     assert abs(reference[0] - again[0]).max() < 1e-3  # the same fp16-rounded network as the fp32 package
     variant = speed.variant_package(shipped, fp32, int8, tmp_path / "fp32-variant")
     assert load_predictor(variant, threads=1).info["default_onnx"] == "model.onnx"
-    rendered = speed._package_label({"bundled_default": "int8"}, "fp32")
+    rendered = speed_report._package_label({"bundled_default": "int8"}, "fp32")
     assert "same package with the ONNX fp32 model as default" in rendered
 
 
@@ -186,12 +187,12 @@ def _speed_results(e2e_ips: float) -> dict:
 
 
 def test_speed_section_states_each_target() -> None:
-    body = speed.render(_speed_results(e2e_ips=450.0), "python benchmarks/speed.py")
+    body = speed_report.render(_speed_results(e2e_ips=450.0), "python benchmarks/speed.py")
     assert body.startswith("## Speed") and "### Targets" in body and "### FLOPs and peak" in body
     targets = body.split("### Targets")[1].split("###")[0]
     assert targets.count("**met**") == 4  # 9x eager (twice), 2.2x int8 at 99.5%, 2.0 ms
     assert "0.300 GFLOPs" not in body and "0.600 GFLOPs" in body and "0.300 G multiply-adds" in body
-    slow = speed.render(_speed_results(e2e_ips=100.0), "python benchmarks/speed.py")
+    slow = speed_report.render(_speed_results(e2e_ips=100.0), "python benchmarks/speed.py")
     assert slow.split("### Targets")[1].split("###")[0].count("**not met**") == 2
 
 
