@@ -216,17 +216,17 @@ def verdicts(rows: list[dict[str, Any]]) -> str:
     this CPU, so it is judged only for runs trained here)."""
     lines = []
     for r in rows:
-        t = r["test"]
-        if r["protocol"] == "paper" and r["trained_here"]:
+        t, base = r["test"], r["protocol"].removesuffix(" + distillation")
+        if base == "paper" and r["trained_here"]:
             ok = t["accuracy"] >= 0.95 and r["wall_s"] is not None and r["wall_s"] < 180
             measured = f"{_p(t['accuracy'])}% in {common.fmt(r['wall_s'], 0)} s (whole fit() call)"
-        elif r["protocol"] == "finetune":
+        elif base == "finetune":
             ok = t["accuracy"] >= 0.995 and t["f1_macro"] >= 0.995
             measured = f"accuracy {_p(t['accuracy'])}%, macro-F1 {_p(t['f1_macro'])}%"
         else:
             continue
         where = "" if r["trained_here"] else f", trained on {r['machine']}"
-        lines.append(f"- Target for `{r['run']}` ({r['protocol']}: {TARGETS[r['protocol']]}){where}: {measured}: "
+        lines.append(f"- Target for `{r['run']}` ({r['protocol']}: {TARGETS[base]}){where}: {measured}: "
                      f"**{'met' if ok else 'not met'}**.")
     return "\n".join(lines) + ("\n" if lines else "")
 

@@ -293,4 +293,5 @@ def test_a_distilled_run_is_named_as_such_with_its_teachers(tiny: dict[str, Path
     assert row["protocol"].endswith("+ distillation") and row["soft_targets"] == "t/a.csv,t/b.csv"
     note = accuracy._distillation_note([row])
     assert "`t/a.csv,t/b.csv`, weight 0.5" in note and "used the test part" in note
+    assert "finetune + distillation: >= 99.5%" in accuracy.verdicts([row])
     assert accuracy._distillation_note([{**row, "soft_targets": ""}]) == ""
