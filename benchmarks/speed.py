@@ -177,7 +177,8 @@ def quantise(fp32: Path, work: Path, train: Any, val: Any, preprocess: Any, log:
     """`leukoscope export --int8`'s own recipe and gate (leukoscope.export.quantize_with_gate): static QDQ
     per-channel, calibrated on train images, checked against fp32 on val images; writes work/model.int8.onnx."""
     from leukoscope.backends import OnnxBackend
-    from leukoscope.export import quantize_with_gate, softmax
+    from leukoscope.calibration import softmax
+    from leukoscope.export import quantize_with_gate
     from leukoscope.package import ONNX_FP32
     from leukoscope.preprocessing import normalize_numpy
 

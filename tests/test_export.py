@@ -12,7 +12,7 @@ import pytest
 from _modelfixtures import shared_tiny_package, shared_tiny_run
 from leukoscope import export as export_module
 from leukoscope.errors import DataError, ModelError
-from leukoscope.export import choose_confidence_threshold, export_run
+from leukoscope.export import export_run
 from leukoscope.package import read_package_json, verify_package
 
 MODEL_JSON_KEYS = {
@@ -112,17 +112,6 @@ def test_missing_data_or_split_is_a_clear_error(tiny_run: Path, tmp_path: Path) 
         export_run(run, tmp_path / "pkg")
     with pytest.raises(ModelError, match="no checkpoint"):
         export_run(tmp_path, tmp_path / "pkg")
-
-
-def test_choose_confidence_threshold() -> None:
-    probs = np.array([[0.97, 0.03], [0.8, 0.2], [0.55, 0.45], [0.3, 0.7]])
-    assert choose_confidence_threshold(probs, np.array([0, 0, 1, 1]), review_fraction=0) == 0.56
-    assert choose_confidence_threshold(probs, np.array([0, 0, 0, 1]), review_fraction=0) == 0.5
-    assert choose_confidence_threshold(probs, np.array([1, 1, 1, 0]), review_fraction=0) == 0.99  # never accurate
-    # error-free validation: the least confident share of images is still flagged
-    confident = np.column_stack([np.linspace(0.6, 1.0, 101), 1 - np.linspace(0.6, 1.0, 101)])
-    assert choose_confidence_threshold(confident, np.zeros(101, int), review_fraction=0) == 0.5
-    assert choose_confidence_threshold(confident, np.zeros(101, int), review_fraction=0.1) == 0.64
 
 
 @pytest.mark.parametrize(("wrong", "expected_calls", "kept_ends"), [

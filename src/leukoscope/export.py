@@ -7,14 +7,14 @@ Order of work, and why:
 2. fp32 ONNX parity with PyTorch is checked on validation images (max probability difference <= 1e-4),
    and, with --int8, static QDQ per-channel quantisation (calibrated on training images) must agree on
    top-1 with fp32 on >= 99% of validation images; otherwise export refuses with the numbers.
-3. Temperature, review threshold, OOD statistics and image-quality thresholds are computed with the
-   backend the package will use by default (int8 when written), so the flags behave as calibrated.
+3. Temperature, review threshold, OOD statistics and image-quality thresholds (leukoscope.review_fit) are
+   computed from the outputs of the backend the package will use by default (int8 when written), so the
+   flags behave as calibrated.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import tempfile
 import time
 import warnings
@@ -27,18 +27,17 @@ import numpy as np
 
 from . import __version__
 from .backends import OnnxBackend, TorchBackend
+from .calibration import softmax
 from .errors import DataError, ImageError, ModelError
 from .imaging import load_rgb
-from .inference import MIN_JPEG_QUALITY, SIZE_RATIO_RANGE, read_run_temperature
+from .inference import read_run_temperature
 from .manifest import Manifest, read_manifest_csv
-from .ood import DEFAULT_QUANTILE, MahalanobisOOD, fit_quality_thresholds, image_stats
 from .package import ONNX_FP32, ONNX_INT8, OOD_FILE, TORCH_FILE, write_package
 from .preprocessing import Preprocess, normalize_numpy, resize_rgb
+from .review_fit import fit_review
 
 FP32_TOLERANCE = 1e-4
 INT8_MIN_AGREEMENT = 0.99
-TARGET_CONFIDENT_ACCURACY = 0.995
-REVIEW_FRACTION = 0.02  # at least this share of in-distribution val images is flagged by confidence
 Log = Callable[[str], None]
 
 
@@ -85,12 +84,6 @@ def run_backend(backend: Any, pixels: np.ndarray, preprocess: Preprocess, batch_
     if not logits:
         return np.zeros((0, 0)), np.zeros((0, 0))
     return np.concatenate(logits), np.concatenate(feats)
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z = np.exp(z - z.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
 
 
 # ------------------------------------------------------------------------------------------- onnx
@@ -229,97 +222,6 @@ def _check_fp32(original: Any, rounded: Any, onnx_path: Path, check: np.ndarray,
             "images": len(check)}
 
 
-# ------------------------------------------------------------------------------------------- review
-
-
-def choose_confidence_threshold(probs: np.ndarray, labels: np.ndarray, *,
-                                target: float = TARGET_CONFIDENT_ACCURACY, low: float = 0.5,
-                                high: float = 0.99, review_fraction: float = REVIEW_FRACTION) -> float:
-    """The smallest threshold in [low, high] (steps of 0.01) at which the images at or above it reach
-    `target` accuracy; `high` when none does. It is never below the `review_fraction` quantile of the
-    confidences: a validation part with no (or very few) errors says little about where errors will
-    fall, so the least confident couple of percent of ordinary images still get a human look.
-
-    >>> p = np.array([[0.95, 0.05], [0.6, 0.4], [0.3, 0.7]])
-    >>> choose_confidence_threshold(p, np.array([0, 1, 1]))
-    0.61
-    """
-    confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == labels
-    floor = low
-    if review_fraction > 0 and len(confidence):
-        floor = min(high, math.ceil(round(float(np.quantile(confidence, review_fraction)) * 100, 6)) / 100)
-    for t in np.round(np.arange(low, high + 1e-9, 0.01), 2):
-        kept = confidence >= t
-        if not kept.any():
-            break
-        if correct[kept].mean() >= target:
-            return float(max(t, floor))
-    return float(high)
-
-
-def _fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    try:
-        from .calibration import fit_temperature
-    except ImportError:  # calibration.py not installed: a plain grid search over log T
-        grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 400))
-        nll = [-np.log(softmax(logits, t)[np.arange(len(labels)), labels] + 1e-12).mean() for t in grid]
-        return float(grid[int(np.argmin(nll))])
-    return float(fit_temperature(np.asarray(logits, dtype=np.float64), np.asarray(labels)))
-
-
-def _fit_review(engine: Any, train: Images, val: Images, preprocess: Preprocess, run_dir: Path, log: Log,
-                ) -> tuple[dict[str, Any], MahalanobisOOD, dict[str, Any]]:
-    """Temperature, confidence threshold, OOD statistics and quality thresholds, with the default engine."""
-    _, train_feats = run_backend(engine, train.pixels, preprocess)
-    has_val = len(val.pixels) > 0
-    temperature, t_source = read_run_temperature(run_dir), "calibration.json"
-    if has_val:
-        val_logits, val_feats = run_backend(engine, val.pixels, preprocess)
-        if temperature is None:
-            temperature, t_source = _fit_temperature(val_logits, val.labels), "fitted on the val part"
-        probs = softmax(val_logits, temperature)
-        threshold, c_source = choose_confidence_threshold(probs, val.labels), "chosen on the val part"
-        ood = MahalanobisOOD.fit(train_feats, train.labels)
-        val_scores = ood.score(val_feats)
-        ood.set_threshold(val_scores)
-        ood_part = "val"
-    else:  # no val part: OOD threshold from a held-out fifth of the training images (seen in training)
-        if temperature is None:
-            temperature, t_source = 1.0, "none (no val part and no calibration.json)"
-        threshold, c_source = 0.9, "default (no val part)"
-        held = np.arange(len(train.labels)) % 5 == 0
-        ood = MahalanobisOOD.fit(train_feats[~held], train.labels[~held])
-        ood.set_threshold(ood.score(train_feats[held]))
-        ood_part = "every 5th training image, held out of the fit"
-    quality = fit_quality_thresholds(np.array([image_stats(p) for p in train.pixels]))
-    log(f"temperature {temperature:.3f} ({t_source}); review below confidence {threshold:.2f} ({c_source}); "
-        f"OOD threshold {ood.threshold:.1f}")
-    review = {"confidence_threshold": threshold, "confidence_threshold_source": c_source,
-              "target_confident_accuracy": TARGET_CONFIDENT_ACCURACY, "ood_threshold": ood.threshold,
-              **quality.to_dict(), "size_ratio_range": list(SIZE_RATIO_RANGE),
-              "min_jpeg_quality": MIN_JPEG_QUALITY}
-    review_info = {"temperature": temperature, "temperature_source": t_source, "review": review,
-                   "ood": {"method": "mahalanobis", "file": OOD_FILE, "feature_dim": int(train_feats.shape[1]),
-                           "components": len(ood.variances), "fitted_on": "train", "threshold_part": ood_part,
-                           "quantile": DEFAULT_QUANTILE}}
-    metrics: dict[str, Any] = {}
-    if has_val:
-        metrics = _val_metrics(probs, val.labels, val_scores, ood.threshold, threshold)
-    return review_info, ood, metrics
-
-
-def _val_metrics(probs: np.ndarray, labels: np.ndarray, scores: np.ndarray, ood_threshold: float,
-                 threshold: float) -> dict[str, Any]:
-    """Accuracy and review rates on the val part (thresholds were chosen there: optimistic)."""
-    correct = probs.argmax(1) == labels
-    flagged = (probs.max(1) < threshold) | (scores > ood_threshold)
-    return {"images": len(labels), "accuracy": float(correct.mean()),
-            "review_rate": float(flagged.mean()), "ood_flag_rate": float((scores > ood_threshold).mean()),
-            "accuracy_not_flagged": float(correct[~flagged].mean()) if (~flagged).any() else None,
-            "note": "val part, also used to choose the thresholds; see the evaluation for test-part metrics"}
-
-
 # ------------------------------------------------------------------------------------------- run
 
 
@@ -431,7 +333,11 @@ def export_run(run: str | Path, out: str | Path, *, int8: bool = False, int8_onl
             parity.update(quantize_with_gate(work, calibration, check_x, fp32_probs, log, threads))
             default = ONNX_INT8
         engine = OnnxBackend(work / default, threads)
-        review_info, ood, val_metrics = _fit_review(engine, train, val, pre, run_dir, log)
+        _, train_feats = run_backend(engine, train.pixels, pre)
+        val_logits, val_feats = run_backend(engine, val.pixels, pre) if len(val.pixels) else (None, None)
+        review_info, ood, val_metrics = fit_review(
+            train_feats, train.labels, train.pixels, val_logits, val_feats, val.labels,
+            run_temperature=read_run_temperature(run_dir), log=log)
         ood.save(work / OOD_FILE)
         _save_torch_payload(work / TORCH_FILE, loaded, half_state)
         info = _describe(run_dir, loaded, config, split, train, name)
