@@ -70,6 +70,9 @@ def test_upload_results_gradcam_and_history_in_chromium(tmp_path: Path, model_fo
             problems: list[str] = []
             page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: problems.append(str(e)))
+            elsewhere: list[str] = []  # a lab network may have no internet: nothing may load from another origin
+            page.on("request", lambda r: elsewhere.append(r.url) if not r.url.startswith((server.url, "data:", "blob:"))
+                    else None)
             page.goto(server.url + "/", wait_until="networkidle", timeout=WAIT_MS)
             assert "Research use only" in page.inner_text(".disclaimer")
 
@@ -114,7 +117,14 @@ def test_upload_results_gradcam_and_history_in_chromium(tmp_path: Path, model_fo
             assert page.locator("table.history > tbody > tr").count() == 3
             assert "3 predictions" in page.inner_text("main")
             page.screenshot(path=str(tmp_path / "history.png"), full_page=True)
+
+            # the API docs (Swagger UI) render from the app's own files
+            page.goto(server.url + "/docs", wait_until="networkidle", timeout=WAIT_MS)
+            page.locator(".swagger-ui .info .title").wait_for(timeout=WAIT_MS)
+            assert "leukoscope" in page.inner_text(".swagger-ui .info .title")
+            assert page.locator(".opblock-summary-path[data-path='/api/v1/predict']").count() == 1
             assert problems == [], problems  # CSP violations and script errors show up here
+            assert elsewhere == [], elsewhere
         finally:
             browser.close()
     assert (tmp_path / "results.png").stat().st_size > 0 and (tmp_path / "gradcam.png").stat().st_size > 0

@@ -64,6 +64,8 @@ def test_browser_is_sent_to_login_and_the_cookie_works(secured):
     form = secured.get("/login?next=/history")
     assert form.status_code == 200 and 'name="token"' in form.text
     assert secured.get("/static/style.css").status_code == 200  # the login page needs its stylesheet
+    assert secured.get("/docs-static/swagger-ui.css").status_code == 200  # library files, no data: public
+    assert secured.get("/docs", follow_redirects=False).status_code in (303, 401)  # the docs page is not
     wrong = secured.post("/login", data={"token": "nope", "next": "/history"}, follow_redirects=False)
     assert wrong.status_code == 401 and "wrong token" in wrong.text
     ok = secured.post("/login", data={"token": TOKEN, "next": "/history"}, follow_redirects=False)

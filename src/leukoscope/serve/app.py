@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
@@ -29,7 +30,7 @@ from .context import ServerContext
 from .limits import BodyLimitMiddleware, Gate, RequestRejected
 from .routes_api import router as api_router
 from .routes_pages import router as pages_router
-from .security import SecurityHeadersMiddleware, TokenAuthMiddleware
+from .security import DOCS_STATIC, SecurityHeadersMiddleware, TokenAuthMiddleware
 from .service import GradcamFn, PredictionService
 from .settings import Settings
 from .store import Store
@@ -98,9 +99,9 @@ def create_app(settings: Settings, predictor: Any | None = None, *, gradcam: Gra
             executor.shutdown(wait=True)
             store.close()
 
-    app = FastAPI(
+    app = FastAPIOffline(
         title="leukoscope", version=__version__, description=DESCRIPTION, lifespan=lifespan,
-        docs_url="/docs", redoc_url=None, openapi_url="/openapi.json",
+        docs_url="/docs", redoc_url=None, openapi_url="/openapi.json", static_url=DOCS_STATIC,
     )
     app.add_exception_handler(LeukoscopeError, _leukoscope_error)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -18,7 +18,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .limits import send_json
 
 COOKIE_NAME = "leukoscope_session"
-PUBLIC_PREFIXES = ("/static/",)
+DOCS_STATIC = "/docs-static"  # Swagger UI's own JS/CSS (fastapi-offline), served by the app, not a CDN
+PUBLIC_PREFIXES = ("/static/", DOCS_STATIC + "/")
 PUBLIC_PATHS = frozenset({"/login", "/logout"})
 
 # The app's own pages load only same-origin scripts and styles: no inline script, no CDN.
@@ -26,10 +27,10 @@ PAGE_CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
-# FastAPI's /docs page is Swagger UI from a CDN with an inline bootstrap script; it gets its own policy.
+# The /docs page is Swagger UI from the app's own files with FastAPI's inline bootstrap script; it gets its
+# own policy (inline script allowed there only, still nothing from another origin).
 DOCS_CSP = (
-    "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "style-src 'self' https://cdn.jsdelivr.net; img-src 'self' data: https://fastapi.tiangolo.com; "
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
