@@ -127,3 +127,27 @@ def test_settings_from_env():
 ])
 def test_clean_filename(raw, expected):
     assert clean_filename(raw, 2) == expected
+
+
+def test_token_guessing_is_locked_out_then_even_the_right_token_waits(secured):
+    for _ in range(10):
+        assert secured.get("/api/v1/health", headers={"Authorization": "Bearer guess"}).status_code == 401
+    locked = secured.get("/api/v1/health", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert locked.status_code == 429 and int(locked.headers["retry-after"]) > 0
+    assert locked.json()["detail"].startswith("too many wrong tokens from this address")
+    assert secured.get("/static/style.css").status_code == 200  # public files are not locked
+
+
+def test_wrong_tokens_typed_into_the_login_form_are_locked_out_too(secured):
+    for _ in range(10):
+        assert secured.post("/login", data={"token": "nope", "next": "/"}, follow_redirects=False).status_code == 401
+    page = secured.post("/login", data={"token": TOKEN, "next": "/"}, follow_redirects=False)
+    assert page.status_code == 429 and "too many wrong tokens" in page.text and page.headers["retry-after"]
+    # the form and the API share one count
+    assert secured.get("/api/v1/health", headers={"X-API-Token": TOKEN}).status_code == 429
+
+
+def test_requests_without_credentials_are_not_counted_as_guesses(secured):
+    for _ in range(12):
+        assert secured.get("/api/v1/health").status_code == 401
+    assert secured.get("/api/v1/health", headers={"X-API-Token": TOKEN}).status_code == 200

@@ -28,6 +28,7 @@ from .. import __version__
 from ..errors import ImageError, LeukoscopeError, ModelError, UsageError
 from .context import ServerContext
 from .limits import BodyLimitMiddleware, Gate, RequestRejected
+from .lockout import Lockout
 from .routes_api import router as api_router
 from .routes_pages import router as pages_router
 from .security import DOCS_STATIC, SecurityHeadersMiddleware, TokenAuthMiddleware
@@ -107,7 +108,8 @@ def create_app(settings: Settings, predictor: Any | None = None, *, gradcam: Gra
     app.add_exception_handler(Exception, _unexpected_error)
     # add_middleware: the last added runs first. Order on the way in: headers -> auth -> body limit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
-    app.add_middleware(TokenAuthMiddleware, token=settings.token)
+    app.state.lockout = Lockout()  # shared by the API credentials check and the login form
+    app.add_middleware(TokenAuthMiddleware, token=settings.token, lockout=app.state.lockout)
     app.add_middleware(SecurityHeadersMiddleware)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.include_router(api_router, prefix="/api/v1")

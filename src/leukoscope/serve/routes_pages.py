@@ -10,7 +10,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from .context import ServerContext, get_ctx
 from .limits import ALLOWED_FORMATS
-from .security import COOKIE_NAME, safe_next, session_value, token_matches
+from .lockout import message as lockout_message
+from .security import COOKIE_NAME, client_address, safe_next, session_value, token_matches
 from .store import Filters
 
 # The same sentence as leukoscope.cli.common.DISCLAIMER; not imported, so the server never loads the CLI.
@@ -65,10 +66,18 @@ async def login(request: Request, ctx: Ctx) -> Response:
     token, target = str(form.get("token", "")), safe_next(str(form.get("next", "/")))
     if not ctx.settings.token:
         return RedirectResponse(target, status_code=303)
+    lockout, address = request.app.state.lockout, client_address(request.scope)
+    wait = lockout.retry_after(address)
+    if wait:
+        return ctx.templates.TemplateResponse(request, "login.html", {
+            "disclaimer": DISCLAIMER, "next": target, "error": lockout_message(wait),
+        }, status_code=429, headers={"Retry-After": str(wait)})
     if not token_matches(token, ctx.settings.token):
+        lockout.failed(address)
         return ctx.templates.TemplateResponse(request, "login.html", {
             "disclaimer": DISCLAIMER, "next": target, "error": "wrong token",
         }, status_code=401)
+    lockout.succeeded(address)
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(COOKIE_NAME, session_value(ctx.settings.token), httponly=True, samesite="strict",
                         secure=request.url.scheme == "https", path="/")

@@ -16,6 +16,8 @@ from urllib.parse import quote
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .limits import send_json
+from .lockout import Lockout
+from .lockout import message as lockout_message
 
 COOKIE_NAME = "leukoscope_session"
 DOCS_STATIC = "/docs-static"  # Swagger UI's own JS/CSS (fastapi-offline), served by the app, not a CDN
@@ -63,6 +65,19 @@ def _headers(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
 
 
+def client_address(scope: Scope) -> str:
+    """The peer's address (what the lockout counts by); "unknown" when the server was not told."""
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+def presents_credentials(scope: Scope) -> bool:
+    """Whether the request carries a token or a session cookie (a wrong one counts as a guess)."""
+    headers = _headers(scope)
+    return (headers.get("authorization", "")[:7].lower() == "bearer " or "x-api-token" in headers
+            or COOKIE_NAME + "=" in headers.get("cookie", ""))
+
+
 def is_authorized(scope: Scope, token: str) -> bool:
     headers = _headers(scope)
     auth = headers.get("authorization", "")
@@ -82,21 +97,34 @@ def is_authorized(scope: Scope, token: str) -> bool:
 class TokenAuthMiddleware:
     """Every request needs the token (when one is configured), except the login form and static files.
 
-    Browsers asking for a page are sent to the login form; everything else gets 401 JSON.
+    Browsers asking for a page are sent to the login form; everything else gets 401 JSON. A wrong token
+    counts against the client's address in `lockout`; a locked address gets 429 with Retry-After.
     """
 
-    def __init__(self, app: ASGIApp, token: str | None) -> None:
+    def __init__(self, app: ASGIApp, token: str | None, lockout: Lockout | None = None) -> None:
         self.app = app
         self.token = token
+        self.lockout = lockout or Lockout()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.token:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES) or is_authorized(scope, self.token):
+        if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
             await self.app(scope, receive, send)
             return
+        if presents_credentials(scope):
+            address = client_address(scope)
+            wait = self.lockout.retry_after(address)
+            if wait:
+                await send_json(send, 429, {"detail": lockout_message(wait)}, headers={"Retry-After": str(wait)})
+                return
+            if is_authorized(scope, self.token):
+                self.lockout.succeeded(address)
+                await self.app(scope, receive, send)
+                return
+            self.lockout.failed(address)
         wants_page = scope["method"] == "GET" and "text/html" in _headers(scope).get("accept", "")
         if wants_page and not path.startswith("/api/"):
             target = path + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else "")

@@ -1,0 +1,59 @@
+"""Slow down token guessing: after too many wrong tokens from one address, that address waits.
+
+A lab's token is typed by people and may be short; without a limit, a script on the same network could try
+thousands a second. Ten wrong tokens in five minutes lock the address until the oldest of them is five
+minutes old (HTTP 429 with Retry-After), for the login form and for API credentials alike. The state is in
+memory (one server process), bounded, and forgotten on restart, which is enough to make guessing slow.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+
+MAX_FAILURES = 10
+WINDOW_S = 300.0
+MAX_ADDRESSES = 10_000  # the oldest tracked address is forgotten beyond this (memory stays bounded)
+
+
+class Lockout:
+    """Wrong-token attempts per client address within a sliding window."""
+
+    def __init__(self, limit: int = MAX_FAILURES, window_s: float = WINDOW_S, *,
+                 clock: Callable[[], float] = time.monotonic, max_addresses: int = MAX_ADDRESSES) -> None:
+        self.limit, self.window_s, self.clock, self.max_addresses = limit, window_s, clock, max_addresses
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def _recent(self, address: str) -> deque[float]:
+        times = self._failures.get(address, deque())
+        cutoff = self.clock() - self.window_s
+        while times and times[0] <= cutoff:
+            times.popleft()
+        return times
+
+    def retry_after(self, address: str) -> int:
+        """Whole seconds this address must wait before its next try; 0 when it may try now."""
+        times = self._recent(address)
+        if len(times) < self.limit:
+            return 0
+        return max(1, math.ceil(times[-self.limit] + self.window_s - self.clock()))
+
+    def failed(self, address: str) -> None:
+        """Count one wrong token from `address`."""
+        times = self._recent(address)
+        times.append(self.clock())
+        self._failures[address] = times
+        self._failures.move_to_end(address)
+        while len(self._failures) > self.max_addresses:
+            self._failures.popitem(last=False)
+
+    def succeeded(self, address: str) -> None:
+        """A right token: forget the address's failures."""
+        self._failures.pop(address, None)
+
+
+def message(wait_s: int) -> str:
+    """The one-line answer a locked-out client gets."""
+    return f"too many wrong tokens from this address: try again in {wait_s} s"
