@@ -305,3 +305,27 @@ def test_history_page_paginates_newest_first(make_client, image_bytes):
     older = re.search(r'href="([^"]+)" rel="next"', first).group(1).replace("&amp;", "&")
     second = client.get(older).text
     assert "page 2 of 2" in second and "n0.jpg" in second and "n2.jpg" not in second
+
+
+def test_images_past_the_retention_period_are_purged_and_their_predictions_kept(make_client, image_bytes,
+                                                                                  monkeypatch):
+    from leukoscope.serve import service as service_module
+
+    client = make_client(keep_images_days=1)
+    result = client.post("/api/v1/predict", files=files(("a.jpg", jpeg(image_bytes)))).json()["results"][0]
+    assert client.get(result["links"]["thumbnail"]).status_code == 200
+    ctx = client.app.state.ctx
+    real_now = service_module.datetime
+    monkeypatch.setattr(service_module, "datetime", type("Later", (), {
+        "now": staticmethod(lambda tz=None: real_now.now(tz) + service_module.timedelta(days=2))}))
+    assert ctx.service.purge_expired_images() == 0  # purged at most once an hour while serving
+    assert ctx.service.purge_expired_images(force=True) == 1
+    gone = client.get(result["links"]["thumbnail"])
+    assert gone.status_code == 404 and "not kept" in gone.json()["detail"]
+    kept = client.get(f"/api/v1/predictions/{result['id']}")
+    assert kept.status_code == 200 and kept.json()["label"] == result["label"]
+
+
+def test_without_a_retention_period_nothing_is_purged(client, image_bytes):
+    client.post("/api/v1/predict", files=files(("a.jpg", jpeg(image_bytes))))
+    assert client.app.state.ctx.service.purge_expired_images(force=True) == 0

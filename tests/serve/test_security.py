@@ -119,6 +119,22 @@ def test_settings_from_env():
     assert Settings.from_env({"LEUKOSCOPE_API_TOKEN": ""}).token is None
     with pytest.raises(UsageError, match="workers"):
         Settings(workers=0)
+    with pytest.raises(UsageError, match="keep_images_days must be more than 0"):
+        Settings(keep_images_days=0)
+
+
+def test_cli_passes_the_retention_period_to_the_server(monkeypatch, tmp_path):
+    import leukoscope.serve as serve_module
+
+    seen = []
+
+    def stop(settings):
+        seen.append(settings)
+        raise UsageError("stopped by the test")
+
+    monkeypatch.setattr(serve_module, "check_exposure", stop)
+    result = CliRunner().invoke(cli_app, ["serve", "--keep-images-days", "30", "--db", str(tmp_path / "db.sqlite")])
+    assert result.exit_code != 0 and seen and seen[0].keep_images_days == 30.0
 
 
 @pytest.mark.parametrize("raw, expected", [

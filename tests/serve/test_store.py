@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,25 @@ def test_not_a_database_is_a_clear_error(tmp_path: Path):
     path.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(DataError, match="cannot open the prediction database"):
         Store(path).open()
+
+
+def test_purged_images_lose_their_bytes_but_keep_their_predictions(store: Store):
+    add(store, new(1, sha="a" * 64))
+    boundary = store.get(1).created_at
+    time.sleep(0.01)  # the times have millisecond resolution
+    add(store, new(2, sha="b" * 64))
+    later = store.get(2).created_at
+    assert store.purge_images(boundary) == 0  # "before" is strict
+    assert store.purge_images(later) == 1  # only the image uploaded before the second one
+    assert store.image("a" * 64) is None and store.image("b" * 64) == ("b" * 64).encode()
+    assert store.count() == 2 and store.get(1).file_name == "cell-1.jpg"
+    raw = sqlite3.connect(store.path).execute("SELECT size, length(data) FROM images WHERE sha256 = ?",
+                                              ("a" * 64,)).fetchone()
+    assert raw == (0, 0)
+    assert store.purge_images(later) == 0  # nothing left to purge
+    add(store, new(3, sha="a" * 64))  # the same image uploaded again is kept anew
+    assert store.image("a" * 64) == ("a" * 64).encode()
+
+
+def test_the_database_overwrites_deleted_content(store: Store):
+    assert store._conn.execute("PRAGMA secure_delete").fetchone()[0] == 1  # set on every connection

@@ -29,6 +29,9 @@ def serve_command(
     max_file_mb: float = typer.Option(20.0, "--max-file-mb", min=0.01, help="Size of one file, MiB."),
     max_request_mb: float = typer.Option(100.0, "--max-request-mb", min=0.01, help="Size of one request, MiB."),
     tta: bool = typer.Option(False, "--tta", help="8-fold test-time augmentation (8x slower)."),
+    keep_images_days: float | None = typer.Option(None, "--keep-images-days", min=0.001, help="Delete uploaded "
+                                                  "images after this many days; their predictions stay "
+                                                  "(default: keep images)."),
     insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback --host without a token."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level (debug, info, warning)."),
 ) -> None:
@@ -43,7 +46,7 @@ def serve_command(
     settings = Settings.from_env(
         host=host, port=port, model=model, db=db, workers=workers, queue=queue, insecure=insecure,
         max_files=max_files, max_file_bytes=int(max_file_mb * MIB), max_request_bytes=int(max_request_mb * MIB),
-        tta=tta,
+        tta=tta, keep_images_days=keep_images_days,
     )
     check_exposure(settings)  # before the (slow) model load: refuse at once
     from ..serve.store import Store

@@ -93,6 +93,7 @@ def create_app(settings: Settings, predictor: Any | None = None, *, gradcam: Gra
         templates.env.globals.update(version=__version__, model_version=service.model_version,
                                      auth_enabled=bool(settings.token))
         app.state.ctx = ServerContext(settings, service, store, executor, Gate(settings.capacity), templates)
+        await run_in_threadpool(service.purge_expired_images, force=True)
         log.info("leukoscope %s serving model %s, database %s", __version__, service.model_version, settings.db)
         try:
             yield

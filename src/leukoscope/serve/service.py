@@ -12,10 +12,13 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
 from PIL import Image
@@ -26,10 +29,12 @@ from ..fileio import sha256_bytes
 from ..imaging import load_rgb
 from .limits import RequestRejected, Upload, sniff
 from .settings import Settings
-from .store import Filters, NewPrediction, Store, StoredPrediction
+from .store import Filters, NewPrediction, Store, StoredPrediction, utc_text
 
 GRADCAM_MAX_SIDE = 1024
 THUMBNAIL_SIDE = 160
+PURGE_INTERVAL_S = 3600.0  # how often, at most, the retention period is applied while serving
+log = logging.getLogger("leukoscope.serve")
 GradcamFn = Callable[..., Image.Image]
 
 
@@ -137,6 +142,21 @@ class PredictionService:
         self._gradcam_lock = threading.Lock()
         torch_backend = getattr(predictor, "backend", None) == "torch"
         self._predict_lock: Any = self._gradcam_lock if torch_backend else contextlib.nullcontext()
+        self._last_purge: float | None = None
+
+    # -- retention ---------------------------------------------------------------------------------------
+    def purge_expired_images(self, *, force: bool = False) -> int:
+        """Apply the retention period (settings.keep_images_days): at start-up (`force`) and then at most
+        once per PURGE_INTERVAL_S, after a request has been stored. Returns how many images were purged."""
+        days = self.settings.keep_images_days
+        now = time.monotonic()
+        if days is None or (not force and self._last_purge is not None and now - self._last_purge < PURGE_INTERVAL_S):
+            return 0
+        self._last_purge = now
+        purged = self.store.purge_images(utc_text(datetime.now(timezone.utc) - timedelta(days=days)))
+        if purged:
+            log.info("purged %d uploaded image(s) older than %g days (their predictions are kept)", purged, days)
+        return purged
 
     # -- predicting --------------------------------------------------------------------------------------
     def predict_uploads(self, uploads: Sequence[Upload], sample_id: str | None = None) -> BatchResult:
@@ -172,6 +192,7 @@ class PredictionService:
                 ood_score=None if p.ood_score is None else float(p.ood_score), width=int(p.width),
                 height=int(p.height)))
         stored = self.store.add(rows, images) if rows else []
+        self.purge_expired_images()
         for index, row in zip(order, stored, strict=True):
             entries[index] = result_entry(row)
         failed = len(uploads) - len(stored)
@@ -189,7 +210,7 @@ class PredictionService:
         row = self.prediction(prediction_id)
         data = self.store.image(row.sha256)
         if data is None:
-            raise RequestRejected(f"the image of prediction {prediction_id} is not kept", 404)
+            raise RequestRejected(f"the image of prediction {prediction_id} is not kept (retention period over)", 404)
         return row, data
 
     def prediction(self, prediction_id: int) -> StoredPrediction:

@@ -45,6 +45,7 @@ class Settings:
     tta: bool = False
     page_size: int = 50
     retry_after_s: int = 2
+    keep_images_days: float | None = None  # None: keep uploaded images; else purge them after this many days
 
     def __post_init__(self) -> None:
         checks = {
@@ -55,6 +56,8 @@ class Settings:
         for name, value in checks.items():
             if value < 1:
                 raise UsageError(f"{name} must be at least 1 (got {value})")
+        if self.keep_images_days is not None and not self.keep_images_days > 0:
+            raise UsageError(f"keep_images_days must be more than 0 (got {self.keep_images_days})")
         if self.queue < 0:
             raise UsageError(f"queue must be 0 or more (got {self.queue})")
         if not 0 <= self.port <= 65535:

@@ -6,7 +6,9 @@ is committed before the HTTP answer leaves, so an answered prediction is always 
 request leaves nothing half-written.
 
 Uploaded images are kept as BLOBs in the `images` table keyed by their sha256 (content-addressed, so the
-same image uploaded twice is stored once and no user-supplied file name ever becomes a path).
+same image uploaded twice is stored once and no user-supplied file name ever becomes a path). With a
+retention period, `purge_images` empties the BLOBs of images not uploaded within it (the predictions stay);
+`secure_delete` makes SQLite overwrite the freed pages, so a purged image is gone from the file too.
 
 Threads: each thread gets its own connection (SQLite connections must not be shared while in use);
 writes take `BEGIN IMMEDIATE` under a process-wide lock, so concurrent requests never interleave or lose
@@ -69,9 +71,13 @@ def schema_version() -> int:
     return len(MIGRATIONS)
 
 
-def utc_now() -> str:
+def utc_text(moment: datetime) -> str:
     """ISO 8601 UTC with milliseconds: sorts as text, reads in any tool."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def utc_now() -> str:
+    return utc_text(datetime.now(timezone.utc))
 
 
 @dataclass(frozen=True)
@@ -178,6 +184,7 @@ class Store:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")  # a committed answer survives power loss, not just -9
         conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA secure_delete = ON")  # purged images are overwritten, not left in free pages
         with self._connections_lock:
             self._connections.append(conn)
         return conn
@@ -263,8 +270,10 @@ class Store:
         now = utc_now()
 
         def work(conn: sqlite3.Connection) -> list[StoredPrediction]:
-            conn.executemany(
-                "INSERT OR IGNORE INTO images (sha256, data, size, created_at) VALUES (?, ?, ?, ?)",
+            conn.executemany(  # an image uploaded again is kept anew (its retention restarts)
+                "INSERT INTO images (sha256, data, size, created_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(sha256) DO UPDATE SET data = excluded.data, size = excluded.size, "
+                "created_at = excluded.created_at",
                 [(sha, data, len(data), now) for sha, data in images.items()],
             )
             stored = []
@@ -282,14 +291,25 @@ class Store:
 
         return self._write(work)
 
+    def purge_images(self, uploaded_before: str) -> int:
+        """Empty the stored bytes of images last uploaded before `uploaded_before` (a utc_now() string);
+        their predictions stay. Returns how many images were purged."""
+        def work(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute("UPDATE images SET data = zeroblob(0), size = 0 WHERE created_at < ? AND size > 0",
+                                  (uploaded_before,))
+            return int(cursor.rowcount)
+
+        return self._write(work)
+
     # -- reading -----------------------------------------------------------------------------------------
     def get(self, prediction_id: int) -> StoredPrediction | None:
         row = self._conn.execute(f"SELECT {_COLUMNS} FROM predictions WHERE id = ?", (prediction_id,)).fetchone()
         return _row_to_prediction(row) if row else None
 
     def image(self, sha256: str) -> bytes | None:
+        """The uploaded bytes, or None when unknown or purged by the retention period."""
         row = self._conn.execute("SELECT data FROM images WHERE sha256 = ?", (sha256,)).fetchone()
-        return bytes(row["data"]) if row else None
+        return bytes(row["data"]) if row and row["data"] else None
 
     def count(self, filters: Filters | None = None) -> int:
         where, params = (filters or Filters()).where()
