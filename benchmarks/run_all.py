@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -45,6 +46,7 @@ class Step:
     section: str | None = None
     json_out: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    plain_malloc: bool = False  # run without the NOTES.md malloc settings that `make` exports
 
 
 def plan(args: argparse.Namespace, work: Path) -> list[Step]:
@@ -55,7 +57,8 @@ def plan(args: argparse.Namespace, work: Path) -> list[Step]:
     results = [] if Path(args.results).resolve() == common.RESULTS else ["--results", str(args.results)]
     no_wait = ["--no-wait"] if args.no_wait else []
     if "speed" in wanted:
-        steps.append(Step("speed", [python, str(HERE / "speed.py"), *results, *no_wait]))
+        # speed.py measures eager both ways in children; ONNX Runtime and the CLI run as a user runs them
+        steps.append(Step("speed", [python, str(HERE / "speed.py"), *results, *no_wait], plain_malloc=True))
     if "load" in wanted:
         out = work / "load.json"
         steps.append(Step("load", [python, str(HERE / "load_server.py"), *LOAD_ARGS, "--out", str(out)],
@@ -101,7 +104,8 @@ def run_step(step: Step, args: argparse.Namespace, work: Path) -> int:
         common.wait_for_quiet(args.max_load, poll=20)
     print(f"[bench] {step.name}: {display(step.command, work)}", file=sys.stderr, flush=True)
     started = time.perf_counter()
-    code = subprocess.run(step.command, cwd=common.REPO, check=False).returncode
+    env = {k: v for k, v in os.environ.items() if not (step.plain_malloc and k in common.MALLOC_ENV)}
+    code = subprocess.run(step.command, cwd=common.REPO, check=False, env=env).returncode
     print(f"[bench] {step.name}: exit {code} after {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     if step.section and step.json_out is not None and step.json_out.is_file():
         result = json.loads(step.json_out.read_text(encoding="utf-8"))

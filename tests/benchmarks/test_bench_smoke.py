@@ -272,6 +272,7 @@ def test_run_all_plan_and_load_section(tmp_path: Path) -> None:
     steps = run_all.plan(args, tmp_path)
     names = [s.name for s in steps]
     assert names[:4] == ["speed", "load", "shift", "accuracy"]
+    assert [s.name for s in steps if s.plain_malloc] == ["speed"]  # ONNX Runtime and the CLI as users run them
     assert str(tmp_path / "R.md") in next(s for s in steps if s.name == "shift").command
     accuracy_step = next(s for s in steps if s.name == "accuracy")
     assert "finetune" not in accuracy_step.command
