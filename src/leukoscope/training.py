@@ -1,5 +1,5 @@
 """The fit loop. Reads top to bottom: check and prepare (`_setup_run`, `_build`), write the run folder, run
-the stages epoch by epoch (`_run_epochs`), score the best checkpoint (`_finish`).
+the stages epoch by epoch (`_run_epochs`), score the best checkpoint (`run_summary.write_run_summary`).
 
 Stages: an optional head warm-up with the backbone frozen, then the main stage (`trainable`: head, all or
 the last blocks). The dataset is decoded once into uint8 tensors on the training device; augmentation runs
@@ -43,12 +43,11 @@ from .epochs import (
     train_one_epoch,
 )
 from .errors import ConfigError, DataError, LeukoscopeError, ModelError
-from .fileio import write_json, write_text
 from .manifest import Manifest
 from .models import ModelSpec, Preprocess, check_backbone_name, create_model, preprocess_for, set_trainable
+from .run_summary import write_run_summary
 from .soft_targets import read_teacher_csv, split_sources, teacher_mean, training_targets, write_targets_csv
 from .train_config import TrainConfig
-from .transforms import load_uint8_batch
 
 SOFT_TARGETS_FILE = "soft_targets.csv"  # the training targets of a distillation run, next to its results
 
@@ -223,7 +222,7 @@ def _fit(config: TrainConfig, device: torch.device, ctx: DistContext, resume: bo
     try:
         _run_epochs(session, progress, checkpoint, on_epoch_end)
         if ctx.is_main:
-            _finish(run_dir, session.parted, session.preprocess, device, config, progress.history,
+            write_run_summary(run_dir, session.parted, session.preprocess, device, config, progress.history,
                     time.perf_counter() - started)
     except KeyboardInterrupt:
         raise TrainingInterrupted(_interrupted_message(session, progress)) from None
@@ -415,29 +414,3 @@ def _save_epoch(session: _Session, progress: _Progress, row: dict[str, Any], pay
         print(f"epoch {row['epoch']}/{session.total_epochs} {row['stage']}: loss {row['train_loss']:.4f} "
               f"acc {row['train_acc']:.4f} | {session.eval_part} loss {row['val_loss']:.4f} acc {row['val_acc']:.4f} "
               f"macro-F1 {row['val_macro_f1']:.4f} | {row['seconds']:.1f}s", file=sys.stderr)
-
-
-def _finish(run_dir: Path, parted: Manifest, preprocess: Preprocess, device: torch.device, config: TrainConfig,
-            history: list[dict[str, Any]], seconds: float) -> None:
-    """Score the best checkpoint on the test part; write summary.json and per-image test predictions."""
-    best = read_checkpoint(run_dir / "best.pt")
-    model = create_model(ModelSpec.from_dict(best["spec"]), weights="none").to(device)
-    model.load_state_dict(best["model"])
-    test = parted.part("test")
-    summary: dict[str, Any] = {"run": str(run_dir), "protocol": config.protocol, "backbone": config.backbone,
-                               "device": str(device), "best_epoch": best["epoch"], "epochs_run": len(history),
-                               "seconds_total": seconds,
-                               "seconds_per_epoch": float(np.mean([h["seconds"] for h in history])) if history else None,
-                               "train_images": sum(1 for r in parted.records if r.part == "train")}
-    if len(test):
-        images = load_uint8_batch(test.paths(), preprocess, workers=config.workers).to(device)
-        logits = predict_logits(model, images, preprocess, config.eval_batch_size, config.amp, config.channels_last)
-        labels = np.asarray(test.labels)
-        summary["test"] = {"n": len(test), **classification_scores(labels, logits, len(parted.classes))}
-        probs = torch.softmax(logits, 1).numpy()
-        lines = ["path,sha256,label,predicted," + ",".join(f"prob_{c}" for c in parted.classes)]
-        for record, p in zip(test.records, probs, strict=True):
-            lines.append(",".join([f'"{record.path}"', record.sha256, f'"{record.label}"',
-                                   f'"{parted.classes[int(p.argmax())]}"', *(f"{v:.6f}" for v in p)]))
-        write_text(run_dir / "predictions_test.csv", "\n".join(lines) + "\n")
-    write_json(run_dir / "summary.json", summary)

@@ -157,7 +157,8 @@ def predict(
 
     Exit code 0 when every image was read, 1 when any failed, 2 for bad arguments or no images.
     """
-    from ..inference import group_by_folder, load_predictor
+    from ..inference import load_predictor
+    from ..samples import group_by_folder
 
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be at least 1, got {limit}")

@@ -85,9 +85,10 @@ def error_entry(name: str, data: bytes, message: str) -> dict[str, Any]:
 
 def summarize(rows: Sequence[StoredPrediction], classes: Sequence[str], *, sample_id: str,
               failed: int = 0) -> dict[str, Any]:
-    """One sample-level call for images uploaded together, with leukoscope.inference.group_by_folder's rules
+    """One sample-level call for images uploaded together, with leukoscope.samples.group_by_folder's rules
     (mean calibrated probabilities, images per class, a review flag when many images are flagged)."""
-    from ..inference import Prediction, group_by_folder
+    from ..inference import Prediction
+    from ..samples import group_by_folder
 
     preds = [Prediction(f"sample/{r.id}", r.sha256, r.label, r.probabilities, r.confidence, r.review,
                         r.review_reasons, r.ood_score, r.width, r.height, None) for r in rows]
