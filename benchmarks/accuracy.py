@@ -132,6 +132,8 @@ def run_row(run_dir: Path, *, split: Path | None, data: Path) -> dict[str, Any]:
     best = best_epoch_row(rows, summary.get("best_epoch"))
     seconds = [float(r["seconds"]) for r in rows if r.get("seconds")]
     test, source = summary.get("test"), "summary.json (scored at the end of training)"
+    if test:
+        test = {**test, **confusions_from_predictions(run_dir)}
     if not test:
         if split is None:
             raise SystemExit(f"{run_dir}/summary.json has no test metrics; give --split to score best.pt")
@@ -176,7 +178,27 @@ def score_test(run_dir: Path, split: Path, data: Path) -> dict[str, Any]:
     images = load_uint8_batch(test.paths(), loaded.preprocess, workers=common.usable_cores())
     logits = predict_logits(loaded.model, images, loaded.preprocess, 64, amp=False, channels_last=True)
     scores = classification_scores(np.asarray(test.labels), logits, len(loaded.classes))
-    return {"n": len(test), **scores, "leakage_checked": own.is_file()}
+    names = [loaded.classes[i] for i in test.labels]
+    predicted = [loaded.classes[i] for i in logits.argmax(1).tolist()]
+    return {"n": len(test), **scores, **benign_confusions(names, predicted), "leakage_checked": own.is_file()}
+
+
+def benign_confusions(labels: list[str], predicted: list[str]) -> dict[str, int]:
+    """The clinically decisive errors: leukemia images called Benign (missed) and the reverse."""
+    leukemia = [label != "Benign" for label in labels]
+    return {"leukemia_images": sum(leukemia),
+            "leukemia_called_benign": sum(sick and p == "Benign" for sick, p in zip(leukemia, predicted, strict=True)),
+            "benign_called_leukemia": sum(not sick and p != "Benign" for sick, p in zip(leukemia, predicted, strict=True))}
+
+
+def confusions_from_predictions(run_dir: Path) -> dict[str, int]:
+    """benign_confusions from the predictions_test.csv a run wrote at the end of training ({} without one)."""
+    path = run_dir / "predictions_test.csv"
+    if not path.is_file():
+        return {}
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    return benign_confusions([r["label"] for r in rows], [r["predicted"] for r in rows])
 
 
 # ------------------------------------------------------------------------------------------- markdown
@@ -190,13 +212,18 @@ def _p(value: Any) -> str:
 def metrics_table(rows: list[dict[str, Any]]) -> str:
     """Test-part metrics of each run next to the paper's published numbers (percent)."""
     header = ["run", "protocol", "backbone", "seed", "trained on", "test images", "accuracy", "precision (weighted)",
-              "recall (weighted)", "F1 (weighted)", "precision (macro)", "recall (macro)", "F1 (macro)"]
+              "recall (weighted)", "F1 (weighted)", "precision (macro)", "recall (macro)", "F1 (macro)",
+              "leukemia called benign", "benign called leukemia"]
     body = [["paper (published)", "frozen MobileNetV2, 5 epochs", "MobileNetV2", "", "", "30% of the data",
-             _p(PAPER["accuracy"]), _p(PAPER["precision"]), _p(PAPER["recall"]), _p(PAPER["f1"]), "", "", ""]]
+             _p(PAPER["accuracy"]), _p(PAPER["precision"]), _p(PAPER["recall"]), _p(PAPER["f1"]), "", "", "", "", ""]]
     for r in rows:
         t = r["test"]
+        missed = (f"{t['leukemia_called_benign']} of {t['leukemia_images']}" if "leukemia_called_benign" in t
+                  else "n/a")
+        false_alarms = (f"{t['benign_called_leukemia']} of {t['n'] - t['leukemia_images']}"
+                        if "benign_called_leukemia" in t else "n/a")
         body.append([f"`{r['run']}`", r["protocol"], r["backbone"], r["seed"], r["machine"], t.get("n"),
-                     *(_p(t.get(k)) for k in METRICS)])
+                     *(_p(t.get(k)) for k in METRICS), missed, false_alarms])
     return common.table(header, body)
 
 

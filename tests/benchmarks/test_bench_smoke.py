@@ -233,6 +233,9 @@ def test_run_row_scores_the_test_part_when_the_summary_has_none(tiny: dict[str, 
     assert all(0.0 <= row["test"][k] <= 1.0 for k in accuracy.METRICS)
     assert row["val"] == {"val_acc": 1.0, "val_macro_f1": 1.0, "val_loss": 0.2}
     assert "Some GPU" in row["machine"] and row["first_epoch_s"] == 2.0 and row["later_epoch_s"] == 1.0
+    benign = sum(1 for r in _rows(tiny["split"]) if r["part"] == "test" and r["label"] == "Benign")
+    assert row["test"]["leukemia_images"] == row["test"]["n"] - benign
+    assert 0 <= row["test"]["leukemia_called_benign"] <= row["test"]["leukemia_images"]
     body = accuracy.render([row], "cmd", "Accuracy", "- note\n")
     assert "paper (published)" in body and "96.90" in body and "gpu-run" in body
 
@@ -296,3 +299,12 @@ def test_a_distilled_run_is_named_as_such_with_its_teachers(tiny: dict[str, Path
     assert "`t/a.csv,t/b.csv`, weight 0.5" in note and "used the test part" in note
     assert "finetune + distillation: >= 99.5%" in accuracy.verdicts([row])
     assert accuracy._distillation_note([{**row, "soft_targets": ""}]) == ""
+
+
+def test_missed_leukemia_is_counted_from_a_runs_own_test_predictions(tmp_path: Path) -> None:
+    (tmp_path / "predictions_test.csv").write_text(
+        "path,sha256,label,predicted,prob_Benign\n"
+        'a,h,"Early Pre-B","Benign",0.9\nb,h,"Pro-B","Pro-B",0.1\nc,h,"Benign","Pre-B",0.2\nd,h,"Benign","Benign",1\n')
+    assert accuracy.confusions_from_predictions(tmp_path) == {
+        "leukemia_images": 2, "leukemia_called_benign": 1, "benign_called_leukemia": 1}
+    assert accuracy.confusions_from_predictions(tmp_path / "none") == {}
