@@ -26,6 +26,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,7 @@ def score_test(run_dir: Path, split: Path, data: Path) -> dict[str, Any]:
     the run's own training split (same path or same bytes)."""
     import numpy as np
 
+    from leukoscope.calibration import softmax
     from leukoscope.checkpoint import load_trained
     from leukoscope.manifest import read_manifest_csv
     from leukoscope.training import classification_scores, predict_logits
@@ -178,27 +180,38 @@ def score_test(run_dir: Path, split: Path, data: Path) -> dict[str, Any]:
     images = load_uint8_batch(test.paths(), loaded.preprocess, workers=common.usable_cores())
     logits = predict_logits(loaded.model, images, loaded.preprocess, 64, amp=False, channels_last=True)
     scores = classification_scores(np.asarray(test.labels), logits, len(loaded.classes))
-    names = [loaded.classes[i] for i in test.labels]
-    predicted = [loaded.classes[i] for i in logits.argmax(1).tolist()]
-    return {"n": len(test), **scores, **benign_confusions(names, predicted), "leakage_checked": own.is_file()}
+    probs = softmax(logits.float().numpy())
+    return {"n": len(test), **scores, **leukemia_errors(np.asarray(test.labels), probs, loaded.classes),
+            "leakage_checked": own.is_file()}
 
 
-def benign_confusions(labels: list[str], predicted: list[str]) -> dict[str, int]:
-    """The clinically decisive errors: leukemia images called Benign (missed) and the reverse."""
-    leukemia = [label != "Benign" for label in labels]
-    return {"leukemia_images": sum(leukemia),
-            "leukemia_called_benign": sum(sick and p == "Benign" for sick, p in zip(leukemia, predicted, strict=True)),
-            "benign_called_leukemia": sum(not sick and p != "Benign" for sick, p in zip(leukemia, predicted, strict=True))}
+def leukemia_errors(labels: Any, probs: Any, classes: Sequence[str]) -> dict[str, int]:
+    """The clinically decisive errors (leukoscope.metrics.leukemia_view): leukemia images called Benign and
+    the reverse, with the number of leukemia images; {} when the classes have no Benign."""
+    from leukoscope.metrics import leukemia_view
+
+    view = leukemia_view(labels, probs, classes=classes)
+    if view is None:
+        return {}
+    return {key: view[key] for key in ("n_leukemia", "leukemia_called_benign", "benign_called_leukemia")}
 
 
 def confusions_from_predictions(run_dir: Path) -> dict[str, int]:
-    """benign_confusions from the predictions_test.csv a run wrote at the end of training ({} without one)."""
+    """leukemia_errors from the predictions_test.csv a run wrote at the end of training ({} without one).
+    Its `predicted` column is used as a one-hot probability, so the counts follow the run's own calls."""
+    import numpy as np
+
     path = run_dir / "predictions_test.csv"
     if not path.is_file():
         return {}
     with path.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    return benign_confusions([r["label"] for r in rows], [r["predicted"] for r in rows])
+    classes = [c.removeprefix("prob_") for c in rows[0] if c.startswith("prob_")] if rows else []
+    if not rows or any(r["label"] not in classes or r["predicted"] not in classes for r in rows):
+        return {}
+    labels = [classes.index(r["label"]) for r in rows]
+    calls = np.eye(len(classes))[[classes.index(r["predicted"]) for r in rows]]
+    return leukemia_errors(labels, calls, classes)
 
 
 # ------------------------------------------------------------------------------------------- markdown
@@ -218,9 +231,9 @@ def metrics_table(rows: list[dict[str, Any]]) -> str:
              _p(PAPER["accuracy"]), _p(PAPER["precision"]), _p(PAPER["recall"]), _p(PAPER["f1"]), "", "", "", "", ""]]
     for r in rows:
         t = r["test"]
-        missed = (f"{t['leukemia_called_benign']} of {t['leukemia_images']}" if "leukemia_called_benign" in t
+        missed = (f"{t['leukemia_called_benign']} of {t['n_leukemia']}" if "leukemia_called_benign" in t
                   else "n/a")
-        false_alarms = (f"{t['benign_called_leukemia']} of {t['n'] - t['leukemia_images']}"
+        false_alarms = (f"{t['benign_called_leukemia']} of {t['n'] - t['n_leukemia']}"
                         if "benign_called_leukemia" in t else "n/a")
         body.append([f"`{r['run']}`", r["protocol"], r["backbone"], r["seed"], r["machine"], t.get("n"),
                      *(_p(t.get(k)) for k in METRICS), missed, false_alarms])

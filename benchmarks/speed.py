@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -37,26 +37,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # the benchmarks folder is not a package: its scripts import each other by path
 import speed_report
+from speed_report import Timing
 
 BATCH = 32
 E2E_IMAGES = 1000
 CALIBRATION_IMAGES = 256
-
-
-@dataclass
-class Timing:
-    """One inference path: batch-1 latency and batch-32 throughput, with the per-round values."""
-
-    name: str
-    b1_ms: float
-    b32_ips: float
-    b1_rounds: list[float] = field(default_factory=list)
-    b32_rounds: list[float] = field(default_factory=list)
-
-    @property
-    def b32_ms(self) -> float:
-        """Milliseconds per image at batch 32."""
-        return 1000.0 / self.b32_ips
 
 
 # ------------------------------------------------------------------------------------------- images
@@ -178,14 +163,14 @@ def quantise(fp32: Path, work: Path, train: Any, val: Any, preprocess: Any, log:
     per-channel, calibrated on train images, checked against fp32 on val images; writes work/model.int8.onnx."""
     from leukoscope.backends import OnnxBackend
     from leukoscope.calibration import softmax
-    from leukoscope.export import quantize_with_gate
+    from leukoscope.export import quantize_with_gate, run_normalised
     from leukoscope.package import ONNX_FP32
     from leukoscope.preprocessing import normalize_numpy
 
     if fp32 != work / ONNX_FP32:
         (work / ONNX_FP32).symlink_to(fp32)
     check = normalize_numpy(val.pixels, preprocess)
-    fp32_probs = softmax(run_all_images(OnnxBackend(fp32), val.pixels, preprocess))
+    fp32_probs = softmax(run_normalised(OnnxBackend(fp32), check)[0])
     gate = quantize_with_gate(work, normalize_numpy(train.pixels, preprocess), check, fp32_probs, log)
     return {"calibration_images": gate["int8_calibration_images"], "val_images": len(check),
             "fp32_ends": gate["int8_fp32_ends"], "val_agreement": gate["int8_top1_agreement"]}

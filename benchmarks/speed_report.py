@@ -1,24 +1,40 @@
 """The `speed` section of RESULTS.md from the numbers benchmarks/speed.py measured (plain data in, markdown
-out), kept apart from the measuring so either can change without the other."""
+out), kept apart from the measuring so either can change without the other; `Timing`, the row both share,
+lives here."""
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common
+import common  # the benchmarks folder is not a package: imported by path
 
 
-def _timings(results: dict[str, Any]) -> list[Any]:
+@dataclass
+class Timing:
+    """One inference path: batch-1 latency and batch-32 throughput, with the per-round values."""
+
+    name: str
+    b1_ms: float
+    b32_ips: float
+    b1_rounds: list[float] = field(default_factory=list)
+    b32_rounds: list[float] = field(default_factory=list)
+
+    @property
+    def b32_ms(self) -> float:
+        """Milliseconds per image at batch 32."""
+        return 1000.0 / self.b32_ips
+
+
+def _timings(results: dict[str, Any]) -> list[Timing]:
     """The Timing rows back from their JSON form."""
-    from speed import Timing  # speed imports this module at its top: import back lazily
-
     return [Timing(**t) for t in results["timings"]]
 
 
-def _find(results: dict[str, Any], prefix: str) -> Any:
+def _find(results: dict[str, Any], prefix: str) -> Timing:
     """The timing whose path name starts with `prefix`."""
     return next(t for t in _timings(results) if t.name.startswith(prefix))
 

@@ -117,8 +117,8 @@ def test_missing_data_or_split_is_a_clear_error(tiny_run: Path, tmp_path: Path) 
 @pytest.mark.parametrize(("wrong", "expected_calls", "kept_ends"), [
     ({False: 0, True: 0}, [False], False),  # all-int8 agrees everywhere: nothing else is tried
     ({False: 2, True: 1}, [False, True], True),  # fp32 ends agree better: kept
-    ({False: 1, True: 2}, [False, True, False], False),  # all-int8 was better: written again
-    ({False: 1, True: 1}, [False, True, False], False),  # a tie keeps the faster all-int8 model
+    ({False: 1, True: 2}, [False, True], False),  # all-int8 was better: kept, not quantised again
+    ({False: 1, True: 1}, [False, True], False),  # a tie keeps the faster all-int8 model
 ])
 def test_int8_keeps_the_recipe_that_agrees_best_on_validation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                              wrong, expected_calls, kept_ends) -> None:
@@ -144,4 +144,5 @@ def test_int8_keeps_the_recipe_that_agrees_best_on_validation(tmp_path: Path, mo
                                        reference, log=lambda message: None)
     assert calls == expected_calls
     assert result["int8_fp32_ends"] is kept_ends and (tmp_path / "model.int8.onnx").read_text() == str(kept_ends)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.int8.onnx"]  # the other recipe's file is gone
     assert result["int8_top1_agreement"] == 1 - wrong[kept_ends] / 100

@@ -175,11 +175,12 @@ def quantize_with_gate(work: Path, calibration: np.ndarray, check: np.ndarray, f
     classifier kept in fp32, and the better of the two is kept (all-int8 on a tie: it is faster). Refuses
     with the numbers when neither reaches INT8_MIN_AGREEMENT. Only validation images decide, never test ones.
     """
-    path = work / ONNX_INT8
     tried: list[dict[str, Any]] = []
+    files: list[Path] = []  # each recipe's model, so the better one is kept without quantising it again
     for exclude_ends in (False, True):
-        quantize_int8(work / ONNX_FP32, path, calibration, exclude_ends=exclude_ends)
-        probs = softmax(run_normalised(OnnxBackend(path, threads), check)[0])
+        files.append(work / f"int8-recipe-{len(files)}.onnx")
+        quantize_int8(work / ONNX_FP32, files[-1], calibration, exclude_ends=exclude_ends)
+        probs = softmax(run_normalised(OnnxBackend(files[-1], threads), check)[0])
         tried.append({"int8_top1_agreement": float(np.mean(probs.argmax(1) == fp32_probs.argmax(1))),
                       "int8_max_abs_prob_diff": float(np.abs(probs - fp32_probs).max()),
                       "int8_fp32_ends": exclude_ends, "int8_calibration_images": len(calibration)})
@@ -187,15 +188,16 @@ def quantize_with_gate(work: Path, calibration: np.ndarray, check: np.ndarray, f
             + (" with first conv and classifier in fp32" if exclude_ends else ""))
         if tried[-1]["int8_top1_agreement"] == 1.0:
             break
-    best = max(tried, key=lambda t: t["int8_top1_agreement"])  # max keeps the first of equals
-    if best["int8_top1_agreement"] < INT8_MIN_AGREEMENT:
+    best = max(range(len(tried)), key=lambda i: tried[i]["int8_top1_agreement"])  # max keeps the first of equals
+    if tried[best]["int8_top1_agreement"] < INT8_MIN_AGREEMENT:
         numbers = "; ".join(f"{t['int8_top1_agreement']:.2%}" + (" with first conv and classifier in fp32"
                                                                 if t["int8_fp32_ends"] else "") for t in tried)
         raise ModelError(f"int8 model disagrees with fp32 too often: top-1 agreement {numbers} on "
                          f"{len(check)} images, below the required {INT8_MIN_AGREEMENT:.0%}; export without --int8")
-    if best is not tried[-1]:
-        quantize_int8(work / ONNX_FP32, path, calibration, exclude_ends=best["int8_fp32_ends"])
-    return dict(best)
+    files[best].replace(work / ONNX_INT8)
+    for other in files:
+        other.unlink(missing_ok=True)
+    return dict(tried[best])
 
 
 def run_normalised(backend: Any, x: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:

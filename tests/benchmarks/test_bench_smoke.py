@@ -234,8 +234,8 @@ def test_run_row_scores_the_test_part_when_the_summary_has_none(tiny: dict[str, 
     assert row["val"] == {"val_acc": 1.0, "val_macro_f1": 1.0, "val_loss": 0.2}
     assert "Some GPU" in row["machine"] and row["first_epoch_s"] == 2.0 and row["later_epoch_s"] == 1.0
     benign = sum(1 for r in _rows(tiny["split"]) if r["part"] == "test" and r["label"] == "Benign")
-    assert row["test"]["leukemia_images"] == row["test"]["n"] - benign
-    assert 0 <= row["test"]["leukemia_called_benign"] <= row["test"]["leukemia_images"]
+    assert row["test"]["n_leukemia"] == row["test"]["n"] - benign
+    assert 0 <= row["test"]["leukemia_called_benign"] <= row["test"]["n_leukemia"]
     body = accuracy.render([row], "cmd", "Accuracy", "- note\n")
     assert "paper (published)" in body and "96.90" in body and "gpu-run" in body
 
@@ -303,8 +303,9 @@ def test_a_distilled_run_is_named_as_such_with_its_teachers(tiny: dict[str, Path
 
 def test_missed_leukemia_is_counted_from_a_runs_own_test_predictions(tmp_path: Path) -> None:
     (tmp_path / "predictions_test.csv").write_text(
-        "path,sha256,label,predicted,prob_Benign\n"
-        'a,h,"Early Pre-B","Benign",0.9\nb,h,"Pro-B","Pro-B",0.1\nc,h,"Benign","Pre-B",0.2\nd,h,"Benign","Benign",1\n')
+        "path,sha256,label,predicted,prob_Benign,prob_Early Pre-B,prob_Pre-B,prob_Pro-B\n"
+        'a,h,"Early Pre-B","Benign",0.9,0.1,0,0\nb,h,"Pro-B","Pro-B",0.1,0,0,0.9\n'
+        'c,h,"Benign","Pre-B",0.2,0,0.8,0\nd,h,"Benign","Benign",1,0,0,0\n')
     assert accuracy.confusions_from_predictions(tmp_path) == {
-        "leukemia_images": 2, "leukemia_called_benign": 1, "benign_called_leukemia": 1}
+        "n_leukemia": 2, "leukemia_called_benign": 1, "benign_called_leukemia": 1}
     assert accuracy.confusions_from_predictions(tmp_path / "none") == {}
