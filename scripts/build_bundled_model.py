@@ -20,9 +20,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from leukoscope.runs import read_config_file  # installed: every step below runs `python -m leukoscope` too
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-from leukoscope.runs import read_config_file  # noqa: E402  (the script runs without installing the package)
 
 PACKAGE = ROOT / "src" / "leukoscope" / "assets" / "default"
 NAME = "leukoscope-mbv2-all4"

@@ -152,7 +152,6 @@ class _Session:
     eval_part: str
     stages: list[Stage]
     loss_fn: nn.Module
-    soft_targets: np.ndarray | None = None  # what train.targets holds, in float64 for soft_targets.csv
 
     @property
     def total_epochs(self) -> int:
@@ -271,7 +270,7 @@ def _build(config: TrainConfig, run_dir: Path, device: torch.device, ctx: DistCo
         train.targets = torch.as_tensor(soft, dtype=torch.float32, device=device)
     return _Session(config, run_dir, device, ctx, quiet, full, parted, spec, model,
                     Classifier(model, config.freeze_bn), preprocess, train, evalset, eval_part,
-                    stages_of(config), make_loss(config, train.labels, len(full.classes)), soft)
+                    stages_of(config), make_loss(config, train.labels, len(full.classes)))
 
 
 def _soft_targets(config: TrainConfig, part: Manifest, run_dir: Path, *, resumed: bool) -> np.ndarray | None:
@@ -297,8 +296,9 @@ def _write_run_files(session: _Session, command: str) -> None:
         runs.write_config(run_dir, resolved, command)
         runs.write_manifests(run_dir, session.full, session.parted)
         runs.write_env(run_dir, str(session.device), config.seed)
-        if session.soft_targets is not None:
-            write_targets_csv(run_dir / SOFT_TARGETS_FILE, session.parted.part("train"), session.soft_targets)
+        if session.train.targets is not None:  # 6-decimal values: float32 keeps them to the last digit
+            write_targets_csv(run_dir / SOFT_TARGETS_FILE, session.parted.part("train"),
+                              session.train.targets.cpu().numpy())
     except BaseException:
         if created:
             shutil.rmtree(run_dir, ignore_errors=True)
