@@ -21,7 +21,7 @@ def jpeg(image_bytes, seed: int = 0, size: int = 64) -> bytes:
 
 def test_health_model_and_openapi(client):
     health = client.get("/api/v1/health").json()
-    assert health["status"] == "ok" and health["schema_version"] == 1 and health["predictions"] == 0
+    assert health["status"] == "ok" and health["schema_version"] == 2 and health["predictions"] == 0
     assert health["model_version"].startswith("fake-model@")
     card = client.get("/api/v1/model").json()
     assert card["classes"] == list(CLASSES) and card["card"]["metrics"]["accuracy"] == 0.99

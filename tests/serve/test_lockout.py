@@ -35,6 +35,18 @@ def test_a_right_token_clears_the_count() -> None:
     assert lockout.retry_after("a") == 0
 
 
+def test_an_attempt_is_counted_only_when_the_address_may_try() -> None:
+    lockout = Lockout(limit=2, window_s=60, clock=Clock())
+    assert lockout.attempt("a", False) == 0 and lockout.attempt("a", False) == 0
+    assert lockout.attempt("a", True) == 60  # locked: even the right token waits, and is not counted
+    assert lockout.retry_after("a") == 60
+    other = Lockout(limit=2, window_s=60, clock=Clock())
+    other.attempt("b", False)
+    assert other.attempt("b", True) == 0 and other.retry_after("b") == 0  # a right token clears the count
+    other.attempt("b", False)
+    assert other.retry_after("b") == 0
+
+
 def test_memory_stays_bounded() -> None:
     lockout = Lockout(limit=1, window_s=60, clock=Clock(), max_addresses=3)
     for n in range(5):

@@ -158,5 +158,11 @@ def test_purged_images_lose_their_bytes_but_keep_their_predictions(store: Store)
     assert store.image("a" * 64) == ("a" * 64).encode()
 
 
+def test_the_purge_finds_old_images_by_an_index(store: Store):
+    plan = " ".join(row[-1] for row in store._conn.execute(
+        "EXPLAIN QUERY PLAN UPDATE images SET size = 0 WHERE created_at < ? AND size > 0", ("x",)))
+    assert "USING INDEX images_created" in plan
+
+
 def test_the_database_overwrites_deleted_content(store: Store):
     assert store._conn.execute("PRAGMA secure_delete").fetchone()[0] == 1  # set on every connection

@@ -53,6 +53,14 @@ class Lockout:
         """A right token: forget the address's failures."""
         self._failures.pop(address, None)
 
+    def attempt(self, address: str, correct: bool) -> int:
+        """One token try from `address`: 0 when it was heard (and counted: a right token clears the address,
+        a wrong one adds a failure), else the seconds a locked address must still wait (nothing counted)."""
+        wait = self.retry_after(address)
+        if not wait:
+            (self.succeeded if correct else self.failed)(address)
+        return wait
+
 
 def message(wait_s: int) -> str:
     """The one-line answer a locked-out client gets."""

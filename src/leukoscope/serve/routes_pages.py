@@ -66,18 +66,16 @@ async def login(request: Request, ctx: Ctx) -> Response:
     token, target = str(form.get("token", "")), safe_next(str(form.get("next", "/")))
     if not ctx.settings.token:
         return RedirectResponse(target, status_code=303)
-    lockout, address = request.app.state.lockout, client_address(request.scope)
-    wait = lockout.retry_after(address)
+    correct = token_matches(token, ctx.settings.token)
+    wait = request.app.state.lockout.attempt(client_address(request.scope), correct)
     if wait:
         return ctx.templates.TemplateResponse(request, "login.html", {
             "disclaimer": DISCLAIMER, "next": target, "error": lockout_message(wait),
         }, status_code=429, headers={"Retry-After": str(wait)})
-    if not token_matches(token, ctx.settings.token):
-        lockout.failed(address)
+    if not correct:
         return ctx.templates.TemplateResponse(request, "login.html", {
             "disclaimer": DISCLAIMER, "next": target, "error": "wrong token",
         }, status_code=401)
-    lockout.succeeded(address)
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(COOKIE_NAME, session_value(ctx.settings.token), httponly=True, samesite="strict",
                         secure=request.url.scheme == "https", path="/")

@@ -115,16 +115,14 @@ class TokenAuthMiddleware:
             await self.app(scope, receive, send)
             return
         if presents_credentials(scope):
-            address = client_address(scope)
-            wait = self.lockout.retry_after(address)
+            authorized = is_authorized(scope, self.token)
+            wait = self.lockout.attempt(client_address(scope), authorized)
             if wait:
                 await send_json(send, 429, {"detail": lockout_message(wait)}, headers={"Retry-After": str(wait)})
                 return
-            if is_authorized(scope, self.token):
-                self.lockout.succeeded(address)
+            if authorized:
                 await self.app(scope, receive, send)
                 return
-            self.lockout.failed(address)
         wants_page = scope["method"] == "GET" and "text/html" in _headers(scope).get("accept", "")
         if wants_page and not path.startswith("/api/"):
             target = path + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else "")

@@ -58,6 +58,11 @@ MIGRATIONS: list[str] = [
     CREATE INDEX predictions_review ON predictions(review, id);
     CREATE INDEX predictions_sample ON predictions(sample_id, id);
     """,
+    # 1 -> 2: the retention purge finds old images by this index; without it every purge would read every
+    # stored image (created_at sits after the BLOB in each row)
+    """
+    CREATE INDEX images_created ON images(created_at);
+    """,
 ]
 
 _COLUMNS = (
