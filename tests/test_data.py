@@ -285,6 +285,20 @@ def test_a_single_class_blocks_training(make_dataset) -> None:
     assert any("at least 2" in reason for reason in check(single).blocking)
 
 
+def test_one_known_class_folder_is_a_one_class_dataset_not_a_wrapper(make_dataset) -> None:
+    """A lab checking the model on its own normal lymphocytes has only Benign/: that is the class."""
+    root = make_dataset("lab", ["Benign"], per_class=3)
+    manifest = discover(root)
+    assert manifest.classes == ("Benign", "Early Pre-B", "Pre-B", "Pro-B")
+    assert manifest.class_counts() == {"Benign": 3, "Early Pre-B": 0, "Pre-B": 0, "Pro-B": 0}
+    assert all(r.path.startswith("Benign/") for r in manifest.records)
+    wrapped = make_dataset("wrapped", ["Benign", "Early", "Pre", "Pro"], per_class=1)
+    outer = wrapped.parent / "outer"
+    outer.mkdir()
+    wrapped.rename(outer / "Blood cell Cancer [ALL]")
+    assert len(discover(outer)) == 4  # a single folder that is not a class name is still a wrapper
+
+
 def test_duplicate_groups_helper(tiny_dataset: Path) -> None:
     copy_image(tiny_dataset / "Pro" / "Pro-001.jpg", tiny_dataset / "Pro" / "c1.jpg")
     copy_image(tiny_dataset / "Pro" / "Pro-001.jpg", tiny_dataset / "Pro" / "c2.jpg")

@@ -191,3 +191,40 @@ def test_compare_pairs_images_and_runs_mcnemar(workspace, evaluated, tmp_path):
         compare([out_a])
     with pytest.raises(DataError, match="run `leukoscope evaluate`"):
         compare([out_a, tmp_path])
+
+
+def test_package_on_a_labs_own_benign_folder_reports_the_review_flag(tiny_package, tmp_path):
+    """The check a lab runs before use: its own normal cells (Benign/ only), scored with the review rules."""
+    from PIL import Image
+
+    from _modelfixtures import smear_image
+
+    lab = tmp_path / "lab"
+    (lab / "Benign").mkdir(parents=True)
+    for i in range(6):
+        Image.fromarray(smear_image(0, 100 + i)).save(lab / "Benign" / f"cell-{i}.jpg", quality=92)
+    Image.new("RGB", (64, 64), (40, 160, 60)).save(lab / "Benign" / "solid.png")  # not a smear: must be flagged
+    out = tmp_path / "out"
+    result = evaluate(tiny_package, lab, out_dir=out, n_bootstrap=20)
+    assert result["data_summary"]["class_counts"]["Benign"] == 7 and result["n"] == 7
+    assert result["mcc"] is None and result["headline"]["mcc"]["low"] is None  # undefined on one class
+    with open(out / "predictions.csv", newline="", encoding="utf-8") as handle:
+        rows = {Path(r["path"]).name: r for r in csv.DictReader(handle)}
+    assert rows["solid.png"]["review"] == "1" and rows["solid.png"]["review_reasons"]
+    review = strict_json(out / "metrics.json")["review"]
+    assert review["n"] == 7 and review["n_benign"] == 7 and review["n_leukemia"] == 0
+    assert review["flagged"] == sum(r["review"] == "1" for r in rows.values())
+    assert review["benign_called_leukemia_not_flagged"] == sum(
+        r["predicted"] != "Benign" and r["review"] == "0" for r in rows.values())
+    assert review["wrong_not_flagged"] == review["benign_called_leukemia_not_flagged"]
+    assert sum(review["reasons"].values()) >= review["flagged"]
+    assert "Review flag" in (out / "report.html").read_text(encoding="utf-8")
+    card = (out / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert f"benign images\ncalled leukemia without a flag: **{review['benign_called_leukemia_not_flagged']} of 7**" in card
+
+
+def test_a_run_has_no_review_block(evaluated):
+    out, result = evaluated
+    assert result["review"] is None
+    with open(out / "predictions.csv", newline="", encoding="utf-8") as handle:
+        assert "review" not in next(csv.reader(handle))

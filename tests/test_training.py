@@ -21,7 +21,7 @@ from leukoscope.errors import ConfigError, DataError, ModelError
 from leukoscope.models import ModelSpec, create_model
 from leukoscope.runs import METRIC_COLUMNS
 from leukoscope.train_config import TrainConfig, resolve_config
-from leukoscope.training import Stage, TrainingInterrupted, epoch_order, fit, pick_device, stage_at, stages_of
+from leukoscope.training import TrainingInterrupted, epoch_order, fit
 
 CHECKPOINT_KEYS = {"format", "model", "spec", "classes", "preprocess", "epoch", "optimizer", "scheduler", "stage",
                    "best_score", "history", "config", "manifest_digest"}
@@ -80,30 +80,6 @@ def no_temporary_files(run: Path) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- units
-
-
-def test_stages_warmup_then_main():
-    config = TrainConfig(data="x", warmup_epochs=2, epochs=3, trainable="last", lr=0.1, warmup_lr=0.01)
-    stages = stages_of(config)
-    assert stages == [Stage("warmup", 2, "head", 0.01), Stage("main", 3, "last", 0.1)]
-    assert [stage_at(stages, e)[0].name for e in range(5)] == ["warmup"] * 2 + ["main"] * 3
-    assert stage_at(stages, 3) == (stages[1], 1)
-    with pytest.raises(IndexError):
-        stage_at(stages, 5)
-    assert [s.name for s in stages_of(TrainConfig(data="x", warmup_epochs=0, epochs=1))] == ["main"]
-
-
-def test_pick_device_auto_and_cpu(monkeypatch):
-    assert pick_device("cpu") == torch.device("cpu")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(training, "_mps_available", lambda: False)
-    assert pick_device("auto") == torch.device("cpu")
-    with pytest.raises(ConfigError, match="no CUDA GPU is available"):
-        pick_device("cuda")
-    with pytest.raises(ConfigError, match="MPS"):
-        pick_device("mps")
-    with pytest.raises(ConfigError, match="unknown device 'gpu0'"):
-        pick_device("gpu0")
 
 
 def test_epoch_order_is_seeded_and_sharded_evenly_across_ranks():

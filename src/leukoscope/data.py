@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .classes import resolve_classes
+from .classes import canonical_class, resolve_classes
 from .errors import DataError, ImageError
 from .fileio import sha256_bytes
 from .imaging import IMAGE_SUFFIXES, load_rgb, read_info
@@ -85,7 +85,9 @@ def _class_root(root: Path) -> tuple[Path, list[str]]:
         has_images = any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in current.iterdir())
         if has_images or not subdirs:
             break
-        if len(subdirs) == 1:
+        if len(subdirs) == 1 and canonical_class(subdirs[0].name) is None:
+            # one folder that is not a class name is a wrapper; one class folder (a lab's own normal
+            # lymphocytes in Benign/) is a one-class dataset
             current = subdirs[0]
             continue
         if resolve_classes(d.name for d in subdirs).is_canonical:

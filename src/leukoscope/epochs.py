@@ -30,7 +30,7 @@ from .train_config import TrainConfig
 from .transforms import augment, load_uint8_batch, normalize
 
 if TYPE_CHECKING:
-    from .training import Stage
+    from .stages import Stage
 
 # ---------------------------------------------------------------------------------------- the network
 

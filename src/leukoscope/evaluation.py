@@ -21,10 +21,12 @@ import numpy as np
 
 from . import __version__, calibration
 from .errors import DataError, UsageError
+from .eval_data import EvalData, check_classes, check_files, check_leakage, data_summary, resolve_data
 from .fileio import write_json, write_text
 from .manifest import Manifest, read_manifest_csv
 from .metrics import compute_metrics
 from .preprocessing import Preprocess
+from .review_metrics import review_summary
 from .runs import read_config_file
 
 Progress = Callable[[str, int, int], None]
@@ -66,9 +68,14 @@ def _shown_path(path: Path) -> str:
 def open_model(path: str | Path) -> ModelHandle:
     """Open a run folder, a checkpoint file or a model package (folder with model.json).
 
-    Raises UsageError when the path does not exist, ModelError when it holds no usable model.
+    `default` (when no such file exists here) is the bundled package. Raises UsageError when the path does
+    not exist, ModelError when it holds no usable model.
     """
     path = Path(path)
+    if str(path) == "default" and not path.exists():
+        from .package import bundled_package_path
+
+        path = bundled_package_path()
     if not path.exists():
         raise UsageError(f"model not found: {path}")
     if path.name == "model.json":
@@ -101,121 +108,6 @@ def open_model(path: str | Path) -> ModelHandle:
                        network=loaded.model, info=model_info, config=config)
 
 
-# --------------------------------------------------------------------------------------------- data
-
-
-@dataclass
-class EvalData:
-    """The images to score, the whole manifest they were taken from, and where they came from."""
-
-    part: Manifest
-    full: Manifest
-    part_name: str
-    split_csv: Path | None
-    notes: list[str] = field(default_factory=list)
-
-
-def _has_parts(manifest: Manifest) -> bool:
-    return any(r.part for r in manifest.records)
-
-
-def _take_part(full: Manifest, part: str, source: Path) -> Manifest:
-    chosen = full.part(part)
-    if not len(chosen):
-        present = sorted({r.part for r in full.records if r.part}) or ["none"]
-        raise DataError(f"the {part!r} part of {source} is empty (parts present: {', '.join(present)})")
-    return chosen
-
-
-def _same_folder(a: str | Path | None, b: Path) -> bool:
-    try:
-        return a is not None and Path(a).resolve() == b.resolve()
-    except OSError:
-        return False
-
-
-def resolve_data(handle: ModelHandle, data: str | Path | None, *, split_csv: str | Path | None = None,
-                 part: str = "test", root: str | Path | None = None) -> EvalData:
-    """Which images to score. DATA may be a dataset folder (all its images, or `part` of `split_csv`,
-    or of the run's own split.csv when DATA is the run's data), a manifest/split CSV (paths relative to
-    `root` or the run's data folder), or None for the run's own data and split."""
-    run_split = handle.run_dir / "split.csv" if handle.run_dir else None
-    run_root = handle.config.get("data")
-    if data is None:
-        if not run_root or run_split is None or not run_split.is_file():
-            raise UsageError("give DATA: the model has no run folder with config.yaml (data) and split.csv")
-        data, split_csv = Path(run_root), run_split
-    data = Path(data)
-    if not data.exists():
-        raise UsageError(f"data not found: {data}")
-    if data.is_file():
-        if split_csv is not None:
-            raise UsageError("DATA is already a CSV file; give either a CSV as DATA or --split, not both")
-        base = root or run_root
-        if not base:
-            raise UsageError(f"{data} lists paths relative to a data folder; give it with --root")
-        full = read_manifest_csv(data, Path(base))
-        return EvalData(_take_part(full, part, data) if _has_parts(full) else full, full,
-                        part if _has_parts(full) else "all", data if _has_parts(full) else None)
-    if split_csv is None and run_split is not None and run_split.is_file() and _same_folder(run_root, data):
-        split_csv = run_split
-    if split_csv is not None:
-        full = read_manifest_csv(split_csv, data)
-        return EvalData(_take_part(full, part, Path(split_csv)), full, part, Path(split_csv))
-    from .data import discover
-
-    full = discover(data)
-    notes = [f"{len(full.problems)} unreadable file(s) skipped"] if full.problems else []
-    return EvalData(full, full, "all", None, notes)
-
-
-def check_classes(manifest: Manifest, classes: Sequence[str]) -> np.ndarray:
-    """Label indices in the model's class order; DataError when the data has classes the model lacks."""
-    labels = [r.label for r in manifest.records]
-    unknown = sorted(set(labels) - set(classes))
-    if unknown:
-        raise DataError(f"the model's classes {list(classes)} do not match the data's "
-                        f"{sorted(set(labels) | set(manifest.classes))}: {unknown} unknown to the model")
-    index = {name: i for i, name in enumerate(classes)}
-    return np.asarray([index[name] for name in labels], dtype=np.int64)
-
-
-def check_files(manifest: Manifest) -> None:
-    missing = [p for p in manifest.paths() if not p.is_file()]
-    if missing:
-        raise DataError(f"{len(missing)} of {len(manifest)} images are missing under {manifest.root}, e.g. "
-                        f"{missing[0]} (wrong data folder? give the right one as DATA or with --root)")
-
-
-def check_leakage(part: Manifest, run_dir: Path | None) -> dict[str, Any]:
-    """Count evaluated images whose bytes (sha256) are in the run's training part (from its split.csv)."""
-    split_file = run_dir / "split.csv" if run_dir else None
-    if split_file is None or not split_file.is_file():
-        return {"checked": False, "train_overlap": 0, "examples": []}
-    try:
-        trained = {r.sha256 for r in read_manifest_csv(split_file, run_dir).records if r.part == "train"}
-    except DataError:
-        return {"checked": False, "train_overlap": 0, "examples": []}
-    overlap = [r.path for r in part.records if r.sha256 and r.sha256 in trained]
-    return {"checked": True, "train_overlap": len(overlap), "examples": overlap[:5],
-            "train_images": len(trained)}
-
-
-def data_summary(data: EvalData, leakage: dict[str, Any]) -> dict[str, Any]:
-    """What the numbers are on: part, counts, split sizes, duplicates, unreadable files, leakage."""
-    from .data import duplicate_groups
-
-    groups = duplicate_groups(data.full.records)
-    sizes = {p: sum(1 for r in data.full.records if r.part == p) for p in ("train", "val", "test")}
-    return {
-        "data_root": str(data.part.root), "split_csv": str(data.split_csv) if data.split_csv else None,
-        "part": data.part_name, "n_images": len(data.part), "class_counts": data.part.class_counts(),
-        "total_images": len(data.full), "split_sizes": sizes if _has_parts(data.full) else None,
-        "duplicate_groups": len(groups), "duplicate_images": sum(len(g) for g in groups),
-        "problems": len(data.full.problems), "leakage": leakage, "notes": list(data.notes),
-    }
-
-
 # ---------------------------------------------------------------------------------------- prediction
 
 
@@ -239,6 +131,23 @@ def predict_scores(handle: ModelHandle, paths: Sequence[Path], *, batch_size: in
         if progress is not None:
             progress(phase, min(start + batch_size, len(paths)), len(paths))
     return np.concatenate(chunks).astype(np.float64) if chunks else np.zeros((0, len(handle.classes)))
+
+
+def predict_package(handle: ModelHandle, paths: Sequence[Path], *, batch_size: int = 64,
+                    progress: Progress | None = None) -> tuple[np.ndarray, list[Any]]:
+    """Calibrated probabilities and the full predictions (review flags included) of a model package, made
+    exactly as `leukoscope predict` makes them. DataError names the first image that cannot be read."""
+    if batch_size < 1:
+        raise UsageError(f"batch size must be at least 1, got {batch_size}")
+    predictions = []
+    for done, prediction in enumerate(handle.predictor.predict_paths(paths, batch_size=batch_size), start=1):
+        if prediction.error:
+            raise DataError(f"cannot read {prediction.source}: {prediction.error}")
+        predictions.append(prediction)
+        if progress is not None and (done % batch_size == 0 or done == len(paths)):
+            progress("predicting", done, len(paths))
+    probs = np.asarray([[p.probabilities[c] for c in handle.classes] for p in predictions], dtype=np.float64)
+    return probs.reshape(len(predictions), len(handle.classes)), predictions
 
 
 def _val_part(handle: ModelHandle, data: EvalData) -> Manifest | None:
@@ -285,15 +194,20 @@ def calibrate(handle: ModelHandle, data: EvalData, *, enabled: bool = True, batc
 # ------------------------------------------------------------------------------------------ outputs
 
 
-def write_predictions(path: Path, part: Manifest, classes: Sequence[str], y: np.ndarray, probs: np.ndarray) -> None:
-    """predictions.csv: path, sha256, label, predicted, prob_<class> per class, correct (pandas-readable)."""
+def write_predictions(path: Path, part: Manifest, classes: Sequence[str], y: np.ndarray, probs: np.ndarray,
+                      predictions: Sequence[Any] | None = None) -> None:
+    """predictions.csv: path, sha256, label, predicted, prob_<class> per class, correct (pandas-readable);
+    with a package's `predictions`, also review (0/1) and review_reasons (joined with "; ")."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "sha256", "label", "predicted", *(f"prob_{c}" for c in classes), "correct"])
+    review_header = ["review", "review_reasons"] if predictions is not None else []
+    writer.writerow(["path", "sha256", "label", "predicted", *(f"prob_{c}" for c in classes), "correct",
+                     *review_header])
     pred = probs.argmax(axis=1)
-    for record, label, guess, row in zip(part.records, y, pred, probs, strict=True):
+    for i, (record, label, guess, row) in enumerate(zip(part.records, y, pred, probs, strict=True)):
+        review = [int(predictions[i].review), "; ".join(predictions[i].review_reasons)] if predictions is not None else []
         writer.writerow([record.path, record.sha256, record.label, classes[guess], *(f"{v:.6f}" for v in row),
-                         int(label == guess)])
+                         int(label == guess), *review])
     write_text(path, buffer.getvalue())
 
 
@@ -357,30 +271,37 @@ def evaluate(
     temperature, cal_info, cal_notes = calibrate(handle, data_set, enabled=calibrate_on_val,
                                                  batch_size=batch_size, progress=progress)
     messages += cal_notes
-    scores = predict_scores(handle, data_set.part.paths(), batch_size=batch_size, progress=progress)
+    predictions: list[Any] | None = None
     if handle.predictor is not None:
-        raw = probs = scores
+        raw, predictions = predict_package(handle, data_set.part.paths(), batch_size=batch_size, progress=progress)
+        probs = raw
     else:
+        scores = predict_scores(handle, data_set.part.paths(), batch_size=batch_size, progress=progress)
         raw, probs = calibration.softmax(scores), calibration.softmax(scores, temperature)
     result: dict[str, Any] = {"leukoscope_version": __version__,
                               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     result.update(compute_metrics(y, probs, classes=handle.classes, n_bootstrap=n_bootstrap, seed=seed))
     result["calibration"] = {**cal_info, **calibration.calibration_report(raw, probs, y, n_bins=N_BINS)}
+    result["review"] = None if predictions is None else review_summary(
+        y, probs.argmax(axis=1), [p.review for p in predictions], [p.review_reasons for p in predictions],
+        classes=handle.classes)
     handle.info["temperature"] = handle.info.get("temperature") or temperature
     history = read_history(handle.run_dir)
     result.update(model=handle.info, data_summary=data_summary(data_set, leakage), leakage=leakage,
                   warnings=messages)
     result["timing"] = {"eval_seconds": time.perf_counter() - started,
                         "train_seconds": train_seconds(handle.run_dir, history)}
-    write_outputs(Path(out_dir), result, data_set.part, y, (raw, probs), handle, history, seed=seed)
+    write_outputs(Path(out_dir), result, data_set.part, y, (raw, probs), handle, history, seed=seed,
+                  predictions=predictions)
     return result
 
 
 def write_outputs(out: Path, result: dict[str, Any], part: Manifest, y: np.ndarray,
                   probabilities: tuple[np.ndarray, np.ndarray], handle: ModelHandle,
-                  history: list[dict[str, str]], *, seed: int = 0) -> dict[str, str]:
+                  history: list[dict[str, str]], *, seed: int = 0,
+                  predictions: Sequence[Any] | None = None) -> dict[str, str]:
     """predictions.csv, figures/, metrics.json, report.html and MODEL_CARD.md in `out`; the file names
-    are also stored in result["files"]."""
+    are also stored in result["files"]. `predictions` (a package's) add the review columns."""
     from .plots import evaluation_figures
     from .reporting import write_model_card, write_report_html
 
@@ -389,7 +310,7 @@ def write_outputs(out: Path, result: dict[str, Any], part: Manifest, y: np.ndarr
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create output folder {out}: {exc.strerror or exc}") from None
-    write_predictions(out / "predictions.csv", part, handle.classes, y, probs)
+    write_predictions(out / "predictions.csv", part, handle.classes, y, probs, predictions)
     figures = evaluation_figures(
         out / "figures", y=y, probs=probs, raw_probs=raw, classes=handle.classes, paths=part.paths(),
         confusion=result["confusion_matrix"], history=history, seed=seed,

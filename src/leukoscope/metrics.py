@@ -168,7 +168,7 @@ def _point_metrics(y_true: Any, probs: Any, *, classes: Sequence[str], benign_cl
         "macro_f1": averaged["macro"]["f1"],
         "weighted_f1": averaged["weighted"]["f1"],
         "cohen_kappa": _clean(skm.cohen_kappa_score(y, pred, labels=labels)),
-        "mcc": _clean(skm.matthews_corrcoef(y, pred)),
+        "mcc": _clean(skm.matthews_corrcoef(y, pred)) if len(np.unique(y)) > 1 else None,  # undefined
         "macro_roc_auc": averaged["macro"]["roc_auc"],
         "macro_pr_auc": averaged["macro"]["pr_auc"],
         "log_loss": _clean(skm.log_loss(y, np.clip(p, 1e-15, 1.0), labels=labels)),
@@ -306,11 +306,11 @@ def compute_metrics(
     if n_bootstrap > 0:
         intervals = bootstrap_intervals(y_true, probs, classes=classes, benign_class=benign_class,
                                         n_bootstrap=n_bootstrap, seed=seed, level=level)
-    result["headline"] = {
-        name: {"label": label, "value": result[name],
-               "low": intervals.get(name, [None, None])[0], "high": intervals.get(name, [None, None])[1]}
-        for name, label in HEADLINE.items()
-    }
+    result["headline"] = {}
+    for name, label in HEADLINE.items():
+        # no interval around an undefined value (e.g. MCC of one-class data)
+        low, high = intervals.get(name, [None, None]) if result[name] is not None else (None, None)
+        result["headline"][name] = {"label": label, "value": result[name], "low": low, "high": high}
     result["bootstrap"] = {"n_resamples": n_bootstrap, "seed": seed, "level": level, "method": "percentile"}
     return result
 

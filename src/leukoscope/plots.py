@@ -158,7 +158,10 @@ def roc_curves(y_true: Sequence[int], probs: np.ndarray, classes: Sequence[str],
     ax.set_ylabel("true positive rate (sensitivity)")
     ax.set_title("ROC curves (one vs rest)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # data of one class has no curve to label
+        ax.legend(loc="lower right", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no ROC curve: the data has one class only", ha="center", va="center")
     return _save(fig, path)
 
 

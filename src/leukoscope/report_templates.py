@@ -51,6 +51,20 @@ over {{ m.bootstrap.n_resamples }} resamples of the images (seed {{ m.bootstrap.
 {{ lv.benign_called_leukemia }} of {{ lv.n_benign }}. Sensitivity {{ fmt(lv.sensitivity) }},
 specificity {{ fmt(lv.specificity) }}, ROC-AUC {{ fmt(lv.roc_auc) }}.</p>
 {% endif %}
+{% if m.review %}{% set rv = m.review %}
+<h2>Review flag</h2>
+<p>The package's review rules (confidence threshold, out-of-distribution score, image quality), applied as
+<code>leukoscope predict</code> applies them. Flagged for review: <strong>{{ rv.flagged }} of {{ rv.n }}</strong>.
+Wrong calls: {{ rv.wrong }}, of which flagged {{ rv.wrong_flagged }} and <strong>not flagged
+{{ rv.wrong_not_flagged }}</strong>; accuracy on the unflagged images {{ fmt(rv.unflagged_accuracy) }}.
+{% if rv.n_benign is not none %}Benign images called leukemia without a flag (confident false alarms):
+<strong>{{ rv.benign_called_leukemia_not_flagged }} of {{ rv.n_benign }}</strong>; leukemia images called benign
+without a flag (confident missed cases): <strong>{{ rv.leukemia_called_benign_not_flagged }} of
+{{ rv.n_leukemia }}</strong>.{% endif %}</p>
+{% if rv.reasons %}<table><tr><th>review reason</th><th>images</th></tr>
+{% for reason, count in rv.reasons.items() %}<tr><td>{{ reason }}</td><td>{{ count }}</td></tr>
+{% endfor %}</table>{% endif %}
+{% endif %}
 
 <h2>Per class</h2>
 <table><tr><th>class</th><th>support</th><th>precision</th><th>recall (sensitivity)</th><th>specificity</th>
@@ -181,6 +195,11 @@ benign (hematogones) or one of the B-lineage acute lymphoblastic leukemia (ALL) 
 {% if lv %}Leukemia (any subtype) vs benign: leukemia images called benign (missed cases):
 **{{ lv.leukemia_called_benign }} of {{ lv.n_leukemia }}**; benign images called leukemia: {{ lv.benign_called_leukemia }}
 of {{ lv.n_benign }}.
+{% endif %}{% if rv %}
+Review flag (the package's rules, as `leukoscope predict` applies them): {{ rv.flagged }} of {{ rv.n }} images
+flagged; wrong calls not flagged: **{{ rv.wrong_not_flagged }}**{% if rv.n_benign is not none %}; benign images
+called leukemia without a flag: **{{ rv.benign_called_leukemia_not_flagged }} of {{ rv.n_benign }}**; leukemia
+images called benign without a flag: **{{ rv.leukemia_called_benign_not_flagged }} of {{ rv.n_leukemia }}**{% endif %}.
 {% endif %}
 Per class:
 
@@ -195,7 +214,9 @@ Per class:
   patients. Exact and near-duplicate images were kept within one part, which removes copies but not
   different fields of the same smear.
 - **One hospital, one microscope, one stain.** All images come from one laboratory's acquisition setup;
-  performance on other labs is untested and may be much lower.
+  performance on other labs is untested and may be much lower. Before use, score the model on labelled
+  images of your own lab (`leukoscope evaluate default MY_LAB/`, one subfolder per class, e.g. only
+  `Benign/`) and read its review-flag counts.
 - **Small test set.** With a few hundred test images, the intervals above are wide for the rarer classes;
   differences between models inside those intervals are not evidence.
 - **Softmax confidence is not an out-of-distribution detector:** on cells from another lab the model can

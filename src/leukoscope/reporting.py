@@ -206,7 +206,7 @@ def write_model_card(
         dataset_name=Path(str(data_summary.get("data_root") or "ALL")).name or "ALL",
         level_pct=round(100 * boot.get("level", 0.95)), n_resamples=boot.get("n_resamples", 0),
         seed=boot.get("seed", 0), calibration_text=calibration_text(metrics.get("calibration")),
-        leakage_text=leakage_text, lv=metrics.get("leukemia_vs_benign"),
+        leakage_text=leakage_text, lv=metrics.get("leukemia_vs_benign"), rv=metrics.get("review"),
         metric_rows=[(h.get("label", k), fmt(h.get("value")), interval(h)) for k, h in headline.items()],
         headline_yaml=[(k, _yaml_number(h.get("value"))) for k, h in headline.items()
                        if h.get("value") is not None],

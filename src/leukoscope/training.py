@@ -25,6 +25,7 @@ from torch import nn
 
 from . import runs
 from .checkpoint import read_checkpoint, save_checkpoint
+from .devices import pick_device
 from .distributed import DistContext, init_from_env, shutdown
 from .epochs import (
     Classifier,
@@ -42,11 +43,12 @@ from .epochs import (
     train_head_epoch,
     train_one_epoch,
 )
-from .errors import ConfigError, DataError, LeukoscopeError, ModelError
+from .errors import DataError, LeukoscopeError, ModelError
 from .manifest import Manifest
 from .models import ModelSpec, Preprocess, check_backbone_name, create_model, preprocess_for, set_trainable
 from .run_summary import write_run_summary
 from .soft_targets import read_teacher_csv, split_sources, teacher_mean, training_targets, write_targets_csv
+from .stages import Stage, stage_at, stages_of
 from .train_config import TrainConfig
 
 SOFT_TARGETS_FILE = "soft_targets.csv"  # the training targets of a distillation run, next to its results
@@ -64,60 +66,6 @@ class TrainingInterrupted(LeukoscopeError):
     """Ctrl-C during training: last.pt holds the last completed epoch."""
 
     exit_code = 130
-
-
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    epochs: int
-    trainable: str
-    lr: float
-
-
-def stages_of(config: TrainConfig) -> list[Stage]:
-    stages = []
-    if config.warmup_epochs > 0:
-        stages.append(Stage("warmup", config.warmup_epochs, "head", config.warmup_lr))
-    if config.epochs > 0:
-        stages.append(Stage("main", config.epochs, config.trainable, config.lr))
-    return stages
-
-
-def stage_at(stages: list[Stage], epoch: int) -> tuple[Stage, int]:
-    """The stage of a 0-based global epoch and the epoch's index inside it."""
-    for stage in stages:
-        if epoch < stage.epochs:
-            return stage, epoch
-        epoch -= stage.epochs
-    raise IndexError(epoch)
-
-
-def pick_device(name: str) -> torch.device:
-    """`auto` (CUDA, then MPS, then the CPU), or the device named; a device that is absent is a ConfigError."""
-    if name != "auto":
-        try:
-            device = torch.device(name)
-        except RuntimeError:
-            raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"--device {name} asked for, but no CUDA GPU is available")
-        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA GPU(s)")
-        if device.type == "mps" and not _mps_available():
-            raise ConfigError(f"--device {name} asked for, but MPS (Apple GPU) is not available")
-        if device.type not in ("cpu", "cuda", "mps"):
-            raise ConfigError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if _mps_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def _mps_available() -> bool:
-    mps = getattr(torch.backends, "mps", None)
-    return bool(mps and mps.is_available())
 
 
 def _improved(config: TrainConfig, row: dict[str, Any], best: tuple[float, float] | None) -> bool:

@@ -75,3 +75,18 @@ def test_compare_writes_markdown_and_html(run_folder, tmp_path, capsys):
     assert code == 2 and ".html or .md" in err
     code, _, err = run(capsys, "compare", run_folder, tmp_path)
     assert code == 1 and "leukoscope evaluate" in err
+
+
+def test_evaluate_default_scores_the_bundled_model_on_a_labs_folder(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    from _modelfixtures import smear_image
+
+    (tmp_path / "lab" / "Benign").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(smear_image(0, i, size=224)).save(tmp_path / "lab" / "Benign" / f"{i}.jpg")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "evaluate", "default", "lab", "--bootstrap", "0", "--out", "eval", "--quiet")
+    assert code == 0, err
+    assert "review flag: " in out and "benign called leukemia without a flag:" in out and "of 3" in out
+    assert (tmp_path / "eval" / "metrics.json").is_file()

@@ -71,6 +71,14 @@ def _print_result(result: dict[str, Any], out: Path) -> None:
         console.print(f"leukemia images called benign: [bold]{leuk['leukemia_called_benign']}[/] of "
                       f"{leuk['n_leukemia']}; benign called leukemia: {leuk['benign_called_leukemia']} of "
                       f"{leuk['n_benign']}", highlight=False)
+    review = result.get("review")
+    if review:
+        line = (f"review flag: {review['flagged']} of {review['n']} flagged; wrong and not flagged: "
+                f"[bold]{review['wrong_not_flagged']}[/]")
+        if review["n_benign"] is not None:
+            line += (f"; benign called leukemia without a flag: [bold]{review['benign_called_leukemia_not_flagged']}"
+                     f"[/] of {review['n_benign']}")
+        console.print(line, highlight=False)
     if cal.get("source") == "fitted":
         console.print(f"temperature {cal['temperature']:.3f} fitted on {cal['n_fit']} val images, saved to "
                       "the run's calibration.json", highlight=False)
