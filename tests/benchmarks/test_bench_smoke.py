@@ -19,6 +19,7 @@ sys.path.insert(0, str(BENCH))
 import accuracy  # noqa: E402  (benchmark scripts are imported by path, like they import each other)
 import common  # noqa: E402
 import run_all  # noqa: E402
+import shift  # noqa: E402
 import speed  # noqa: E402
 import speed_report  # noqa: E402
 from _modelfixtures import shared_tiny_package, shared_tiny_run  # noqa: E402
@@ -309,3 +310,21 @@ def test_missed_leukemia_is_counted_from_a_runs_own_test_predictions(tmp_path: P
     assert accuracy.confusions_from_predictions(tmp_path) == {
         "n_leukemia": 2, "leukemia_called_benign": 1, "benign_called_leukemia": 1}
     assert accuracy.confusions_from_predictions(tmp_path / "none") == {}
+
+
+def test_shift_row_counts_what_evaluate_counts(tiny_images) -> None:
+    """A shifted image set scored as the shift table scores it: counts from the package's review flags."""
+    import io
+
+    from PIL import Image
+
+    predictor = tiny_images[0]
+    items, labels = [], []
+    for k, (name, colour) in enumerate((("Benign", (40, 160, 60)), ("Pro-B", (200, 200, 200)))):
+        buffer = io.BytesIO()
+        Image.new("RGB", (64, 64), colour).save(buffer, format="PNG")
+        items.append((f"{k}.png", buffer.getvalue()))
+        labels.append(name)
+    row = shift.score(predictor, items, labels)
+    assert row[0] == 2 and row[2] == "1.000"  # solid colours: both flagged
+    assert row[3] == "0.000" and row[4] == "0 of 1" and row[5] == "0 of 1"  # so no unflagged call at all
