@@ -26,8 +26,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -37,10 +35,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # the benchmarks folder is not a package: its scripts import each other by path
 import speed_report
+from flops import model_flops, peak_gflops
+from speed_e2e import BATCH, E2E_IMAGES, decode_timing, e2e_folder, overlap_check, startup_seconds, time_cli, time_predict_paths
 from speed_report import Timing
 
-BATCH = 32
-E2E_IMAGES = 1000
 CALIBRATION_IMAGES = 256
 
 
@@ -240,161 +238,6 @@ def time_onnx(paths: dict[str, Path], singles: np.ndarray, batches: list[np.ndar
             rounds[name][0].extend(b1)
             rounds[name][1].extend(b32)
     return [Timing(name, common.median(b1), common.median(b32), b1, b32) for name, (b1, b32) in rounds.items()]
-
-
-# ------------------------------------------------------------------------------------------- decode
-
-
-def decode_timing(predictor: Any, files: list[Path], repeats: int) -> dict[str, Any]:
-    """The predictor's per-image preparation (read, sha256, JPEG decode, resize, quality checks) on one
-    core, the same with its decode pool, and input normalisation per image of a batch of 32."""
-    from leukoscope.backends import cpu_count
-    from leukoscope.preprocessing import normalize_numpy
-
-    workers = min(4, cpu_count())  # what Predictor.predict_paths uses
-
-    def serial() -> list[Any]:
-        return [predictor._decode_path(f) for f in files]
-
-    one = common.repeat_timing(serial, repeats=repeats, warmup=1)
-    many = common.repeat_timing(lambda: _pooled_decode(predictor, files), repeats=repeats, warmup=1)
-    batch = np.stack([d.pixels for d in serial()[:BATCH]])
-    norm = common.repeat_timing(lambda: normalize_numpy(batch, predictor.preprocess), repeats=repeats, warmup=2,
-                                inner=10)
-    n = len(files)
-    return {"images": n, "workers": workers, "serial_ms": 1000 * common.median(one) / n,
-            "parallel_ms": 1000 * common.median(many) / n, "normalize_ms": 1000 * common.median(norm) / len(batch),
-            "serial_rounds_s": one, "parallel_rounds_s": many}
-
-
-# ------------------------------------------------------------------------------------------- end to end
-
-
-def e2e_folder(split: Any, work: Path, count: int = E2E_IMAGES, seed: int = 0) -> tuple[Path, list[Path]]:
-    """A folder of `count` symlinks to dataset images (a seeded sample of every part)."""
-    paths = split.paths()
-    chosen = np.random.default_rng(seed).choice(len(paths), size=min(count, len(paths)), replace=False)
-    folder = work / "e2e-images"
-    folder.mkdir()
-    links = []
-    for i, index in enumerate(sorted(chosen)):
-        source = Path(paths[index]).resolve()
-        link = folder / f"{i:04d}-{source.name}"
-        link.symlink_to(source)
-        links.append(link)
-    return folder, links
-
-
-def cli_command(folder: Path, out: Path, model: Path | None) -> list[str]:
-    """The real command line (`python -m leukoscope` is the installed `leukoscope` script's entry point)."""
-    command = [sys.executable, "-m", "leukoscope", "predict", str(folder), "--format", "csv", "--out", str(out),
-               "--quiet"]
-    return command + (["--model", str(model)] if model is not None else [])
-
-
-def time_cli(folder: Path, expected: int, model: Path | None, work: Path, repeats: int) -> dict[str, Any]:
-    """Wall time of the real command as a user runs it (no malloc settings), median of `repeats` after a
-    warm-up run that also fills the page cache; every run must exit 0 with one CSV row per image."""
-    out = work / "predict.csv"
-    env = {k: v for k, v in os.environ.items() if k not in common.MALLOC_ENV}
-    command = cli_command(folder, out, model)
-    seconds = []
-    for attempt in range(repeats + 1):
-        out.unlink(missing_ok=True)
-        started = time.perf_counter()
-        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-        elapsed = time.perf_counter() - started
-        rows = max(0, len(out.read_text(encoding="utf-8").splitlines()) - 1) if out.exists() else 0
-        if done.returncode != 0 or rows != expected:
-            raise SystemExit(f"`{' '.join(command)}` exited {done.returncode} with {rows} rows:\n{done.stderr[-2000:]}")
-        if attempt:
-            seconds.append(elapsed)
-    display = ["leukoscope", *command[3:]]
-    return {"images": expected, "seconds": common.median(seconds), "rounds_s": seconds,
-            "ips": expected / common.median(seconds), "command": " ".join(display)}
-
-
-def time_predict_paths(predictor: Any, files: list[Path], repeats: int) -> dict[str, Any]:
-    """Predictor.predict_paths in this process (no interpreter start, imports or model load)."""
-    def run() -> int:
-        return sum(1 for _ in predictor.predict_paths(files, batch_size=BATCH))
-
-    seconds = common.repeat_timing(run, repeats=repeats, warmup=1)
-    return {"images": len(files), "seconds": common.median(seconds), "rounds_s": seconds,
-            "ips": len(files) / common.median(seconds)}
-
-
-def overlap_check(predictor: Any, files: list[Path], pp_seconds: float, repeats: int) -> dict[str, Any]:
-    """Does predict_paths gain from decoding batch k+1 while batch k runs? Time the same work without that
-    overlap (decode a batch with the same pool, wait, run it), and each half alone."""
-    batches = [files[i:i + BATCH] for i in range(0, len(files), BATCH)]
-
-    def no_overlap() -> None:
-        for batch in batches:
-            predictor._finish(_pooled_decode(predictor, batch), False)
-
-    decoded_batches = [_pooled_decode(predictor, batch) for batch in batches]
-    serial_s = common.median(common.repeat_timing(no_overlap, repeats=repeats, warmup=1))
-    decode_s = common.median(common.repeat_timing(lambda: _pooled_decode(predictor, files), repeats=repeats, warmup=0))
-    infer_s = common.median(common.repeat_timing(lambda: [predictor._finish(b, False) for b in decoded_batches],
-                                                 repeats=repeats, warmup=1))
-    return {"decode_s": decode_s, "inference_s": infer_s, "no_overlap_s": serial_s, "predict_paths_s": pp_seconds,
-            "gain": serial_s / pp_seconds - 1.0}
-
-
-def _pooled_decode(predictor: Any, files: list[Path]) -> list[Any]:
-    """Decode with the same pool size as Predictor.predict_paths."""
-    from leukoscope.backends import cpu_count
-
-    with ThreadPoolExecutor(max_workers=min(4, cpu_count())) as pool:
-        return list(pool.map(predictor._decode_path, files))
-
-
-def startup_seconds(repeats: int = 3) -> dict[str, Any]:
-    """What every command pays before the first image: importing leukoscope.inference (does it pull in
-    torch?) in a fresh interpreter."""
-    code = "import sys, time; t = time.perf_counter(); import leukoscope.inference; " \
-           "print(time.perf_counter() - t, 'torch' in sys.modules)"
-    seconds, torch_loaded = [], False
-    for _ in range(repeats):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-        seconds.append(float(out[0]))
-        torch_loaded = out[1] == "True"
-    return {"import_inference_s": common.median(seconds), "imports_torch": torch_loaded}
-
-
-# ------------------------------------------------------------------------------------------- FLOPs, peak
-
-
-def model_flops(model: Any, size: int) -> int:
-    """FLOPs of one forward pass on one size x size image (conv/matmul only, 2 per multiply-add)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter, torch.inference_mode():
-        model.eval()(torch.zeros(1, 3, size, size))
-    return int(counter.get_total_flops())
-
-
-def peak_gflops(n: int = 4096, repeats: int = 5) -> dict[str, Any]:
-    """fp32 matmul of two n x n matrices on all cores, in torch (its BLAS is MKL) and, as a cross-check, in
-    numpy (OpenBLAS): the larger is the achievable peak that "% of peak" divides by. It is a lower bound of
-    the hardware's peak (MKL does not pick its fastest kernels on AMD CPUs, for one)."""
-    import torch
-
-    torch.set_num_threads(common.usable_cores())
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    out = torch.empty(n, n)
-    seconds = common.repeat_timing(lambda: torch.mm(a, b, out=out), repeats=repeats, warmup=2)
-    x, y = a.numpy(), b.numpy()
-    z = np.empty((n, n), np.float32)
-    np_seconds = common.repeat_timing(lambda: np.matmul(x, y, out=z), repeats=repeats, warmup=2)
-    flop = 2 * n ** 3
-    torch_gflops, numpy_gflops = flop / common.median(seconds) / 1e9, flop / common.median(np_seconds) / 1e9
-    return {"n": n, "threads": torch.get_num_threads(), "torch_gflops": torch_gflops, "numpy_gflops": numpy_gflops,
-            "gflops": max(torch_gflops, numpy_gflops), "rounds_gflops": [flop / s / 1e9 for s in seconds],
-            "numpy_rounds_gflops": [flop / s / 1e9 for s in np_seconds]}
 
 
 # ------------------------------------------------------------------------------------------- the run

@@ -17,10 +17,13 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import accuracy  # noqa: E402  (benchmark scripts are imported by path, like they import each other)
+import accuracy_report  # noqa: E402
 import common  # noqa: E402
+import flops  # noqa: E402
 import run_all  # noqa: E402
 import shift  # noqa: E402
 import speed  # noqa: E402
+import speed_e2e  # noqa: E402
 import speed_report  # noqa: E402
 from _modelfixtures import shared_tiny_package, shared_tiny_run  # noqa: E402
 
@@ -145,23 +148,23 @@ def test_an_int8_only_package_is_measured_as_it_ships(tiny: dict[str, Path], tin
 
 def test_decode_e2e_and_overlap(tiny: dict[str, Path], tiny_images, tmp_path: Path) -> None:
     predictor, split, _ = tiny_images
-    folder, files = speed.e2e_folder(split, tmp_path, count=6)
+    folder, files = speed_e2e.e2e_folder(split, tmp_path, count=6)
     assert len(files) == 6 and all(f.is_symlink() and f.parent == folder for f in files)
-    decode = speed.decode_timing(predictor, files, repeats=1)
+    decode = speed_e2e.decode_timing(predictor, files, repeats=1)
     assert decode["images"] == 6 and decode["serial_ms"] > 0 and decode["parallel_ms"] > 0
-    paths = speed.time_predict_paths(predictor, files, repeats=1)
+    paths = speed_e2e.time_predict_paths(predictor, files, repeats=1)
     assert paths["images"] == 6 and paths["ips"] > 0
-    overlap = speed.overlap_check(predictor, files, paths["seconds"], repeats=1)
+    overlap = speed_e2e.overlap_check(predictor, files, paths["seconds"], repeats=1)
     assert {"decode_s", "inference_s", "no_overlap_s", "predict_paths_s", "gain"} <= set(overlap)
-    cli = speed.time_cli(folder, 6, tiny["package"], tmp_path, repeats=1)  # the real command, as a subprocess
+    cli = speed_e2e.time_cli(folder, 6, tiny["package"], tmp_path, repeats=1)  # the real command, as a subprocess
     assert cli["images"] == 6 and len(cli["rounds_s"]) == 1 and "predict" in cli["command"]
 
 
 def test_flops_and_peak(tiny: dict[str, Path]) -> None:
     from leukoscope.backends import load_torch_file
 
-    assert speed.model_flops(load_torch_file(tiny["package"] / "model.pt"), 64) > 0
-    peak = speed.peak_gflops(n=64, repeats=1)
+    assert flops.model_flops(load_torch_file(tiny["package"] / "model.pt"), 64) > 0
+    peak = flops.peak_gflops(n=64, repeats=1)
     assert peak["gflops"] > 0 and peak["n"] == 64
 
 
@@ -231,13 +234,13 @@ def test_run_row_scores_the_test_part_when_the_summary_has_none(tiny: dict[str, 
     run = _finished_run(tiny, tmp_path)
     row = accuracy.run_row(run, split=tiny["split"], data=tiny["data"])
     assert row["test"]["n"] == 12 and row["test"]["leakage_checked"]
-    assert all(0.0 <= row["test"][k] <= 1.0 for k in accuracy.METRICS)
+    assert all(0.0 <= row["test"][k] <= 1.0 for k in accuracy_report.METRICS)
     assert row["val"] == {"val_acc": 1.0, "val_macro_f1": 1.0, "val_loss": 0.2}
     assert "Some GPU" in row["machine"] and row["first_epoch_s"] == 2.0 and row["later_epoch_s"] == 1.0
     benign = sum(1 for r in _rows(tiny["split"]) if r["part"] == "test" and r["label"] == "Benign")
     assert row["test"]["n_leukemia"] == row["test"]["n"] - benign
     assert 0 <= row["test"]["leukemia_called_benign"] <= row["test"]["n_leukemia"]
-    body = accuracy.render([row], "cmd", "Accuracy", "- note\n")
+    body = accuracy_report.render([row], "cmd", "Accuracy", "- note\n")
     assert "paper (published)" in body and "96.90" in body and "gpu-run" in body
 
 
@@ -296,10 +299,10 @@ def test_a_distilled_run_is_named_as_such_with_its_teachers(tiny: dict[str, Path
     (run / "config.yaml").write_text(config + "soft_targets: t/a.csv,t/b.csv\nsoft_target_weight: 0.5\n")
     row = accuracy.run_row(run, split=tiny["split"], data=tiny["data"])
     assert row["protocol"].endswith("+ distillation") and row["soft_targets"] == "t/a.csv,t/b.csv"
-    note = accuracy._distillation_note([row])
+    note = accuracy_report._distillation_note([row])
     assert "`t/a.csv,t/b.csv`, weight 0.5" in note and "used the test part" in note
-    assert "finetune + distillation: >= 99.5%" in accuracy.verdicts([row])
-    assert accuracy._distillation_note([{**row, "soft_targets": ""}]) == ""
+    assert "finetune + distillation: >= 99.5%" in accuracy_report.verdicts([row])
+    assert accuracy_report._distillation_note([{**row, "soft_targets": ""}]) == ""
 
 
 def test_missed_leukemia_is_counted_from_a_runs_own_test_predictions(tmp_path: Path) -> None:
