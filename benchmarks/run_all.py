@@ -9,6 +9,8 @@ fresh interpreter):
 4. accuracy.py — the paper protocol trained on this CPU (section `accuracy-paper`); with --full also the
    finetune protocol (`accuracy-finetune`, ~40-60 min on 2 cores); and the GPU runs of runs/ when present
    (`accuracy-runs`).
+5. crossval.py — the bundled recipe on every fold of bundle/cv/ (section `crossval`): with --full, or when
+   all fold runs exist in runs/ (then it only exports and scores them), or with --only crossval.
 
     .venv/bin/python benchmarks/run_all.py              # or: make bench
     .venv/bin/python benchmarks/run_all.py --full       # adds the CPU finetune run
@@ -34,7 +36,7 @@ import common  # the benchmarks folder is not a package: its scripts import each
 HERE = Path(__file__).resolve().parent
 TRAINED_RUNS = ("runs/gpu-mbv2-s0", "runs/gpu-mbv2-s1-b64", "runs/gpu-lite0-s0", "runs/cpu-bundled", "runs/student-mbv2")
 LOAD_ARGS = ("--requests", "2000", "--concurrency", "16")  # the example load
-STEPS = ("speed", "load", "shift", "accuracy", "runs")
+STEPS = ("speed", "load", "shift", "accuracy", "runs", "crossval")
 
 
 @dataclass
@@ -72,6 +74,11 @@ def plan(args: argparse.Namespace, work: Path) -> list[Step]:
     runs = [r for r in TRAINED_RUNS if (common.REPO / r / "summary.json").is_file()]
     if "runs" in wanted and runs:
         steps.append(Step("runs", [python, str(HERE / "accuracy.py"), "--from-runs", *runs, *results]))
+    folds = sorted((common.REPO / "bundle" / "cv").glob("split-fold*.csv"))
+    trained = folds and all((common.REPO / "runs" / f"cv-mbv2-{f.stem.removeprefix('split-')}" / "summary.json").is_file()
+                            for f in folds)
+    if "crossval" in wanted and (args.full or trained or args.only):
+        steps.append(Step("crossval", [python, str(HERE / "crossval.py"), *results]))
     return steps
 
 

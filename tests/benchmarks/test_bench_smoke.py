@@ -19,6 +19,7 @@ sys.path.insert(0, str(BENCH))
 import accuracy  # noqa: E402  (benchmark scripts are imported by path, like they import each other)
 import accuracy_report  # noqa: E402
 import common  # noqa: E402
+import crossval  # noqa: E402
 import flops  # noqa: E402
 import run_all  # noqa: E402
 import shift  # noqa: E402
@@ -285,6 +286,9 @@ def test_run_all_plan_and_load_section(tmp_path: Path) -> None:
     assert "finetune" not in accuracy_step.command
     args.full = True
     assert "finetune" in next(s for s in run_all.plan(args, tmp_path) if s.name == "accuracy").command
+    assert "crossval" in [s.name for s in run_all.plan(args, tmp_path)]  # --full trains the folds
+    args.full, args.only = False, ["crossval"]
+    assert [s.name for s in run_all.plan(args, tmp_path)] == ["crossval"]
     result = {"date": "2026-01-01T00:00:00+00:00", "model": "m", "backend": "onnx", "requests": 10, "concurrency": 2,
               "workers": 1, "queue": 16, "image_size": 256, "sent": 10, "accepted": 10, "busy_503": 0, "errors": 0,
               "seconds": 1.0, "throughput_rps": 10.0, "p50_ms": 5.0, "p95_ms": 9.0, "p99_ms": 9.5, "db_rows": 10,
@@ -331,3 +335,31 @@ def test_shift_row_counts_what_evaluate_counts(tiny_images) -> None:
     row = shift.score(predictor, items, labels)
     assert row[0] == 2 and row[2] == "1.000"  # solid colours: both flagged
     assert row[3] == "0.000" and row[4] == "0 of 1" and row[5] == "0 of 1"  # so no unflagged call at all
+
+
+def test_crossval_fold_exports_scores_and_renders(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """One finished fold run (the tiny run): both exports, scoring on its test part, the pooled table."""
+    runs = tmp_path / "runs"
+    run = runs / "cv-mbv2-fold1"
+    shutil.copytree(tiny["run"], run)
+    (run / "summary.json").write_text(json.dumps({"seconds_total": 12.0}), encoding="utf-8")
+    args = crossval.parse_args(["--runs-dir", str(runs), "--data", str(tiny["data"])])
+    row = crossval.fold_row(1, run / "split.csv", args)  # training is skipped: summary.json exists
+    assert (run / "package-fp32" / "model.json").is_file()
+    assert "fp32" in row["scores"] and set(row["scores"]) | set(row["refused"]) == {"fp32", "int8"}
+    fp32 = row["scores"]["fp32"]
+    n_test = sum(1 for line in (run / "split.csv").read_text().splitlines() if line.endswith(",test"))
+    assert fp32["n"] == n_test == len(fp32["pred"]) and fp32["default_onnx"] == "model.onnx"
+    assert fp32["accuracy"] == pytest.approx(np.mean(np.asarray(fp32["y"]) == np.asarray(fp32["pred"])))
+    pooled = crossval.pooled([row, row], "fp32")
+    assert pooled["n"] == 2 * n_test and pooled["missed"] == 2 * fp32["leukemia_called_benign"]
+    text = crossval.render([row], "cmd")
+    assert "**all folds**" in text and "Cross-validation" in text and "fold 1 12 s" in text
+    assert crossval.export_fold(run, "fp32") == (run / "package-fp32", "")  # exists: not exported again
+
+
+def test_rate_interval_is_exact_binomial() -> None:
+    low, high = crossval.rate_interval(0, 2370)
+    assert low == 0.0 and 0.001 < high < 0.002  # the "rule of three": about 3/n
+    low, high = crossval.rate_interval(3, 2370)
+    assert low < 3 / 2370 < high

@@ -181,6 +181,25 @@ def test_split_keeps_copies_in_one_part(capsys, tiny_dataset: Path, tmp_path: Pa
             assert part[f"Pre/Pre-00{i}.jpg"] == part[f"Pre/copy-{i}.jpg"]
 
 
+def test_split_folds_writes_one_file_per_fold(capsys, tiny_dataset: Path, tmp_path: Path) -> None:
+    import csv
+
+    code, out, err = run(capsys, "data", "split", tiny_dataset, "--folds", "3", "--val-size", "0.2",
+                         "--out", tmp_path / "cv.csv", "-q")
+    assert code == 0, err
+    files = [tmp_path / f"cv-fold{i}.csv" for i in (1, 2, 3)]
+    assert all(f.is_file() for f in files) and not (tmp_path / "cv.csv").exists()
+    tested = []
+    for f in files:
+        with open(f, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        assert {r["part"] for r in rows} == {"train", "val", "test"}
+        tested += [r["path"] for r in rows if r["part"] == "test"]
+    assert len(tested) == len(set(tested)) == 24  # every image of the tiny dataset tested once
+    assert "fold 3 of 3" in out
+    assert run(capsys, "data", "split", tiny_dataset, "--folds", "1", "--out", tmp_path / "x.csv")[0] == 2
+
+
 def test_split_refuses_a_class_too_small(capsys, tiny_dataset: Path, tmp_path: Path) -> None:
     for path in sorted((tiny_dataset / "Benign").iterdir())[1:]:
         path.unlink()

@@ -101,15 +101,20 @@ def split_command(
         help="Also keep near-copies together: max Hamming distance of 64-bit difference hashes "
         "(-1: exact copies only).",
     ),
+    folds: int = typer.Option(
+        0, "--folds", help="K-fold cross-validation instead: K files OUT-fold1.csv ... OUT-foldK.csv, fold i the "
+        "test part of file i (every image tested once; --test-size is not used)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Stratified, duplicate-aware train/val/test split written as CSV."""
+    """Stratified, duplicate-aware train/val/test split written as CSV (or K cross-validation folds)."""
     if near_duplicates < -1 or near_duplicates > 32:
         raise UsageError(f"--near-duplicates must be between -1 and 32, got {near_duplicates}")
     for option, value in (("--test-size", test_size), ("--val-size", val_size)):
         if not 0.0 <= value < 1.0:
             raise UsageError(f"{option} must be a fraction in [0, 1), got {value}")
-    if test_size + val_size >= 1.0:
+    if folds == 1 or folds < 0:
+        raise UsageError(f"--folds must be at least 2 (0: one split), got {folds}")
+    if folds == 0 and test_size + val_size >= 1.0:
         raise UsageError(
             f"--test-size + --val-size must be below 1 (nothing left to train on), "
             f"got {test_size + val_size:g}"
@@ -117,12 +122,31 @@ def split_command(
     if out.is_dir():
         raise UsageError(f"--out {out} is a folder; give a file name")
     manifest = scan(directory, quiet)
-    result = split(
-        manifest, test_size=test_size, val_size=val_size, seed=seed,
-        near_duplicate_distance=None if near_duplicates < 0 else near_duplicates,
-    )
-    _write(out, lambda: result.write_csv(out))
-    table = Table(title=escape(f"split of {len(result)} images (seed {seed}) -> {out}"))
+    distance = None if near_duplicates < 0 else near_duplicates
+    if folds:
+        _write_folds(manifest, out, folds=folds, val_size=val_size, seed=seed, distance=distance)
+    else:
+        result = split(manifest, test_size=test_size, val_size=val_size, seed=seed, near_duplicate_distance=distance)
+        _write(out, lambda: result.write_csv(out))
+        _print_parts(result, f"split of {len(result)} images (seed {seed}) -> {out}")
+    if manifest.problems:
+        n_problems = len(manifest.problems)
+        warn(f"{n_problems} unreadable file(s) left out (run `leukoscope data check` for the list)")
+
+
+def _write_folds(manifest, out: Path, *, folds: int, val_size: float, seed: int, distance: int | None) -> None:
+    """OUT-fold<i>.csv for every fold, and one table per fold."""
+    from ..folds import split_folds
+
+    for number, fold in enumerate(split_folds(manifest, folds=folds, val_size=val_size, seed=seed,
+                                              near_duplicate_distance=distance), start=1):
+        path = out.with_name(f"{out.stem}-fold{number}{out.suffix or '.csv'}")
+        _write(path, lambda fold=fold, path=path: fold.write_csv(path))
+        _print_parts(fold, f"fold {number} of {folds}, {len(fold)} images (seed {seed}) -> {path}")
+
+
+def _print_parts(result, title: str) -> None:
+    table = Table(title=escape(title))
     table.add_column("class")
     parts = [p for p in ("train", "val", "test") if any(r.part == p for r in result.records)]
     for part in parts:
@@ -131,9 +155,6 @@ def split_command(
         counts = [sum(1 for r in result.records if r.label == name and r.part == p) for p in parts]
         table.add_row(escape(name), *map(str, counts))
     console.print(table)
-    if manifest.problems:
-        n_problems = len(manifest.problems)
-        warn(f"{n_problems} unreadable file(s) left out (run `leukoscope data check` for the list)")
 
 
 def _write(path: Path, writer) -> None:
