@@ -322,7 +322,8 @@ def write_outputs(out: Path, result: dict[str, Any], part: Manifest, y: np.ndarr
     result["files"] = files
     write_json(out / "metrics.json", result)
     write_report_html(out / "report.html", result=result, figures=figures, config=handle.config,
-                      title=f"Evaluation of {handle.info.get('name', 'model')} on {result['data_summary']['part']}")
+                      title=f"Evaluation of {handle.info.get('name', 'model')} on "
+                            f"{'all images' if result['data_summary']['part'] == 'all' else result['data_summary']['part']}")
     write_model_card(out / "MODEL_CARD.md", model_info=handle.info, metrics=result,
                      data_summary=result["data_summary"], config=handle.config)
     return files

@@ -28,7 +28,8 @@ REPORT_HTML = """<!DOCTYPE html>
 <h1>{{ title }}</h1>
 <p class="muted">leukoscope {{ version }} &middot; {{ created }}</p>
 <p class="disclaimer"><strong>Disclaimer.</strong> {{ disclaimer }}</p>
-<p>Numbers below are on the <strong>{{ on.part }}</strong> part: <strong>{{ on.n_images }}</strong> images
+<p>Numbers below are on {% if on.part == "all" %}all <strong>{{ on.n_images }}</strong> images{% else %}the
+<strong>{{ on.part }}</strong> part: <strong>{{ on.n_images }}</strong> images{% endif %}
 from <code>{{ on.data_root }}</code>{% if on.split_csv %} (split file <code>{{ on.split_csv }}</code>){% endif %}.
 Intervals are {{ (100 * m.bootstrap.level) | round(0) | int }}% percentile bootstrap intervals
 over {{ m.bootstrap.n_resamples }} resamples of the images (seed {{ m.bootstrap.seed }}).</p>
@@ -179,7 +180,7 @@ benign (hematogones) or one of the B-lineage acute lymphoblastic leukemia (ALL) 
 {% for key, value in training_rows %}- **{{ key }}:** {{ value }}
 {% endfor %}
 ## Evaluation data and protocol
-- **Evaluated on:** the `{{ on.part }}` part, **{{ on.n_images }} images**{% if on.data_root %}, from
+- **Evaluated on:** {{ evaluated_on }}{% if on.data_root %}, from
   `{{ on.data_root }}`{% endif %}{% if on.split_csv %}, split file `{{ on.split_csv }}`{% endif %}.
 {% for name, count in class_counts %}- {{ name }}: {{ count }} images
 {% endfor %}- Intervals: {{ level_pct }}% percentile bootstrap over {{ n_resamples }} resamples of the evaluated

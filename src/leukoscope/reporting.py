@@ -207,6 +207,8 @@ def write_model_card(
         level_pct=round(100 * boot.get("level", 0.95)), n_resamples=boot.get("n_resamples", 0),
         seed=boot.get("seed", 0), calibration_text=calibration_text(metrics.get("calibration")),
         leakage_text=leakage_text, lv=metrics.get("leukemia_vs_benign"), rv=metrics.get("review"),
+        evaluated_on=(f"all **{data_summary.get('n_images')} images** of the folder" if data_summary.get("part") == "all"
+                      else f"the `{data_summary.get('part')}` part, **{data_summary.get('n_images')} images**"),
         metric_rows=[(h.get("label", k), fmt(h.get("value")), interval(h)) for k, h in headline.items()],
         headline_yaml=[(k, _yaml_number(h.get("value"))) for k, h in headline.items()
                        if h.get("value") is not None],

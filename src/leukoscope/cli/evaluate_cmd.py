@@ -54,8 +54,8 @@ def _default_out(model: Path) -> Path:
 
 def _print_result(result: dict[str, Any], out: Path) -> None:
     summary = result["data_summary"]
-    table = Table(title=escape(f"{result['model'].get('name', 'model')} on the {summary['part']} part "
-                               f"({summary['n_images']} images)"))
+    where = "all images" if summary["part"] == "all" else f"the {summary['part']} part"
+    table = Table(title=escape(f"{result['model'].get('name', 'model')} on {where} ({summary['n_images']} images)"))
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column(f"{round(100 * result['bootstrap']['level'])}% interval", justify="right")
