@@ -197,7 +197,9 @@ def _summary(rows: list[dict[str, Any]]) -> str:
         lines.append(f"- {precision}: leukemia called benign {p['missed']} of {p['n_leukemia']} leukemia images "
                      f"({_pct(p['missed'] / p['n_leukemia'])}%, exact 95% interval {_pct(low)}-{_pct(high)}%), i.e. "
                      f"{710 * p['missed'] / p['n_leukemia']:.1f} expected on a test part of 710 leukemia images "
-                     f"(interval {710 * low:.1f}-{710 * high:.1f}); accuracy {_pct(p['accuracy'])}%.")
+                     f"(interval {710 * low:.1f}-{710 * high:.1f}); of those, called benign *without* a review flag: "
+                     f"{p['missed_unflagged']}; review load {p['flagged']} of {p['n']} images flagged "
+                     f"({_pct(p['flagged'] / p['n'])}%); accuracy {_pct(p['accuracy'])}%.")
     return "\n".join(lines) + ("\n" if lines else "")
 
 
