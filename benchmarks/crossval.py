@@ -92,7 +92,7 @@ def score(package: Path, split_csv: Path, data: Path) -> dict[str, Any]:
             "benign_called_leukemia": leuk["benign_called_leukemia"], "n_leukemia": leuk["n_leukemia"],
             "n_benign": leuk["n_benign"], "review": review, "y": y.tolist(), "pred": probs.argmax(axis=1).tolist(),
             "paths": [r.path for r in test.records], "classes": classes,
-            "default_onnx": predictor.info.get("default_onnx")}
+            "default_onnx": predictor.info.get("default_onnx"), "parity": predictor.info.get("parity") or {}}
 
 
 def fold_row(number: int, split_csv: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -210,7 +210,11 @@ def _agreement(rows: list[dict[str, Any]]) -> str:
         a, b = r["scores"].get("fp32"), r["scores"].get("int8")
         if a and b and a["paths"] == b["paths"]:
             same = int(np.sum(np.asarray(a["pred"]) == np.asarray(b["pred"])))
-            parts.append(f"fold {r['fold']} {same} of {a['n']} ({_pct(same / a['n'])}%)")
+            gate = b["parity"]
+            on_val = (f", on its {gate['images']} val images at export {_pct(gate['int8_top1_agreement'])}%"
+                      f"{' (first conv and classifier kept fp32)' if gate.get('int8_fp32_ends') else ''}"
+                      if "int8_top1_agreement" in gate else "")
+            parts.append(f"fold {r['fold']} {same} of {a['n']} ({_pct(same / a['n'])}%{on_val})")
     return f"- int8 top-1 agreement with fp32 on the test parts: {'; '.join(parts)}.\n" if parts else ""
 
 
