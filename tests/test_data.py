@@ -277,8 +277,9 @@ def test_size_outliers_are_listed(tiny_dataset: Path, make_image) -> None:
 def test_a_single_class_blocks_training(make_dataset) -> None:
     root = make_dataset("data", ["neutrophil", "eosinophil"], per_class=2)
     shutil.rmtree(root / "eosinophil")
-    with pytest.raises(DataError, match="no class folders"):  # the only folder is taken for a wrapper
-        discover(root)
+    alone = discover(root)  # a single folder of images is a one-class dataset, not a wrapper
+    assert alone.classes == ("neutrophil",)
+    assert any("at least 2" in reason for reason in check(alone).blocking)
     manifest = discover(make_dataset("one", ["neutrophil", "eosinophil"], per_class=2))
     kept = [r for r in manifest.records if r.label == "neutrophil"]
     single = Manifest(manifest.root, ("neutrophil",), kept)

@@ -72,6 +72,14 @@ def _subfolders(folder: Path, notes: list[str]) -> list[Path]:
     return found
 
 
+def _holds_images(folder: Path) -> bool:
+    """True when image files sit directly in `folder` (a class folder, not a wrapper of class folders)."""
+    try:
+        return any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir())
+    except OSError:
+        return False
+
+
 def _class_root(root: Path) -> tuple[Path, list[str]]:
     """Find the folder whose subfolders are the classes, descending through wrapper folders.
 
@@ -85,9 +93,9 @@ def _class_root(root: Path) -> tuple[Path, list[str]]:
         has_images = any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in current.iterdir())
         if has_images or not subdirs:
             break
-        if len(subdirs) == 1 and canonical_class(subdirs[0].name) is None:
-            # one folder that is not a class name is a wrapper; one class folder (a lab's own normal
-            # lymphocytes in Benign/) is a one-class dataset
+        if len(subdirs) == 1 and canonical_class(subdirs[0].name) is None and not _holds_images(subdirs[0]):
+            # one folder of folders is a wrapper; one folder of images (a lab's own normal lymphocytes in
+            # Benign/ or lymphocyte/) is a one-class dataset, whose class the model may or may not know
             current = subdirs[0]
             continue
         if resolve_classes(d.name for d in subdirs).is_canonical:

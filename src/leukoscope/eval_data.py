@@ -92,8 +92,10 @@ def check_classes(manifest: Manifest, classes: Sequence[str]) -> np.ndarray:
     labels = [r.label for r in manifest.records]
     unknown = sorted(set(labels) - set(classes))
     if unknown:
+        hint = ", e.g. Benign/ for normal lymphocytes" if "Benign" in classes else ""
         raise DataError(f"the model's classes {list(classes)} do not match the data's "
-                        f"{sorted(set(labels) | set(manifest.classes))}: {unknown} unknown to the model")
+                        f"{sorted(set(labels) | set(manifest.classes))}: {unknown} unknown to the model (name each folder "
+                        f"after one of the model's classes{hint})")
     index = {name: i for i, name in enumerate(classes)}
     return np.asarray([index[name] for name in labels], dtype=np.int64)
 

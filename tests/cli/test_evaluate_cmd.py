@@ -90,3 +90,14 @@ def test_evaluate_default_scores_the_bundled_model_on_a_labs_folder(tmp_path, ca
     assert code == 0, err
     assert "review flag: " in out and "benign called leukemia without a flag:" in out and "of 3" in out
     assert (tmp_path / "eval" / "metrics.json").is_file()
+
+
+def test_a_labs_folder_named_after_no_class_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    (tmp_path / "lab" / "lymphocyte").mkdir(parents=True)
+    Image.new("RGB", (224, 224), (200, 150, 170)).save(tmp_path / "lab" / "lymphocyte" / "a.jpg")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "evaluate", "default", "lab", "--bootstrap", "0", "--out", "eval")
+    assert code == 1
+    assert "['lymphocyte'] unknown to the model" in err and "Benign/ for normal lymphocytes" in err
