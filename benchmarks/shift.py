@@ -40,6 +40,21 @@ def _tint(image: Image.Image, gains: tuple[float, float, float]) -> Image.Image:
     return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
 
 
+def _hue(image: Image.Image, degrees: float) -> Image.Image:
+    """Rotate every pixel's hue: another stain recipe (e.g. Wright instead of May-Gruenwald-Giemsa)."""
+    hsv = np.asarray(image.convert("HSV"), dtype=np.int16)
+    hsv[..., 0] = (hsv[..., 0] + round(degrees / 360 * 256)) % 256
+    return Image.fromarray(hsv.astype(np.uint8), mode="HSV").convert("RGB")
+
+
+def _zoom(image: Image.Image, factor: float) -> Image.Image:
+    """The centre 1/factor of the field at the original size: a higher magnification or a single-cell crop."""
+    width, height = image.size
+    w, h = width / factor, height / factor
+    box = ((width - w) / 2, (height - h) / 2, (width + w) / 2, (height + h) / 2)
+    return image.resize((width, height), Image.Resampling.BICUBIC, box=box)
+
+
 SHIFTS: dict[str, Callable[[Image.Image], Image.Image | bytes]] = {
     "none (test part as is)": lambda im: im,
     "warmer stain (R x1.15, B x0.85)": lambda im: _tint(im, (1.15, 1.0, 0.85)),
@@ -50,6 +65,9 @@ SHIFTS: dict[str, Callable[[Image.Image], Image.Image | bytes]] = {
     "out of focus (Gaussian blur r=3)": lambda im: im.filter(ImageFilter.GaussianBlur(3)),
     "heavy JPEG (quality 10)": lambda im: _jpeg(im, 10),
     "grayscale camera": lambda im: im.convert("L").convert("RGB"),
+    "other stain hue (rotated +20 degrees)": lambda im: _hue(im, 20),
+    "other stain hue (rotated -20 degrees)": lambda im: _hue(im, -20),
+    "higher magnification / cell crop (centre, zoom x2)": lambda im: _zoom(im, 2.0),
 }
 
 
