@@ -32,7 +32,8 @@ def split_folds(
 
     Groups of copies are assigned whole; each class's groups go to the fold with the fewest images of
     that class so far, so fold sizes differ by at most one group. Deterministic for a given seed.
-    Raises DataError for fewer than 2 folds or a class with fewer groups than folds + 1.
+    Raises DataError for fewer than 2 folds or a class with fewer groups than folds (plus one with a val
+    part).
     """
     if folds < 2:
         raise DataError(f"cross-validation needs at least 2 folds, got {folds}")
