@@ -297,9 +297,25 @@ def group_ids(manifest: Manifest, *, near_duplicate_distance: int | None = 4) ->
     return [find(i) for i in range(len(manifest))]
 
 
-def _check_fraction(name: str, value: float) -> None:
+def check_fraction(name: str, value: float) -> None:
+    """DataError unless `value` is a fraction in [0, 1) (a part size of a split)."""
     if not 0.0 <= value < 1.0:
         raise DataError(f"{name} must be in [0, 1), got {value}")
+
+
+def class_groups(
+    manifest: Manifest, *, near_duplicate_distance: int | None = 4
+) -> tuple[list[int], dict[int, list[int]], dict[str, list[int]]]:
+    """(group id per record, record indices per group, group ids per class) for splitting: copies and
+    near-copies form one group, and a group belongs to the class of most of its images."""
+    ids = group_ids(manifest, near_duplicate_distance=near_duplicate_distance)
+    members: dict[int, list[int]] = defaultdict(list)
+    for i, gid in enumerate(ids):
+        members[gid].append(i)
+    strata: dict[str, list[int]] = defaultdict(list)
+    for gid, idx in members.items():
+        strata[Counter(manifest.records[i].label for i in idx).most_common(1)[0][0]].append(gid)
+    return ids, members, strata
 
 
 def split(
@@ -316,20 +332,13 @@ def split(
     assigned to the part of the group's majority class. Deterministic for a given seed.
     Raises DataError when a class is too small to give every requested part at least one group.
     """
-    _check_fraction("test_size", test_size)
-    _check_fraction("val_size", val_size)
+    check_fraction("test_size", test_size)
+    check_fraction("val_size", val_size)
     if test_size + val_size >= 1.0:
         raise DataError(f"test_size + val_size must be below 1, got {test_size + val_size:.2f}")
     if not len(manifest):
         raise DataError("cannot split an empty dataset")
-    ids = group_ids(manifest, near_duplicate_distance=near_duplicate_distance)
-    members: dict[int, list[int]] = defaultdict(list)
-    for i, gid in enumerate(ids):
-        members[gid].append(i)
-    strata: dict[str, list[int]] = defaultdict(list)
-    for gid, idx in members.items():
-        label = Counter(manifest.records[i].label for i in idx).most_common(1)[0][0]
-        strata[label].append(gid)
+    ids, members, strata = class_groups(manifest, near_duplicate_distance=near_duplicate_distance)
     rng = np.random.default_rng(seed)
     part_of: dict[int, str] = {}
     for label in manifest.classes:

@@ -9,12 +9,11 @@ and near-copies of an image in one fold, as `leukoscope.data.split` does.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
 from dataclasses import replace
 
 import numpy as np
 
-from .data import group_ids
+from .data import check_fraction, class_groups
 from .errors import DataError
 from .manifest import Manifest
 
@@ -37,17 +36,10 @@ def split_folds(
     """
     if folds < 2:
         raise DataError(f"cross-validation needs at least 2 folds, got {folds}")
-    if not 0.0 <= val_size < 1.0:
-        raise DataError(f"val_size must be in [0, 1), got {val_size}")
+    check_fraction("val_size", val_size)
     if not len(manifest):
         raise DataError("cannot split an empty dataset")
-    ids = group_ids(manifest, near_duplicate_distance=near_duplicate_distance)
-    members: dict[int, list[int]] = defaultdict(list)
-    for i, gid in enumerate(ids):
-        members[gid].append(i)
-    strata: dict[str, list[int]] = defaultdict(list)
-    for gid, idx in members.items():
-        strata[Counter(manifest.records[i].label for i in idx).most_common(1)[0][0]].append(gid)
+    ids, members, strata = class_groups(manifest, near_duplicate_distance=near_duplicate_distance)
     rng = np.random.default_rng(seed)
     fold_of: dict[int, int] = {}
     order: dict[str, list[int]] = {}
