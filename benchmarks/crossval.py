@@ -69,6 +69,7 @@ def export_fold(run: Path, precision: str) -> tuple[Path | None, str]:
 def score(package: Path, split_csv: Path, data: Path) -> dict[str, Any]:
     """The package's default model on the fold's test part, with its review rules, as `predict` runs it."""
     from leukoscope.calibration import expected_calibration_error
+    from leukoscope.evaluation import predict_package
     from leukoscope.inference import load_predictor
     from leukoscope.manifest import read_manifest_csv
     from leukoscope.metrics import point_metrics
@@ -76,13 +77,9 @@ def score(package: Path, split_csv: Path, data: Path) -> dict[str, Any]:
 
     test = read_manifest_csv(split_csv, data).part("test")
     predictor = load_predictor(package)
-    predictions = list(predictor.predict_paths(test.paths()))
-    unreadable = [p.source for p in predictions if p.error]
-    if unreadable:
-        raise RuntimeError(f"{len(unreadable)} test image(s) could not be read, e.g. {unreadable[0]}")
+    probs, predictions = predict_package(predictor, test.paths(), batch_size=32)
     classes = list(predictor.classes)
     y = np.asarray([classes.index(r.label) for r in test.records])
-    probs = np.asarray([[p.probabilities[c] for c in classes] for p in predictions])
     metrics = point_metrics(y, probs, classes=classes)
     review = review_summary(y, probs.argmax(axis=1), [p.review for p in predictions],
                             [p.review_reasons for p in predictions], classes=classes)

@@ -90,8 +90,7 @@ def _class_root(root: Path) -> tuple[Path, list[str]]:
     current = root
     for _ in range(3):
         subdirs = _subfolders(current, notes)
-        has_images = any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in current.iterdir())
-        if has_images or not subdirs:
+        if _holds_images(current) or not subdirs:
             break
         if len(subdirs) == 1 and canonical_class(subdirs[0].name) is None and not _holds_images(subdirs[0]):
             # one folder of folders is a wrapper; one folder of images (a lab's own normal lymphocytes in

@@ -133,21 +133,23 @@ def predict_scores(handle: ModelHandle, paths: Sequence[Path], *, batch_size: in
     return np.concatenate(chunks).astype(np.float64) if chunks else np.zeros((0, len(handle.classes)))
 
 
-def predict_package(handle: ModelHandle, paths: Sequence[Path], *, batch_size: int = 64,
+def predict_package(predictor: Any, paths: Sequence[Path], *, batch_size: int = 64,
                     progress: Progress | None = None) -> tuple[np.ndarray, list[Any]]:
-    """Calibrated probabilities and the full predictions (review flags included) of a model package, made
-    exactly as `leukoscope predict` makes them. DataError names the first image that cannot be read."""
+    """Calibrated probabilities (in the predictor's class order) and the full predictions (review flags
+    included) of a model package's Predictor, made exactly as `leukoscope predict` makes them. DataError
+    names the first image that cannot be read."""
     if batch_size < 1:
         raise UsageError(f"batch size must be at least 1, got {batch_size}")
     predictions = []
-    for done, prediction in enumerate(handle.predictor.predict_paths(paths, batch_size=batch_size), start=1):
+    for done, prediction in enumerate(predictor.predict_paths(paths, batch_size=batch_size), start=1):
         if prediction.error:
             raise DataError(f"cannot read {prediction.source}: {prediction.error}")
         predictions.append(prediction)
         if progress is not None and (done % batch_size == 0 or done == len(paths)):
             progress("predicting", done, len(paths))
-    probs = np.asarray([[p.probabilities[c] for c in handle.classes] for p in predictions], dtype=np.float64)
-    return probs.reshape(len(predictions), len(handle.classes)), predictions
+    classes = predictor.classes
+    probs = np.asarray([[p.probabilities[c] for c in classes] for p in predictions], dtype=np.float64)
+    return probs.reshape(len(predictions), len(classes)), predictions
 
 
 def _val_part(handle: ModelHandle, data: EvalData) -> Manifest | None:
@@ -273,7 +275,7 @@ def evaluate(
     messages += cal_notes
     predictions: list[Any] | None = None
     if handle.predictor is not None:
-        raw, predictions = predict_package(handle, data_set.part.paths(), batch_size=batch_size, progress=progress)
+        raw, predictions = predict_package(handle.predictor, data_set.part.paths(), batch_size=batch_size, progress=progress)
         probs = raw
     else:
         scores = predict_scores(handle, data_set.part.paths(), batch_size=batch_size, progress=progress)
