@@ -5,9 +5,10 @@ Why each part is measured the way it is:
   ONNX Runtime rounds interleaved (fp32, int8, fp32, ...) so a load change hits both alike.
 - PyTorch eager runs in child processes, once with glibc's default malloc and once with the settings of
   ../shared/NOTES.md, because glibc reads them only at process start.
-- int8 is leukoscope.export's static QDQ per-channel quantisation, calibrated on *train* images and
-  checked on *val* images (as `leukoscope export --int8` does), then scored on the *test* part, written
-  to a temporary package (never into the bundled one).
+- int8 is leukoscope.int8's static QDQ quantisation (per-channel 7-bit weights), calibrated on *train* images
+  and checked on *val* images (as `leukoscope export --int8` does), then scored on the *test* part, written
+  to a temporary package with its reference batch (never into the bundled one); the int8 section prints the
+  CPU flags (VNNI or not decides which int8 kernels ran) and what the package's load-time check found.
 - End to end is the real `leukoscope predict` command on 1,000 image files, decode included, nothing
   subtracted; Predictor.predict_paths in-process shows what the command's start-up costs.
 - FLOPs come from torch.utils.flop_counter (2 FLOPs per multiply-add, convolutions and matmuls only),
@@ -157,11 +158,13 @@ def run_all_images(backend: Any, pixels: np.ndarray, preprocess: Any) -> np.ndar
 
 
 def quantise(fp32: Path, work: Path, train: Any, val: Any, preprocess: Any, log: Any) -> dict[str, Any]:
-    """`leukoscope export --int8`'s own recipe and gate (leukoscope.export.quantize_with_gate): static QDQ
-    per-channel, calibrated on train images, checked against fp32 on val images; writes work/model.int8.onnx."""
+    """`leukoscope export --int8`'s own recipe and gate (leukoscope.int8.quantize_with_gate): static QDQ
+    per-channel, calibrated on train images, checked against fp32 on val images; writes work/model.int8.onnx
+    and its reference batch."""
     from leukoscope.backends import OnnxBackend
     from leukoscope.calibration import softmax
-    from leukoscope.export import quantize_with_gate, run_normalised
+    from leukoscope.export import write_reference
+    from leukoscope.int8 import quantize_with_gate, run_normalised
     from leukoscope.package import ONNX_FP32
     from leukoscope.preprocessing import normalize_numpy
 
@@ -170,6 +173,7 @@ def quantise(fp32: Path, work: Path, train: Any, val: Any, preprocess: Any, log:
     check = normalize_numpy(val.pixels, preprocess)
     fp32_probs = softmax(run_normalised(OnnxBackend(fp32), check)[0])
     gate = quantize_with_gate(work, normalize_numpy(train.pixels, preprocess), check, fp32_probs, log)
+    write_reference(work, val.pixels, preprocess, None)  # so the int8 variant package checks itself at load
     return {"calibration_images": gate["int8_calibration_images"], "val_images": len(check),
             "fp32_ends": gate["int8_fp32_ends"], "val_agreement": gate["int8_top1_agreement"]}
 
@@ -201,12 +205,14 @@ def variant_package(bundled: Path, fp32: Path, int8: Path, out: Path) -> Path:
     """The bundled package with the other ONNX model as its default (int8 for an fp32 package, fp32 for an
     int8 one), in a temporary folder; temperature and review thresholds stay the bundled ones (they do not
     change speed or top-1)."""
-    from leukoscope.package import ONNX_FP32, ONNX_INT8, read_package_json, write_package
+    from leukoscope.package import INT8_REFERENCE, ONNX_FP32, ONNX_INT8, read_package_json, write_package
 
     info = read_package_json(bundled)
     files = {name: bundled / name for name in info["files"]}
     other = ONNX_FP32 if info.get("default_onnx") == ONNX_INT8 else ONNX_INT8
     files[other] = fp32 if other == ONNX_FP32 else int8
+    if other == ONNX_INT8 and (int8.parent / INT8_REFERENCE).is_file():
+        files[INT8_REFERENCE] = int8.parent / INT8_REFERENCE  # written with it by `quantise`
     meta = {k: v for k, v in info.items() if k not in ("format", "format_version", "files")}
     meta["default_onnx"] = other
     meta["name"] = f"{info.get('name', 'bundled')}-{'fp32' if other == ONNX_FP32 else 'int8'}-bench"
@@ -306,6 +312,8 @@ def collect(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         bundled = "int8" if predictor.info.get("default_onnx") == ONNX_INT8 else "fp32"
         variant = variant_package(package, fp32_onnx, int8_onnx, work / "variant-package")
         quant["test"] = test_scores(OnnxBackend(fp32_onnx), OnnxBackend(int8_onnx), test, pre)
+        int8_package = variant if bundled == "fp32" else package
+        quant["load_check"] = load_predictor(int8_package, backend="onnx").int8_check  # what a user's load finds here
         results["int8"], results["bundled_default"] = quant, bundled
         results["timings"] = [asdict(t) for t in measure_models(package, fp32_onnx, int8_onnx, test, pre, work,
                                                                 args, log)]

@@ -107,6 +107,26 @@ def overlap_verdict(o: dict[str, Any]) -> str:
             "ONNX Runtime already keeps both cores busy, so decode threads can only take turns with it.")
 
 
+def cpu_flags_line(flags: list[str]) -> str:
+    """The CPU flags that decide which int8 kernels ran, next to the int8 numbers (issue #11)."""
+    shown = ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni"))
+    vnni = any(f in flags for f in ("avx512_vnni", "avx_vnni"))
+    why = ("VNNI: int8 products accumulate exactly" if vnni
+           else "no VNNI: u8s8 kernels would saturate with 8-bit weights, hence 7-bit ones")
+    return f"CPU flags: {shown} ({why})."
+
+
+def load_check_line(check: dict[str, Any] | None) -> str:
+    """What the int8 package's check at load (leukoscope.int8.checked_onnx) found on this CPU."""
+    if not check:
+        return ""
+    if not check.get("checked"):
+        return " Load-time int8 check: not possible (no reference batch)."
+    used = f"fell back to {check['fallback']}" if check.get("fallback") else "int8 used"
+    return (f" Load-time int8 check on this CPU: top-1 agreement {check['top1_agreement']:.2%} on {check['images']} "
+            f"reference images, largest probability change from export {check['drift']:.4f}: {used}.")
+
+
 def render_int8(results: dict[str, Any]) -> str:
     """int8 against fp32 on the test part, and how the int8 model was made (without the test part)."""
     q = results["int8"]
@@ -119,9 +139,10 @@ def render_int8(results: dict[str, Any]) -> str:
               "accuracy fp32 (sklearn)", "accuracy int8 (sklearn)"]
     where = ("the bundled package's own model.int8.onnx, written by `leukoscope export --int8-only`"
              if q.get("source") == "package" else "written to a temporary package by this benchmark")
-    return (common.table(header, rows) +
-            f"\nint8 model: leukoscope.export.quantize_int8 (static QDQ, per-channel int8 weights, uint8 "
-            f"activations, MinMax) calibrated on {q['calibration_images']} random images of the *train* part of "
+    return (common.table(header, rows) + f"\n{cpu_flags_line(results['machine'].get('flags') or [])}"
+            f"{load_check_line(q.get('load_check'))}\n" +
+            "\nint8 model: leukoscope.int8.quantize_int8 (static QDQ, per-channel 7-bit int8 weights (`reduce_range`), "
+            f"uint8 activations, MinMax) calibrated on {q['calibration_images']} random images of the *train* part of "
             f"bundle/split.csv, checked on the {q['val_images']} *val* images as `leukoscope export --int8` "
             f"does ({tried}), {where}; the test part was not used to make it. fp32 is the same network's "
             "fp32 ONNX model. Probabilities here are plain softmax (temperature does not change top-1).\n")

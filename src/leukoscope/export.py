@@ -5,8 +5,10 @@ Order of work, and why:
    small), and everything after - ONNX export, thresholds, statistics - uses the rounded network, so the
    PyTorch and ONNX Runtime backends of one package compute the same function.
 2. fp32 ONNX parity with PyTorch is checked on validation images (max probability difference <= 1e-4),
-   and, with --int8, static QDQ per-channel quantisation (calibrated on training images) must agree on
-   top-1 with fp32 on >= 99% of validation images; otherwise export refuses with the numbers.
+   and, with --int8, static QDQ quantisation (leukoscope.int8's rule: per-channel 7-bit weights, calibrated on
+   training images) must agree on top-1 with fp32 on >= 99% of validation images; otherwise export refuses
+   with the numbers. A few of those images go into int8_reference.npz, so the package checks its int8 model
+   again on the CPU where it is loaded (leukoscope.int8).
 3. Temperature, review threshold, OOD statistics and image-quality thresholds (leukoscope.review_fit) are
    computed from the outputs of the backend the package will use by default (int8 when written), so the
    flags behave as calibrated.
@@ -31,13 +33,13 @@ from .calibration import softmax
 from .errors import DataError, ImageError, ModelError
 from .imaging import load_rgb
 from .inference import read_run_temperature
+from .int8 import make_reference, quantize_with_gate, run_normalised
 from .manifest import Manifest, read_manifest_csv
-from .package import ONNX_FP32, ONNX_INT8, OOD_FILE, TORCH_FILE, write_package
+from .package import INT8_REFERENCE, ONNX_FP32, ONNX_INT8, OOD_FILE, TORCH_FILE, write_package
 from .preprocessing import Preprocess, normalize_numpy, resize_rgb
 from .review_fit import fit_review
 
 FP32_TOLERANCE = 1e-4
-INT8_MIN_AGREEMENT = 0.99
 Log = Callable[[str], None]
 
 
@@ -122,88 +124,6 @@ def export_onnx(model: Any, input_size: int, path: str | Path) -> None:
         warnings.simplefilter("ignore")
         torch.onnx.export(wrapper, (dummy,), str(path), opset_version=17, dynamo=False,
                           input_names=["input"], output_names=["logits", "features"], dynamic_axes=axes)
-
-
-def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, *, exclude_ends: bool = False,
-                  batch_size: int = 16) -> None:
-    """Static int8 QDQ, per-channel weights, uint8 activations, MinMax-calibrated on `calibration` (NCHW).
-
-    `exclude_ends` keeps the first convolution and the classifier in fp32, the usual fix when int8
-    disagrees with fp32 on borderline images.
-    """
-    import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    prepared = out_path.with_suffix(".pre.onnx")
-    try:
-        quant_pre_process(str(fp32_path), str(prepared))
-    except Exception:  # optimisation is a nicety: quantise the plain export if it fails
-        prepared = fp32_path
-    nodes = onnx.load(str(prepared)).graph.node
-    exclude = []
-    if exclude_ends:
-        convs = [n.name for n in nodes if n.op_type == "Conv"]
-        heads = [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")]
-        exclude = convs[:1] + heads[-1:]
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = [calibration[i:i + batch_size] for i in range(0, len(calibration), batch_size)]
-            self.position = 0
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            if self.position >= len(self.batches):
-                return None
-            self.position += 1
-            return {"input": self.batches[self.position - 1]}
-
-        def rewind(self) -> None:
-            self.position = 0
-
-    quantize_static(str(prepared), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
-    if prepared != fp32_path:
-        prepared.unlink(missing_ok=True)
-
-
-def quantize_with_gate(work: Path, calibration: np.ndarray, check: np.ndarray, fp32_probs: np.ndarray,
-                log: Log, threads: int | None = None) -> dict[str, Any]:
-    """Quantise into work/model.int8.onnx and check top-1 agreement with fp32 on `check` (normalised).
-
-    All layers int8 first; when that changes any top-1 call, again with the first convolution and the
-    classifier kept in fp32, and the better of the two is kept (all-int8 on a tie: it is faster). Refuses
-    with the numbers when neither reaches INT8_MIN_AGREEMENT. Only validation images decide, never test ones.
-    """
-    tried: list[dict[str, Any]] = []
-    files: list[Path] = []  # each recipe's model, so the better one is kept without quantising it again
-    for exclude_ends in (False, True):
-        files.append(work / f"int8-recipe-{len(files)}.onnx")
-        quantize_int8(work / ONNX_FP32, files[-1], calibration, exclude_ends=exclude_ends)
-        probs = softmax(run_normalised(OnnxBackend(files[-1], threads), check)[0])
-        tried.append({"int8_top1_agreement": float(np.mean(probs.argmax(1) == fp32_probs.argmax(1))),
-                      "int8_max_abs_prob_diff": float(np.abs(probs - fp32_probs).max()),
-                      "int8_fp32_ends": exclude_ends, "int8_calibration_images": len(calibration)})
-        log(f"int8 top-1 agreement with fp32: {tried[-1]['int8_top1_agreement']:.2%} on {len(check)} images"
-            + (" with first conv and classifier in fp32" if exclude_ends else ""))
-        if tried[-1]["int8_top1_agreement"] == 1.0:
-            break
-    best = max(range(len(tried)), key=lambda i: tried[i]["int8_top1_agreement"])  # max keeps the first of equals
-    if tried[best]["int8_top1_agreement"] < INT8_MIN_AGREEMENT:
-        numbers = "; ".join(f"{t['int8_top1_agreement']:.2%}" + (" with first conv and classifier in fp32"
-                                                                if t["int8_fp32_ends"] else "") for t in tried)
-        raise ModelError(f"int8 model disagrees with fp32 too often: top-1 agreement {numbers} on "
-                         f"{len(check)} images, below the required {INT8_MIN_AGREEMENT:.0%}; export without --int8")
-    files[best].replace(work / ONNX_INT8)
-    for other in files:
-        other.unlink(missing_ok=True)
-    return dict(tried[best])
-
-
-def run_normalised(backend: Any, x: np.ndarray, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and features of normalised NCHW float32 input, in batches."""
-    outs = [backend.run(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
-    return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
 
 
 def _check_fp32(original: Any, rounded: Any, onnx_path: Path, check: np.ndarray, log: Log,
@@ -333,6 +253,8 @@ def export_run(run: str | Path, out: str | Path, *, int8: bool = False, int8_onl
             fp32_probs = softmax(run_normalised(OnnxBackend(work / ONNX_FP32, threads), check_x)[0])
             calibration = normalize_numpy(train.pixels[np.sort(chosen)], pre)
             parity.update(quantize_with_gate(work, calibration, check_x, fp32_probs, log, threads))
+            parity["int8_reference"] = write_reference(work, check.pixels[:parity_images], pre, threads)
+            log(f"int8 reference batch: {parity['int8_reference']['images']} images, checked again at every load")
             default = ONNX_INT8
         engine = OnnxBackend(work / default, threads)
         _, train_feats = run_backend(engine, train.pixels, pre)
@@ -348,10 +270,16 @@ def export_run(run: str | Path, out: str | Path, *, int8: bool = False, int8_onl
                      "onnx": {"opset": 17, "input": "input", "outputs": ["logits", "features"],
                               "input_layout": "N x 3 x S x S float32, (x/255 - mean) / std"},
                      "metrics": {"val": val_metrics, **_summaries(run_dir)}})
-        names = [n for n in (ONNX_FP32, ONNX_INT8, TORCH_FILE, OOD_FILE) if (work / n).is_file()]
+        names = [n for n in (ONNX_FP32, ONNX_INT8, INT8_REFERENCE, TORCH_FILE, OOD_FILE) if (work / n).is_file()]
         if int8_only:
             names.remove(ONNX_FP32)
         return write_package(out, info, {n: work / n for n in names})
+
+
+def write_reference(work: Path, pixels: np.ndarray, pre: Preprocess, threads: int | None) -> dict[str, Any]:
+    """work/int8_reference.npz from the check images, judged by the fp32 and int8 models just written."""
+    return make_reference(work / INT8_REFERENCE, pixels, OnnxBackend(work / ONNX_FP32, threads),
+                          OnnxBackend(work / ONNX_INT8, threads), pre)
 
 
 def _save_torch_payload(path: Path, loaded: Any, half_state: dict[str, Any]) -> None:

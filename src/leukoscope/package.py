@@ -4,6 +4,8 @@
                       out-of-distribution statistics, metrics, provenance, and the sha256 of every file
     model.onnx        fp32 network with two outputs, `logits` and `features` (ONNX Runtime backend)
     model.int8.onnx   optional static-int8 version of it (preferred when `default_onnx` names it)
+    int8_reference.npz  with model.int8.onnx: a few val images (JPEG bytes) and fp32's top-1 on them, run
+                      through the int8 model at load to check it on the CPU at hand (see leukoscope.int8)
     model.pt          {"spec", "classes", "preprocess", "model": fp16 state_dict} (PyTorch backend, Grad-CAM)
     ood.npz           Mahalanobis statistics of the training features (see leukoscope.ood)
 
@@ -28,6 +30,7 @@ PACKAGE_VERSION = 1
 MODEL_JSON = "model.json"
 ONNX_FP32 = "model.onnx"
 ONNX_INT8 = "model.int8.onnx"
+INT8_REFERENCE = "int8_reference.npz"
 TORCH_FILE = "model.pt"
 OOD_FILE = "ood.npz"
 

@@ -103,10 +103,13 @@ def test_timing_inputs_and_eager_worker(tiny: dict[str, Path], tiny_images, tmp_
     assert all(len(r["b1_rounds"]) == 2 and len(r["b32_rounds"]) == 2 for r in result.values())
 
 
-def test_int8_package_scores_and_interleaved_timing(tiny: dict[str, Path], tiny_images, tmp_path: Path) -> None:
+def test_int8_package_scores_and_interleaved_timing(tiny: dict[str, Path], tiny_images, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from leukoscope import int8 as int8_module
     from leukoscope.backends import OnnxBackend
     from leukoscope.inference import load_predictor
 
+    monkeypatch.setattr(int8_module, "INT8_MIN_AGREEMENT", 0.0)  # quantised whatever int8 computes on this CPU
     predictor, split, test = tiny_images
     pre = predictor.preprocess
     train, val = speed.decoded(split.part("train"), pre, limit=16), speed.decoded(split.part("val"), pre)
@@ -114,7 +117,8 @@ def test_int8_package_scores_and_interleaved_timing(tiny: dict[str, Path], tiny_
     assert fp32 == tiny["package"] / "model.onnx" and int8 == tmp_path / "model.int8.onnx"  # quantised here
     assert quant["source"] == "benchmark" and quant["calibration_images"] == 16 and 0.0 <= quant["val_agreement"] <= 1.0
     package = speed.variant_package(tiny["package"], fp32, int8, tmp_path / "pkg")
-    assert load_predictor(package, threads=1).info["default_onnx"] == "model.int8.onnx"
+    variant = load_predictor(package, threads=1)
+    assert variant.info["default_onnx"] == "model.int8.onnx" and variant.int8_check["checked"]  # with its reference
     assert not (tiny["package"] / "model.int8.onnx").exists()  # never written into the source package
     scores = speed.test_scores(OnnxBackend(fp32, 1), OnnxBackend(package / "model.int8.onnx", 1), test, pre)
     assert scores["images"] == len(test.labels) and 0.0 <= scores["top1_agreement"] <= 1.0
@@ -125,12 +129,15 @@ def test_int8_package_scores_and_interleaved_timing(tiny: dict[str, Path], tiny_
     assert [t.name for t in timings] == ["fp32", "int8"] and all(len(t.b32_rounds) == 2 for t in timings)
 
 
-def test_an_int8_only_package_is_measured_as_it_ships(tiny: dict[str, Path], tiny_images, tmp_path: Path) -> None:
+def test_an_int8_only_package_is_measured_as_it_ships(tiny: dict[str, Path], tiny_images, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Its own int8 model and gate numbers are used, fp32 comes from its model.pt, and the variant is fp32."""
+    from leukoscope import int8 as int8_module
     from leukoscope.backends import OnnxBackend
     from leukoscope.export import export_run
     from leukoscope.inference import load_predictor
 
+    monkeypatch.setattr(int8_module, "INT8_MIN_AGREEMENT", 0.0)  # exported whatever int8 computes on this CPU
     predictor, split, test = tiny_images
     pre = predictor.preprocess
     shipped = export_run(tiny["run"], tmp_path / "int8-only", int8_only=True, data_root=tiny["data"],
@@ -145,6 +152,31 @@ def test_an_int8_only_package_is_measured_as_it_ships(tiny: dict[str, Path], tin
     assert load_predictor(variant, threads=1).info["default_onnx"] == "model.onnx"
     rendered = speed_report._package_label({"bundled_default": "int8"}, "fp32")
     assert "same package with the ONNX fp32 model as default" in rendered
+
+
+def test_int8_numbers_are_printed_with_the_cpu_flags_and_the_load_check() -> None:
+    results = _speed_results(e2e_ips=450.0)
+    results["machine"]["flags"] = ["avx2", "avx512f"]
+    results["int8"]["load_check"] = {"checked": True, "images": 16, "top1_agreement": 1.0, "drift": 0.003}
+    text = speed_report.render_int8(results)
+    assert "avx2 yes, avx512f yes, avx512_vnni no, avx_vnni no (no VNNI" in text
+    assert "top-1 agreement 100.00% on 16 reference images" in text and "int8 used" in text
+    results["machine"]["flags"] = ["avx2", "avx512_vnni"]
+    results["int8"]["load_check"] = {**results["int8"]["load_check"], "fallback": "model.onnx"}
+    text = speed_report.render_int8(results)
+    assert "avx512_vnni yes" in text and "(VNNI:" in text and "fell back to model.onnx" in text
+
+
+def test_int8_recipes_table_has_every_candidate_and_the_flags() -> None:
+    import int8_recipes
+
+    row = {"top1_agreement": 0.99, "max_abs_prob_diff": 0.2, "exact_top1_agreement": 1.0, "kernel_vs_exact": 0.01,
+           "b32_ips": 100.0, "b1_ms": 5.0}
+    results = {"machine": {**common.machine(), "flags": ["avx2"]}, "val_images": 280, "calibration_images": 64,
+               "load_average": 1.0, "recipes": {"fp32": row, **dict.fromkeys(int8_recipes.RECIPES, row)}}
+    text = int8_recipes.render(results, "python benchmarks/int8_recipes.py")
+    assert "CPU flags: avx2 (no VNNI" in text and all(name in text for name in int8_recipes.RECIPES)
+    assert text.count("| 99.00% | 0.200 | 100.00% | 0.010 |") == len(int8_recipes.RECIPES)
 
 
 def test_decode_e2e_and_overlap(tiny: dict[str, Path], tiny_images, tmp_path: Path) -> None:
@@ -337,6 +369,7 @@ def test_shift_row_counts_what_evaluate_counts(tiny_images) -> None:
     assert row[3] == "0.000" and row[4] == "0 of 1" and row[5] == "0 of 1"  # so no unflagged call at all
 
 
+@pytest.mark.slow
 def test_crossval_fold_exports_scores_and_renders(tiny: dict[str, Path], tmp_path: Path) -> None:
     """One finished fold run (the tiny run): both exports, scoring on its test part, the pooled table."""
     runs = tmp_path / "runs"

@@ -33,6 +33,14 @@ def serve_command(
                                                   "images after this many days; their predictions stay "
                                                   "(default: keep images)."),
     insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback --host without a token."),
+    allowed_host: list[str] | None = typer.Option(None, "--allowed-host", help="A name clients use to reach the "
+                                                  "server (repeatable; '*.example.org' patterns; default: "
+                                                  "$LEUKOSCOPE_ALLOWED_HOSTS, comma-separated). Loopback names "
+                                                  "and --host are always accepted; any other Host gets 400."),
+    session_hours: float = typer.Option(12.0, "--session-hours", min=0.01, help="Hours a login from the web "
+                                        "page lasts (logout ends it at once)."),
+    warmup: bool = typer.Option(True, "--warmup/--no-warmup", help="Run one prediction and one Grad-CAM at "
+                                "start-up so the first request is fast (a few seconds longer to start)."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level (debug, info, warning)."),
 ) -> None:
     """Serve the upload page, the prediction history and the JSON API (/api/v1, docs at /docs).
@@ -46,7 +54,8 @@ def serve_command(
     settings = Settings.from_env(
         host=host, port=port, model=model, db=db, workers=workers, queue=queue, insecure=insecure,
         max_files=max_files, max_file_bytes=int(max_file_mb * MIB), max_request_bytes=int(max_request_mb * MIB),
-        tta=tta, keep_images_days=keep_images_days,
+        tta=tta, keep_images_days=keep_images_days, warmup=warmup, allowed_hosts=allowed_host or None,
+        session_hours=session_hours,
     )
     check_exposure(settings)  # before the (slow) model load: refuse at once
     from ..serve.store import Store
@@ -61,8 +70,11 @@ def serve_command(
     app = create_app(settings, predictor)
     auth = "token required" if settings.token else "no authentication"
     console.print(f"leukoscope serving on [bold]{settings.url}[/] ({auth}; model {model_version(predictor.info)} "
-                  f"on {predictor.backend}; database {settings.db}). Ctrl-C to stop.", highlight=False, soft_wrap=True)
+                  f"on {predictor.backend}{_model_file(predictor)}; database {settings.db}). Ctrl-C to stop.", highlight=False, soft_wrap=True)
     console.print(DISCLAIMER, highlight=False, soft_wrap=True)
+    if settings.host in ("0.0.0.0", "::") and not settings.allowed_hosts:
+        console.print("Answering only Host names " + ", ".join(settings.trusted_hosts) + ": add the names clients "
+                      "use with --allowed-host.", highlight=False, soft_wrap=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, server_header=False,
                 proxy_headers=False, timeout_graceful_shutdown=10)
 
@@ -70,3 +82,9 @@ def serve_command(
 def register(app: typer.Typer) -> None:
     """Add `serve` to the leukoscope app."""
     app.command("serve")(serve_command)
+
+
+def _model_file(predictor: object) -> str:
+    """" (model.int8.onnx)" when known: after the load-time int8 check, which file really answers matters."""
+    name = getattr(predictor, "onnx_file", None)
+    return f" ({name})" if name else ""
