@@ -82,7 +82,7 @@ def score(package: Path, split_csv: Path, data: Path) -> dict[str, Any]:
     y = np.asarray([classes.index(r.label) for r in test.records])
     metrics = point_metrics(y, probs, classes=classes)
     review = review_summary(y, probs.argmax(axis=1), [p.review for p in predictions],
-                            [p.review_reasons for p in predictions], classes=classes)
+                            [p.review_codes for p in predictions], classes=classes)
     leuk = metrics["leukemia_vs_benign"]
     return {"n": len(y), "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
             "ece": expected_calibration_error(probs, y), "leukemia_called_benign": leuk["leukemia_called_benign"],
@@ -115,11 +115,11 @@ def _pct(value: float | None) -> str:
 
 
 def rate_interval(k: int, n: int) -> tuple[float, float]:
-    """Exact (Clopper-Pearson) 95% interval of a rate of k events in n images."""
-    from scipy.stats import binomtest
+    """Exact (Clopper-Pearson) 95% interval of a rate of k events in n images (n > 0)."""
+    from leukoscope.intervals import proportion_interval
 
-    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
-    return float(ci.low), float(ci.high)
+    low, high = proportion_interval(k, n)
+    return float(low or 0.0), float(1.0 if high is None else high)
 
 
 def pooled(rows: list[dict[str, Any]], precision: str) -> dict[str, Any] | None:

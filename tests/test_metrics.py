@@ -6,8 +6,10 @@ import json
 
 import numpy as np
 import pytest
+from scipy.stats import binomtest
 from sklearn import metrics as skm
 
+from leukoscope.intervals import BOOTSTRAP, CLOPPER_PEARSON, INTERVAL_METHOD, proportion, proportion_interval
 from leukoscope.metrics import (
     HEADLINE,
     bootstrap_intervals,
@@ -131,10 +133,65 @@ def test_bootstrap_is_deterministic_for_a_seed_and_serialisable():
 
 def test_no_bootstrap_and_undefined_intervals_are_none():
     result = compute_metrics([1, 2, 3], one_hot_probs(np.array([1, 2, 3])), classes=CLASSES, n_bootstrap=0)
-    assert result["headline"]["accuracy"]["low"] is None
+    assert result["headline"]["macro_f1"]["low"] is None and result["headline"]["macro_f1"]["method"] is None
+    assert result["headline"]["accuracy"]["method"] == CLOPPER_PEARSON  # exact intervals need no resampling
     no_benign = compute_metrics([1, 2, 3], one_hot_probs(np.array([1, 2, 3])), classes=CLASSES, n_bootstrap=10)
     assert no_benign["headline"]["leukemia_specificity"] == {
-        "label": HEADLINE["leukemia_specificity"], "value": None, "low": None, "high": None}
+        "label": HEADLINE["leukemia_specificity"], "value": None, "low": None, "high": None, "method": None}
+
+
+def test_a_perfect_sample_gets_an_exact_interval_below_one():
+    """460 of 460 right: the percentile bootstrap said [1.000, 1.000]; the exact interval leaves the sample."""
+    y = np.repeat(np.arange(4), 115)
+    result = compute_metrics(y, one_hot_probs(y), classes=CLASSES, n_bootstrap=200)
+    accuracy = result["headline"]["accuracy"]
+    assert (accuracy["value"], accuracy["k"], accuracy["n"], accuracy["method"]) == (1.0, 460, 460, CLOPPER_PEARSON)
+    assert accuracy["high"] == 1.0 and accuracy["low"] == pytest.approx(0.025 ** (1 / 460))  # ~0.992
+    assert 0.991 < accuracy["low"] < 0.993
+    for name in ("leukemia_sensitivity", "leukemia_specificity"):
+        h = result["headline"][name]
+        assert h["method"] == CLOPPER_PEARSON and h["low"] < 1.0 == h["high"], name
+    assert result["headline"]["leukemia_specificity"]["n"] == 115
+    recall = result["per_class"]["Pro-B"]["intervals"]["recall"]
+    assert (recall["k"], recall["n"], recall["method"]) == (115, 115, CLOPPER_PEARSON) and recall["low"] < 1.0
+    missed = result["leukemia_vs_benign"]["rates"]["leukemia_called_benign"]
+    assert (missed["k"], missed["n"], missed["low"]) == (0, 345, 0.0)
+    assert missed["high"] == pytest.approx(1 - 0.025 ** (1 / 345)) and missed["high"] > 0  # 0 of n: upper > 0
+    json.dumps(result, allow_nan=False)
+
+
+def test_only_non_proportions_are_bootstrapped():
+    y = np.repeat(np.arange(4), 115)
+    result = compute_metrics(y, one_hot_probs(y), classes=CLASSES, n_bootstrap=50)
+    for name in ("balanced_accuracy", "macro_f1", "cohen_kappa", "mcc", "macro_roc_auc"):
+        assert INTERVAL_METHOD[name] == BOOTSTRAP
+        assert result["headline"][name]["method"] == BOOTSTRAP, name
+        assert result["headline"][name]["low"] == result["headline"][name]["high"] == 1.0, name  # perfect resamples
+    assert set(bootstrap_intervals(y, one_hot_probs(y), classes=CLASSES, n_bootstrap=5)) == {
+        name for name, method in INTERVAL_METHOD.items() if method == BOOTSTRAP}
+
+
+def test_exact_intervals_match_scipy_and_count_right():
+    y, probs = synthetic(300, 0.8, 5)
+    result = compute_metrics(y, probs, classes=CLASSES, n_bootstrap=0, level=0.9)
+    cm = np.asarray(result["confusion_matrix"])
+    accuracy = result["headline"]["accuracy"]
+    ci = binomtest(int(np.trace(cm)), 300).proportion_ci(confidence_level=0.9, method="exact")
+    assert (accuracy["low"], accuracy["high"]) == pytest.approx((ci.low, ci.high))
+    precision = result["per_class"]["Pre-B"]["intervals"]["precision"]
+    assert (precision["k"], precision["n"]) == (cm[2, 2], cm[:, 2].sum())
+    assert precision["value"] == pytest.approx(result["per_class"]["Pre-B"]["precision"])
+    specificity = result["per_class"]["Benign"]["intervals"]["specificity"]
+    assert specificity["value"] == pytest.approx(result["per_class"]["Benign"]["specificity"])
+    assert specificity["low"] <= specificity["value"] <= specificity["high"]
+
+
+def test_proportion_of_nothing_and_bad_counts():
+    assert proportion(0, 0) == {"k": 0, "n": 0, "value": None, "low": None, "high": None, "method": None}
+    low, high = proportion_interval(0, 10)
+    assert low == 0.0 and high == pytest.approx(1 - 0.025 ** (1 / 10))
+    with pytest.raises(ValueError, match="0 <= k <= n"):
+        proportion_interval(11, 10)
 
 
 def test_no_benign_class_means_no_leukemia_view():

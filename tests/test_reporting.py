@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from leukoscope.calibration import softmax
+from leukoscope.intervals import proportion
 from leukoscope.metrics import compute_metrics
 from leukoscope.plots import evaluation_figures, prediction_grid, training_curves
 from leukoscope.reporting import DISCLAIMER, write_comparison, write_model_card, write_report_html
@@ -171,3 +172,48 @@ def test_comparison_markdown_and_html(tmp_path):
     assert parser.external == [] and "0.0703" in html and "65.0" in html
     with pytest.raises(ValueError, match=r"\.html or \.md"):
         write_comparison(tmp_path / "compare.txt", comparison())
+
+
+def perfect_result(review: dict | None = None) -> dict:
+    """460 of 460 right (115 per class), as the evaluation of a perfect sample stores it."""
+    y = np.repeat(np.arange(4), 115)
+    probs = np.full((460, 4), 0.1)
+    probs[np.arange(460), y] = 0.7
+    return {**result_dict(compute_metrics(y, probs, classes=CLASSES, n_bootstrap=50)), "review": review}
+
+
+def test_report_and_card_say_which_method_made_each_interval(synthetic_eval, figures, tmp_path):
+    review = {"n": 460, "flagged": 3, "wrong": 0, "wrong_flagged": 0, "wrong_not_flagged": 0,
+              "unflagged_accuracy": 1.0, "reasons": {}, "n_benign": 115, "n_leukemia": 345,
+              "benign_called_leukemia_not_flagged": 0, "leukemia_called_benign_not_flagged": 0,
+              "rates": {"flagged": proportion(3, 460), "wrong_not_flagged": proportion(0, 460),
+                        "benign_called_leukemia_not_flagged": proportion(0, 115),
+                        "leukemia_called_benign_not_flagged": proportion(0, 345)}}
+    result = perfect_result(review)
+    html = write_report_html(tmp_path / "report.html", result=result, figures=figures[:1]).read_text(encoding="utf-8")
+    card = write_model_card(tmp_path / "MODEL_CARD.md", model_info=result["model"], metrics=result,
+                            data_summary=result["data_summary"], config={}).read_text(encoding="utf-8")
+    for text in (html, card):
+        assert "exact Clopper-Pearson intervals for the proportions (Accuracy" in text
+        assert "percentile bootstrap intervals over 50 resamples" in text and "Macro F1" in text
+        assert "[0.992, 1.000]" in text
+        assert "0 of 345 (0.0%, exact interval 0.0% to 1.1%)" in text  # missed cases, with an upper bound above 0
+        assert "3 of 460 (0.7%, exact interval 0.1% to 1.9%)" in text  # review flags
+    assert "| Accuracy | 1.000 | [0.992, 1.000] | exact (Clopper-Pearson) |" in card
+    assert "| Macro F1 | 1.000 | [1.000, 1.000] | percentile bootstrap |" in card
+    assert "one of zero width means no resample differed" in card  # why [1.000, 1.000] is not certainty
+    assert "<td>[0.992, 1.000]</td><td>exact (Clopper-Pearson)</td>" in html
+    assert "| Pro-B | 115 | 1.000 [0.968, 1.000] | 1.000 [0.968, 1.000] |" in card  # per-class precision, recall
+
+
+def test_results_saved_before_interval_methods_still_render(synthetic_eval, tmp_path):
+    old = result_dict(synthetic_eval["metrics"])
+    old["leukemia_vs_benign"] = {k: v for k, v in old["leukemia_vs_benign"].items() if k != "rates"}
+    old["headline"] = {k: {key: h[key] for key in ("label", "value", "low", "high")}
+                       for k, h in old["headline"].items()}
+    old["per_class"] = {k: {key: v for key, v in c.items() if key != "intervals"} for k, c in old["per_class"].items()}
+    card = write_model_card(tmp_path / "MODEL_CARD.md", model_info=old["model"], metrics=old,
+                            data_summary=old["data_summary"], config={}).read_text(encoding="utf-8")
+    assert "percentile bootstrap intervals over 50 resamples" in card and "Clopper-Pearson" not in card
+    lv = old["leukemia_vs_benign"]
+    assert f"**{lv['leukemia_called_benign']} of {lv['n_leukemia']}**" in card  # plain counts, no interval

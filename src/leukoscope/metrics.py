@@ -1,9 +1,15 @@
-"""Classification metrics over arrays, with bootstrap confidence intervals and a paired McNemar test.
+"""Classification metrics over arrays, with confidence intervals and a paired McNemar test.
 
 Point estimates come from scikit-learn, so they mean exactly what its documentation says. The bootstrap
 recomputes the headline metrics on resampled images many times; doing that through scikit-learn would
 cost ~10 ms per resample, so the resamples use small numpy formulas over the confusion matrix (and a
 rank-based AUC) that the tests check against scikit-learn on the full data.
+
+Intervals: a plain proportion (k of n images, e.g. accuracy, sensitivity, a class's recall) gets the
+exact Clopper-Pearson interval of a binomial proportion: a percentile bootstrap cannot leave a perfect
+sample (460 of 460 right gives [1, 1]), while the exact interval reads [0.992, 1]. Metrics that are not
+a count over images (balanced accuracy, F1, kappa, MCC, AUC) keep the percentile bootstrap.
+`intervals.INTERVAL_METHOD` is the one place that says which metric gets which.
 
 Everything returned is a plain, JSON-serialisable dict: floats, ints, lists, and None where a metric is
 undefined (e.g. the ROC-AUC of a class that never occurs in `y_true`), never NaN.
@@ -19,6 +25,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import binomtest, rankdata
 from sklearn import metrics as skm
+
+from .intervals import BOOTSTRAP, CLOPPER_PEARSON, INTERVAL_METHOD, proportion
 
 # Headline metrics: the ones reported with confidence intervals, in display order, with labels.
 HEADLINE: dict[str, str] = {
@@ -62,16 +70,35 @@ def _check_inputs(y_true: Any, probs: Any, classes: Sequence[str]) -> tuple[np.n
 # ------------------------------------------------------------------------------------ point estimates
 
 
+def class_counts(cm: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(successes, trials) per class of a confusion matrix (rows = truth) for the per-class proportions:
+    precision TP of predicted, recall TP of true, specificity TN of TN + FP."""
+    cm = np.asarray(cm, dtype=np.int64)
+    tp, rows, cols = np.diag(cm), cm.sum(axis=1), cm.sum(axis=0)
+    negatives = cm.sum() - rows
+    tn = negatives - (cols - tp)
+    return {"precision": (tp, cols), "recall": (tp, rows), "specificity": (tn, negatives)}
+
+
 def specificity_per_class(cm: np.ndarray) -> list[float | None]:
     """TN / (TN + FP) for each class of a confusion matrix (rows = truth); None when it has no negatives."""
-    cm = np.asarray(cm, dtype=np.float64)
-    total = cm.sum()
-    out: list[float | None] = []
-    for k in range(len(cm)):
-        fp = cm[:, k].sum() - cm[k, k]
-        tn = total - cm[k, :].sum() - cm[:, k].sum() + cm[k, k]
-        out.append(_clean(tn / (tn + fp)) if tn + fp > 0 else None)
-    return out
+    tn, negatives = class_counts(cm)["specificity"]
+    return [_clean(k / n) if n > 0 else None for k, n in zip(tn, negatives, strict=True)]
+
+
+def proportion_counts(cm: Any, benign_index: int | None) -> dict[str, tuple[int, int]]:
+    """(successes, trials) of the headline proportions: accuracy and, with a benign class, leukemia
+    sensitivity (leukemia images called any leukemia) and specificity (benign images called benign)."""
+    cm = np.asarray(cm, dtype=np.int64)
+    n = int(cm.sum())
+    counts = {"accuracy": (int(np.trace(cm)), n)}
+    if benign_index is not None:
+        b = benign_index
+        n_benign = int(cm[b].sum())
+        missed = int(cm[:, b].sum() - cm[b, b])
+        counts["leukemia_sensitivity"] = (n - n_benign - missed, n - n_benign)
+        counts["leukemia_specificity"] = (int(cm[b, b]), n_benign)
+    return counts
 
 
 def _auc_per_class(y: np.ndarray, p: np.ndarray) -> tuple[list[float | None], list[float | None]]:
@@ -199,6 +226,7 @@ def rank_auc(positive: np.ndarray, scores: np.ndarray) -> float:
 def headline_from_confusion(cm: np.ndarray, benign_index: int | None) -> dict[str, float]:
     """Accuracy, balanced accuracy, macro F1, kappa, MCC and the leukemia view from a confusion matrix,
     with scikit-learn's conventions (NaN where undefined)."""
+    counts = proportion_counts(cm, benign_index)
     cm = np.asarray(cm, dtype=np.float64)
     n = cm.sum()
     tp = np.diag(cm)
@@ -212,21 +240,14 @@ def headline_from_confusion(cm: np.ndarray, benign_index: int | None) -> dict[st
     cov_tp = tp.sum() * n - rows @ cols
     cov_pp, cov_tt = n**2 - cols @ cols, n**2 - rows @ rows
     out = {
-        "accuracy": tp.sum() / n,
         "balanced_accuracy": recall[present].mean(),
         "macro_f1": f1[f1_denominator > 0].mean(),
         "cohen_kappa": kappa,
         "mcc": cov_tp / math.sqrt(cov_tt * cov_pp) if cov_tt * cov_pp > 0 else 0.0,
-        "leukemia_sensitivity": math.nan,
-        "leukemia_specificity": math.nan,
     }
-    if benign_index is not None:
-        b = benign_index
-        n_benign = rows[b]
-        n_leuk = n - n_benign
-        missed = cm[:, b].sum() - cm[b, b]
-        out["leukemia_sensitivity"] = (n_leuk - missed) / n_leuk if n_leuk else math.nan
-        out["leukemia_specificity"] = cm[b, b] / n_benign if n_benign else math.nan
+    for name in ("accuracy", "leukemia_sensitivity", "leukemia_specificity"):
+        k, trials = counts.get(name, (0, 0))
+        out[name] = k / trials if trials else math.nan
     return out
 
 
@@ -240,7 +261,8 @@ def bootstrap_intervals(
     seed: int = 0,
     level: float = 0.95,
 ) -> dict[str, list[float | None]]:
-    """Percentile bootstrap intervals of the headline metrics, resampling images with replacement.
+    """Percentile bootstrap intervals of the headline metrics whose INTERVAL_METHOD is BOOTSTRAP (the
+    proportions get exact intervals instead), resampling images with replacement.
 
     Deterministic for a given seed. Resamples where a metric is undefined (e.g. no benign image drawn)
     are left out of that metric's interval.
@@ -254,7 +276,7 @@ def bootstrap_intervals(
     benign = list(classes).index(benign_class) if benign_class in classes else None
     pred = p.argmax(axis=1)
     rng = np.random.default_rng(seed)
-    samples: dict[str, list[float]] = {name: [] for name in HEADLINE}
+    samples: dict[str, list[float]] = {name: [] for name in HEADLINE if INTERVAL_METHOD[name] == BOOTSTRAP}
     for _ in range(n_bootstrap):
         idx = rng.integers(0, len(y), len(y))
         yt, yp = y[idx], pred[idx]
@@ -262,8 +284,8 @@ def bootstrap_intervals(
         values = headline_from_confusion(cm, benign)
         aucs = [rank_auc(yt == k, p[idx, k]) for k in range(n_classes) if 0 < cm[k].sum() < len(yt)]
         values["macro_roc_auc"] = float(np.mean(aucs)) if aucs else math.nan
-        for name in HEADLINE:
-            samples[name].append(values[name])
+        for name, kept in samples.items():
+            kept.append(values[name])
     tail = (1 - level) / 2 * 100
     intervals: dict[str, list[float | None]] = {}
     for name, values in samples.items():
@@ -293,8 +315,12 @@ def compute_metrics(
     macro_roc_auc, macro_pr_auc, log_loss, brier (multi-class: mean over images of the summed squared
     error, 0..2), leukemia_sensitivity, leukemia_specificity, per_class {class: precision, recall, f1,
     specificity, support, roc_auc, pr_auc}, macro, weighted, confusion_matrix (rows = truth),
-    leukemia_vs_benign, headline {metric: {label, value, low, high}}, bootstrap {n_resamples, seed, level}.
-    `n_bootstrap=0` skips the intervals (low/high None).
+    leukemia_vs_benign, headline {metric: {label, value, low, high, method}}, bootstrap {n_resamples, seed,
+    level, method}. Intervals: `method` is INTERVAL_METHOD's ("clopper-pearson" for proportions, with their
+    k and n; "bootstrap-percentile" otherwise), None where there is no interval. Per class, `intervals`
+    {precision, recall, specificity} and leukemia_vs_benign's `rates` {leukemia_called_benign,
+    benign_called_leukemia} are `proportion` dicts. `n_bootstrap=0` skips the bootstrap intervals only;
+    exact intervals cost nothing and are always given.
 
     >>> m = compute_metrics([0, 1, 1], [[.9, .1], [.2, .8], [.6, .4]], classes=["Benign", "ALL"],
     ...                     n_bootstrap=0)
@@ -302,17 +328,37 @@ def compute_metrics(
     (0.667, [[1, 0], [1, 1]], 1)
     """
     result = point_metrics(y_true, probs, classes=classes, benign_class=benign_class)
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
     intervals: dict[str, list[float | None]] = {}
     if n_bootstrap > 0:
         intervals = bootstrap_intervals(y_true, probs, classes=classes, benign_class=benign_class,
                                         n_bootstrap=n_bootstrap, seed=seed, level=level)
+    cm = result["confusion_matrix"]
+    counts = proportion_counts(cm, list(classes).index(benign_class) if benign_class in classes else None)
     result["headline"] = {}
     for name, label in HEADLINE.items():
-        # no interval around an undefined value (e.g. MCC of one-class data)
-        low, high = intervals.get(name, [None, None]) if result[name] is not None else (None, None)
-        result["headline"][name] = {"label": label, "value": result[name], "low": low, "high": high}
+        entry: dict[str, Any] = {"label": label, "value": result[name], "low": None, "high": None, "method": None}
+        if result[name] is None:
+            pass  # no interval around an undefined value (e.g. MCC of one-class data)
+        elif INTERVAL_METHOD[name] == CLOPPER_PEARSON:
+            exact = proportion(*counts[name], level)
+            entry.update(low=exact["low"], high=exact["high"], method=exact["method"], k=exact["k"], n=exact["n"])
+        elif intervals.get(name, [None])[0] is not None:
+            entry.update(low=intervals[name][0], high=intervals[name][1], method=BOOTSTRAP)
+        result["headline"][name] = entry
+    per_class_counts = class_counts(cm)
+    for i, name in enumerate(classes):
+        result["per_class"][name]["intervals"] = {
+            metric: proportion(k[i], n[i], level) for metric, (k, n) in per_class_counts.items()}
+    leuk = result["leukemia_vs_benign"]
+    if leuk is not None:
+        leuk["rates"] = {
+            "leukemia_called_benign": proportion(leuk["leukemia_called_benign"], leuk["n_leukemia"], level),
+            "benign_called_leukemia": proportion(leuk["benign_called_leukemia"], leuk["n_benign"], level)}
     result["bootstrap"] = {"n_resamples": n_bootstrap, "seed": seed, "level": level, "method": "percentile"}
     return result
+
 
 
 # ------------------------------------------------------------------------------------- paired testing

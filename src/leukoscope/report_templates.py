@@ -31,37 +31,39 @@ REPORT_HTML = """<!DOCTYPE html>
 <p>Numbers below are on {% if on.part == "all" %}all <strong>{{ on.n_images }}</strong> images{% else %}the
 <strong>{{ on.part }}</strong> part: <strong>{{ on.n_images }}</strong> images{% endif %}
 from <code>{{ on.data_root }}</code>{% if on.split_csv %} (split file <code>{{ on.split_csv }}</code>){% endif %}.
-Intervals are {{ (100 * m.bootstrap.level) | round(0) | int }}% percentile bootstrap intervals
-over {{ m.bootstrap.n_resamples }} resamples of the images (seed {{ m.bootstrap.seed }}).</p>
+{{ intervals_text }}</p>
 {% for w in warnings %}<p class="{{ 'leak' if 'LEAKAGE' in w else 'disclaimer' }}">{{ w }}</p>{% endfor %}
 
 <h2>Headline metrics</h2>
-<table><tr><th>metric</th><th>value</th><th>95% interval</th></tr>
+<table><tr><th>metric</th><th>value</th><th>{{ (100 * m.bootstrap.level) | round(0) | int }}% interval</th>
+<th>interval method</th></tr>
 {% for name, h in m.headline.items() %}<tr><td>{{ h.label }}</td><td>{{ fmt(h.value) }}</td>
-<td>{{ interval(h) }}</td></tr>
+<td>{{ interval(h) }}</td><td>{{ method_name(h) }}</td></tr>
 {% endfor %}
-<tr><td>Log loss</td><td>{{ fmt(m.log_loss) }}</td><td></td></tr>
-<tr><td>Brier score (multi-class, 0&ndash;2)</td><td>{{ fmt(m.brier) }}</td><td></td></tr>
-<tr><td>Macro PR-AUC</td><td>{{ fmt(m.macro_pr_auc) }}</td><td></td></tr>
-<tr><td>Weighted F1</td><td>{{ fmt(m.weighted_f1) }}</td><td></td></tr>
+<tr><td>Log loss</td><td>{{ fmt(m.log_loss) }}</td><td></td><td></td></tr>
+<tr><td>Brier score (multi-class, 0&ndash;2)</td><td>{{ fmt(m.brier) }}</td><td></td><td></td></tr>
+<tr><td>Macro PR-AUC</td><td>{{ fmt(m.macro_pr_auc) }}</td><td></td><td></td></tr>
+<tr><td>Weighted F1</td><td>{{ fmt(m.weighted_f1) }}</td><td></td><td></td></tr>
 </table>
 {% if m.leukemia_vs_benign %}{% set lv = m.leukemia_vs_benign %}
 <h2>Leukemia vs benign</h2>
 <p>Any of the three B-ALL subtypes counts as leukemia. Leukemia images called benign (missed cases):
-<strong>{{ lv.leukemia_called_benign }} of {{ lv.n_leukemia }}</strong>. Benign images called leukemia:
-{{ lv.benign_called_leukemia }} of {{ lv.n_benign }}. Sensitivity {{ fmt(lv.sensitivity) }},
+<strong>{{ rate(lv.rates.leukemia_called_benign, lv.leukemia_called_benign, lv.n_leukemia) }}</strong>.
+Benign images called leukemia: {{ rate(lv.rates.benign_called_leukemia, lv.benign_called_leukemia, lv.n_benign) }}.
+Sensitivity {{ fmt(lv.sensitivity) }},
 specificity {{ fmt(lv.specificity) }}, ROC-AUC {{ fmt(lv.roc_auc) }}.</p>
 {% endif %}
 {% if m.review %}{% set rv = m.review %}
 <h2>Review flag</h2>
 <p>The package's review rules (confidence threshold, out-of-distribution score, image quality), applied as
-<code>leukoscope predict</code> applies them. Flagged for review: <strong>{{ rv.flagged }} of {{ rv.n }}</strong>.
+<code>leukoscope predict</code> applies them. Flagged for review: <strong>{{ rate(rv.rates.flagged, rv.flagged, rv.n) }}</strong>.
 Wrong calls: {{ rv.wrong }}, of which flagged {{ rv.wrong_flagged }} and <strong>not flagged
 {{ rv.wrong_not_flagged }}</strong>; accuracy on the unflagged images {{ fmt(rv.unflagged_accuracy) }}.
 {% if rv.n_benign is not none %}Benign images called leukemia without a flag (confident false alarms):
-<strong>{{ rv.benign_called_leukemia_not_flagged }} of {{ rv.n_benign }}</strong>; leukemia images called benign
-without a flag (confident missed cases): <strong>{{ rv.leukemia_called_benign_not_flagged }} of
-{{ rv.n_leukemia }}</strong>.{% endif %}</p>
+<strong>{{ rate(rv.rates.benign_called_leukemia_not_flagged, rv.benign_called_leukemia_not_flagged, rv.n_benign)
+}}</strong>; leukemia images called benign without a flag (confident missed cases): <strong>{{
+rate(rv.rates.leukemia_called_benign_not_flagged, rv.leukemia_called_benign_not_flagged, rv.n_leukemia)
+}}</strong>.{% endif %}</p>
 {% if rv.reasons %}<table><tr><th>review reason</th><th>images</th></tr>
 {% for reason, count in rv.reasons.items() %}<tr><td>{{ reason }}</td><td>{{ count }}</td></tr>
 {% endfor %}</table>{% endif %}
@@ -70,8 +72,9 @@ without a flag (confident missed cases): <strong>{{ rv.leukemia_called_benign_no
 <h2>Per class</h2>
 <table><tr><th>class</th><th>support</th><th>precision</th><th>recall (sensitivity)</th><th>specificity</th>
 <th>F1</th><th>ROC-AUC</th><th>PR-AUC</th></tr>
-{% for name, c in m.per_class.items() %}<tr><td>{{ name }}</td><td>{{ c.support }}</td><td>{{ fmt(c.precision) }}</td>
-<td>{{ fmt(c.recall) }}</td><td>{{ fmt(c.specificity) }}</td><td>{{ fmt(c.f1) }}</td><td>{{ fmt(c.roc_auc) }}</td>
+{% for name, c in m.per_class.items() %}<tr><td>{{ name }}</td><td>{{ c.support }}</td>
+<td>{{ with_interval(c.precision, c.intervals.precision) }}</td><td>{{ with_interval(c.recall, c.intervals.recall) }}</td>
+<td>{{ with_interval(c.specificity, c.intervals.specificity) }}</td><td>{{ fmt(c.f1) }}</td><td>{{ fmt(c.roc_auc) }}</td>
 <td>{{ fmt(c.pr_auc) }}</td></tr>
 {% endfor %}
 <tr><td><em>macro</em></td><td></td><td>{{ fmt(m.macro.precision) }}</td><td>{{ fmt(m.macro.recall) }}</td><td></td>
@@ -79,7 +82,8 @@ without a flag (confident missed cases): <strong>{{ rv.leukemia_called_benign_no
 <tr><td><em>weighted</em></td><td></td><td>{{ fmt(m.weighted.precision) }}</td><td>{{ fmt(m.weighted.recall) }}</td>
 <td></td><td>{{ fmt(m.weighted.f1) }}</td><td></td><td></td></tr>
 </table>
-<p class="note">"n/a": undefined, e.g. the ROC-AUC of a class with no image in this part.</p>
+<p class="note">Precision, recall and specificity with their exact (Clopper-Pearson) intervals in brackets.
+"n/a": undefined, e.g. the ROC-AUC of a class with no image in this part.</p>
 
 <h2>Calibration</h2>
 {% if cal %}<table><tr><th></th><th>before</th><th>after</th></tr>
@@ -183,31 +187,33 @@ benign (hematogones) or one of the B-lineage acute lymphoblastic leukemia (ALL) 
 - **Evaluated on:** {{ evaluated_on }}{% if on.data_root %}, from
   `{{ on.data_root }}`{% endif %}{% if on.split_csv %}, split file `{{ on.split_csv }}`{% endif %}.
 {% for name, count in class_counts %}- {{ name }}: {{ count }} images
-{% endfor %}- Intervals: {{ level_pct }}% percentile bootstrap over {{ n_resamples }} resamples of the evaluated
-  images (seed {{ seed }}).
+{% endfor %}- {{ intervals_text }}
 - Probabilities: {{ calibration_text }}
 {% if leakage_text %}- **{{ leakage_text }}**
 {% endif %}
 ## Metrics
-| metric | value | {{ level_pct }}% interval |
-|---|---|---|
-{% for label, value, interval in metric_rows %}| {{ label }} | {{ value }} | {{ interval }} |
+| metric | value | {{ level_pct }}% interval | interval method |
+|---|---|---|---|
+{% for label, value, interval, method in metric_rows %}| {{ label }} | {{ value }} | {{ interval }} | {{ method }} |
 {% endfor %}
 {% if lv %}Leukemia (any subtype) vs benign: leukemia images called benign (missed cases):
-**{{ lv.leukemia_called_benign }} of {{ lv.n_leukemia }}**; benign images called leukemia: {{ lv.benign_called_leukemia }}
-of {{ lv.n_benign }}.
+**{{ rate(lv.rates.leukemia_called_benign, lv.leukemia_called_benign, lv.n_leukemia) }}**; benign images called
+leukemia: {{ rate(lv.rates.benign_called_leukemia, lv.benign_called_leukemia, lv.n_benign) }}.
 {% endif %}{% if rv %}
-Review flag (the package's rules, as `leukoscope predict` applies them): {{ rv.flagged }} of {{ rv.n }} images
-flagged; wrong calls not flagged: **{{ rv.wrong_not_flagged }}**{% if rv.n_benign is not none %}; benign images
-called leukemia without a flag: **{{ rv.benign_called_leukemia_not_flagged }} of {{ rv.n_benign }}**; leukemia
-images called benign without a flag: **{{ rv.leukemia_called_benign_not_flagged }} of {{ rv.n_leukemia }}**{% endif %}.
+Review flag (the package's rules, as `leukoscope predict` applies them): images flagged:
+{{ rate(rv.rates.flagged, rv.flagged, rv.n) }}; wrong calls not flagged: **{{ rate(rv.rates.wrong_not_flagged,
+rv.wrong_not_flagged, rv.n) }}**{% if rv.n_benign is not none %}; benign images called leukemia without a flag: **{{
+rate(rv.rates.benign_called_leukemia_not_flagged, rv.benign_called_leukemia_not_flagged, rv.n_benign) }}**; leukemia
+images called benign without a flag: **{{ rate(rv.rates.leukemia_called_benign_not_flagged,
+rv.leukemia_called_benign_not_flagged, rv.n_leukemia) }}**{% endif %}.
 {% endif %}
-Per class:
+Per class (precision, recall and specificity with exact intervals):
 
 | class | support | precision | recall | specificity | F1 | ROC-AUC |
 |---|---|---|---|---|---|---|
-{% for name, c in per_class %}| {{ name }} | {{ c.support }} | {{ fmt(c.precision) }} | {{ fmt(c.recall) }} \
-| {{ fmt(c.specificity) }} | {{ fmt(c.f1) }} | {{ fmt(c.roc_auc) }} |
+{% for name, c in per_class %}| {{ name }} | {{ c.support }} | {{ with_interval(c.precision, c.intervals.precision) }} \
+| {{ with_interval(c.recall, c.intervals.recall) }} | {{ with_interval(c.specificity, c.intervals.specificity) }} \
+| {{ fmt(c.f1) }} | {{ fmt(c.roc_auc) }} |
 {% endfor %}
 ## Known limitations
 - **Image-level split, no patient identifiers.** The public data carries no patient ids, so images of one

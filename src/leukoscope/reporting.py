@@ -18,6 +18,7 @@ import yaml
 
 from . import __version__
 from .fileio import write_text
+from .intervals import BOOTSTRAP, CLOPPER_PEARSON, METHOD_TEXT
 from .report_templates import COMPARE_HTML, CSS, MODEL_CARD_MD, REPORT_HTML
 
 DISCLAIMER = (
@@ -44,6 +45,57 @@ def interval(headline: dict[str, Any]) -> str:
     return "n/a" if low is None or high is None else f"[{fmt(low)}, {fmt(high)}]"
 
 
+def with_interval(value: Any, entry: Any) -> str:
+    """A value with the interval of its `proportion` entry: "0.990 [0.962, 0.999]"; the value alone when
+    there is none (n of 0, or results saved before per-class intervals)."""
+    if not isinstance(entry, dict) or entry.get("low") is None:
+        return fmt(value)
+    return f"{fmt(value)} {interval(entry)}"
+
+
+def method_name(headline: dict[str, Any]) -> str:
+    """How a headline entry's interval was made, in words ("" when it has none)."""
+    return METHOD_TEXT.get(headline.get("method") or "", "")
+
+
+def rate(entry: Any, k: Any = None, n: Any = None) -> str:
+    """A `proportion` entry in words: "0 of 710 (0.0%, exact interval 0.0% to 0.5%)"; "k of n" from the
+    plain counts when there is no entry (results saved before rates were recorded)."""
+    if not isinstance(entry, dict) or entry.get("n") is None:
+        return "n/a" if k is None or n is None or isinstance(k, jinja2.Undefined) else f"{k} of {n}"
+    text = f"{entry['k']} of {entry['n']}"
+    if entry.get("low") is None:
+        return text
+    return (f"{text} ({100 * entry['value']:.1f}%, exact interval {100 * entry['low']:.1f}% to "
+            f"{100 * entry['high']:.1f}%)")
+
+
+def intervals_text(result: dict[str, Any]) -> str:
+    """One sentence on how the intervals were made, from the method of each headline entry (results saved
+    before methods were recorded were all percentile bootstrap)."""
+    boot = result.get("bootstrap") or {}
+    labels: dict[str, list[str]] = {CLOPPER_PEARSON: [], BOOTSTRAP: []}
+    degenerate = False  # a bootstrap interval of zero width: every resample gave the same value
+    for key, h in (result.get("headline") or {}).items():
+        method = h.get("method", BOOTSTRAP if h.get("low") is not None else None)
+        if method in labels:
+            labels[method].append(h.get("label", key))
+            degenerate |= method == BOOTSTRAP and h.get("low") == h.get("high")
+    parts = []
+    if labels[CLOPPER_PEARSON]:
+        parts.append("exact Clopper-Pearson intervals for the proportions ("
+                     + ", ".join([*labels[CLOPPER_PEARSON], "per-class precision, recall and specificity",
+                                  "error and review-flag rates"]) + ")")
+    if labels[BOOTSTRAP]:
+        parts.append(f"percentile bootstrap intervals over {boot.get('n_resamples')} resamples of the images "
+                     f"(seed {boot.get('seed')}) for {', '.join(labels[BOOTSTRAP])}")
+    if not parts:
+        return "No intervals were computed."
+    note = (" A bootstrap interval never reaches beyond the values the sample shows: one of zero width means "
+            "no resample differed, not certainty." if degenerate else "")
+    return f"{round(100 * boot.get('level', 0.95))}% intervals: " + "; ".join(parts) + "." + note
+
+
 def _pval(p: float | None) -> str:
     if p is None:
         return "n/a"
@@ -55,8 +107,9 @@ def _now() -> str:
 
 
 def _globals() -> dict[str, Any]:
-    return {"fmt": fmt, "interval": interval, "pval": _pval, "css": CSS, "disclaimer": DISCLAIMER,
-            "version": __version__, "created": _now()}
+    return {"fmt": fmt, "interval": interval, "with_interval": with_interval, "method_name": method_name,
+            "rate": rate, "pval": _pval, "css": CSS, "disclaimer": DISCLAIMER, "version": __version__,
+            "created": _now()}
 
 
 def _png_base64(path: str | Path) -> str:
@@ -152,6 +205,7 @@ def write_report_html(
     html = _ENV.from_string(REPORT_HTML).render(
         **_globals(), title=title or f"Evaluation of {model_info.get('name', 'model')}", m=result,
         on=summary, warnings=result.get("warnings", []), cal=_calibration_context(result.get("calibration")),
+        intervals_text=intervals_text(result),
         figures=embedded, data_rows=data_rows(summary), model_rows=model_rows(model_info),
         config_text=config_text,
     )
@@ -206,10 +260,12 @@ def write_model_card(
         dataset_name=Path(str(data_summary.get("data_root") or "ALL")).name or "ALL",
         level_pct=round(100 * boot.get("level", 0.95)), n_resamples=boot.get("n_resamples", 0),
         seed=boot.get("seed", 0), calibration_text=calibration_text(metrics.get("calibration")),
+        intervals_text=intervals_text(metrics),
         leakage_text=leakage_text, lv=metrics.get("leukemia_vs_benign"), rv=metrics.get("review"),
         evaluated_on=(f"all **{data_summary.get('n_images')} images** of the folder" if data_summary.get("part") == "all"
                       else f"the `{data_summary.get('part')}` part, **{data_summary.get('n_images')} images**"),
-        metric_rows=[(h.get("label", k), fmt(h.get("value")), interval(h)) for k, h in headline.items()],
+        metric_rows=[(h.get("label", k), fmt(h.get("value")), interval(h), method_name(h) or "n/a")
+                     for k, h in headline.items()],
         headline_yaml=[(k, _yaml_number(h.get("value"))) for k, h in headline.items()
                        if h.get("value") is not None],
         per_class=list((metrics.get("per_class") or {}).items()),

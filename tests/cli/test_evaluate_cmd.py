@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,8 @@ def test_evaluate_prints_metrics_and_writes_into_the_run_folder(run_folder, caps
     assert code == 0, err
     assert "Accuracy" in out and "Leukemia sensitivity" in out and "interval" in out
     assert "leukemia images called benign" in out
+    assert "exact (Clopper-Pearson)" in out and "percentile bootstrap" in out  # the method of each interval
+    assert "95% intervals: exact Clopper-Pearson intervals for the proportions" in out
     assert "Research software" in out
     assert f"wrote {run_folder}/" in out
     for name in ("metrics.json", "predictions.csv", "report.html", "MODEL_CARD.md", "calibration.json"):
@@ -89,7 +92,11 @@ def test_evaluate_default_scores_the_bundled_model_on_a_labs_folder(tmp_path, ca
     code, out, err = run(capsys, "evaluate", "default", "lab", "--bootstrap", "0", "--out", "eval", "--quiet")
     assert code == 0, err
     assert "review flag: " in out and "benign called leukemia without a flag:" in out and "of 3" in out
-    assert (tmp_path / "eval" / "metrics.json").is_file()
+    accuracy = json.loads((tmp_path / "eval" / "metrics.json").read_text(encoding="utf-8"))["headline"]["accuracy"]
+    # no resampling asked for, yet the proportion has its exact interval, below 1 even when all 3 are right
+    assert accuracy["method"] == "clopper-pearson" and accuracy["n"] == 3 and accuracy["low"] < accuracy["high"]
+    row = next(line for line in out.splitlines() if "Accuracy" in line and "Balanced" not in line)
+    assert f"{accuracy['low']:.3f} – {accuracy['high']:.3f}" in row and "exact (Clopper-Pearson)" in row
 
 
 def test_a_labs_folder_named_after_no_class_is_a_clear_error(tmp_path, capsys, monkeypatch):

@@ -53,31 +53,36 @@ def _default_out(model: Path) -> Path:
 
 
 def _print_result(result: dict[str, Any], out: Path) -> None:
+    from ..reporting import intervals_text, method_name, rate
+
     summary = result["data_summary"]
     where = "all images" if summary["part"] == "all" else f"the {summary['part']} part"
     table = Table(title=escape(f"{result['model'].get('name', 'model')} on {where} ({summary['n_images']} images)"))
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column(f"{round(100 * result['bootstrap']['level'])}% interval", justify="right")
+    table.add_column("interval method")
     for entry in result["headline"].values():
         ci = "n/a" if entry["low"] is None else f"{entry['low']:.3f} – {entry['high']:.3f}"
-        table.add_row(escape(entry["label"]), _fmt(entry["value"]), ci)
-    table.add_row("Log loss", _fmt(result["log_loss"]), "")
+        table.add_row(escape(entry["label"]), _fmt(entry["value"]), ci, method_name(entry))
+    table.add_row("Log loss", _fmt(result["log_loss"]), "", "")
     cal = result["calibration"]
-    table.add_row("ECE before → after calibration", f"{_fmt(cal['ece_before'])} → {_fmt(cal['ece_after'])}", "")
+    table.add_row("ECE before → after calibration", f"{_fmt(cal['ece_before'])} → {_fmt(cal['ece_after'])}", "", "")
     console.print(table)
+    console.print(escape(intervals_text(result)), highlight=False)
     leuk = result.get("leukemia_vs_benign")
     if leuk:
-        console.print(f"leukemia images called benign: [bold]{leuk['leukemia_called_benign']}[/] of "
-                      f"{leuk['n_leukemia']}; benign called leukemia: {leuk['benign_called_leukemia']} of "
-                      f"{leuk['n_benign']}", highlight=False)
+        rates = leuk["rates"]
+        console.print(f"leukemia images called benign: [bold]{rate(rates['leukemia_called_benign'])}[/]; benign "
+                      f"called leukemia: {rate(rates['benign_called_leukemia'])}", highlight=False)
     review = result.get("review")
     if review:
-        line = (f"review flag: {review['flagged']} of {review['n']} flagged; wrong and not flagged: "
-                f"[bold]{review['wrong_not_flagged']}[/]")
+        rates = review["rates"]
+        line = (f"review flag: {rate(rates['flagged'])} flagged; wrong and not flagged: "
+                f"[bold]{rate(rates['wrong_not_flagged'])}[/]")
         if review["n_benign"] is not None:
-            line += (f"; benign called leukemia without a flag: [bold]{review['benign_called_leukemia_not_flagged']}"
-                     f"[/] of {review['n_benign']}")
+            line += (f"; benign called leukemia without a flag: "
+                     f"[bold]{rate(rates['benign_called_leukemia_not_flagged'])}[/]")
         console.print(line, highlight=False)
     if cal.get("source") == "fitted":
         console.print(f"temperature {cal['temperature']:.3f} fitted on {cal['n_fit']} val images, saved to "
@@ -107,7 +112,9 @@ def evaluate_command(
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Output folder (default: the run folder; ./eval-<name> for a package)."),
     bootstrap: int = typer.Option(
-        1000, "--bootstrap", help="Bootstrap resamples of the images for the 95% intervals (0: no intervals)."),
+        1000, "--bootstrap", help="Bootstrap resamples of the images for the 95% intervals of F1, kappa, MCC, "
+        "AUC and balanced accuracy (0: none). Proportions (accuracy, sensitivity, specificity, per-class "
+        "precision and recall) always get exact Clopper-Pearson intervals."),
     seed: int = typer.Option(0, help="Seed of the bootstrap and of the example images shown; fixed for reproducibility."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per inference batch (lower it if memory is short)."),
     calibrate: bool = typer.Option(
@@ -117,8 +124,9 @@ def evaluate_command(
 ) -> None:
     """Score a model on a dataset part: metrics with intervals, figures, an HTML report, a model card.
 
-    Writes metrics.json (with bootstrap intervals), predictions.csv, figures/*.png, a self-contained
-    report.html and MODEL_CARD.md. Warns loudly when evaluated images also occur in the run's training part (leakage).
+    Writes metrics.json (with exact intervals for proportions, bootstrap ones otherwise), predictions.csv,
+    figures/*.png, a self-contained report.html and MODEL_CARD.md. Warns loudly when evaluated images also
+    occur in the run's training part (leakage).
     """
     from ..evaluation import LeakageWarning, evaluate
 
