@@ -1,9 +1,19 @@
 """End-to-end timings of the speed benchmark: decoding, `leukoscope predict` on a folder, the in-process
 predictor, whether decoding overlaps with inference, and start-up cost (benchmarks/speed.py runs them).
+
+Run alone, it is issue #11 item 13's check in one run: the CPU flags, a per-image budget of the command's
+stages (read, hash, decode, resize, quality checks, normalise, model, OOD score, write), the command as typed
+(plain shell: no MALLOC_* variables) on N dataset JPEGs, and the ratios to the package's model-only ONNX
+throughput (target >= 0.85x) and to tuned PyTorch eager (channels_last + malloc settings, batch 32; >= 2x):
+
+    .venv/bin/python benchmarks/speed_e2e.py                  # 1,000 files, 3 timed runs
+    .venv/bin/python benchmarks/speed_e2e.py --images 500 --repeats 1 --no-eager
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import subprocess
 import sys
@@ -18,7 +28,8 @@ import common  # the benchmarks folder is not a package: its scripts import each
 
 BATCH = 32
 E2E_IMAGES = 1000
-
+TARGET_VS_MODEL = 0.85
+TARGET_VS_EAGER = 2.0
 
 
 def decode_timing(predictor: Any, files: list[Path], repeats: int) -> dict[str, Any]:
@@ -137,3 +148,122 @@ def startup_seconds(repeats: int = 3) -> dict[str, Any]:
         seconds.append(float(out[0]))
         torch_loaded = out[1] == "True"
     return {"import_inference_s": common.median(seconds), "imports_torch": torch_loaded}
+
+
+# ------------------------------------------------------------------------------------------- per-image budget
+
+
+def budget(predictor: Any, files: list[Path], repeats: int = 3) -> dict[str, float]:
+    """Milliseconds per image of each stage of `leukoscope predict`: single-threaded stages as CPU time of
+    this thread (steady on a busy machine), the model as wall time per image of a batch of 32 on all cores
+    and as process CPU time (its threads included). `checks` is the predictor's own preparation minus read,
+    hash, decode and resize: quality checks, size and JPEG-quality reasons, its bookkeeping."""
+    import time as clock
+
+    from leukoscope.cli.predict_cmd import _render
+    from leukoscope.fileio import sha256_bytes
+    from leukoscope.imaging import load_rgb
+    from leukoscope.preprocessing import normalize_numpy, resize_rgb
+
+    def cpu_ms(fn: Any, n: int, timer: Any = clock.thread_time) -> float:
+        fn()
+        best = float("inf")
+        for _ in range(repeats):
+            started = timer()
+            fn()
+            best = min(best, timer() - started)
+        return 1000 * best / n
+
+    n = len(files)
+    data = [Path(f).read_bytes() for f in files]
+    images = [load_rgb(d) for d in data]
+    items = [predictor._decode(str(f), d) for f, d in zip(files, data, strict=True)]
+    batch = np.stack([i.pixels for i in items if i.pixels is not None][:BATCH])
+    x = normalize_numpy(batch, predictor.preprocess)
+    out: dict[str, float] = {
+        "read": cpu_ms(lambda: [Path(f).read_bytes() for f in files], n),
+        "hash": cpu_ms(lambda: [sha256_bytes(d) for d in data], n),
+        "decode": cpu_ms(lambda: [load_rgb(d) for d in data], n),
+        "resize": cpu_ms(lambda: [resize_rgb(i, predictor.preprocess) for i in images], n),
+    }
+    prepare = cpu_ms(lambda: [predictor._decode(str(f), d) for f, d in zip(files, data, strict=True)], n)
+    out["checks"] = max(0.0, prepare - out["hash"] - out["decode"] - out["resize"])
+    out["normalise"] = cpu_ms(lambda: normalize_numpy(batch, predictor.preprocess), len(batch))
+    out["model_wall"] = cpu_ms(lambda: predictor._backend.run(x), len(batch), clock.perf_counter)
+    out["model_cpu"] = cpu_ms(lambda: predictor._backend.run(x), len(batch), clock.process_time)
+    _, feats = predictor._backend.run(x)
+    out["ood"] = cpu_ms(lambda: predictor.ood.score(feats), len(batch)) if predictor.ood is not None else 0.0
+    rows = [p.to_row() for p in predictor._finish(items[:BATCH], False)]
+    out["write"] = cpu_ms(lambda: _render(rows, "csv"), len(rows))
+    out["non_model_cpu"] = sum(v for k, v in out.items() if not k.startswith("model"))
+    return out
+
+
+def model_only_ips(predictor: Any, files: list[Path], repeats: int) -> float:
+    """The package's model alone (ONNX Runtime as the predictor runs it), batches of 32, img/s (median)."""
+    from leukoscope.preprocessing import normalize_numpy
+
+    pixels = [d.pixels for d in (predictor._decode_path(f) for f in files[: 4 * BATCH]) if d.pixels is not None]
+    batches = [normalize_numpy(np.stack(pixels[i:i + BATCH]), predictor.preprocess)
+               for i in range(0, len(pixels) - BATCH + 1, BATCH)]
+    seconds = common.repeat_timing(lambda: [predictor._backend.run(b) for b in batches], repeats=repeats, warmup=1)
+    return BATCH * len(batches) / common.median(seconds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Item 13's check: flags, budget, the command as typed vs the model alone and vs tuned eager."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=E2E_IMAGES, help="dataset JPEG files (default 1000)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of the command (default 3)")
+    parser.add_argument("--data", type=Path, default=common.DATA)
+    parser.add_argument("--model", type=Path, help="model package (default: the bundled one, run without --model)")
+    parser.add_argument("--no-eager", dest="eager", action="store_false", help="skip the PyTorch eager figure")
+    parser.add_argument("--json", type=Path, help="also write the raw numbers here")
+    args = parser.parse_args(argv)
+    import tempfile
+
+    from leukoscope.imaging import is_image_path
+    from leukoscope.inference import load_predictor
+    from leukoscope.package import TORCH_FILE, bundled_package_path
+
+    info = common.machine()
+    print(f"CPU: {info['cpu']}; {info['cores']} cores; flags: {', '.join(info['flags']) or 'none listed'}; "
+          f"onnxruntime {info['onnxruntime']}; load {common.load_average():.2f}", flush=True)
+    paths = sorted(p for p in args.data.rglob("*") if p.is_file() and is_image_path(p))
+    chosen = [paths[i] for i in sorted(np.random.default_rng(0).choice(len(paths), min(args.images, len(paths)),
+                                                                         replace=False))]
+    predictor = load_predictor(args.model)
+    result: dict[str, Any] = {"machine": info, "images": len(chosen)}
+    result["budget_ms"] = budget(predictor, chosen[:256])
+    print("per-image budget, ms: " + ", ".join(f"{k} {v:.3f}" for k, v in result["budget_ms"].items()), flush=True)
+    result["model_only_ips"] = model_only_ips(predictor, chosen, repeats=5)
+    with tempfile.TemporaryDirectory(prefix="leukoscope-e2e-") as tmp:
+        folder = Path(tmp) / "images"
+        folder.mkdir()
+        for i, source in enumerate(chosen):
+            (folder / f"{i:04d}-{source.name}").symlink_to(source.resolve())
+        result["cli"] = time_cli(folder, len(chosen), args.model, Path(tmp), args.repeats)
+        result["cli"]["command"] = result["cli"]["command"].replace(str(folder), f"FOLDER_OF_{len(chosen)}_JPEGS").replace(
+            str(Path(tmp) / "predict.csv"), "OUT.csv")
+        if args.eager:
+            import speed  # here, not at the top: speed.py imports this module
+
+            package = args.model or bundled_package_path()
+            pixels = np.stack([d.pixels for d in map(predictor._decode_path, chosen[:64]) if d.pixels is not None])
+            singles, batches = speed.timing_batches(pixels, predictor.preprocess)
+            eager = speed.run_eager(Path(package) / TORCH_FILE, singles, batches, Path(tmp), malloc=True, repeats=3)
+            result["eager_tuned_ips"] = max(t.b32_ips for t in eager)
+    ips, model = result["cli"]["ips"], result["model_only_ips"]
+    print(f"model only (ONNX, batch 32): {model:.0f} img/s; `{result['cli']['command']}` as typed: {ips:.0f} img/s "
+          f"(runs {common.spread(result['cli']['rounds_s'])} s) = {ips / model:.2f}x the model "
+          f"(target >= {TARGET_VS_MODEL}x)", flush=True)
+    if "eager_tuned_ips" in result:
+        print(f"tuned PyTorch eager (channels_last + malloc settings, batch 32): {result['eager_tuned_ips']:.0f} img/s; "
+              f"end to end = {ips / result['eager_tuned_ips']:.2f}x it (target >= {TARGET_VS_EAGER}x)")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from leukoscope.runtime import tune_process
 from leukoscope.train_config import resolve_config
 from leukoscope.training import fit
 
@@ -47,6 +48,7 @@ def pack(run_dir: Path, target: Path) -> None:
 
 
 def main() -> None:
+    tune_process()  # glibc malloc settings (leukoscope.runtime): fit() here runs outside the CLI's entry point
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--data", default=".gpu/data/ALL")

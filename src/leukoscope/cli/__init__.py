@@ -11,6 +11,7 @@ import sys
 import typer
 
 from ..errors import LeukoscopeError
+from ..runtime import tune_process
 from . import common
 from .data_cmd import data_app
 from .info_cmd import info
@@ -44,7 +45,8 @@ _register_optional()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
+    """Console-script entry point (also `python -m leukoscope`); tunes the process before any command runs."""
+    tune_process()  # glibc malloc settings, before torch allocates: `leukoscope train` as typed runs as under make
     try:
         code = app(args=argv, standalone_mode=False)
     except LeukoscopeError as exc:

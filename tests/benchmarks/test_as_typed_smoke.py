@@ -1,0 +1,45 @@
+"""Smoke test of benchmarks/as_typed.py on a tiny workload: the three ways get the environments they
+claim, the process applies (or leaves) the settings accordingly, and the section renders. No timings."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import as_typed  # noqa: E402  (benchmark scripts are imported by path, like they import each other)
+import common  # noqa: E402
+import run_all  # noqa: E402
+from leukoscope import runtime  # noqa: E402
+
+
+def test_each_way_gets_its_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MALLOC_TOP_PAD_", "0")  # a variable of the caller's shell never leaks into a way
+    typed, make, none = (as_typed.environment(w) for w in as_typed.WAYS)
+    assert not any(k in typed for k in common.MALLOC_ENV) and runtime.OPT_OUT_ENV not in typed
+    assert all(make[k] == v for k, v in common.MALLOC_ENV.items())
+    assert none[runtime.OPT_OUT_ENV] == "0" and not any(k in none for k in common.MALLOC_ENV)
+
+
+@pytest.mark.slow  # three fresh interpreters importing torch
+@pytest.mark.skipif(runtime.glibc_version() is None, reason="mallopt needs glibc")
+def test_a_tiny_proxy_run_in_every_way_renders(tmp_path: Path) -> None:
+    args = argparse.Namespace(workload="proxy", steps=1, batch=2, rounds=1, baseline=True)
+    results = as_typed.measure(args, lambda message: None)
+    applied = {way: set(v["applied"].values()) for way, v in results["ways"].items()}
+    assert applied["as typed"] == {"set 33554432", "set -1", "set 1073741824"}
+    assert applied["make"] == {"left to the user's environment"}
+    assert applied["no tuning"] == {f"skipped: {runtime.OPT_OUT_ENV}=0"}
+    text = as_typed.render(results, "cmd")
+    assert "| as typed |" in text and "| make |" in text and "as typed / make =" in text
+
+
+def test_run_all_runs_it() -> None:
+    args = argparse.Namespace(only=["as-typed"], full=False, no_wait=True, results=common.RESULTS)
+    steps = run_all.plan(args, Path("/tmp"))
+    assert [s.name for s in steps] == ["as-typed"] and not steps[0].plain_malloc
