@@ -17,7 +17,9 @@ from .fakes import FakePredictor, fake_gradcam
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(db=tmp_path / "data" / "leukoscope.db")
+    # warm-up: tests/serve/test_gradcam_view.py. "testserver" is the Host header of Starlette's TestClient;
+    # a real server answers loopback names only (tests/serve/test_hosts.py).
+    return Settings(db=tmp_path / "data" / "leukoscope.db", warmup=False, allowed_hosts=("testserver",))
 
 
 @pytest.fixture

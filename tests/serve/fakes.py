@@ -15,8 +15,11 @@ import numpy as np
 from PIL import Image
 
 from leukoscope.errors import ImageError, ModelError
+from leukoscope.explain import WORKING_SIDE
 from leukoscope.fileio import sha256_bytes
 from leukoscope.imaging import load_rgb
+from leukoscope.reasons import too_small
+from leukoscope.serve.service import WARMUP_SOURCE
 
 CLASSES = ("Benign", "Early Pre-B", "Pre-B", "Pro-B")
 
@@ -46,6 +49,7 @@ class FakePredictor:
         self.explode = explode
         self.entered = threading.Semaphore(0)
         self.calls = 0
+        self.warmed_up = False
 
     def _one(self, name: str, data: bytes) -> FakePrediction:
         try:
@@ -54,7 +58,15 @@ class FakePredictor:
             return FakePrediction(source=name, sha256=sha256_bytes(data), label=None,
                                   probabilities=dict.fromkeys(CLASSES, 0.0), confidence=0.0, review=True,
                                   review_reasons=["image could not be read"], ood_score=None, width=0,
-                                  height=0, error=str(exc))
+                                  height=0, error=str(exc), status="error", review_codes=["unreadable"],
+                                  review_details={})
+        if min(image.size) < 8:  # like the real predictor's too_small: no class for a few pixels
+            reason = too_small(*image.size, 8)
+            return FakePrediction(source=name, sha256=sha256_bytes(data), label=None,
+                                  probabilities=dict.fromkeys(CLASSES, 0.0), confidence=0.0, review=True,
+                                  review_reasons=[reason.message], ood_score=None, width=image.size[0],
+                                  height=image.size[1], error=None, status="unusable",
+                                  review_codes=[reason.code], review_details={reason.code: reason.details})
         mean = np.asarray(image, dtype=np.float64).mean(axis=(0, 1))
         logits = np.array([mean[0], mean[1], mean[2], 128.0]) / 12.0
         p = np.exp(logits - logits.max())
@@ -64,9 +76,14 @@ class FakePredictor:
         return FakePrediction(source=name, sha256=sha256_bytes(data), label=CLASSES[top],
                               probabilities={c: float(v) for c, v in zip(CLASSES, p, strict=True)},
                               confidence=float(p[top]), review=bool(reasons), review_reasons=reasons,
-                              ood_score=1.5, width=image.size[0], height=image.size[1], error=None)
+                              ood_score=1.5, width=image.size[0], height=image.size[1], error=None, status="ok",
+                              review_codes=["low_confidence"] if reasons else [],
+                              review_details={"low_confidence": {"confidence": float(p[top])}} if reasons else {})
 
     def predict_bytes(self, items: Sequence[tuple[str, bytes]], *, tta: bool = False) -> list[FakePrediction]:
+        if [name for name, _ in items] == [WARMUP_SOURCE]:  # the server's start-up warm-up: not a request
+            self.warmed_up = True
+            return [self._one(name, data) for name, data in items]
         self.calls += 1
         self.entered.release()
         if self.hold is not None:
@@ -77,10 +94,10 @@ class FakePredictor:
 
 
 def fake_gradcam(predictor: Any, image: bytes, *, target: str | None = None) -> Image.Image:
-    """A red-tinted copy of the image at its original size (what the real overlay looks like, roughly)."""
+    """A red-tinted copy of the image at its own size up to WORKING_SIDE (what the real overlay looks like, roughly)."""
     if target is not None and target not in predictor.classes:
         raise ModelError(f"unknown class {target}")
-    rgb = load_rgb(image)
+    rgb = load_rgb(image, max_side=WORKING_SIDE)
     red = Image.new("RGB", rgb.size, (255, 0, 0))
     return Image.blend(rgb, red, 0.4)
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from leukoscope.serve.store import schema_version
+
 from .fakes import CLASSES, FakePredictor, files, png_bomb
 
 
@@ -21,7 +23,7 @@ def jpeg(image_bytes, seed: int = 0, size: int = 64) -> bytes:
 
 def test_health_model_and_openapi(client):
     health = client.get("/api/v1/health").json()
-    assert health["status"] == "ok" and health["schema_version"] == 2 and health["predictions"] == 0
+    assert health["status"] == "ok" and health["schema_version"] == schema_version() and health["predictions"] == 0
     assert health["model_version"].startswith("fake-model@")
     card = client.get("/api/v1/model").json()
     assert card["classes"] == list(CLASSES) and card["card"]["metrics"]["accuracy"] == 0.99
@@ -285,6 +287,7 @@ def test_real_tiny_package_through_load_predictor(tiny_package: Path, settings, 
     with TestClient(create_app(settings.with_(model=str(tiny_package)))) as client:
         card = client.get("/api/v1/model").json()
         assert card["backend"] == "onnx" and len(card["classes"]) == 4
+        assert card["model_file"] == client.get("/api/v1/health").json()["model_file"] == "model.onnx"  # what answers
         response = client.post("/api/v1/predict", files=files(("smear.png", buffer.getvalue()), ("x.txt", b"no")))
         assert response.status_code == 200, response.text
         good, bad = response.json()["results"]

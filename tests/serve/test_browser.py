@@ -54,6 +54,7 @@ def model_for_browser(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
         return None
 
 
+@pytest.mark.slow
 def test_upload_results_gradcam_and_history_in_chromium(tmp_path: Path, model_for_browser: Path | None):
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
     images = []
@@ -92,15 +93,23 @@ def test_upload_results_gradcam_and_history_in_chromium(tmp_path: Path, model_fo
             assert page.get_attribute("#csv-link", "href").startswith("/api/v1/predictions.csv?sample_id=")
             page.screenshot(path=str(tmp_path / "results.png"), full_page=True)
 
-            # open the first image's Grad-CAM overlay
+            # open the first image's Grad-CAM: original and overlay side by side, in the page, with a colour scale
             first.locator(".gradcam-button").click()
             page.wait_for_function(
-                "() => { const i = document.getElementById('gradcam-image'); return !i.hidden && i.naturalWidth > 0; }",
-                timeout=WAIT_MS)
-            assert page.locator("#gradcam-dialog").is_visible()
+                "() => ['gradcam-image', 'gradcam-original'].every(id => { const i = document.getElementById(id);"
+                " return !i.hidden && i.naturalWidth > 0; })", timeout=WAIT_MS)
+            assert page.locator("#gradcam-panel").is_visible() and page.locator("dialog[open]").count() == 0
             assert "smear-0.png" in page.inner_text("#gradcam-caption")
+            assert "low attention" in page.inner_text(".gradcam-legend")
+            assert "high attention" in page.inner_text(".gradcam-legend")
+            sizes = page.evaluate("() => ['gradcam-original', 'gradcam-image'].map(id => {"
+                                  " const i = document.getElementById(id); return [i.naturalWidth, i.naturalHeight,"
+                                  " i.getBoundingClientRect().top, i.getBoundingClientRect().width]; })")
+            assert sizes[0][:2] == sizes[1][:2]  # same pixels: the overlay lies over exactly this image
+            assert sizes[0][2] == sizes[1][2] and sizes[0][3] == sizes[1][3] > 0  # side by side, same scale
             page.screenshot(path=str(tmp_path / "gradcam.png"))
             page.click("#gradcam-close")
+            assert not page.locator("#gradcam-panel").is_visible()
 
             # drag and drop one more image: a new sample, a single row
             encoded = base64.b64encode(smear_png(2, 7)).decode()
@@ -116,6 +125,11 @@ def test_upload_results_gradcam_and_history_in_chromium(tmp_path: Path, model_fo
             page.goto(server.url + "/history", wait_until="networkidle", timeout=WAIT_MS)
             assert page.locator("table.history > tbody > tr").count() == 3
             assert "3 predictions" in page.inner_text("main")
+            page.locator("table.history .gradcam-button").first.click()  # the same viewer, in the history page
+            page.wait_for_function(
+                "() => { const i = document.getElementById('gradcam-image'); return !i.hidden && i.naturalWidth > 0; }",
+                timeout=WAIT_MS)
+            assert page.locator("#gradcam-panel").is_visible() and "dropped.png" in page.inner_text("#gradcam-caption")
             page.screenshot(path=str(tmp_path / "history.png"), full_page=True)
 
             # the API docs (Swagger UI) render from the app's own files

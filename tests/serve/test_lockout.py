@@ -35,11 +35,13 @@ def test_a_right_token_clears_the_count() -> None:
     assert lockout.retry_after("a") == 0
 
 
-def test_an_attempt_is_counted_only_when_the_address_may_try() -> None:
+def test_a_locked_address_is_refused_only_its_wrong_tokens() -> None:
     lockout = Lockout(limit=2, window_s=60, clock=Clock())
     assert lockout.attempt("a", False) == 0 and lockout.attempt("a", False) == 0
-    assert lockout.attempt("a", True) == 60  # locked: even the right token waits, and is not counted
+    assert lockout.attempt("a", False) == 60  # locked: a wrong token waits, and is not counted
     assert lockout.retry_after("a") == 60
+    assert lockout.attempt("a", True) == 0  # the right token is always heard (one proxy, many users)
+    assert lockout.retry_after("a") == 0 and lockout.attempt("a", False) == 0  # and it cleared the count
     other = Lockout(limit=2, window_s=60, clock=Clock())
     other.attempt("b", False)
     assert other.attempt("b", True) == 0 and other.retry_after("b") == 0  # a right token clears the count

@@ -43,6 +43,7 @@ def test_kill_9_loses_nothing_fake_model(tmp_path: Path, image_bytes):
     kill_restart_check(tmp_path, image_bytes, n=6)
 
 
+@pytest.mark.slow
 def test_kill_9_loses_nothing_real_cli(tmp_path: Path, image_bytes, tiny_package: Path):
     """The same through the real `leukoscope serve` command on a real tiny model package."""
     kill_restart_check(tmp_path, image_bytes, n=4, model=tiny_package, cli=True)
@@ -71,7 +72,7 @@ def test_concurrent_clients_one_row_per_accepted_request(tmp_path: Path, image_b
     assert sorted(i for i, _ in stored) == sorted(ids) and len(set(ids)) == len(ids)
 
 
-@pytest.mark.parametrize("token", ["tok-123"])
+@pytest.mark.parametrize("token", ["tok-123-long-enough-16"])
 def test_real_server_with_token(tmp_path: Path, image_bytes, token: str):
     with ServerProcess(tmp_path / "db.sqlite", tmp_path / "server.log", token=token) as server:
         assert httpx.get(f"{server.url}/api/v1/health").status_code == 401

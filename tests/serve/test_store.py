@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import threading
 import time
@@ -78,7 +79,8 @@ def test_iter_all_reads_in_chunks_newest_first(store: Store):
 
 def test_failed_transaction_leaves_nothing(store: Store):
     with pytest.raises(sqlite3.Error):
-        store.add([new(1), new(2, label=None)], {new(1).sha256: b"x", new(2).sha256: b"y"})  # type: ignore[arg-type]
+        broken = dataclasses.replace(new(2), width=None)  # NOT NULL fails (label None is stored as '': unusable)
+        store.add([new(1), broken], {new(1).sha256: b"x", new(2).sha256: b"y"})
     assert store.count() == 0
     assert store.image(new(1).sha256) is None
 
@@ -166,3 +168,32 @@ def test_the_purge_finds_old_images_by_an_index(store: Store):
 
 def test_the_database_overwrites_deleted_content(store: Store):
     assert store._conn.execute("PRAGMA secure_delete").fetchone()[0] == 1  # set on every connection
+
+
+def test_thumbnails_are_stored_with_their_image_kept_on_reupload_and_purged_with_it(store: Store):
+    first = new(1, sha="c" * 64)
+    store.add([first], {first.sha256: b"image"}, {first.sha256: b"thumb-png"})
+    assert store.thumbnail("c" * 64) == b"thumb-png"
+    store.add([new(2, sha="c" * 64)], {"c" * 64: b"image"})  # the same image again, no thumbnail given
+    assert store.thumbnail("c" * 64) == b"thumb-png"
+    assert store.thumbnail("d" * 64) is None
+    assert store.purge_images("9999") == 1
+    assert store.thumbnail("c" * 64) is None  # a thumbnail is a picture of the image: it goes with it
+    store.set_thumbnail("c" * 64, b"late")  # nor can a late one come back for a purged image
+    assert store.thumbnail("c" * 64) is None
+
+
+def test_a_database_from_before_thumbnails_opens_and_gets_them_later(tmp_path: Path):
+    path = tmp_path / "db.sqlite"
+    with Store(path, migrations=MIGRATIONS[:2]) as old:  # schema 2, the release before thumbnails
+        conn = old._conn
+        conn.execute("INSERT INTO images VALUES (?, x'01', 1, '2026-01-01T00:00:00.000Z')", ("e" * 64,))
+        conn.execute("INSERT INTO predictions (created_at, sample_id, file_name, sha256, model_version, label, "
+                     "confidence, probabilities, review, review_reasons, ood_score, width, height) VALUES "
+                     "('2026-01-01T00:00:00.000Z', 's', 'old.png', ?, 'm@1', 'Benign', 0.9, '{}', 0, '[]', NULL, 64, 64)",
+                     ("e" * 64,))
+    with Store(path) as s:
+        assert s.version == schema_version() and s.count() == 1
+        assert s.thumbnail("e" * 64) is None and s.image("e" * 64) == b"\x01"
+        s.set_thumbnail("e" * 64, b"made-later")
+        assert s.thumbnail("e" * 64) == b"made-later"

@@ -5,7 +5,8 @@ the model once (unless a loaded predictor is injected, as tests and the CLI do),
 and starts the bounded inference pool, all kept in `app.state.ctx`.
 
 Error policy: every error a client sees is JSON `{"detail": "<one clear sentence>"}` with a 4xx status
-(5xx only for the server's own faults, whose details go to the server log, never to the client).
+(5xx only for the server's own faults, whose details go to the server log, never to the client); the
+shape is declared in the OpenAPI schema for every route (`api_errors.ErrorBody`).
 """
 
 from __future__ import annotations
@@ -18,21 +19,27 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..errors import ImageError, LeukoscopeError, ModelError, UsageError
+from .api_errors import http_error, validation_error
 from .context import ServerContext
+from .hosts import OriginCheckMiddleware, TrustedHosts
 from .limits import BodyLimitMiddleware, Gate, RequestRejected
 from .lockout import Lockout
 from .routes_api import router as api_router
+from .routes_api import with_class_names
 from .routes_pages import router as pages_router
 from .security import DOCS_STATIC, SecurityHeadersMiddleware, TokenAuthMiddleware
 from .service import GradcamFn, PredictionService
+from .sessions import SessionStore
 from .settings import Settings
 from .store import Store
 
@@ -94,6 +101,8 @@ def create_app(settings: Settings, predictor: Any | None = None, *, gradcam: Gra
                                      auth_enabled=bool(settings.token))
         app.state.ctx = ServerContext(settings, service, store, executor, Gate(settings.capacity), templates)
         await run_in_threadpool(service.purge_expired_images, force=True)
+        if settings.warmup:
+            await run_in_threadpool(service.warm_up)
         log.info("leukoscope %s serving model %s, database %s", __version__, service.model_version, settings.db)
         try:
             yield
@@ -105,12 +114,29 @@ def create_app(settings: Settings, predictor: Any | None = None, *, gradcam: Gra
         title="leukoscope", version=__version__, description=DESCRIPTION, lifespan=lifespan,
         docs_url="/docs", redoc_url=None, openapi_url="/openapi.json", static_url=DOCS_STATIC,
     )
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """The schema, with the loaded model's class names where a parameter takes one."""
+        ctx = getattr(app.state, "ctx", None)
+        if app.openapi_schema is None and ctx is not None:
+            app.openapi_schema = with_class_names(default_openapi(), ctx.service.classes)
+        return app.openapi_schema or default_openapi()
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_exception_handler(LeukoscopeError, _leukoscope_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, _unexpected_error)
-    # add_middleware: the last added runs first. Order on the way in: headers -> auth -> body limit.
+    # add_middleware: the last added runs first. Order on the way in:
+    # headers -> trusted Host -> same-origin check -> auth -> body limit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.state.lockout = Lockout()  # shared by the API credentials check and the login form
-    app.add_middleware(TokenAuthMiddleware, token=settings.token, lockout=app.state.lockout)
+    app.state.sessions = SessionStore(settings.session_hours * 3600)  # login cookies, revoked on logout
+    app.add_middleware(TokenAuthMiddleware, token=settings.token, lockout=app.state.lockout,
+                       sessions=app.state.sessions)
+    app.add_middleware(OriginCheckMiddleware, allowed_hosts=settings.allowed_hosts)
+    app.add_middleware(TrustedHosts, allowed_hosts=settings.trusted_hosts)
     app.add_middleware(SecurityHeadersMiddleware)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.include_router(api_router, prefix="/api/v1")

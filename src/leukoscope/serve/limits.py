@@ -30,7 +30,9 @@ from .settings import MIB, Settings
 ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "TIFF", "WEBP"})
 FILE_FIELD = "files"
 SAMPLE_FIELD = "sample_id"
-_SAMPLE_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+SAMPLE_ID_PATTERN = r"^[A-Za-z0-9_-]*$"  # at most SAMPLE_ID_MAX of them; also declared in the OpenAPI schema
+SAMPLE_ID_MAX = 64
+_SAMPLE_RE = re.compile(SAMPLE_ID_PATTERN)
 
 
 class RequestRejected(LeukoscopeError):
@@ -70,7 +72,7 @@ def check_sample_id(value: str | None) -> str | None:
     """Clients may group several requests into one sample; the id is a short token, not free text."""
     if value in (None, ""):
         return None
-    if not _SAMPLE_RE.match(value):
+    if len(value) > SAMPLE_ID_MAX or not _SAMPLE_RE.match(value):
         raise RequestRejected("sample_id must be 1-64 letters, digits, '-' or '_'", 422)
     return value
 

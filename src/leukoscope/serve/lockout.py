@@ -1,9 +1,12 @@
-"""Slow down token guessing: after too many wrong tokens from one address, that address waits.
+"""Slow down token guessing: after too many wrong tokens from one address, that address's wrong tries wait.
 
-A lab's token is typed by people and may be short; without a limit, a script on the same network could try
-thousands a second. Ten wrong tokens in five minutes lock the address until the oldest of them is five
-minutes old (HTTP 429 with Retry-After), for the login form and for API credentials alike. The state is in
-memory (one server process), bounded, and forgotten on restart, which is enough to make guessing slow.
+Ten wrong tokens in five minutes lock the address until the oldest of them is five minutes old: further
+*wrong* tokens from it get HTTP 429 with Retry-After, for the login form and for API credentials alike.
+A right token always works and clears the count, so one attacker behind a lab's proxy cannot lock out
+everyone else behind it. That this lets a locked guesser still learn a right guess is acceptable because
+tokens must be at least 16 characters (`settings.MIN_TOKEN_LENGTH`): guessing one is hopeless at any rate;
+the lockout keeps wrong guesses cheap to refuse and visible. The state is in memory (one server process),
+bounded, and forgotten on restart.
 """
 
 from __future__ import annotations
@@ -54,11 +57,15 @@ class Lockout:
         self._failures.pop(address, None)
 
     def attempt(self, address: str, correct: bool) -> int:
-        """One token try from `address`: 0 when it was heard (and counted: a right token clears the address,
-        a wrong one adds a failure), else the seconds a locked address must still wait (nothing counted)."""
+        """One token try from `address`. A right token is always heard (0) and clears the address. A wrong
+        one is counted and heard (0) while the address is not locked; once locked, it is refused: the
+        seconds to wait are returned and nothing more is counted."""
+        if correct:
+            self.succeeded(address)
+            return 0
         wait = self.retry_after(address)
         if not wait:
-            (self.succeeded if correct else self.failed)(address)
+            self.failed(address)
         return wait
 
 

@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Annotated, Any
+from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from .api_errors import error_responses
 from .context import ServerContext, get_ctx
-from .limits import FILE_FIELD, SAMPLE_FIELD, read_uploads
-from .store import Filters
+from .limits import FILE_FIELD, SAMPLE_FIELD, SAMPLE_ID_MAX, SAMPLE_ID_PATTERN, read_uploads
+from .store import MAX_PAGE, MAX_PER_PAGE, MAX_ROW_ID, Filters
 
-router = APIRouter(tags=["api"])
+# Every route may meet the Host check (400), the token (401, 429) or a fault (500); routes add their own.
+router = APIRouter(tags=["api"], responses=error_responses(400, 401, 429, 500))
 Ctx = Annotated[ServerContext, Depends(get_ctx)]
+PredictionId = Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="id of a stored prediction")]
 IMAGE_CACHE = {"Cache-Control": "private, max-age=86400"}
+PNG = {200: {"description": "PNG image", "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}}
+BY_ID = error_responses(404, 422)
+QUEUED = error_responses(404, 422, 503)
+
+
+def attachment(name: str) -> str:
+    """Content-Disposition for a download named from client text (RFC 6266): an ASCII fallback name with
+    nothing that could end the quoting, and the exact name percent-encoded as UTF-8 (RFC 5987), so
+    quotes, non-ASCII or CR/LF in a sample id never break or split the header."""
+    fallback = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 _UPLOAD_BODY = {
     "requestBody": {
@@ -21,13 +38,26 @@ _UPLOAD_BODY = {
         "content": {"multipart/form-data": {"schema": {
             "type": "object", "required": [FILE_FIELD],
             "properties": {
-                FILE_FIELD: {"type": "array", "items": {"type": "string", "format": "binary"},
+                FILE_FIELD: {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1,
                              "description": "one or more images (JPEG, PNG, BMP, TIFF, WebP)"},
-                SAMPLE_FIELD: {"type": "string", "description": "optional id grouping several requests"},
+                SAMPLE_FIELD: {"type": "string", "pattern": SAMPLE_ID_PATTERN, "maxLength": SAMPLE_ID_MAX,
+                               "description": "optional id grouping several requests (empty: none)"},
             },
         }}},
     }
 }
+
+
+def with_class_names(schema: dict[str, Any], classes: Sequence[str]) -> dict[str, Any]:
+    """Name the loaded model's classes where a parameter must be one (`target` of Grad-CAM), so the schema
+    says what the route accepts; known only once the model is loaded, so added when the schema is built."""
+    for item in schema.get("paths", {}).values():
+        for operation in item.values():
+            for param in operation.get("parameters", []) if isinstance(operation, dict) else []:
+                if param.get("name") == "target" and param.get("in") == "query":
+                    param["schema"] = {"anyOf": [{"type": "string", "enum": list(classes)}, {"type": "null"}],
+                                       "description": param["schema"].get("description", "")}
+    return schema
 
 
 def history_filters(
@@ -54,20 +84,23 @@ async def model(ctx: Ctx) -> dict[str, Any]:
     return ctx.service.model_card()
 
 
-@router.post("/predict", openapi_extra=_UPLOAD_BODY)
+@router.post("/predict", openapi_extra=_UPLOAD_BODY, responses=error_responses(403, 413, 415, 422, 503))
 async def predict(request: Request, ctx: Ctx) -> JSONResponse:
     """Predict one or many images; every readable one is stored before this answer is sent."""
     async with ctx.admitted() as slot:
         uploads, sample_id = await read_uploads(request, ctx.settings)
         batch = await slot.run(ctx.service.predict_uploads, uploads, sample_id)
-    return JSONResponse(batch.to_json(), status_code=200 if batch.any_ok else 422)
+    body = batch.to_json()
+    if not batch.any_ok:  # 422 answers the common error shape too, with the per-file results kept
+        body.setdefault("detail", "no uploaded file could be predicted: see each file's error in results")
+    return JSONResponse(body, status_code=200 if batch.any_ok else 422)
 
 
-@router.get("/predictions")
+@router.get("/predictions", responses=error_responses(422))
 async def predictions(
     ctx: Ctx, filters: FiltersDep,
-    page: Annotated[int, Query(ge=1)] = 1,
-    per_page: Annotated[int, Query(ge=1, le=500)] = 50,
+    page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
+    per_page: Annotated[int, Query(ge=1, le=MAX_PER_PAGE)] = 50,
 ) -> dict[str, Any]:
     """The prediction history, newest first, paginated."""
     result = await ctx.run_io(ctx.store.page, page, per_page, filters)
@@ -75,24 +108,26 @@ async def predictions(
             "per_page": result.per_page, "total": result.total, "pages": result.pages}
 
 
-@router.get("/predictions.csv", response_class=StreamingResponse)
+@router.get("/predictions.csv", response_class=StreamingResponse, responses={
+    200: {"description": "CSV, one row per prediction", "content": {"text/csv": {"schema": {"type": "string"}}}},
+    **error_responses(422)})
 async def predictions_csv(ctx: Ctx, filters: FiltersDep) -> StreamingResponse:
     """The (filtered) history as CSV, streamed."""
     name = f"leukoscope-{filters.sample_id or 'history'}.csv"
     return StreamingResponse(ctx.service.csv_rows(filters), media_type="text/csv; charset=utf-8",
-                             headers={"Content-Disposition": f'attachment; filename="{name}"'})
+                             headers={"Content-Disposition": attachment(name)})
 
 
-@router.get("/predictions/{prediction_id}")
-async def prediction(ctx: Ctx, prediction_id: int) -> dict[str, Any]:
+@router.get("/predictions/{prediction_id}", responses=BY_ID)
+async def prediction(ctx: Ctx, prediction_id: PredictionId) -> dict[str, Any]:
     """One stored prediction."""
     row = await ctx.run_io(ctx.service.prediction, prediction_id)
     return row.to_json()
 
 
-@router.get("/predictions/{prediction_id}/gradcam", response_class=Response)
+@router.get("/predictions/{prediction_id}/gradcam", response_class=Response, responses={**PNG, **QUEUED})
 async def gradcam(
-    ctx: Ctx, prediction_id: int,
+    ctx: Ctx, prediction_id: PredictionId,
     target: Annotated[str | None, Query(description="class to explain (default: the predicted one)")] = None,
 ) -> Response:
     """Grad-CAM overlay (PNG) of a stored prediction, computed with the loaded model."""
@@ -101,14 +136,24 @@ async def gradcam(
     return Response(png, media_type="image/png", headers=headers)
 
 
-@router.get("/predictions/{prediction_id}/thumbnail", response_class=Response)
-async def thumbnail(ctx: Ctx, prediction_id: int) -> Response:
-    """A small PNG of the uploaded image."""
-    png = await ctx.run_io(ctx.service.thumbnail_png, prediction_id)
+@router.get("/predictions/{prediction_id}/thumbnail", response_class=Response, responses={**PNG, **QUEUED})
+async def thumbnail(ctx: Ctx, prediction_id: PredictionId) -> Response:
+    """A small PNG of the uploaded image (made at upload; for older rows made once, in the inference queue)."""
+    png = await ctx.run_io(ctx.service.stored_thumbnail, prediction_id)
+    if png is None:
+        png = await ctx.run_inference(ctx.service.thumbnail_png, prediction_id)
     return Response(png, media_type="image/png", headers=IMAGE_CACHE)
 
 
-@router.get("/samples/{sample_id}")
+@router.get("/predictions/{prediction_id}/image", response_class=Response, responses={**PNG, **QUEUED})
+async def image(ctx: Ctx, prediction_id: PredictionId) -> Response:
+    """The uploaded image as PNG at the Grad-CAM overlay's size (its own, up to 1024 px a side), to compare."""
+    png = await ctx.run_inference(ctx.service.image_png, prediction_id)
+    return Response(png, media_type="image/png", headers=IMAGE_CACHE)
+
+
+@router.get("/samples/{sample_id}", responses=error_responses(404, 422))
 async def sample(ctx: Ctx, sample_id: str) -> dict[str, Any]:
-    """The per-sample summary of every prediction stored under one sample id."""
+    """The sample call on every prediction stored under one sample id: leukemia suspected as soon as one
+    usable image looks leukemic, Benign only when all do (leukoscope.samples.sample_call)."""
     return await ctx.run_io(ctx.service.sample_summary, sample_id)

@@ -11,8 +11,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from .context import ServerContext, get_ctx
 from .limits import ALLOWED_FORMATS
 from .lockout import message as lockout_message
-from .security import COOKIE_NAME, client_address, safe_next, session_value, token_matches
-from .store import Filters
+from .security import COOKIE_NAME, client_address, safe_next, session_id, token_matches
+from .store import MAX_PAGE, Filters
 
 # The same sentence as leukoscope.cli.common.DISCLAIMER; not imported, so the server never loads the CLI.
 DISCLAIMER = "Research software, not a certified medical device: never use it alone for a diagnosis."
@@ -33,7 +33,7 @@ async def index(request: Request, ctx: Ctx) -> Response:
 @router.get("/history", response_class=HTMLResponse)
 async def history(
     request: Request, ctx: Ctx,
-    page: Annotated[int, Query(ge=1)] = 1,
+    page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
     label: str = "",
     review: Annotated[str, Query(pattern="^(|yes|no)$")] = "",
     sample_id: Annotated[str, Query(max_length=64)] = "",
@@ -77,13 +77,17 @@ async def login(request: Request, ctx: Ctx) -> Response:
             "disclaimer": DISCLAIMER, "next": target, "error": "wrong token",
         }, status_code=401)
     response = RedirectResponse(target, status_code=303)
-    response.set_cookie(COOKIE_NAME, session_value(ctx.settings.token), httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https", path="/")
+    response.set_cookie(COOKIE_NAME, request.app.state.sessions.create(), httponly=True, samesite="strict",
+                        max_age=int(ctx.settings.session_hours * 3600), path="/",
+                        # HTTPS here, or at a TLS proxy in front (the page the form was sent from says so)
+                        secure=request.url.scheme == "https" or request.headers.get("origin", "").startswith("https:"))
     return response
 
 
 @router.post("/logout")
-async def logout() -> Response:
+async def logout(request: Request) -> Response:
+    """End the session on the server (the cookie's id stops working everywhere) and in this browser."""
+    request.app.state.sessions.revoke(session_id(request.scope))
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(COOKIE_NAME, path="/")
     return response

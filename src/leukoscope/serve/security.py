@@ -2,13 +2,14 @@
 
 With LEUKOSCOPE_API_TOKEN set, every route but the login form and the static files needs the token:
 `Authorization: Bearer <token>`, `X-API-Token: <token>`, or the session cookie the login form sets. The
-cookie holds an HMAC of the token, not the token itself, is HttpOnly and SameSite=Strict (so another site
-cannot make the browser post uploads with it), and stops working when the token changes.
+cookie holds a random session id (`sessions.SessionStore`), never the token; it is HttpOnly and
+SameSite=Strict (so another site cannot make the browser post uploads with it), expires after
+`--session-hours` (12 by default) and stops working at once on logout, in every browser holding a copy.
+Only tokens count as guesses for the lockout: a stale session cookie is simply not a login.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from http.cookies import SimpleCookie
 from urllib.parse import quote
@@ -18,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .limits import send_json
 from .lockout import Lockout
 from .lockout import message as lockout_message
+from .sessions import SessionStore
 
 COOKIE_NAME = "leukoscope_session"
 DOCS_STATIC = "/docs-static"  # Swagger UI's own JS/CSS (fastapi-offline), served by the app, not a CDN
@@ -45,11 +47,6 @@ STATIC_HEADERS = {
 }
 
 
-def session_value(token: str) -> str:
-    """What the login cookie holds: a keyed hash of the token (the token never sits in the browser)."""
-    return hmac.new(token.encode(), b"leukoscope-session-v1", hashlib.sha256).hexdigest()
-
-
 def token_matches(given: str | None, token: str) -> bool:
     return bool(given) and hmac.compare_digest(given.encode(), token.encode())
 
@@ -71,40 +68,45 @@ def client_address(scope: Scope) -> str:
     return str(client[0]) if client else "unknown"
 
 
-def presents_credentials(scope: Scope) -> bool:
-    """Whether the request carries a token or a session cookie (a wrong one counts as a guess)."""
+def presents_token(scope: Scope) -> bool:
+    """Whether the request carries a token (a wrong one counts as a guess)."""
     headers = _headers(scope)
-    return (headers.get("authorization", "")[:7].lower() == "bearer " or "x-api-token" in headers
-            or COOKIE_NAME + "=" in headers.get("cookie", ""))
+    return headers.get("authorization", "")[:7].lower() == "bearer " or "x-api-token" in headers
 
 
-def is_authorized(scope: Scope, token: str) -> bool:
+def has_right_token(scope: Scope, token: str) -> bool:
     headers = _headers(scope)
     auth = headers.get("authorization", "")
     if auth[:7].lower() == "bearer " and token_matches(auth[7:].strip(), token):
         return True
-    if token_matches(headers.get("x-api-token"), token):
-        return True
+    return token_matches(headers.get("x-api-token"), token)
+
+
+def session_id(scope: Scope) -> str | None:
+    """The session id in the request's cookie, if any (a malformed Cookie header holds none)."""
     cookie = SimpleCookie()
     try:
-        cookie.load(headers.get("cookie", ""))
-    except Exception:  # a malformed Cookie header is simply not a login
-        return False
+        cookie.load(_headers(scope).get("cookie", ""))
+    except Exception:
+        return None
     morsel = cookie.get(COOKIE_NAME)
-    return morsel is not None and token_matches(morsel.value, session_value(token))
+    return morsel.value if morsel is not None else None
 
 
 class TokenAuthMiddleware:
     """Every request needs the token (when one is configured), except the login form and static files.
 
     Browsers asking for a page are sent to the login form; everything else gets 401 JSON. A wrong token
-    counts against the client's address in `lockout`; a locked address gets 429 with Retry-After.
+    counts against the client's address in `lockout`; a locked address gets 429 with Retry-After for
+    further wrong tokens (a right one always works).
     """
 
-    def __init__(self, app: ASGIApp, token: str | None, lockout: Lockout | None = None) -> None:
+    def __init__(self, app: ASGIApp, token: str | None, lockout: Lockout | None = None,
+                 sessions: SessionStore | None = None) -> None:
         self.app = app
         self.token = token
         self.lockout = lockout or Lockout()
+        self.sessions = sessions if sessions is not None else SessionStore()  # (an empty store is falsy)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.token:
@@ -114,8 +116,11 @@ class TokenAuthMiddleware:
         if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
             await self.app(scope, receive, send)
             return
-        if presents_credentials(scope):
-            authorized = is_authorized(scope, self.token)
+        if self.sessions.is_valid(session_id(scope)):
+            await self.app(scope, receive, send)
+            return
+        if presents_token(scope):
+            authorized = has_right_token(scope, self.token)
             wait = self.lockout.attempt(client_address(scope), authorized)
             if wait:
                 await send_json(send, 429, {"detail": lockout_message(wait)}, headers={"Retry-After": str(wait)})

@@ -25,14 +25,15 @@ from PIL import Image
 
 from .. import __version__
 from ..errors import ImageError, ModelError
+from ..explain import WORKING_SIDE
 from ..fileio import sha256_bytes
 from ..imaging import load_rgb
 from .limits import RequestRejected, Upload, sniff
 from .settings import Settings
 from .store import Filters, NewPrediction, Store, StoredPrediction, utc_text
 
-GRADCAM_MAX_SIDE = 1024
 THUMBNAIL_SIDE = 160
+WARMUP_SOURCE = "leukoscope-warm-up.png"  # the name warm_up predicts under (fakes in tests recognise it)
 PURGE_INTERVAL_S = 3600.0  # how often, at most, the retention period is applied while serving
 log = logging.getLogger("leukoscope.serve")
 GradcamFn = Callable[..., Image.Image]
@@ -71,40 +72,27 @@ def model_version(info: dict[str, Any]) -> str:
 
 def links(prediction_id: int) -> dict[str, str]:
     base = f"/api/v1/predictions/{prediction_id}"
-    return {"self": base, "gradcam": f"{base}/gradcam", "thumbnail": f"{base}/thumbnail"}
+    return {"self": base, "gradcam": f"{base}/gradcam", "thumbnail": f"{base}/thumbnail", "image": f"{base}/image"}
 
 
 def result_entry(row: StoredPrediction) -> dict[str, Any]:
+    """One upload's entry: `ok` means read and stored; `status` says whether it got a class (ok) or was
+    unusable (label null, with the reason in review_reasons / review_codes)."""
     return {"file_name": row.file_name, "ok": True, "error": None, **row.to_json(), "links": links(row.id)}
 
 
 def error_entry(name: str, data: bytes, message: str) -> dict[str, Any]:
-    return {"file_name": name, "ok": False, "error": message, "id": None,
+    return {"file_name": name, "ok": False, "status": "error", "error": message, "id": None,
             "sha256": sha256_bytes(data) if data else "", "label": None}
 
 
 def summarize(rows: Sequence[StoredPrediction], classes: Sequence[str], *, sample_id: str,
               failed: int = 0) -> dict[str, Any]:
-    """One sample-level call for images uploaded together, with leukoscope.samples.group_by_folder's rules
-    (mean calibrated probabilities, images per class, a review flag when many images are flagged)."""
-    from ..inference import Prediction
-    from ..samples import group_by_folder
+    """The call on images uploaded together: leukoscope.samples.sample_call, the rule that
+    `predict --group-by folder` uses (leukemia suspected when any usable image looks leukemic)."""
+    from ..samples import sample_call
 
-    preds = [Prediction(f"sample/{r.id}", r.sha256, r.label, r.probabilities, r.confidence, r.review,
-                        r.review_reasons, r.ood_score, r.width, r.height, None) for r in rows]
-    preds += [Prediction(f"sample/failed-{i}", "", None, dict.fromkeys(classes, 0.0), 0.0, True, [],
-                         None, 0, 0, "unreadable") for i in range(failed)]
-    if not preds:
-        return {"sample_id": sample_id, "images": 0, "failed": 0, "label": None, "review": False}
-    row = group_by_folder(preds, list(classes))[0]
-    return {
-        "sample_id": sample_id, "images": row["images"], "predicted": row["images"] - row["failed"],
-        "failed": row["failed"], "label": row["label"] or None, "confidence": row["confidence"],
-        "review": row["review"], "review_reasons": [r for r in row["review_reasons"].split("; ") if r],
-        "flagged_images": row["flagged_images"],
-        "mean_probabilities": {c: row[f"p_{c}"] for c in classes},
-        "counts": {c: row[f"n_{c}"] for c in classes},
-    }
+    return {"sample_id": sample_id, **sample_call(rows, classes, failed=failed).to_json()}
 
 
 @dataclass
@@ -176,14 +164,17 @@ class PredictionService:
         if items:
             with self._predict_lock:
                 predictions = self.predictor.predict_bytes(items, tta=self.settings.tta)
-        rows, images, order = [], {}, []
+        rows, images, thumbnails, order = [], {}, {}, []
         for index, p in zip(readable, predictions, strict=True):
             upload = uploads[index]
-            if p.error or p.label is None:
-                entries[index] = error_entry(upload.name, upload.data, p.error or "could not be predicted")
+            if p.status == "error":
+                entries[index] = error_entry(upload.name, upload.data, p.error or "could not be read")
                 continue
             sha = sha256_bytes(upload.data)
-            images[sha] = upload.data
+            if sha not in images:  # the thumbnail is made here, once, inside the request's inference slot
+                images[sha] = upload.data
+                with contextlib.suppress(ImageError):
+                    thumbnails[sha] = _thumbnail(upload.data)
             order.append(index)
             rows.append(NewPrediction(
                 sample_id=sample_id, file_name=upload.name, sha256=sha, model_version=self.model_version,
@@ -191,8 +182,9 @@ class PredictionService:
                 probabilities={k: float(v) for k, v in p.probabilities.items()}, review=bool(p.review),
                 review_reasons=list(p.review_reasons),
                 ood_score=None if p.ood_score is None else float(p.ood_score), width=int(p.width),
-                height=int(p.height)))
-        stored = self.store.add(rows, images) if rows else []
+                height=int(p.height), status=p.status, review_codes=list(p.review_codes),
+                review_details=dict(p.review_details)))
+        stored = self.store.add(rows, images, thumbnails) if rows else []
         self.purge_expired_images()
         for index, row in zip(order, stored, strict=True):
             entries[index] = result_entry(row)
@@ -221,7 +213,8 @@ class PredictionService:
         return row
 
     def gradcam_png(self, prediction_id: int, target: str | None = None) -> bytes:
-        """Grad-CAM overlay of a stored prediction's image, computed now with the loaded model."""
+        """Grad-CAM overlay of a stored prediction's image, computed now with the loaded model at the image's
+        own size up to WORKING_SIDE a side (run it in the inference pool: it decodes and runs the network)."""
         row, data = self._stored(prediction_id)
         if target is not None and target not in self.classes:
             raise RequestRejected(f"unknown class {target!r}; choose from {self.classes}", 422)
@@ -230,21 +223,55 @@ class PredictionService:
                 overlay = self.gradcam(self.predictor, data, target=target or row.label)
         except ModelError as exc:
             raise RequestRejected(f"Grad-CAM is not available for this model: {exc}", 501) from None
-        return _png(overlay, GRADCAM_MAX_SIDE)
+        return _png(overlay, WORKING_SIDE)
+
+    def image_png(self, prediction_id: int) -> bytes:
+        """The uploaded image as PNG at the size the Grad-CAM overlay has, to show the two side by side
+        (decodes, so run it in the inference pool)."""
+        _, data = self._stored(prediction_id)
+        return _png(load_rgb(data, max_side=WORKING_SIDE), WORKING_SIDE)
+
+    def stored_thumbnail(self, prediction_id: int) -> bytes | None:
+        """The thumbnail made at upload (a database read, no decoding); None when there is none yet."""
+        return self.store.thumbnail(self.prediction(prediction_id).sha256)
 
     def thumbnail_png(self, prediction_id: int) -> bytes:
-        _, data = self._stored(prediction_id)
-        return _png(load_rgb(data), THUMBNAIL_SIDE)
+        """Make, keep and return the thumbnail of an image stored before thumbnails were made at upload
+        (decodes, so run it in the inference pool); 404 when the image is no longer kept."""
+        row, data = self._stored(prediction_id)
+        png = _thumbnail(data)
+        self.store.set_thumbnail(row.sha256, png)
+        return png
+
+    def warm_up(self) -> None:
+        """One prediction and one Grad-CAM on a synthetic image at start-up, so the first real click does not
+        pay for importing torch, loading model.pt and first-run allocations (about 9 s on 2 cores).
+        A failure only costs that time later, so it is logged, not raised."""
+        started = time.perf_counter()
+        buffer = io.BytesIO()
+        Image.effect_noise((224, 224), 64).convert("RGB").save(buffer, "PNG")
+        sample = buffer.getvalue()
+        try:
+            with self._predict_lock:
+                self.predictor.predict_bytes([(WARMUP_SOURCE, sample)], tta=False)
+            with self._gradcam_lock:
+                self.gradcam(self.predictor, sample, target=None)
+        except Exception as exc:  # e.g. a package without model.pt: Grad-CAM then answers 501 when asked
+            log.warning("model warm-up incomplete (%s: %s); the first request may be slow", type(exc).__name__, exc)
+            return
+        log.info("model warmed up in %.1f s (one prediction and one Grad-CAM)", time.perf_counter() - started)
 
     # -- reading -----------------------------------------------------------------------------------------
     def model_card(self) -> dict[str, Any]:
         info = self.predictor.info
         return {"model_version": self.model_version, "classes": self.classes,
-                "backend": getattr(self.predictor, "backend", None), "card": info}
+                "backend": getattr(self.predictor, "backend", None),
+                "model_file": getattr(self.predictor, "onnx_file", None), "card": info}
 
     def health(self, in_flight: int) -> dict[str, Any]:
         return {"status": "ok", "leukoscope": __version__, "model_version": self.model_version,
-                "backend": getattr(self.predictor, "backend", None), "schema_version": self.store.version,
+                "backend": getattr(self.predictor, "backend", None),
+                "model_file": getattr(self.predictor, "onnx_file", None), "schema_version": self.store.version,
                 "predictions": self.store.count(), "in_flight": in_flight, "capacity": self.settings.capacity}
 
     def csv_rows(self, filters: Filters) -> Iterator[str]:
@@ -263,9 +290,9 @@ def _cell(value: Any) -> Any:
 
 
 def csv_lines(rows: Iterable[StoredPrediction], classes: Sequence[str]) -> Iterator[str]:
-    header = ["id", "created_at", "sample_id", "file_name", "sha256", "model_version", "label", "confidence",
-              *[f"p_{c}" for c in classes], "review", "review_reasons", "ood_score", "width", "height",
-              "probabilities"]
+    header = ["id", "created_at", "sample_id", "file_name", "sha256", "model_version", "status", "label",
+              "confidence", *[f"p_{c}" for c in classes], "review", "review_codes", "review_reasons", "ood_score",
+              "width", "height", "probabilities"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
 
@@ -278,12 +305,17 @@ def csv_lines(rows: Iterable[StoredPrediction], classes: Sequence[str]) -> Itera
     writer.writerow(header)
     yield flush()
     for r in rows:
-        writer.writerow([r.id, r.created_at, r.sample_id, _cell(r.file_name), r.sha256, r.model_version, r.label,
-                         round(r.confidence, 6), *[round(r.probabilities.get(c, 0.0), 6) for c in classes],
-                         int(r.review), _cell("; ".join(r.review_reasons)),
+        writer.writerow([r.id, r.created_at, r.sample_id, _cell(r.file_name), r.sha256, r.model_version, r.status,
+                         r.label or "", round(r.confidence, 6), *[round(r.probabilities.get(c, 0.0), 6) for c in classes],
+                         int(r.review), "; ".join(r.review_codes), _cell("; ".join(r.review_reasons)),
                          "" if r.ood_score is None else round(r.ood_score, 4), r.width, r.height,
                          json.dumps(r.probabilities)])
         yield flush()
+
+
+def _thumbnail(data: bytes) -> bytes:
+    """A THUMBNAIL_SIDE PNG of an upload, decoded already reduced (a 7000x7000 JPEG at 1/8 scale)."""
+    return _png(load_rgb(data, max_side=THUMBNAIL_SIDE), THUMBNAIL_SIDE)
 
 
 def _png(image: Image.Image, max_side: int) -> bytes:

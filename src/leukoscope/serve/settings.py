@@ -17,6 +17,9 @@ from ..imaging import MAX_PIXELS
 
 ENV_TOKEN = "LEUKOSCOPE_API_TOKEN"
 ENV_DB = "LEUKOSCOPE_DB"
+ENV_ALLOWED_HOSTS = "LEUKOSCOPE_ALLOWED_HOSTS"  # comma-separated, added to the loopback names
+MIN_TOKEN_LENGTH = 16  # a shorter shared token could be guessed; refused at start-up
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 DEFAULT_DB = Path("leukoscope-data") / "leukoscope.db"
 MIB = 1024 * 1024
 
@@ -46,6 +49,9 @@ class Settings:
     page_size: int = 50
     retry_after_s: int = 2
     keep_images_days: float | None = None  # None: keep uploaded images; else purge them after this many days
+    allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides loopback and the bound host ("*": any)
+    session_hours: float = 12.0  # a login cookie stops working after this long
+    warmup: bool = True  # one prediction and one Grad-CAM at start-up, so the first click is not slow
 
     def __post_init__(self) -> None:
         checks = {
@@ -60,6 +66,13 @@ class Settings:
             raise UsageError(f"keep_images_days must be more than 0 (got {self.keep_images_days})")
         if self.queue < 0:
             raise UsageError(f"queue must be 0 or more (got {self.queue})")
+        if not self.session_hours > 0:
+            raise UsageError(f"session_hours must be more than 0 (got {self.session_hours})")
+        if self.token is not None and len(self.token) < MIN_TOKEN_LENGTH:
+            raise UsageError(
+                f"{ENV_TOKEN} is too short ({len(self.token)} characters; at least {MIN_TOKEN_LENGTH}): make one with "
+                "python -c 'import secrets; print(secrets.token_urlsafe(24))'"
+            )
         if not 0 <= self.port <= 65535:
             raise UsageError(f"port must be between 0 and 65535 (got {self.port})")
 
@@ -74,6 +87,16 @@ class Settings:
         return self.workers + self.queue
 
     @property
+    def trusted_hosts(self) -> list[str]:
+        """Host header values the server answers (DNS-rebinding defence): loopback names, the bound host
+        unless it is a wildcard address, and `allowed_hosts`."""
+        names = [*LOOPBACK_NAMES, *self.allowed_hosts]
+        if self.host not in ("0.0.0.0", "::", ""):
+            names.append(self.host)
+        # Starlette compares the Host header's name with IPv6 literals in brackets, as URLs write them.
+        return list(dict.fromkeys(f"[{n}]" if ":" in n and not n.startswith("[") else n.lower() for n in names))
+
+    @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
@@ -83,7 +106,8 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **options: Any) -> Settings:
-        """Settings from explicit options, then LEUKOSCOPE_API_TOKEN / LEUKOSCOPE_DB, then defaults.
+        """Settings from explicit options, then LEUKOSCOPE_API_TOKEN / LEUKOSCOPE_DB / LEUKOSCOPE_ALLOWED_HOSTS,
+        then defaults.
 
         Options passed as None are treated as "not given" so CLI defaults can stay None.
         """
@@ -91,6 +115,10 @@ class Settings:
         given = {key: value for key, value in options.items() if value is not None}
         if "token" not in given and env.get(ENV_TOKEN):
             given["token"] = env[ENV_TOKEN]
+        if "allowed_hosts" not in given and env.get(ENV_ALLOWED_HOSTS):
+            given["allowed_hosts"] = env[ENV_ALLOWED_HOSTS].split(",")
+        if "allowed_hosts" in given:
+            given["allowed_hosts"] = tuple(h.strip() for h in given["allowed_hosts"] if h.strip())
         if "db" not in given and env.get(ENV_DB):
             given["db"] = Path(env[ENV_DB])
         if "db" in given:

@@ -63,11 +63,27 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX images_created ON images(created_at);
     """,
+    # 2 -> 3: a small PNG of each image, made once at upload, so listing thumbnails never decodes an upload
+    # again (a 7000x7000 PNG is 147 MB decoded); NULL for images stored before, made on first request
+    """
+    ALTER TABLE images ADD COLUMN thumbnail BLOB;
+    """,
+    # 3 -> 4: status (ok | unusable; an unusable image is stored with label '' and no class), stable review
+    # codes and the numbers behind them; rows from before read as status 'ok' with their reasons only
+    """
+    ALTER TABLE predictions ADD COLUMN status TEXT NOT NULL DEFAULT 'ok';
+    ALTER TABLE predictions ADD COLUMN review_codes TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE predictions ADD COLUMN review_details TEXT NOT NULL DEFAULT '{}';
+    """,
 ]
+
+MAX_ROW_ID = 2**63 - 1  # SQLite's INTEGER: larger ids cannot exist (and overflow when bound)
+MAX_PER_PAGE = 500
+MAX_PAGE = 10**9  # (MAX_PAGE - 1) * MAX_PER_PAGE stays far inside SQLite's OFFSET range
 
 _COLUMNS = (
     "id, created_at, sample_id, file_name, sha256, model_version, label, confidence, probabilities, "
-    "review, review_reasons, ood_score, width, height"
+    "review, review_reasons, ood_score, width, height, status, review_codes, review_details"
 )
 
 
@@ -93,7 +109,7 @@ class NewPrediction:
     file_name: str
     sha256: str
     model_version: str
-    label: str
+    label: str | None  # None when the image was unusable (stored as '')
     confidence: float
     probabilities: dict[str, float]
     review: bool
@@ -101,6 +117,9 @@ class NewPrediction:
     ood_score: float | None
     width: int
     height: int
+    status: str = "ok"  # ok | unusable (unreadable uploads are never stored)
+    review_codes: list[str] = field(default_factory=list)
+    review_details: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -116,7 +135,8 @@ class StoredPrediction(NewPrediction):
             "file_name": self.file_name, "sha256": self.sha256, "model_version": self.model_version,
             "label": self.label, "confidence": self.confidence, "probabilities": self.probabilities,
             "review": self.review, "review_reasons": self.review_reasons, "ood_score": self.ood_score,
-            "width": self.width, "height": self.height,
+            "width": self.width, "height": self.height, "status": self.status, "review_codes": self.review_codes,
+            "review_details": self.review_details,
         }
 
 
@@ -160,10 +180,11 @@ class Page:
 def _row_to_prediction(row: sqlite3.Row) -> StoredPrediction:
     return StoredPrediction(
         id=row["id"], created_at=row["created_at"], sample_id=row["sample_id"], file_name=row["file_name"],
-        sha256=row["sha256"], model_version=row["model_version"], label=row["label"],
+        sha256=row["sha256"], model_version=row["model_version"], label=row["label"] or None,
         confidence=row["confidence"], probabilities=json.loads(row["probabilities"]),
         review=bool(row["review"]), review_reasons=json.loads(row["review_reasons"]),
-        ood_score=row["ood_score"], width=row["width"], height=row["height"],
+        ood_score=row["ood_score"], width=row["width"], height=row["height"], status=row["status"],
+        review_codes=json.loads(row["review_codes"]), review_details=json.loads(row["review_details"]),
     )
 
 
@@ -267,8 +288,11 @@ class Store:
         return self._write(work)
 
     # -- writing -----------------------------------------------------------------------------------------
-    def add(self, predictions: Sequence[NewPrediction], images: dict[str, bytes]) -> list[StoredPrediction]:
-        """Store one request's predictions and their images in one transaction; returns them with ids."""
+    def add(self, predictions: Sequence[NewPrediction], images: dict[str, bytes],
+            thumbnails: dict[str, bytes] | None = None) -> list[StoredPrediction]:
+        """Store one request's predictions, their images and the images' thumbnails (PNG bytes by sha256)
+        in one transaction; returns them with ids."""
+        thumbnails = thumbnails or {}
         missing = {p.sha256 for p in predictions} - set(images)
         if missing:
             raise ValueError(f"no image bytes given for {sorted(missing)}")
@@ -276,20 +300,21 @@ class Store:
 
         def work(conn: sqlite3.Connection) -> list[StoredPrediction]:
             conn.executemany(  # an image uploaded again is kept anew (its retention restarts)
-                "INSERT INTO images (sha256, data, size, created_at) VALUES (?, ?, ?, ?) "
+                "INSERT INTO images (sha256, data, size, created_at, thumbnail) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT(sha256) DO UPDATE SET data = excluded.data, size = excluded.size, "
-                "created_at = excluded.created_at",
-                [(sha, data, len(data), now) for sha, data in images.items()],
+                "created_at = excluded.created_at, thumbnail = COALESCE(excluded.thumbnail, thumbnail)",
+                [(sha, data, len(data), now, thumbnails.get(sha)) for sha, data in images.items()],
             )
             stored = []
             for p in predictions:
                 cursor = conn.execute(
                     "INSERT INTO predictions (created_at, sample_id, file_name, sha256, model_version, label, "
-                    "confidence, probabilities, review, review_reasons, ood_score, width, height) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (now, p.sample_id, p.file_name, p.sha256, p.model_version, p.label, float(p.confidence),
+                    "confidence, probabilities, review, review_reasons, ood_score, width, height, status, "
+                    "review_codes, review_details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (now, p.sample_id, p.file_name, p.sha256, p.model_version, p.label or "", float(p.confidence),
                      json.dumps(p.probabilities), int(p.review), json.dumps(p.review_reasons),
-                     p.ood_score, p.width, p.height),
+                     p.ood_score, p.width, p.height, p.status, json.dumps(p.review_codes),
+                     json.dumps(p.review_details)),
                 )
                 stored.append(StoredPrediction(**vars(p), id=int(cursor.lastrowid or 0), created_at=now))
             return stored
@@ -300,14 +325,16 @@ class Store:
         """Empty the stored bytes of images last uploaded before `uploaded_before` (a utc_now() string);
         their predictions stay. Returns how many images were purged."""
         def work(conn: sqlite3.Connection) -> int:
-            cursor = conn.execute("UPDATE images SET data = zeroblob(0), size = 0 WHERE created_at < ? AND size > 0",
-                                  (uploaded_before,))
+            cursor = conn.execute("UPDATE images SET data = zeroblob(0), size = 0, thumbnail = NULL "
+                                  "WHERE created_at < ? AND size > 0", (uploaded_before,))
             return int(cursor.rowcount)
 
         return self._write(work)
 
     # -- reading -----------------------------------------------------------------------------------------
     def get(self, prediction_id: int) -> StoredPrediction | None:
+        if not 1 <= prediction_id <= MAX_ROW_ID:  # SQLite cannot even bind such a number: no such row
+            return None
         row = self._conn.execute(f"SELECT {_COLUMNS} FROM predictions WHERE id = ?", (prediction_id,)).fetchone()
         return _row_to_prediction(row) if row else None
 
@@ -316,6 +343,16 @@ class Store:
         row = self._conn.execute("SELECT data FROM images WHERE sha256 = ?", (sha256,)).fetchone()
         return bytes(row["data"]) if row and row["data"] else None
 
+    def thumbnail(self, sha256: str) -> bytes | None:
+        """The stored thumbnail PNG, or None when not made yet (older databases) or purged."""
+        row = self._conn.execute("SELECT thumbnail FROM images WHERE sha256 = ? AND size > 0", (sha256,)).fetchone()
+        return bytes(row["thumbnail"]) if row and row["thumbnail"] else None
+
+    def set_thumbnail(self, sha256: str, png: bytes) -> None:
+        """Keep a thumbnail made later (for an image stored before thumbnails were)."""
+        self._write(lambda conn: conn.execute("UPDATE images SET thumbnail = ? WHERE sha256 = ? AND size > 0",
+                                              (png, sha256)))
+
     def count(self, filters: Filters | None = None) -> int:
         where, params = (filters or Filters()).where()
         return int(self._conn.execute(f"SELECT COUNT(*) FROM predictions{where}", params).fetchone()[0])
@@ -323,7 +360,7 @@ class Store:
     def page(self, page: int = 1, per_page: int = 50, filters: Filters | None = None) -> Page:
         """Newest first; `page` counts from 1 (a page past the end is simply empty)."""
         filters = filters or Filters()
-        page, per_page = max(1, page), max(1, per_page)
+        page, per_page = min(max(1, page), MAX_PAGE), min(max(1, per_page), MAX_PER_PAGE)
         where, params = filters.where()
         rows = self._conn.execute(
             f"SELECT {_COLUMNS} FROM predictions{where} ORDER BY id DESC LIMIT ? OFFSET ?",
@@ -353,4 +390,5 @@ class Store:
 
     def labels(self) -> list[str]:
         """Every class name present in the history (for filter menus)."""
-        return [r[0] for r in self._conn.execute("SELECT DISTINCT label FROM predictions ORDER BY label")]
+        return [r[0] for r in self._conn.execute("SELECT DISTINCT label FROM predictions WHERE label != '' "
+                                                 "ORDER BY label")]

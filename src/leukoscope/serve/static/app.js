@@ -14,9 +14,7 @@
   const tbody = document.querySelector("#results tbody"), resultsSection = $("results-section");
   const summary = $("summary"), summaryText = $("summary-text"), summaryBody = document.querySelector("#summary-table tbody");
   const csvLink = $("csv-link");
-  const dialog = $("gradcam-dialog"), dialogImage = $("gradcam-image"), dialogCaption = $("gradcam-caption");
   let busy = false;
-  let objectUrl = null;
 
   const pct = (p) => `${(100 * p).toFixed(1)}%`;
   const mib = (n) => `${(n / 1048576).toFixed(1)} MiB`;
@@ -105,6 +103,19 @@
     return table;
   }
 
+  // Review reasons in plain words; the numbers behind each (review_details, by code) show on hover.
+  function reasonList(result) {
+    const list = el("ul", "reasons");
+    const codes = result.review_codes || [], details = result.review_details || {};
+    result.review_reasons.forEach((reason, i) => {
+      const item = el("li", "", reason);
+      const numbers = details[codes[i]];
+      if (numbers) item.title = Object.entries(numbers).map(([k, v]) => `${k}: ${v}`).join(", ");
+      list.append(item);
+    });
+    return list;
+  }
+
   function addRow(result) {
     const row = el("tr", result.ok ? "predicted" : "failed");
     const thumbCell = el("td");
@@ -126,6 +137,16 @@
       tbody.append(row);
       return;
     }
+    if (result.status === "unusable") {  // read, but nothing to analyse: no class, only the reason
+      row.className = "unusable";
+      row.append(el("td", "error", "unusable: no class"));
+      const reason = el("td");
+      reason.append(reasonList(result));
+      reason.colSpan = 3;
+      row.append(reason);
+      tbody.append(row);
+      return;
+    }
     const labelCell = el("td");
     labelCell.append(el("span", "label", result.label));
     labelCell.append(el("div", "muted small", pct(result.confidence)));
@@ -133,10 +154,7 @@
     probCell.append(probabilityTable(result.probabilities, result.label));
     const reviewCell = el("td");
     if (result.review) {
-      reviewCell.append(el("span", "flag", "review"));
-      const list = el("ul", "reasons");
-      for (const reason of result.review_reasons) list.append(el("li", "", reason));
-      reviewCell.append(list);
+      reviewCell.append(el("span", "flag", "review"), reasonList(result));
     } else {
       reviewCell.append(el("span", "ok", "no flag"));
     }
@@ -149,37 +167,24 @@
     tbody.append(row);
   }
 
-  async function openGradcam(result) {
-    dialogCaption.textContent = `${result.file_name}: ${result.label} (${pct(result.confidence)}). Computing…`;
-    dialogImage.hidden = true;
-    dialogImage.removeAttribute("src");
-    if (!dialog.open) dialog.showModal();
-    const response = await fetch(result.links.gradcam, { credentials: "same-origin" });
-    if (!response.ok) {
-      const body = await readJson(response);
-      dialogCaption.textContent = `${result.file_name}: ${body.detail || "Grad-CAM failed"}`;
-      return;
-    }
-    if (objectUrl) URL.revokeObjectURL(objectUrl);
-    objectUrl = URL.createObjectURL(await response.blob());
-    dialogImage.src = objectUrl;
-    dialogImage.hidden = false;
-    dialogCaption.textContent = `${result.file_name}: ${result.label} (${pct(result.confidence)})`;
+  // The viewer itself is static/gradcam.js (shared with the history page).
+  function openGradcam(result) {
+    window.leukoscopeGradcam.open(result);
   }
 
   async function showSummary(sampleId, failed) {
     const response = await fetch(`/api/v1/samples/${encodeURIComponent(sampleId)}`, { credentials: "same-origin" });
     if (!response.ok) return;
     const s = await response.json();
-    const parts = [`${s.predicted} image${s.predicted === 1 ? "" : "s"} predicted`];
-    if (failed) parts.push(`${failed} not readable`);
-    parts.push(`sample call: ${s.label} (mean probability ${pct(s.confidence)})`);
-    parts.push(`${s.flagged_images} flagged for review`);
-    summaryText.textContent = parts.join(" · ");
+    summaryText.replaceChildren(`${s.usable} image${s.usable === 1 ? "" : "s"} predicted · `);
+    summaryText.append(el("strong", s.call === "leukemia" ? "call-leukemia" : "", `Sample call: ${s.headline}`));
+    summaryText.append(" · ", s.summary);
+    if (s.flagged_images) summaryText.append(` · ${s.flagged_images} flagged for review`);
+    if (failed) summaryText.append(` · ${failed} not readable (not counted)`);
     if (s.review) {
-      const flag = el("span", "flag", "review sample");
-      flag.title = s.review_reasons.join("; ");
-      summaryText.append(" ", flag, " ", el("span", "muted small", s.review_reasons.join("; ")));
+      const list = el("ul", "reasons");
+      for (const reason of s.review_reasons) list.append(el("li", "", reason));
+      summaryText.append(" ", el("span", "flag", "review sample"), list);
     }
     summaryBody.replaceChildren();
     const table = probabilityTable(s.mean_probabilities, s.label);
@@ -202,7 +207,7 @@
       resultsSection.hidden = false;
       csvLink.href = `/api/v1/predictions.csv?sample_id=${sampleId}`;
       csvLink.hidden = true;
-      let failed = 0, predicted = 0, done = 0;
+      let failed = 0, predicted = 0, unusable = 0, done = 0;
       const sendable = [];
       for (const file of files) {
         if (file.size > maxFileBytes) {
@@ -216,14 +221,15 @@
         setStatus(`Predicting ${done + 1}–${done + batch.length} of ${sendable.length}…`);
         for (const result of await postBatch(batch, sampleId)) {
           addRow(result);
-          if (result.ok) predicted++; else failed++;
+          if (!result.ok) failed++; else if (result.status === "unusable") unusable++; else predicted++;
         }
         done += batch.length;
       }
-      csvLink.hidden = predicted === 0;
-      if (files.length > 1 && predicted > 0) await showSummary(sampleId, failed);
+      csvLink.hidden = predicted + unusable === 0;
+      if (files.length > 1 && predicted + unusable > 0) await showSummary(sampleId, failed);
       setStatus(`${predicted} of ${files.length} image${files.length === 1 ? "" : "s"} predicted` +
-                (failed ? `, ${failed} failed.` : "."), failed > 0 && predicted === 0);
+                (unusable ? `, ${unusable} unusable (no class)` : "") + (failed ? `, ${failed} failed.` : "."),
+                failed > 0 && predicted === 0);
     } catch (err) {
       setStatus(`Upload failed: ${err.message || err}`, true);
     } finally {
@@ -246,6 +252,4 @@
   // A file dropped beside the zone must not make the browser navigate away from the results.
   window.addEventListener("dragover", (event) => event.preventDefault());
   window.addEventListener("drop", (event) => event.preventDefault());
-  $("gradcam-close").addEventListener("click", () => dialog.close());
-  dialog.addEventListener("click", (event) => { if (event.target === dialog) dialog.close(); });
 })();

@@ -1,0 +1,75 @@
+"""Schemathesis against the app in-process (fake predictor): no server error and no schema violation.
+
+The same as `st run http://HOST/openapi.json --checks all --max-examples N` (issue #11 item 7 found
+500s, a dropped connection and schema mismatches that way), bounded to stay under a minute: every
+phase (coverage, fuzzing, stateful), every check, a fixed seed, a few examples per operation.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from leukoscope.serve import Settings, create_app
+
+from .fakes import FakePredictor, fake_gradcam
+
+schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is a dev dependency (pip install -e .[dev])")
+from schemathesis.config import SchemathesisConfig  # noqa: E402
+from schemathesis.engine import events, from_schema  # noqa: E402
+from schemathesis.python import asgi  # noqa: E402
+
+MAX_EXAMPLES = 10
+REPO_CONFIG = Path(__file__).resolve().parents[2] / "schemathesis.toml"  # what `st run` uses in the repo
+
+
+def fuzz_config() -> SchemathesisConfig:
+    """The repository's schemathesis.toml with every check on, a fixed seed and few examples."""
+    config = SchemathesisConfig.from_path(REPO_CONFIG)
+    config.update(seed=0, max_failures=None)  # as `st run --seed 0 --checks all --max-examples N`
+    config.projects.override.update(continue_on_failure=True)
+    config.projects.override.checks.update(included_check_names=["all"])
+    config.projects.override.generation.update(max_examples=MAX_EXAMPLES, database="none")  # same cases every run
+    return config
+
+
+def run_schemathesis(app) -> tuple[int, Counter, dict]:
+    """Run every phase against `app`; returns (cases, failures by (operation, check, title), one example each)."""
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=fuzz_config())
+    cases, failures, examples = 0, Counter(), {}
+    try:
+        cases = _collect(from_schema(schema).execute(), failures, examples)
+    finally:
+        asgi.shutdown_lifespans()  # schemathesis started the app's lifespan: close its database and pool
+    return cases, failures, examples
+
+
+def _collect(stream, failures: Counter, examples: dict) -> int:
+    cases = 0
+    for event in stream:
+        if isinstance(event, events.ScenarioFinished):
+            cases += len(event.recorder.cases)
+            for nodes in event.recorder.checks.values():
+                for node in nodes:
+                    if node.status == "failure" and node.failure_info is not None:
+                        key = (event.recorder.label, node.name, node.failure_info.failure.title)
+                        failures[key] += 1
+                        examples.setdefault(key, node.failure_info.code_sample)
+        elif isinstance(event, events.NonFatalError):
+            failures[(event.label, "error", str(event.value)[:200])] += 1
+        elif isinstance(event, events.FatalError):
+            raise event.exception
+    return cases
+
+
+@pytest.mark.slow
+def test_schemathesis_finds_no_server_error_and_no_schema_violation(tmp_path: Path) -> None:
+    # "testserver" is the Host schemathesis' in-process client sends; a real server gets --allowed-host.
+    settings = Settings(db=tmp_path / "data" / "leukoscope.db", allowed_hosts=("testserver",), warmup=False)
+    app = create_app(settings, FakePredictor(), gradcam=fake_gradcam)
+    cases, failures, examples = run_schemathesis(app)
+    assert cases > 100, f"schemathesis ran only {cases} cases"
+    report = "\n".join(f"{n} x {key}: {examples.get(key, '')[:300]}" for key, n in failures.most_common())
+    assert not failures, f"{sum(failures.values())} failures in {cases} cases:\n{report}"
