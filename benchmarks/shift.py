@@ -85,7 +85,7 @@ def score(predictor, items: list[tuple[str, bytes]], labels: list[str]) -> list[
     classes = list(predictor.classes)
     y = [classes.index(label) for label in labels]
     predicted = [classes.index(r.label) if r.label is not None else -1 for r in results]
-    summary = review_summary(y, predicted, [r.review for r in results], [r.review_reasons for r in results],
+    summary = review_summary(y, predicted, [r.review for r in results], [r.review_codes for r in results],
                              classes=classes)
     n = summary["n"]
     return [n, f"{(n - summary['wrong']) / n:.3f}", f"{summary['flagged_fraction']:.3f}",

@@ -14,7 +14,9 @@ from _evalfixtures import make_noise_dataset, make_run
 from leukoscope.comparison import compare
 from leukoscope.errors import DataError, ModelError, UsageError
 from leukoscope.evaluation import LeakageWarning, evaluate
+from leukoscope.intervals import proportion
 from leukoscope.manifest import read_manifest_csv
+from leukoscope.reporting import rate
 
 CLASSES = ["Benign", "Early Pre-B", "Pre-B", "Pro-B"]
 
@@ -58,6 +60,12 @@ def test_default_evaluates_the_runs_test_part_and_writes_everything(workspace, e
                 "calibration", "leakage", "timing"):
         assert key in saved, key
     assert saved["headline"]["accuracy"]["low"] is not None
+    assert saved["headline"]["accuracy"]["method"] == "clopper-pearson" and saved["headline"]["accuracy"]["n"] == n_test
+    assert saved["headline"]["macro_f1"]["method"] == "bootstrap-percentile"
+    report = (out / "report.html").read_text(encoding="utf-8")
+    card = (out / "MODEL_CARD.md").read_text(encoding="utf-8")
+    for text in (report, card):
+        assert "exact (Clopper-Pearson)" in text and "percentile bootstrap" in text
     assert sum(map(sum, saved["confusion_matrix"])) == n_test
     assert saved["leakage"] == {"checked": True, "train_overlap": 0, "examples": [],
                                 "train_images": part_size(workspace["run"], "train")}
@@ -213,14 +221,19 @@ def test_package_on_a_labs_own_benign_folder_reports_the_review_flag(tiny_packag
     assert rows["solid.png"]["review"] == "1" and rows["solid.png"]["review_reasons"]
     review = strict_json(out / "metrics.json")["review"]
     assert review["n"] == 7 and review["n_benign"] == 7 and review["n_leukemia"] == 0
+    assert review["unusable"] == 1  # the solid square got no class, and the lab is told how many
     assert review["flagged"] == sum(r["review"] == "1" for r in rows.values())
     assert review["benign_called_leukemia_not_flagged"] == sum(
         r["predicted"] != "Benign" and r["review"] == "0" for r in rows.values())
     assert review["wrong_not_flagged"] == review["benign_called_leukemia_not_flagged"]
     assert sum(review["reasons"].values()) >= review["flagged"]
     assert "Review flag" in (out / "report.html").read_text(encoding="utf-8")
-    card = (out / "MODEL_CARD.md").read_text(encoding="utf-8")
-    assert f"benign images\ncalled leukemia without a flag: **{review['benign_called_leukemia_not_flagged']} of 7**" in card
+    k = review["benign_called_leukemia_not_flagged"]
+    assert review["rates"]["benign_called_leukemia_not_flagged"] == proportion(k, 7)
+    assert review["rates"]["flagged"]["high"] > review["rates"]["flagged"]["value"] or review["flagged"] == 7
+    assert review["rates"]["leukemia_called_benign_not_flagged"]["method"] is None  # 0 of 0: no interval
+    card = " ".join((out / "MODEL_CARD.md").read_text(encoding="utf-8").split())
+    assert f"benign images called leukemia without a flag: **{rate(proportion(k, 7))}**" in card
 
 
 def test_a_run_has_no_review_block(evaluated):

@@ -3,7 +3,8 @@
 Plain steps over plain data: open the model (run folder, checkpoint or model package), resolve which
 images to score (a folder, a split file and part, or the run's own test part), check them against the
 run's training part for leakage, predict, calibrate on the run's validation part, compute metrics with
-bootstrap intervals, and write metrics.json, predictions.csv, figures/*.png, report.html, MODEL_CARD.md.
+intervals (exact for proportions, bootstrap otherwise), and write metrics.json, predictions.csv,
+figures/*.png, report.html, MODEL_CARD.md.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from . import __version__, calibration
 from .errors import DataError, UsageError
 from .eval_data import EvalData, check_classes, check_files, check_leakage, data_summary, resolve_data
 from .fileio import write_json, write_text
+from .intervals import proportion
 from .manifest import Manifest, read_manifest_csv
 from .metrics import compute_metrics
 from .preprocessing import Preprocess
@@ -149,7 +151,11 @@ def predict_package(predictor: Any, paths: Sequence[Path], *, batch_size: int = 
             progress("predicting", done, len(paths))
     classes = predictor.classes
     probs = np.asarray([[p.probabilities[c] for c in classes] for p in predictions], dtype=np.float64)
-    return probs.reshape(len(predictions), len(classes)), predictions
+    probs = probs.reshape(len(predictions), len(classes))
+    # Unusable images get no class: even probabilities (no information), always flagged, counted apart as
+    # review.unusable so a lab sees how many of its labelled images the tool refused to call.
+    probs[probs.sum(axis=1) == 0] = 1.0 / len(classes)
+    return probs, predictions
 
 
 def _val_part(handle: ModelHandle, data: EvalData) -> Manifest | None:
@@ -236,6 +242,19 @@ def train_seconds(run_dir: Path | None, history: list[dict[str, str]]) -> float 
         return None
 
 
+# rate name -> (count key, of-how-many key) in a review_summary dict
+REVIEW_RATES = {"flagged": ("flagged", "n"), "wrong_not_flagged": ("wrong_not_flagged", "n"),
+                "benign_called_leukemia_not_flagged": ("benign_called_leukemia_not_flagged", "n_benign"),
+                "leukemia_called_benign_not_flagged": ("leukemia_called_benign_not_flagged", "n_leukemia")}
+
+
+def review_rates(review: dict[str, Any], *, level: float = 0.95) -> dict[str, dict[str, Any]]:
+    """The review flag's counts as proportions with exact intervals: "0 confident misses of 710" says
+    little without the upper bound of how often they could happen."""
+    return {name: proportion(review[k], review[n], level) for name, (k, n) in REVIEW_RATES.items()
+            if review.get(k) is not None and review.get(n) is not None}
+
+
 def evaluate(
     model_path: str | Path,
     data: str | Path | None = None,
@@ -285,8 +304,11 @@ def evaluate(
     result.update(compute_metrics(y, probs, classes=handle.classes, n_bootstrap=n_bootstrap, seed=seed))
     result["calibration"] = {**cal_info, **calibration.calibration_report(raw, probs, y, n_bins=N_BINS)}
     result["review"] = None if predictions is None else review_summary(
-        y, probs.argmax(axis=1), [p.review for p in predictions], [p.review_reasons for p in predictions],
+        y, probs.argmax(axis=1), [p.review for p in predictions], [p.review_codes for p in predictions],
         classes=handle.classes)
+    if result["review"] is not None:
+        result["review"]["unusable"] = sum(p.status == "unusable" for p in predictions)
+        result["review"]["rates"] = review_rates(result["review"], level=result["bootstrap"]["level"])
     handle.info["temperature"] = handle.info.get("temperature") or temperature
     history = read_history(handle.run_dir)
     result.update(model=handle.info, data_summary=data_summary(data_set, leakage), leakage=leakage,

@@ -3,9 +3,10 @@ and the benchmarks alike.
 
 A prediction is only useful with its caveats, so every `Prediction` carries calibrated probabilities
 (softmax of logits / temperature) and a `review` flag with its reasons: low calibrated confidence, an
-image unlike the training data (Mahalanobis distance of its features, see leukoscope.ood), a blurry or
-nearly uniform image, or an image far from the training resolution. Unreadable files become predictions
-with `error` set instead of exceptions, so one bad file never stops a folder of thousands.
+image unlike the training data (Mahalanobis distance of its features, see leukoscope.ood), a blurry image
+or one far from the training resolution. Images that show nothing to judge (blank, noise, a smooth
+gradient, a few pixels) get status `unusable` and no class. Unreadable files become predictions with
+`error` set instead of exceptions, so one bad file never stops a folder of thousands.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from .backends import OnnxBackend, TorchBackend, cpu_count, load_torch_file
+from . import reasons as why
+from .backends import TorchBackend, cpu_count, load_torch_file
 from .errors import ImageError, ModelError, UsageError
 from .fileio import sha256_bytes
-from .imaging import jpeg_quality, load_rgb
+from .imaging import jpeg_quality, load_rgb, original_size
+from .int8 import checked_onnx
 from .ood import MahalanobisOOD, QualityThresholds, quality_reasons
 from .package import (
     MODEL_JSON,
@@ -35,39 +38,15 @@ from .package import (
     package_file,
     verify_package,
 )
+from .prediction import Prediction
 from .preprocessing import Preprocess, normalize_numpy, resize_rgb
+from .reasons import Reason
 
 BACKENDS = ("auto", "onnx", "torch")
 DEFAULT_CONFIDENCE_THRESHOLD = 0.9
 SIZE_RATIO_RANGE = (0.5, 4.0)
+MIN_SIDE_FRACTION = 1 / 8  # below training side / 8 (28 px at 224) an image is unusable
 
-
-@dataclass
-class Prediction:
-    """One image's result; the field set is a contract (docs/INTERFACES.md) shared with the web app."""
-
-    source: str
-    sha256: str
-    label: str | None
-    probabilities: dict[str, float]
-    confidence: float
-    review: bool
-    review_reasons: list[str]
-    ood_score: float | None
-    width: int
-    height: int
-    error: str | None = None
-
-    def to_row(self) -> dict[str, Any]:
-        """A flat dict (one column per class probability) for CSV / JSON that pandas reads."""
-        row: dict[str, Any] = {"path": self.source, "label": self.label or "",
-                               "confidence": round(self.confidence, 6), "review": self.review,
-                               "review_reasons": "; ".join(self.review_reasons)}
-        row.update({f"p_{name}": round(p, 6) for name, p in self.probabilities.items()})
-        row.update({"ood_score": None if self.ood_score is None else round(self.ood_score, 4),
-                    "width": self.width, "height": self.height, "sha256": self.sha256,
-                    "error": self.error or ""})
-        return row
 
 # ------------------------------------------------------------------------------------------- predictor
 
@@ -97,15 +76,18 @@ def one_blas_thread() -> contextlib.AbstractContextManager[Any]:
     return _BLAS_CONTROLLER[0].limit(limits=1, user_api="blas")
 
 
+DECODE_SIDE_FACTOR = 4  # images are decoded reduced to at most 4x the model's input side (896 px at 224)
+
+
 @dataclass
 class _Decoded:
     source: str
     sha256: str = ""
-    pixels: np.ndarray | None = None  # model input, S x S x 3 uint8
+    pixels: np.ndarray | None = None  # model input, S x S x 3 uint8; None when unreadable or unusable
     width: int = 0
     height: int = 0
     error: str | None = None
-    reasons: list[str] = field(default_factory=list)
+    reasons: list[Reason] = field(default_factory=list)  # an unusable reason first, when there is one
 
 
 def tta_views(batch: np.ndarray) -> Iterator[np.ndarray]:
@@ -118,6 +100,9 @@ def tta_views(batch: np.ndarray) -> Iterator[np.ndarray]:
 
 class Predictor:
     """Calibrated predictions with review flags; build it with `load_predictor`."""
+
+    onnx_file: str | None = None  # the package's ONNX model that runs (after the int8 check); None in PyTorch
+    int8_check: dict[str, Any] | None = None  # leukoscope.int8.checked_onnx's findings when int8 was asked for
 
     def __init__(self, backend: Any, info: dict[str, Any], *, ood: MahalanobisOOD | None = None,
                  source: Path | None = None, torch_model: Any = None,
@@ -135,6 +120,7 @@ class Predictor:
         self.min_jpeg_quality = float(review.get("min_jpeg_quality", MIN_JPEG_QUALITY))
         self.training_size = int(info.get("training_image_size") or self.preprocess.input_size)
         self.size_ratio_range = tuple(review.get("size_ratio_range", SIZE_RATIO_RANGE))
+        self.min_side = int(review.get("min_side", max(2, round(self.training_size * MIN_SIDE_FRACTION))))
         self.ood = ood
         self.source = source
         self._torch_model = torch_model
@@ -189,20 +175,29 @@ class Predictor:
     def _decode(self, source: str, data: bytes) -> _Decoded:
         item = _Decoded(source, sha256_bytes(data))
         try:
-            image = load_rgb(data)
+            # Reduced while decoding to a few times the model input: a 7000x7000 PNG (147 MB of RGB) costs
+            # no more than the model needs; width, height and the size checks use the file's own size.
+            image = load_rgb(data, max_side=DECODE_SIDE_FACTOR * self.preprocess.input_size)
         except ImageError as exc:
             item.error = str(exc)
             return item
         except Exception as exc:  # any decoder failure of one file must not stop the others
             item.error = f"corrupt image: {type(exc).__name__}: {exc}"
             return item
-        item.width, item.height = image.size
-        item.pixels = resize_rgb(image, self.preprocess)
-        item.reasons = quality_reasons(item.pixels, self.quality) + self._size_reasons(*image.size)
-        quality = jpeg_quality(data)
+        item.width, item.height = original_size(image)
+        if min(item.width, item.height) < self.min_side:
+            item.reasons = [why.too_small(item.width, item.height, self.min_side)]
+            return item
+        pixels = resize_rgb(image, self.preprocess)
+        native = np.asarray(image) if min(image.size) < self.preprocess.input_size else None
+        item.reasons = quality_reasons(pixels, self.quality, native=native)
+        if item.reasons and item.reasons[0].unusable:
+            return item  # no class for it: the model never sees it
+        item.pixels = pixels
+        item.reasons += self._size_reasons(item.width, item.height)
+        quality = jpeg_quality(image)  # the tables load_rgb kept: no second parse of the header
         if quality is not None and quality < self.min_jpeg_quality:
-            item.reasons.append(f"heavily compressed JPEG (quality about {quality:.0f} < {self.min_jpeg_quality:.0f}): "
-                                "fine cell detail may be lost")
+            item.reasons.append(why.jpeg_quality(quality, self.min_jpeg_quality))
         return item
 
     def _decode_path(self, path: str | Path) -> _Decoded:
@@ -214,17 +209,14 @@ class Predictor:
             return _Decoded(str(path), error=f"cannot read file: {exc.strerror or exc}")
         return self._decode(str(path), data)
 
-    def _size_reasons(self, width: int, height: int) -> list[str]:
+    def _size_reasons(self, width: int, height: int) -> list[Reason]:
         ratio = min(width, height) / self.training_size
-        size = f"{self.training_size}x{self.training_size}"
         if ratio < self.size_ratio_range[0]:
-            return [f"image ({width}x{height}) is much smaller than the training images ({size}): "
-                    "cells may be too small to judge"]
+            return [why.small_image(width, height, self.training_size)]
         if ratio > self.size_ratio_range[1]:
-            return [f"image ({width}x{height}) is much larger than the training images ({size}): "
-                    "a different magnification or a whole slide?"]
+            return [why.large_image(width, height, self.training_size)]
         if max(width, height) > 1.5 * min(width, height):
-            return [f"image ({width}x{height}) is far from square: resizing distorts the cells"]
+            return [why.not_square(width, height)]
         return []
 
     # ---- inference
@@ -241,10 +233,11 @@ class Predictor:
         results: list[Prediction] = []
         row_of = {index: row for row, index in enumerate(good)}
         for index, item in enumerate(items):
-            if item.pixels is None:
-                results.append(Prediction(item.source, item.sha256, None, dict.fromkeys(self.classes, 0.0),
-                                          0.0, True, ["image could not be read"], None, item.width,
-                                          item.height, item.error or "unreadable"))
+            if item.pixels is None:  # unreadable (error) or readable but unusable (its reasons say why)
+                error = item.error if item.error is not None or item.reasons else "unreadable"
+                reasons = [why.unreadable(error)] if error is not None else item.reasons
+                results.append(Prediction.without_call(item.source, item.sha256, self.classes, reasons,
+                                                       width=item.width, height=item.height, error=error))
                 continue
             p = probs[row_of[index]]
             score = None if scores is None else float(scores[row_of[index]])
@@ -256,13 +249,13 @@ class Predictor:
         confidence = float(p[top])
         reasons = list(item.reasons)
         if score is not None and self.ood is not None and score > self.ood.threshold:
-            reasons.append(f"image looks unlike the training images (out-of-distribution score "
-                           f"{score:.1f} > {self.ood.threshold:.1f})")
+            reasons.append(why.out_of_distribution(score, self.ood.threshold))
         if confidence < self.confidence_threshold:
-            reasons.append(f"low confidence ({confidence:.2f} < {self.confidence_threshold:.2f})")
+            reasons.append(why.low_confidence(confidence, self.confidence_threshold))
+        messages, codes, details = why.split(reasons)
         return Prediction(item.source, item.sha256, self.classes[top],
                           {c: float(v) for c, v in zip(self.classes, p, strict=True)}, confidence,
-                          bool(reasons), reasons, score, item.width, item.height, None)
+                          bool(reasons), messages, score, item.width, item.height, None, "ok", codes, details)
 
     def predict_bytes(self, items: Sequence[tuple[str, bytes]], *, tta: bool = False,
                       batch_size: int = 32) -> list[Prediction]:
@@ -299,8 +292,10 @@ def load_predictor(model: str | Path | None = None, *, backend: str = "auto", th
     """A Predictor for a model package folder, a run folder or checkpoint, or (None) the bundled package.
 
     backend "auto" uses ONNX Runtime when the package has an ONNX model (the int8 one when model.json's
-    `default_onnx` names it, or `onnx_file` to choose), else PyTorch. `confidence_threshold` overrides
-    the package's review threshold. Raises ModelError for missing or damaged packages.
+    `default_onnx` names it, or `onnx_file` to choose), else PyTorch. An int8 model is first checked on this
+    CPU against the package's reference batch and replaced by fp32 when it fails (leukoscope.int8.checked_onnx);
+    `Predictor.onnx_file` says which file runs. `confidence_threshold` overrides the package's review threshold.
+    Raises ModelError for missing or damaged packages (and an int8-only package whose int8 check fails).
     """
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
@@ -326,15 +321,18 @@ def _from_package(path: Path, backend: str, threads: int | None, threshold: floa
     if backend == "onnx" or (backend == "auto" and onnx_path is not None):
         if onnx_path is None:
             raise ModelError(f"model package {path} has no ONNX model; use --backend torch")
-        engine: Any = OnnxBackend(onnx_path, threads)
+        engine, onnx_name, int8_check = checked_onnx(path, info, onnx_name, threads)
     else:
         torch_path = package_file(path, info, TORCH_FILE)
         if torch_path is None:
             raise ModelError(f"model package {path} has no {TORCH_FILE}; use --backend onnx")
         torch_model = load_torch_file(torch_path)
         engine = TorchBackend(torch_model, threads)
-    return Predictor(engine, info, ood=ood, source=path, torch_model=torch_model,
-                     confidence_threshold=threshold)
+    predictor = Predictor(engine, info, ood=ood, source=path, torch_model=torch_model,
+                          confidence_threshold=threshold)
+    if torch_model is None:
+        predictor.onnx_file, predictor.int8_check = onnx_name, int8_check
+    return predictor
 
 
 def _from_run(path: Path, backend: str, threads: int | None, threshold: float | None) -> Predictor:

@@ -9,7 +9,6 @@ evaluates the model on its own normal lymphocytes wants the last count at zero.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -17,33 +16,26 @@ from typing import Any
 import numpy as np
 
 
-def reason_kind(reason: str) -> str:
-    """A review reason without its numbers and explanation, so equal kinds count together:
-    'image (64x64) is much smaller than the training images (224x224): cells ...' ->
-    'image is much smaller than the training images'."""
-    kind = re.sub(r"\s*\([^)]*\)", "", reason).split(":", 1)[0]
-    return " ".join(kind.split()) or reason
-
-
 def review_summary(
     y_true: Sequence[int] | np.ndarray,
     predicted: Sequence[int] | np.ndarray,
     flagged: Sequence[bool] | np.ndarray,
-    reasons: Sequence[Sequence[str]],
+    codes: Sequence[Sequence[str]],
     *,
     classes: Sequence[str],
     benign_class: str = "Benign",
 ) -> dict[str, Any]:
     """Counts of flagged and unflagged calls, right and wrong, over images with known labels.
 
-    `predicted` and `y_true` are class indices into `classes`; `reasons` holds each image's review reasons
-    (empty for unflagged images). The leukemia counts are None when the classes have no benign class.
+    `predicted` and `y_true` are class indices into `classes`; `codes` holds each image's review codes
+    (`Prediction.review_codes`, empty for unflagged images), counted as they are: codes are stable, the
+    wording of the messages is not. The leukemia counts are None when the classes have no benign class.
     """
     y = np.asarray(y_true, dtype=np.int64)
     pred = np.asarray(predicted, dtype=np.int64)
     flags = np.asarray(flagged, dtype=bool)
-    if not (len(y) == len(pred) == len(flags) == len(reasons)):
-        raise ValueError("y_true, predicted, flagged and reasons must have one entry per image")
+    if not (len(y) == len(pred) == len(flags) == len(codes)):
+        raise ValueError("y_true, predicted, flagged and codes must have one entry per image")
     n = len(y)
     correct = y == pred
     unflagged = ~flags
@@ -55,7 +47,7 @@ def review_summary(
         "wrong_flagged": int((~correct & flags).sum()),
         "wrong_not_flagged": int((~correct & unflagged).sum()),
         "unflagged_accuracy": float(correct[unflagged].mean()) if unflagged.any() else None,
-        "reasons": dict(Counter(reason_kind(r) for rs in reasons for r in rs).most_common()),
+        "reasons": dict(Counter(code for image in codes for code in image).most_common()),
         "leukemia_called_benign_not_flagged": None,
         "benign_called_leukemia_not_flagged": None,
         "n_leukemia": None,

@@ -86,7 +86,55 @@ def test_group_by_folder(package, images, capsys) -> None:
     assert rows["patient1"]["images"] == 3 and rows["patient1"]["failed"] == 0
     assert sum(rows["patient1"][f"n_{c}"] for c in CLASSES) == 3
     assert rows["patient2"]["failed"] == 2 and rows["patient2"]["review"]
-    assert "could not be read" in rows["patient2"]["review_reasons"]
+    assert "failed_images" in rows["patient2"]["review_codes"]
+    assert any("could not be read" in r for r in rows["patient2"]["review_reasons"])
+    for row in rows.values():  # the sample rule: leukemia as soon as one usable image looks leukemic
+        leukemic = sum(row[f"n_{c}"] for c in CLASSES if c != "Benign")
+        assert row["call"] == ("leukemia" if leukemic else "benign") and row["leukemic_images"] == leukemic
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """sample/: one smear, the same smear again, a white PNG, a 1x1 PNG and a noise PNG."""
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("mixed") / "sample"
+    root.mkdir()
+    Image.fromarray(smear_image(2, 400)).save(root / "smear.png")
+    (root / "smear-copy.png").write_bytes((root / "smear.png").read_bytes())
+    Image.new("RGB", (64, 64), "white").save(root / "white.png")
+    Image.new("RGB", (1, 1), (90, 20, 120)).save(root / "dot.png")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(root / "noise.png")
+    return root
+
+
+def test_unusable_images_have_no_class_in_every_format(package, mixed, capsys) -> None:
+    code, out, _ = run(capsys, "predict", mixed, "-m", package, "-f", "csv", "--threads", "1")
+    assert code == 0  # read, so not failed
+    rows = {Path(r["path"]).name: r for r in csv.DictReader(io.StringIO(out))}
+    assert list(rows["white.png"])[:7] == ["path", "status", "label", "confidence", "review", "review_codes",
+                                           "review_reasons"]
+    for name, reason in (("white.png", "uniform"), ("dot.png", "too_small"), ("noise.png", "noise")):
+        assert (rows[name]["status"], rows[name]["label"], rows[name]["review_codes"]) == ("unusable", "", reason)
+        assert rows[name]["review_reasons"] and rows[name]["error"] == ""
+    assert rows["smear.png"]["status"] == "ok" and rows["smear.png"]["label"] in CLASSES
+    code, out, _ = run(capsys, "predict", mixed / "dot.png", "-m", package, "-f", "json", "--threads", "1")
+    (row,) = json.loads(out)
+    assert code == 0 and row["label"] is None and row["status"] == "unusable" and row["review_codes"] == ["too_small"]
+    assert row["review_details"]["too_small"]["width"] == 1
+    code, out, _ = run(capsys, "predict", mixed, "-m", package, "--threads", "1")
+    assert code == 0 and "unusable" in out and "3 unusable (no class)" in out
+
+
+def test_a_sample_call_ignores_unusable_and_repeated_images(package, mixed, capsys) -> None:
+    code, out, _ = run(capsys, "predict", mixed, "-m", package, "--group-by", "folder", "-f", "csv",
+                       "--threads", "1")
+    assert code == 0
+    (row,) = list(csv.DictReader(io.StringIO(out)))
+    assert (row["images"], row["usable"], row["unusable"], row["duplicates"]) == ("5", "1", "3", "1")
+    assert sum(int(row[f"n_{c}"]) for c in CLASSES) == 1
+    assert "duplicate image counted once" in row["summary"] and "unusable_images" in row["review_codes"]
 
 
 def test_glob_and_missing_paths(package, images, capsys) -> None:

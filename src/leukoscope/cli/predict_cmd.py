@@ -111,11 +111,19 @@ def _gradcam_name(out_dir: Path, source: str, used: set[str]) -> Path:
 
 
 def _print_table(rows: list[dict[str, Any]], classes: tuple[str, ...], grouped: bool) -> None:
-    key = "folder" if grouped else "path"
     table = Table(show_lines=False)
-    table.add_column(key, overflow="fold")
     if grouped:
-        table.add_column("images", justify="right")
+        for name, justify in (("folder", "left"), ("images", "right"), ("sample call", "left"),
+                              ("confidence", "right"), ("summary", "left"), ("review", "left")):
+            table.add_column(name, justify=justify, overflow="fold")
+        for row in rows:
+            review = f"[yellow]REVIEW[/]: {escape(row['review_reasons'])}" if row["review"] else "[green]ok[/]"
+            call = f"[bold red]{escape(row['headline'])}[/]" if row["call"] == "leukemia" else escape(row["headline"])
+            table.add_row(escape(row["folder"]), str(row["images"]), call, f"{row['confidence']:.3f}",
+                          escape(row["summary"]), review)
+        console.print(table)
+        return
+    table.add_column("path", overflow="fold")
     table.add_column("prediction")
     table.add_column("confidence", justify="right")
     for name in classes:
@@ -123,12 +131,13 @@ def _print_table(rows: list[dict[str, Any]], classes: tuple[str, ...], grouped: 
     table.add_column("review", overflow="fold")
     for row in rows:
         review = f"[yellow]REVIEW[/]: {escape(row['review_reasons'])}" if row["review"] else "[green]ok[/]"
-        if row.get("error"):
+        if row["status"] == "error":
             review = f"[red]failed[/]: {escape(row['error'])}"
-        cells = [escape(str(row[key]))] + ([str(row["images"])] if grouped else [])
-        cells += [escape(row["label"] or "-"), f"{row['confidence']:.3f}"]
-        cells += [f"{row[f'p_{c}']:.3f}" for c in classes] + [review]
-        table.add_row(*cells)
+        elif row["status"] == "unusable":
+            review = f"[red]unusable[/]: {escape(row['review_reasons'])}"
+        probabilities = [f"{row[f'p_{c}']:.3f}" for c in classes] if row["status"] == "ok" else ["-"] * len(classes)
+        confidence = f"{row['confidence']:.3f}" if row["status"] == "ok" else "-"
+        table.add_row(escape(str(row["path"])), escape(row["label"] or "-"), confidence, *probabilities, review)
     console.print(table)
 
 
@@ -142,7 +151,8 @@ def predict(
     gradcam: Path | None = typer.Option(None, "--gradcam", help="Write a Grad-CAM overlay PNG per image here."),
     tta: bool = typer.Option(False, "--tta", help="Average 8 flips/rotations (slower, slightly better)."),
     group_by: GroupBy = typer.Option(GroupBy.none, "--group-by", help="folder: one sample-level call per "
-                                     "folder (one smear / patient)."),
+                                     "folder (one smear / patient): leukemia suspected when any usable image "
+                                     "looks leukemic, Benign only when every one looks benign."),
     backend: Backend = typer.Option(Backend.auto, "--backend", help="auto: ONNX Runtime when the package "
                                     "has an ONNX model, else PyTorch."),
     review_threshold: float | None = typer.Option(None, "--review-threshold", help="Flag images whose "
@@ -155,7 +165,8 @@ def predict(
 ) -> None:
     """Predict the class of blood smear images, with calibrated probabilities and a review flag.
 
-    Exit code 0 when every image was read, 1 when any failed, 2 for bad arguments or no images.
+    Images that show nothing to analyse (blank, noise, a gradient, a few pixels) get status `unusable`
+    and no class. Exit code 0 when every image was read, 1 when any failed, 2 for bad arguments or no images.
     """
     from ..inference import load_predictor
     from ..samples import group_by_folder
@@ -184,12 +195,12 @@ def predict(
     if gradcam is not None:
         predictor.torch_model()  # fail once, up front, when the package cannot run Grad-CAM
     predictions, cams = _run(predictor, files, tta=tta, batch_size=batch_size, gradcam=gradcam, quiet=quiet)
-    failed = sum(p.error is not None for p in predictions) + sum(c is None for c in cams) + len(problems)
+    failed = sum(p.status == "error" for p in predictions) + sum(c is None for c in cams) + len(problems)
+    nested = output_format == "json"
     if group_by is GroupBy.folder:
-        rows = group_by_folder(predictions, predictor.classes,
-                               confidence_threshold=predictor.confidence_threshold)
+        rows = group_by_folder(predictions, predictor.classes, nested=nested)
     else:
-        rows = [p.to_row() | ({"gradcam": cam or ""} if gradcam is not None else {})
+        rows = [p.to_row(nested=nested) | ({"gradcam": cam or ""} if gradcam is not None else {})
                 for p, cam in zip(predictions, cams, strict=True)]
     if out is not None:
         write_text(out, _render(rows, output_format))
@@ -198,8 +209,10 @@ def predict(
     if output_format == "table" or (out is not None and not quiet):
         if out is None:
             _print_table(rows, predictor.classes, group_by is GroupBy.folder)
-        flagged = sum(1 for p in predictions if p.review and p.error is None)
-        console.print(f"{len(predictions)} image(s): {flagged} flagged for review, {failed} failed"
+        flagged = sum(1 for p in predictions if p.review and p.status == "ok")
+        unusable = sum(p.status == "unusable" for p in predictions)
+        console.print(f"{len(predictions)} image(s): {flagged} flagged for review, {unusable} unusable (no "
+                      f"class), {failed} failed"
                       + (f" -> {escape(str(out))}" if out is not None else ""), highlight=False)
         console.print(f"[bold]{DISCLAIMER}[/]")
     if failed:
@@ -222,7 +235,7 @@ def _run(predictor: Any, files: list[Path], *, tta: bool, batch_size: int, gradc
             cam: str | None = ""
             if prediction.error is not None:
                 error(f"{prediction.source}: {prediction.error}")
-            elif gradcam is not None:
+            elif gradcam is not None and prediction.status == "ok":
                 target = _gradcam_name(gradcam, prediction.source, used)
                 try:
                     cam = str(write_gradcam(predictor, prediction.source, target, target=prediction.label))
