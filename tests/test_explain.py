@@ -60,3 +60,12 @@ def test_package_without_model_pt_cannot_explain(tiny_package: Path, tmp_path: P
     predictor = load_predictor(copy, threads=1)
     with pytest.raises(ModelError, match=r"no model\.pt"):
         gradcam_overlay(predictor, _png(smear_image(0, 1)))
+
+
+def test_a_huge_image_is_explained_at_the_working_size(predictor) -> None:
+    from leukoscope.explain import WORKING_SIDE
+
+    huge = Image.fromarray(smear_image(2, 4)).resize((3000, 2000))  # the 7000x7000 case, scaled for test time
+    overlay = gradcam_overlay(predictor, _png(np.asarray(huge)))
+    assert overlay.size == (WORKING_SIDE, round(WORKING_SIDE * 2 / 3))
+    assert gradcam_overlay(predictor, _png(np.asarray(huge.resize((300, 200)))), max_side=None).size == (300, 200)

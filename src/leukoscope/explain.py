@@ -2,7 +2,10 @@
 blasts and not at the background, the stain or a scanner artefact.
 
 pytorch-grad-cam on the last convolutional stage of the PyTorch network (a package's model.pt, whichever
-backend predicts), computed at the model's input size and drawn over the image at its original size.
+backend predicts), computed at the model's input size and drawn over the image at its own size, up to
+WORKING_SIDE pixels a side. Larger images are reduced while they are decoded (imaging.load_rgb's
+`max_side`): the heat map is 7x7 to 14x14 cells upsampled, so more pixels add no detail to it, and a
+7000x7000 upload would otherwise need about 2.6 GB of float arrays for one overlay.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from .imaging import load_rgb
 from .preprocessing import normalize_numpy, resize_rgb
 
 _LOCK = threading.Lock()
+# The largest side Grad-CAM overlays (and the web viewer's originals) are drawn at: 4.6x the usual 224 px
+# model input, as sharp as a screen shows an image beside its overlay, about 4 MB of RGB.
+WORKING_SIDE = 1024
 
 
 def target_layer(model: Any) -> Any:
@@ -72,14 +78,16 @@ def gradcam_map(predictor: Any, image: Image.Image, *, target: str | int | None 
 
 
 def gradcam_overlay(predictor: Any, image_bytes_or_path: bytes | str | Path, *,
-                    target: str | int | None = None, image_weight: float = 0.55) -> Image.Image:
-    """The image at its original size with its Grad-CAM heat map (jet colours) blended over it.
+                    target: str | int | None = None, image_weight: float = 0.55,
+                    max_side: int | None = WORKING_SIDE) -> Image.Image:
+    """The image at its own size (reduced to fit max_side x max_side; None: no limit) with its Grad-CAM
+    heat map blended over it in jet colours: blue = low attention, red = high attention.
 
     Raises ImageError for unreadable images and ModelError when the package has no PyTorch weights.
     """
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
-    image = load_rgb(image_bytes_or_path)
+    image = load_rgb(image_bytes_or_path, max_side=max_side)
     heat = gradcam_map(predictor, image, target=target)
     heat_image = Image.fromarray(heat).resize(image.size, Image.Resampling.BILINEAR)
     base = np.asarray(image, dtype=np.float32) / 255.0

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
 
@@ -109,15 +109,54 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_rgb(source: str | Path | bytes) -> Image.Image:
-    """Decode an image fully as 8-bit RGB, applying its EXIF orientation.
+def load_rgb(source: str | Path | bytes, *, max_side: int | None = None) -> Image.Image:
+    """Decode an image as 8-bit RGB, applying its EXIF orientation.
 
     Raises ImageError with a one-line reason for zero-byte, truncated, non-image, unreadable or oversized
     files. Transparent images are composited on white (the colour of an empty slide background).
+
+    With `max_side`, the image is made no larger than max_side x max_side (aspect kept) as early as the
+    format allows: JPEGs decode at 1/2, 1/4 or 1/8 scale (Pillow `draft`), other formats are box-reduced
+    by an integer factor right after decoding, before any conversion, then resized. A 143 KB 7000x7000 PNG
+    is 147 MB of RGB; everything after decoding (Grad-CAM, thumbnails, display) then works on a few MB.
+    The size before reduction stays readable through `original_size(image)` (None: full decode, as before).
     """
     with _opened(source, "corrupt image") as image:
+        _keep_quantization(image)
+        width, height = image.size
+        if max_side is None:
+            image.load()
+            return _to_rgb(ImageOps.exif_transpose(image) or image)
+        if image.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8):  # turned by 90 degrees
+            width, height = height, width
+        if max(width, height) > max_side:
+            image.draft(None, (max_side, max_side))  # JPEG only (a no-op elsewhere); keeps >= max_side
         image.load()
-        return _to_rgb(ImageOps.exif_transpose(image) or image)
+        image = _reduce(image, max_side)  # before exif_transpose, which copies the image it is given
+        rgb = _to_rgb(ImageOps.exif_transpose(image) or image)
+        if max(rgb.size) > max_side:
+            rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        rgb.info["original_size"] = (width, height)
+        return rgb
+
+
+def _reduce(image: Image.Image, max_side: int) -> Image.Image:
+    """Integer box reduction to no less than max_side: cheap, and done before a mode conversion multiplies
+    the memory. Modes Pillow cannot reduce (P, 1, I;16) are converted first, 16-bit to 32-bit integers
+    rather than to _to_rgb's float64 (which would need 8 bytes a pixel at full size)."""
+    factor = max(image.size) // max_side
+    if factor < 2:
+        return image
+    try:
+        return image.reduce(factor)
+    except ValueError:
+        return (image.convert("I") if image.mode.startswith("I;16") else _to_rgb(image)).reduce(factor)
+
+
+def original_size(image: Image.Image) -> tuple[int, int]:
+    """Width and height of the decoded file before `load_rgb(..., max_side=...)` reduced it."""
+    size = image.info.get("original_size")
+    return (int(size[0]), int(size[1])) if size else image.size
 
 
 def load_rgb_array(source: str | Path | bytes, size: int | None = None) -> np.ndarray:
@@ -139,18 +178,36 @@ _IJG_LUMINANCE = np.array([
     49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99], dtype=np.float64)
 
 
-def jpeg_quality(data: bytes) -> float | None:
+_QUANTIZATION = "leukoscope_jpeg_quantization"  # image.info key: the file's tables, through every conversion
+
+
+def _keep_quantization(image: Image.Image) -> None:
+    """Copy a JPEG's quantisation tables into `info`, which Pillow carries over to converted, reduced and
+    transposed copies (the tables themselves live only on the opened file), for `jpeg_quality(image)`."""
+    tables = getattr(image, "quantization", None) if image.format == "JPEG" else None
+    if tables:
+        image.info[_QUANTIZATION] = tables
+
+
+def jpeg_quality(data: bytes | Image.Image) -> float | None:
     """Estimated IJG quality (1-100) of a JPEG from its luminance quantisation table; None for other files.
 
     Heavy compression wipes out the chromatin texture that separates the subtypes (benchmarks/shift.py
-    measures it), so prediction flags such files for review instead of trusting them.
+    measures it), so prediction flags such files for review instead of trusting them. Given an image from
+    `load_rgb`, the tables it kept are used instead of parsing the file's header again.
     """
+    if isinstance(data, Image.Image):
+        return _quality_from_tables(data.info.get(_QUANTIZATION))
     try:
         with Image.open(io.BytesIO(data)) as image:
             tables = getattr(image, "quantization", None) if image.format == "JPEG" else None
-            if not tables or 0 not in tables or len(tables[0]) != 64:
-                return None
-            scale = float(np.mean(np.asarray(tables[0], dtype=np.float64) / _IJG_LUMINANCE)) * 100
     except Exception:  # a header we cannot read says nothing about compression
         return None
+    return _quality_from_tables(tables)
+
+
+def _quality_from_tables(tables: dict | None) -> float | None:
+    if not tables or 0 not in tables or len(tables[0]) != 64:
+        return None
+    scale = float(np.mean(np.asarray(tables[0], dtype=np.float64) / _IJG_LUMINANCE)) * 100
     return 5000.0 / scale if scale > 100 else (200.0 - scale) / 2
