@@ -9,7 +9,11 @@ fresh interpreter):
 4. accuracy.py — the paper protocol trained on this CPU (section `accuracy-paper`); with --full also the
    finetune protocol (`accuracy-finetune`, ~40-60 min on 2 cores); and the GPU runs of runs/ when present
    (`accuracy-runs`).
-5. crossval.py — the bundled recipe on every fold of bundle/cv/ (section `crossval`): with --full, or when
+5. as_typed.py — `leukoscope train --protocol paper` in a plain shell and under make's malloc variables (section
+   `as-typed`; leukoscope.runtime applies them in the process).
+6. memory_server.py — peak server memory under 16 concurrent 7000x7000 PNG uploads and their Grad-CAMs
+   (section `memory`).
+7. crossval.py — the bundled recipe on every fold of bundle/cv/ (section `crossval`): with --full, or when
    all fold runs exist in runs/ (then it only exports and scores them), or with --only crossval.
 
     .venv/bin/python benchmarks/run_all.py              # or: make bench
@@ -36,7 +40,7 @@ import common  # the benchmarks folder is not a package: its scripts import each
 HERE = Path(__file__).resolve().parent
 TRAINED_RUNS = ("runs/gpu-mbv2-s0", "runs/gpu-mbv2-s1-b64", "runs/gpu-lite0-s0", "runs/cpu-bundled", "runs/student-mbv2")
 LOAD_ARGS = ("--requests", "2000", "--concurrency", "16")  # the example load
-STEPS = ("speed", "load", "shift", "accuracy", "runs", "crossval")
+STEPS = ("speed", "load", "shift", "accuracy", "as-typed", "memory", "runs", "crossval")
 
 
 @dataclass
@@ -71,6 +75,11 @@ def plan(args: argparse.Namespace, work: Path) -> list[Step]:
         protocols = ["paper", "finetune"] if args.full else ["paper"]
         steps.append(Step("accuracy", [python, str(HERE / "accuracy.py"), "--protocols", *protocols, *results,
                                        *no_wait]))
+    if "as-typed" in wanted:
+        steps.append(Step("as-typed", [python, str(HERE / "as_typed.py"), "--workload", "train", "--rounds", "1",
+                                         *results, *no_wait]))  # the issue's own command, each way once
+    if "memory" in wanted:
+        steps.append(Step("memory", [python, str(HERE / "memory_server.py"), *results]))
     runs = [r for r in TRAINED_RUNS if (common.REPO / r / "summary.json").is_file()]
     if "runs" in wanted and runs:
         steps.append(Step("runs", [python, str(HERE / "accuracy.py"), "--from-runs", *runs, *results]))

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 from conftest import build_dataset
@@ -50,6 +51,7 @@ def test_single_process_context_is_a_no_op(monkeypatch):
     assert DistContext(rank=1, world_size=2).enabled and not DistContext(rank=1, world_size=2).is_main
 
 
+@pytest.mark.slow
 def test_torchrun_with_two_cpu_processes_trains_identical_replicas(tmp_path):
     data = build_dataset(tmp_path / "ALL")
     spy_dir = tmp_path / "spy"

@@ -148,6 +148,7 @@ def test_ctrl_c_exits_130_with_one_line_and_resume_finishes_the_run(tmp_path, da
     assert len((run_dir / "metrics.csv").read_text().splitlines()) == 3
 
 
+@pytest.mark.slow
 def test_a_real_sigint_in_a_subprocess_exits_130_and_keeps_a_whole_checkpoint(tmp_path, data):
     """The signal lands wherever the process is (a batch, a save, a metrics write): one line, exit 130, and
     last.pt is a complete checkpoint of the last finished epoch."""

@@ -70,7 +70,8 @@ def serve_command(
     app = create_app(settings, predictor)
     auth = "token required" if settings.token else "no authentication"
     console.print(f"leukoscope serving on [bold]{settings.url}[/] ({auth}; model {model_version(predictor.info)} "
-                  f"on {predictor.backend}{_model_file(predictor)}; database {settings.db}). Ctrl-C to stop.", highlight=False, soft_wrap=True)
+                  f"on {predictor.backend}{_model_file(predictor)}; database {settings.db}). Ctrl-C to stop.",
+                  highlight=False, soft_wrap=True)
     console.print(DISCLAIMER, highlight=False, soft_wrap=True)
     if settings.host in ("0.0.0.0", "::") and not settings.allowed_hosts:
         console.print("Answering only Host names " + ", ".join(settings.trusted_hosts) + ": add the names clients "
