@@ -161,11 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         common.wait_for_quiet(args.max_load, log=log)
     results = measure(args, log)
     body = render(results, common.command_line([__file__, *(sys.argv[1:] if argv is None else argv)]))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
-    if not args.no_write:
-        common.write_section("as-typed", body, args.results)
-    print(body)
+    common.publish("as-typed", body, write=not args.no_write, results=args.results, json_path=args.json, raw=results)
     return 0
 
 

@@ -166,6 +166,19 @@ def write_section(name: str, body: str, path: Path = RESULTS) -> Path:
     return path
 
 
+def publish(name: str, body: str, *, write: bool, results: Path = RESULTS, json_path: Path | None = None,
+            raw: Any = None) -> None:
+    """The end of every benchmark: the raw numbers as JSON (when asked), the section into RESULTS.md (unless
+    --no-write), and the section on stdout."""
+    if json_path is not None:
+        import json
+
+        json_path.write_text(json.dumps(raw, indent=2, default=str) + "\n", encoding="utf-8")
+    if write:
+        write_section(name, body, results)
+    print(body)
+
+
 def table(header: list[str], rows: list[list[Any]]) -> str:
     """A markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

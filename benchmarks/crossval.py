@@ -247,11 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows = [fold_row(int(p.stem.rsplit("fold", 1)[1]), p, args) for p in splits]
     body = render(rows, common.command_line([__file__, *(sys.argv[1:] if argv is None else argv)]))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2, default=str) + "\n", encoding="utf-8")
-    if not args.no_write:
-        common.write_section("crossval", body, args.results)
-    print(body)
+    common.publish("crossval", body, write=not args.no_write, results=args.results, json_path=args.json, raw=rows)
     return 0
 
 

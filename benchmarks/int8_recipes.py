@@ -127,9 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[int8-recipes] {message}", file=sys.stderr, flush=True)
 
     body = render(measure(args, log), common.command_line([__file__, *(sys.argv[1:] if argv is None else argv)]))
-    if not args.no_write:
-        common.write_section("int8-recipes", body, args.results)
-    print(body)
+    common.publish("int8-recipes", body, write=not args.no_write, results=args.results)
     return 0
 
 

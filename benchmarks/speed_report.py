@@ -5,6 +5,7 @@ lives here."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,7 +174,7 @@ def render_flops(results: dict[str, Any]) -> str:
 
 
 def target_rows(results: dict[str, Any]) -> list[list[str]]:
-    """Each issue #5 target with the measured number and met / not met.
+    """Each issue #5 target (and #11 item 13's two) with the measured number and met / not met.
 
     The 8x target is judged against PyTorch eager as installed (default malloc), the baseline the issue
     quotes (about 44 img/s on this CPU); the ratio to eager with the NOTES.md malloc settings is shown too.
@@ -205,7 +206,23 @@ def target_rows(results: dict[str, Any]) -> list[list[str]]:
                  f"{t['top1_agreement']:.2%}", verdict(speedup >= 1.5 and t["top1_agreement"] >= 0.99)])
     rows.append(["batch-1 latency <= 3 ms (best path)", f"{best.b1_ms:.2f} ms ({best.name}, model only)",
                  verdict(best.b1_ms <= 3.0)])
-    return rows
+    return rows + item13_rows(results, verdict)
+
+
+def item13_rows(results: dict[str, Any], verdict: Callable[[bool], str]) -> list[list[str]]:
+    """Issue #11 item 13: end to end as typed against the shipped default model alone (>= 0.85x) and against the
+    best PyTorch a user could write (channels_last + malloc settings, batch 32: >= 2x)."""
+    e2e = results["e2e"]
+    shipped = results.get("bundled_default", "fp32")
+    model = _find(results, "ONNX Runtime int8" if shipped == "int8" else "ONNX Runtime fp32").b32_ips
+    tuned = _find(results, "PyTorch eager fp32, channels_last (malloc env)").b32_ips
+    ips = e2e[f"cli_{shipped}"]["ips"]
+    other = "int8" if shipped == "fp32" else "fp32"
+    return [[f"`leukoscope predict` end to end >= 0.85x its default model alone (ONNX {shipped}, batch 32)",
+             f"{ips:.0f} vs {model:.0f} img/s = {ips / model:.2f}x", verdict(ips >= 0.85 * model)],
+            ["`leukoscope predict` end to end >= 2x tuned PyTorch eager (channels_last + malloc, batch 32)",
+             f"{ips:.0f} vs {tuned:.0f} img/s = {ips / tuned:.2f}x (with the {other} model as default: "
+             f"{e2e[f'cli_{other}']['ips'] / tuned:.2f}x)", verdict(ips >= 2 * tuned)]]
 
 
 def render(results: dict[str, Any], command: str) -> str:

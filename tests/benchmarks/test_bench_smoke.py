@@ -204,6 +204,7 @@ def test_flops_and_peak(tiny: dict[str, Path]) -> None:
 def _speed_results(e2e_ips: float) -> dict:
     timing = {"b1_rounds": [1.0], "b32_rounds": [100.0]}
     names = [("PyTorch eager fp32 (default malloc)", 14.0, 40.0), ("PyTorch eager fp32 (malloc env)", 12.0, 50.0),
+             ("PyTorch eager fp32, channels_last (malloc env)", 8.0, 120.0),
              ("ONNX Runtime fp32 (package model.onnx)", 3.2, 270.0), ("ONNX Runtime int8 (static QDQ)", 2.0, 600.0)]
     run = {"images": 1000, "seconds": 1000 / e2e_ips, "rounds_s": [1000 / e2e_ips], "ips": e2e_ips, "command": "c"}
     peak = {"gflops": 200.0, "torch_gflops": 190.0, "numpy_gflops": 200.0, "n": 4096, "threads": 2,
@@ -227,10 +228,14 @@ def test_speed_section_states_each_target() -> None:
     body = speed_report.render(_speed_results(e2e_ips=450.0), "python benchmarks/speed.py")
     assert body.startswith("## Speed") and "### Targets" in body and "### FLOPs and peak" in body
     targets = body.split("### Targets")[1].split("###")[0]
-    assert targets.count("**met**") == 4  # 9x eager (twice), 2.2x int8 at 99.5%, 2.0 ms
+    assert targets.count("**met**") == 6  # 9x eager (twice), 2.2x int8 at 99.5%, 2.0 ms; #11: 1.67x model, 3.75x tuned
+    assert "450 vs 270 img/s = 1.67x" in targets and "450 vs 120 img/s = 3.75x" in targets
     assert "0.300 GFLOPs" not in body and "0.600 GFLOPs" in body and "0.300 G multiply-adds" in body
     slow = speed_report.render(_speed_results(e2e_ips=100.0), "python benchmarks/speed.py")
-    assert slow.split("### Targets")[1].split("###")[0].count("**not met**") == 2
+    assert slow.split("### Targets")[1].split("###")[0].count("**not met**") == 4  # 0.37x the model, 0.83x tuned eager
+    edge = speed_report.render(_speed_results(e2e_ips=235.0), "python benchmarks/speed.py")  # 0.87x model, 1.96x tuned
+    rows = edge.split("### Targets")[1].split("###")[0].splitlines()
+    assert [r.endswith("**met** |") for r in rows if "#" not in r and "end to end" in r] == [True, False]
 
 
 # ------------------------------------------------------------------------------------------- accuracy
