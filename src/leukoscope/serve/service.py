@@ -170,7 +170,7 @@ class PredictionService:
             if p.status == "error":
                 entries[index] = error_entry(upload.name, upload.data, p.error or "could not be read")
                 continue
-            sha = sha256_bytes(upload.data)
+            sha = p.sha256 or sha256_bytes(upload.data)  # the predictor hashed these bytes already
             if sha not in images:  # the thumbnail is made here, once, inside the request's inference slot
                 images[sha] = upload.data
                 with contextlib.suppress(ImageError):
