@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
+from starlette.datastructures import Headers
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -58,13 +59,6 @@ class TrustedHosts:
         await self.check(scope, receive, json_refusal)
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return None
-
-
 def _host_matches(host: str, patterns: Sequence[str]) -> bool:
     """Starlette's pattern rule ("name" or "*.domain"); a bare "*" never vouches for a cross-site origin."""
     return any(host == p or (p.startswith("*.") and host.endswith(p[1:])) for p in patterns)
@@ -95,13 +89,14 @@ class OriginCheckMiddleware:
         """Why this request is refused, or None when it may go on."""
         if scope["method"] in SAFE_METHODS:
             return None
-        host = _header(scope, b"host") or ""
-        origin, referer = _header(scope, b"origin"), _header(scope, b"referer")
+        headers = Headers(scope=scope)  # Starlette's case-insensitive view; .get gives the first value
+        host = headers.get("host") or ""
+        origin, referer = headers.get("origin"), headers.get("referer")
         if origin is not None:
             return None if same_origin(origin, host, self.allowed_hosts) else f"Origin {origin[:100]!r}"
         if referer is not None:
             return None if same_origin(referer, host, self.allowed_hosts) else "Referer of another site"
-        site = (_header(scope, b"sec-fetch-site") or "").lower()
+        site = (headers.get("sec-fetch-site") or "").lower()
         return f"Sec-Fetch-Site {site!r}" if site in ("cross-site", "same-site") else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
