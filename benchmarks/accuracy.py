@@ -2,7 +2,7 @@
 
 Two modes:
 
-- Train (`--protocols paper finetune`): `leukoscope.train_config.resolve_config` + `leukoscope.training.fit`
+- Train (`--protocols paper finetune`): `leukoscope.training.config.resolve_config` + `leukoscope.training.loop.fit`
   with a fixed seed, then the run's summary.json (test-part metrics of its best checkpoint) and timings.
 - `--from-runs RUN...`: only read finished run folders (summary.json, config.yaml, env.json, metrics.csv),
   so runs trained elsewhere (on a GPU) are reported with the machine they ran on. Runs whose summary.json
@@ -33,7 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # the benchmarks folder is not a package: its scripts import each other by path
 from accuracy_report import render, runs_note, trained_note
-from leukoscope.runs import read_config_file
+from leukoscope.training.runs import read_config_file
 
 # ------------------------------------------------------------------------------------------- training
 
@@ -57,8 +57,8 @@ def paper_split(split_csv: Path, out: Path) -> Path:
 
 def train(protocol: str, args: argparse.Namespace, log: Any) -> dict[str, Any]:
     """Train one protocol into a fresh run folder; returns its row (metrics, timings, machine)."""
-    from leukoscope.train_config import resolve_config
-    from leukoscope.training import fit
+    from leukoscope.training.config import resolve_config
+    from leukoscope.training.loop import fit
 
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     name = f"{protocol}-s{args.seed}-{stamp}"
@@ -153,11 +153,11 @@ def score_test(run_dir: Path, split: Path, data: Path) -> dict[str, Any]:
     the run's own training split (same path or same bytes)."""
     import numpy as np
 
-    from leukoscope.calibration import softmax
-    from leukoscope.checkpoint import load_trained
-    from leukoscope.manifest import read_manifest_csv
-    from leukoscope.training import classification_scores, predict_logits
-    from leukoscope.transforms import load_uint8_batch
+    from leukoscope.data.manifest import read_manifest_csv
+    from leukoscope.models.checkpoint import load_trained
+    from leukoscope.models.inputs import load_uint8_batch
+    from leukoscope.review.calibration import softmax
+    from leukoscope.training.loop import classification_scores, predict_logits
 
     loaded = load_trained(run_dir / "best.pt")
     test = read_manifest_csv(split, data, classes=loaded.classes).part("test")
@@ -179,9 +179,9 @@ def score_test(run_dir: Path, split: Path, data: Path) -> dict[str, Any]:
 
 
 def leukemia_errors(labels: Any, probs: Any, classes: Sequence[str]) -> dict[str, int]:
-    """The clinically decisive errors (leukoscope.metrics.leukemia_view): leukemia images called Benign and
+    """The clinically decisive errors (leukoscope.evaluation.metrics.leukemia_view): leukemia images called Benign and
     the reverse, with the number of leukemia images; {} when the classes have no Benign."""
-    from leukoscope.metrics import leukemia_view
+    from leukoscope.evaluation.metrics import leukemia_view
 
     view = leukemia_view(labels, probs, classes=classes)
     if view is None:

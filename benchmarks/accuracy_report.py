@@ -76,7 +76,7 @@ def verdicts(rows: list[dict[str, Any]]) -> str:
 
 def bundled_run_name() -> str | None:
     """The training run name recorded in the bundled package's model.json (None without a package)."""
-    from leukoscope.package import bundled_package_path, read_package_json
+    from leukoscope.inference.package import bundled_package_path, read_package_json
 
     try:
         bundled = read_package_json(bundled_package_path())
@@ -121,17 +121,17 @@ def trained_note(args: argparse.Namespace, protocol: str) -> str:
     rows = ("trained on its train and val rows, 70% of the data" if protocol == "paper" else "trained on its "
             "train rows, its val rows choosing the best epoch") if args.split else "its own parts"
     malloc = all(os.environ.get(k) == v for k, v in common.MALLOC_ENV.items())
-    return (f"- Trained here: `leukoscope.train_config.resolve_config({protocol!r})` with data "
+    return (f"- Trained here: `leukoscope.training.config.resolve_config({protocol!r})` with data "
             f"`{common.display_path(args.data)}`, split `{split}` ({rows}; held out: its test part); seed "
             f"{args.seed}, device {args.device}, ImageNet weights from `{common.display_path(args.weights_dir)}`, "
-            f"then `leukoscope.training.fit(config, quiet=True)`; the metrics are the run's summary.json "
+            f"then `leukoscope.training.loop.fit(config, quiet=True)`; the metrics are the run's summary.json "
             f"(scikit-learn, best checkpoint on the test part). glibc malloc settings of NOTES.md: "
             f"{'on' if malloc else 'off'}.\n- {PAPER_NOTE}\n")
 
 
 def bundled_test_accuracy() -> float | None:
     """The test accuracy the bundled package's own evaluation recorded in model.json (a cross-check)."""
-    from leukoscope.package import bundled_package_path, read_package_json
+    from leukoscope.inference.package import bundled_package_path, read_package_json
 
     try:
         evaluation = read_package_json(bundled_package_path()).get("metrics", {}).get("evaluation", {})

@@ -51,7 +51,7 @@ def cpu_model() -> str:
 
 
 def usable_cores() -> int:
-    """Cores this process may run on (affinity-aware, like leukoscope.backends.cpu_count)."""
+    """Cores this process may run on (affinity-aware, like leukoscope.inference.backends.cpu_count)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
@@ -157,7 +157,7 @@ def _locked(path: Path) -> Iterator[None]:
 def write_section(name: str, body: str, path: Path = RESULTS) -> Path:
     """Replace one section of RESULTS.md: read, edit and rename under a lock, so readers see either the old
     or the new file and concurrent writers do not drop each other's sections."""
-    from leukoscope.fileio import write_text
+    from leukoscope.data.fileio import write_text
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path):

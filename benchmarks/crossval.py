@@ -68,12 +68,12 @@ def export_fold(run: Path, precision: str) -> tuple[Path | None, str]:
 
 def score(package: Path, split_csv: Path, data: Path) -> dict[str, Any]:
     """The package's default model on the fold's test part, with its review rules, as `predict` runs it."""
-    from leukoscope.calibration import expected_calibration_error
-    from leukoscope.evaluation import predict_package
-    from leukoscope.inference import load_predictor
-    from leukoscope.manifest import read_manifest_csv
-    from leukoscope.metrics import point_metrics
-    from leukoscope.review_metrics import review_summary
+    from leukoscope.data.manifest import read_manifest_csv
+    from leukoscope.evaluation.evaluate import predict_package
+    from leukoscope.evaluation.metrics import point_metrics
+    from leukoscope.inference.predictor import load_predictor
+    from leukoscope.review.calibration import expected_calibration_error
+    from leukoscope.review.metrics import review_summary
 
     test = read_manifest_csv(split_csv, data).part("test")
     predictor = load_predictor(package)
@@ -116,7 +116,7 @@ def _pct(value: float | None) -> str:
 
 def rate_interval(k: int, n: int) -> tuple[float, float]:
     """Exact (Clopper-Pearson) 95% interval of a rate of k events in n images (n > 0)."""
-    from leukoscope.intervals import proportion_interval
+    from leukoscope.evaluation.intervals import proportion_interval
 
     low, high = proportion_interval(k, n)
     return float(low or 0.0), float(1.0 if high is None else high)
@@ -124,7 +124,7 @@ def rate_interval(k: int, n: int) -> tuple[float, float]:
 
 def pooled(rows: list[dict[str, Any]], precision: str) -> dict[str, Any] | None:
     """Every fold's test predictions together: each image predicted once, by the run that never saw it."""
-    from leukoscope.metrics import point_metrics
+    from leukoscope.evaluation.metrics import point_metrics
 
     scored = [r["scores"][precision] for r in rows if precision in r["scores"]]
     if len(scored) != len(rows) or not scored:

@@ -1,7 +1,7 @@
 """int8 quantisation recipes side by side on this CPU (issue #11): agreement with fp32 and speed.
 
 Why: ONNX Runtime's u8s8 int8 kernels saturate on x86 CPUs without VNNI, so the recipe export uses
-(leukoscope.int8.quantize_int8's defaults) must be one whose answers hold on both kinds of CPU. This script
+(leukoscope.inference.int8.quantize_int8's defaults) must be one whose answers hold on both kinds of CPU. This script
 quantises the package's fp32 model with each candidate (calibrated on train images as export does), and
 reports top-1 agreement with fp32 on the val images and batch-32 throughput (rounds interleaved with fp32),
 next to the CPU flags that decide which kernels ran. Run it on a VNNI and a non-VNNI machine to compare.
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # the benchmarks folder is not a package: its scripts import each other by path
 import speed
 
-# name -> keyword arguments of leukoscope.int8.quantize_int8
+# name -> keyword arguments of leukoscope.inference.int8.quantize_int8
 RECIPES: dict[str, dict[str, Any]] = {
     "u8s8 per-channel, 8-bit weights": {"reduce_range": False, "weights": "int8"},
     "u8s8 per-channel, reduce_range (7-bit weights) [export's rule]": {"reduce_range": True, "weights": "int8"},
@@ -51,12 +51,12 @@ class ExactInt8:
 
 def measure(args: argparse.Namespace, log: Any) -> dict[str, Any]:
     """Quantise with every recipe, then agreement on val and interleaved timing rounds against fp32."""
-    from leukoscope.backends import OnnxBackend
-    from leukoscope.calibration import softmax
-    from leukoscope.inference import load_predictor
-    from leukoscope.int8 import quantize_int8, run_normalised
-    from leukoscope.package import ONNX_FP32, bundled_package_path
-    from leukoscope.preprocessing import normalize_numpy
+    from leukoscope.inference.backends import OnnxBackend
+    from leukoscope.inference.int8 import quantize_int8, run_normalised
+    from leukoscope.inference.package import ONNX_FP32, bundled_package_path
+    from leukoscope.inference.predictor import load_predictor
+    from leukoscope.models.preprocessing import normalize_numpy
+    from leukoscope.review.calibration import softmax
 
     package = Path(args.model).resolve() if args.model else bundled_package_path()
     pre = load_predictor(package, backend="onnx").preprocess

@@ -79,7 +79,7 @@ def _png(image: Image.Image) -> bytes:
 
 def score(predictor, items: list[tuple[str, bytes]], labels: list[str]) -> list[object]:
     """One table row: the review-flag counts `leukoscope evaluate` reports, on shifted images."""
-    from leukoscope.review_metrics import review_summary
+    from leukoscope.review.metrics import review_summary
 
     results = predictor.predict_bytes(items)
     classes = list(predictor.classes)
@@ -121,7 +121,7 @@ def main() -> None:
     body = section_header("Review flag under distribution shift (bundled model, test part)", command_line()) + "\n"
     body += ("Proxies for another lab's images: the same test images with stain / optics changes. A safe "
              "second reader keeps *wrong and not flagged* near zero as images drift. The counts are those of "
-             "`leukoscope evaluate` on a model package (`leukoscope.review_metrics`).\n\n")
+             "`leukoscope evaluate` on a model package (`leukoscope.review.metrics`).\n\n")
     body += table(header, rows)
     print(body)
     if not args.no_write:

@@ -5,7 +5,7 @@ Why each part is measured the way it is:
   ONNX Runtime rounds interleaved (fp32, int8, fp32, ...) so a load change hits both alike.
 - PyTorch eager runs in child processes, once with glibc's default malloc and once with the settings of
   ../shared/NOTES.md, because glibc reads them only at process start.
-- int8 is leukoscope.int8's static QDQ quantisation (per-channel 7-bit weights), calibrated on *train* images
+- int8 is leukoscope.inference.int8's static QDQ quantisation (per-channel 7-bit weights), calibrated on *train* images
   and checked on *val* images (as `leukoscope export --int8` does), then scored on the *test* part, written
   to a temporary package with its reference batch (never into the bundled one); the int8 section prints the
   CPU flags (VNNI or not decides which int8 kernels ran) and what the package's load-time check found.
@@ -48,14 +48,14 @@ CALIBRATION_IMAGES = 256
 
 def load_split(split_csv: Path, data: Path, classes: tuple[str, ...]) -> Any:
     """The split CSV with labels as indices into the package's classes (so accuracy compares like with like)."""
-    from leukoscope.manifest import read_manifest_csv
+    from leukoscope.data.manifest import read_manifest_csv
 
     return read_manifest_csv(split_csv, data, classes=classes)
 
 
 def decoded(manifest: Any, preprocess: Any, limit: int | None = None, seed: int = 0) -> Any:
-    """Images of a manifest at the model's input size (leukoscope.export.load_images: what export uses)."""
-    from leukoscope.export import load_images
+    """Images of a manifest at the model's input size (leukoscope.inference.export.load_images: what export uses)."""
+    from leukoscope.inference.export import load_images
 
     return load_images(manifest, preprocess, limit=limit, seed=seed)
 
@@ -63,7 +63,7 @@ def decoded(manifest: Any, preprocess: Any, limit: int | None = None, seed: int 
 def timing_batches(pixels: np.ndarray, preprocess: Any, batches: int = 2) -> tuple[np.ndarray, list[np.ndarray]]:
     """Normalised inputs shared by every path: 16 single images and `batches` distinct batches of 32 (images
     repeat only when there are fewer than that, as in the tests' tiny data)."""
-    from leukoscope.preprocessing import normalize_numpy
+    from leukoscope.models.preprocessing import normalize_numpy
 
     x = normalize_numpy(pixels[np.arange(BATCH * batches) % len(pixels)], preprocess)
     return x[:16], [x[i:i + BATCH] for i in range(0, BATCH * batches, BATCH)]
@@ -95,7 +95,7 @@ def eager_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Child process: the package's model.pt in a timm model, plain and channels_last (prints JSON)."""
     import torch
 
-    from leukoscope.backends import load_torch_file
+    from leukoscope.inference.backends import load_torch_file
 
     torch.set_num_threads(spec["threads"])
     model = load_torch_file(spec["model_pt"]).eval()
@@ -151,22 +151,22 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def run_all_images(backend: Any, pixels: np.ndarray, preprocess: Any) -> np.ndarray:
-    """Logits of every image, in batches of 32, through leukoscope.export's own loop."""
-    from leukoscope.export import run_backend
+    """Logits of every image, in batches of 32, through leukoscope.inference.export's own loop."""
+    from leukoscope.inference.export import run_backend
 
     return run_backend(backend, pixels, preprocess, BATCH)[0]
 
 
 def quantise(fp32: Path, work: Path, train: Any, val: Any, preprocess: Any, log: Any) -> dict[str, Any]:
-    """`leukoscope export --int8`'s own recipe and gate (leukoscope.int8.quantize_with_gate): static QDQ
+    """`leukoscope export --int8`'s own recipe and gate (leukoscope.inference.int8.quantize_with_gate): static QDQ
     per-channel, calibrated on train images, checked against fp32 on val images; writes work/model.int8.onnx
     and its reference batch."""
-    from leukoscope.backends import OnnxBackend
-    from leukoscope.calibration import softmax
-    from leukoscope.export import write_reference
-    from leukoscope.int8 import quantize_with_gate, run_normalised
-    from leukoscope.package import ONNX_FP32
-    from leukoscope.preprocessing import normalize_numpy
+    from leukoscope.inference.backends import OnnxBackend
+    from leukoscope.inference.export import write_reference
+    from leukoscope.inference.int8 import quantize_with_gate, run_normalised
+    from leukoscope.inference.package import ONNX_FP32
+    from leukoscope.models.preprocessing import normalize_numpy
+    from leukoscope.review.calibration import softmax
 
     if fp32 != work / ONNX_FP32:
         (work / ONNX_FP32).symlink_to(fp32)
@@ -183,9 +183,9 @@ def package_models(package: Path, work: Path, train: Any, val: Any, preprocess: 
     """The fp32 and int8 ONNX models of a package, as it ships where it has them: fp32 is exported from its
     model.pt when it has no model.onnx (the export computes both from the same fp16-rounded weights), and
     int8 is quantised here (train images, checked on val) when it has no model.int8.onnx."""
-    from leukoscope.backends import load_torch_file
-    from leukoscope.export import export_onnx
-    from leukoscope.package import ONNX_FP32, ONNX_INT8, TORCH_FILE, read_package_json
+    from leukoscope.inference.backends import load_torch_file
+    from leukoscope.inference.export import export_onnx
+    from leukoscope.inference.package import ONNX_FP32, ONNX_INT8, TORCH_FILE, read_package_json
 
     fp32 = package / ONNX_FP32
     if not fp32.is_file():
@@ -205,7 +205,7 @@ def variant_package(bundled: Path, fp32: Path, int8: Path, out: Path) -> Path:
     """The bundled package with the other ONNX model as its default (int8 for an fp32 package, fp32 for an
     int8 one), in a temporary folder; temperature and review thresholds stay the bundled ones (they do not
     change speed or top-1)."""
-    from leukoscope.package import INT8_REFERENCE, ONNX_FP32, ONNX_INT8, read_package_json, write_package
+    from leukoscope.inference.package import INT8_REFERENCE, ONNX_FP32, ONNX_INT8, read_package_json, write_package
 
     info = read_package_json(bundled)
     files = {name: bundled / name for name in info["files"]}
@@ -234,7 +234,7 @@ def test_scores(fp32: Any, int8: Any, test: Any, preprocess: Any) -> dict[str, A
 
 def time_onnx(paths: dict[str, Path], singles: np.ndarray, batches: list[np.ndarray], repeats: int) -> list[Timing]:
     """ONNX Runtime sessions (as the Predictor builds them), rounds interleaved between the models."""
-    from leukoscope.backends import OnnxBackend
+    from leukoscope.inference.backends import OnnxBackend
 
     backends = {name: OnnxBackend(path) for name, path in paths.items()}
     rounds: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in paths}
@@ -252,7 +252,7 @@ def time_onnx(paths: dict[str, Path], singles: np.ndarray, batches: list[np.ndar
 def measure_models(package: Path, fp32_onnx: Path, int8_onnx: Path, test: Any, preprocess: Any, work: Path,
                    args: argparse.Namespace, log: Any) -> list[Timing]:
     """Every model-only path on the same inputs: eager (two mallocs, two layouts), ORT fp32 and int8."""
-    from leukoscope.package import TORCH_FILE
+    from leukoscope.inference.package import TORCH_FILE
 
     singles, batches = timing_batches(test.pixels, preprocess, args.batches)
     timings: list[Timing] = []
@@ -270,7 +270,7 @@ def measure_e2e(packages: dict[str, Path], bundled: str, split: Any, work: Path,
                 log: Any) -> dict[str, Any]:
     """The command line and predict_paths on the same 1,000 files, for the package with fp32 and with int8
     as its default; `bundled` ("fp32" or "int8") is the one that ships, run without --model as a user does."""
-    from leukoscope.inference import load_predictor
+    from leukoscope.inference.predictor import load_predictor
 
     folder, files = e2e_folder(split, work, args.e2e_images)
     out: dict[str, Any] = {"images": len(files), "startup": startup_seconds()}
@@ -293,9 +293,9 @@ def measure_e2e(packages: dict[str, Path], bundled: str, split: Any, work: Path,
 
 def collect(args: argparse.Namespace, log: Any) -> dict[str, Any]:
     """Run every measurement; returns plain data (rendered by `render`)."""
-    from leukoscope.backends import OnnxBackend, load_torch_file
-    from leukoscope.inference import load_predictor
-    from leukoscope.package import ONNX_INT8, TORCH_FILE, bundled_package_path
+    from leukoscope.inference.backends import OnnxBackend, load_torch_file
+    from leukoscope.inference.package import ONNX_INT8, TORCH_FILE, bundled_package_path
+    from leukoscope.inference.predictor import load_predictor
 
     package = Path(args.model).resolve() if args.model else bundled_package_path()
     predictor = load_predictor(package, backend="onnx")

@@ -35,8 +35,8 @@ TARGET_VS_EAGER = 2.0
 def decode_timing(predictor: Any, files: list[Path], repeats: int) -> dict[str, Any]:
     """The predictor's per-image preparation (read, sha256, JPEG decode, resize, quality checks) on one
     core, the same with its decode pool, and input normalisation per image of a batch of 32."""
-    from leukoscope.backends import cpu_count
-    from leukoscope.preprocessing import normalize_numpy
+    from leukoscope.inference.backends import cpu_count
+    from leukoscope.models.preprocessing import normalize_numpy
 
     workers = min(4, cpu_count())  # what Predictor.predict_paths uses
 
@@ -131,16 +131,16 @@ def overlap_check(predictor: Any, files: list[Path], pp_seconds: float, repeats:
 
 def _pooled_decode(predictor: Any, files: list[Path]) -> list[Any]:
     """Decode with the same pool size as Predictor.predict_paths."""
-    from leukoscope.backends import cpu_count
+    from leukoscope.inference.backends import cpu_count
 
     with ThreadPoolExecutor(max_workers=min(4, cpu_count())) as pool:
         return list(pool.map(predictor._decode_path, files))
 
 
 def startup_seconds(repeats: int = 3) -> dict[str, Any]:
-    """What every command pays before the first image: importing leukoscope.inference (does it pull in
+    """What every command pays before the first image: importing leukoscope.inference.predictor (does it pull in
     torch?) in a fresh interpreter."""
-    code = "import sys, time; t = time.perf_counter(); import leukoscope.inference; " \
+    code = "import sys, time; t = time.perf_counter(); import leukoscope.inference.predictor; " \
            "print(time.perf_counter() - t, 'torch' in sys.modules)"
     seconds, torch_loaded = [], False
     for _ in range(repeats):
@@ -161,9 +161,9 @@ def budget(predictor: Any, files: list[Path], repeats: int = 3) -> dict[str, flo
     import time as clock
 
     from leukoscope.cli.predict_cmd import _render
-    from leukoscope.fileio import sha256_bytes
-    from leukoscope.imaging import load_rgb
-    from leukoscope.preprocessing import normalize_numpy, resize_rgb
+    from leukoscope.data.fileio import sha256_bytes
+    from leukoscope.data.imaging import load_rgb
+    from leukoscope.models.preprocessing import normalize_numpy, resize_rgb
 
     def cpu_ms(fn: Any, n: int, timer: Any = clock.thread_time) -> float:
         fn()
@@ -201,7 +201,7 @@ def budget(predictor: Any, files: list[Path], repeats: int = 3) -> dict[str, flo
 
 def model_only_ips(predictor: Any, files: list[Path], repeats: int) -> float:
     """The package's model alone (ONNX Runtime as the predictor runs it), batches of 32, img/s (median)."""
-    from leukoscope.preprocessing import normalize_numpy
+    from leukoscope.models.preprocessing import normalize_numpy
 
     pixels = [d.pixels for d in (predictor._decode_path(f) for f in files[: 4 * BATCH]) if d.pixels is not None]
     batches = [normalize_numpy(np.stack(pixels[i:i + BATCH]), predictor.preprocess)
@@ -222,9 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import tempfile
 
-    from leukoscope.imaging import is_image_path
-    from leukoscope.inference import load_predictor
-    from leukoscope.package import TORCH_FILE, bundled_package_path
+    from leukoscope.data.imaging import is_image_path
+    from leukoscope.inference.package import TORCH_FILE, bundled_package_path
+    from leukoscope.inference.predictor import load_predictor
 
     info = common.machine()
     print(f"CPU: {info['cpu']}; {info['cores']} cores; flags: {', '.join(info['flags']) or 'none listed'}; "

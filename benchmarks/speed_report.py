@@ -83,7 +83,7 @@ def render_e2e(results: dict[str, Any]) -> str:
              "subprocesses without the malloc settings (as a user runs them), median of the runs after one "
              "warm-up run; every run exited 0 with one CSV row per image. Nothing is subtracted: the times "
              f"include interpreter start, imports ({s['import_inference_s']:.2f} s to import "
-             f"leukoscope.inference, which {'imports' if s['imports_torch'] else 'does not import'} torch), "
+             f"leukoscope.inference.predictor, which {'imports' if s['imports_torch'] else 'does not import'} torch), "
              "model loading with sha256 checks, decoding and writing the CSV.\n\n"
              f"Decode and inference in Predictor.predict_paths (1,000 files, ONNX fp32): decode alone with its "
              f"thread pool {o['decode_s']:.2f} s, the rest (normalise, network, calibration, OOD score, results) "
@@ -118,7 +118,7 @@ def cpu_flags_line(flags: list[str]) -> str:
 
 
 def load_check_line(check: dict[str, Any] | None) -> str:
-    """What the int8 package's check at load (leukoscope.int8.checked_onnx) found on this CPU."""
+    """What the int8 package's check at load (leukoscope.inference.int8.checked_onnx) found on this CPU."""
     if not check:
         return ""
     if not check.get("checked"):
@@ -142,7 +142,7 @@ def render_int8(results: dict[str, Any]) -> str:
              if q.get("source") == "package" else "written to a temporary package by this benchmark")
     return (common.table(header, rows) + f"\n{cpu_flags_line(results['machine'].get('flags') or [])}"
             f"{load_check_line(q.get('load_check'))}\n" +
-            "\nint8 model: leukoscope.int8.quantize_int8 (static QDQ, per-channel 7-bit int8 weights (`reduce_range`), "
+            "\nint8 model: leukoscope.inference.int8.quantize_int8 (static QDQ, per-channel 7-bit int8 weights (`reduce_range`), "
             f"uint8 activations, MinMax) calibrated on {q['calibration_images']} random images of the *train* part of "
             f"bundle/split.csv, checked on the {q['val_images']} *val* images as `leukoscope export --int8` "
             f"does ({tried}), {where}; the test part was not used to make it. fp32 is the same network's "

@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from leukoscope.runs import read_config_file  # installed: every step below runs `python -m leukoscope` too
+from leukoscope.training.runs import read_config_file  # installed: every step below runs `python -m leukoscope` too
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from leukoscope.runtime import tune_process
-from leukoscope.train_config import resolve_config
-from leukoscope.training import fit
+from leukoscope.training.config import resolve_config
+from leukoscope.training.loop import fit
 
 CANDIDATES = {
     "mbv2-s0": {"backbone": "mobilenetv2_100", "seed": 0},

@@ -40,9 +40,9 @@ def make_run(folder: Path, data_root: Path, *, seed: int = 0, val: bool = True, 
     """A run folder for `data_root` with an untrained test_efficientnet; returns the folder."""
     import torch
 
-    from leukoscope.checkpoint import save_checkpoint
-    from leukoscope.data import discover, split
-    from leukoscope.models import ModelSpec, create_model
+    from leukoscope.data.discover import discover, split
+    from leukoscope.models.checkpoint import save_checkpoint
+    from leukoscope.models.factory import ModelSpec, create_model
 
     torch.manual_seed(seed)
     manifest = discover(data_root)

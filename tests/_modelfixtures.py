@@ -4,7 +4,7 @@
   cells, and purple nuclei whose size and count depend on the class, so a tiny network separates them.
 - ``make_tiny_run(tmp_dir)``: a run folder (best.pt, split.csv, config.yaml) of timm's
   ``test_efficientnet`` (100k parameters, 64 px input) trained for a few seconds on such images.
-- ``make_tiny_package(tmp_dir, int8=False)``: that run exported with ``leukoscope.export.export_run``.
+- ``make_tiny_package(tmp_dir, int8=False)``: that run exported with ``leukoscope.inference.export.export_run``.
 - ``shared_tiny_run(tmp_path_factory)`` / ``shared_tiny_package(tmp_path_factory, int8=False)``: one run and
   one package per test session (copy them before modifying them).
 
@@ -60,7 +60,7 @@ def make_smear_dataset(root: Path, per_class: int = PER_CLASS, size: int = 64) -
 def _train(model, images: np.ndarray, labels: np.ndarray, preprocess, epochs: int) -> None:
     import torch
 
-    from leukoscope.transforms import normalize
+    from leukoscope.models.inputs import normalize
 
     torch.manual_seed(0)
     threads = torch.get_num_threads()
@@ -85,11 +85,11 @@ def make_tiny_run(tmp_dir: Path, *, epochs: int = 12, train: bool = True) -> Pat
     """A run folder <tmp_dir>/run with best.pt, split.csv and config.yaml over <tmp_dir>/data."""
     import torch
 
-    from leukoscope.checkpoint import save_checkpoint
-    from leukoscope.data import discover
-    from leukoscope.fileio import write_text
-    from leukoscope.manifest import assign_parts
-    from leukoscope.models import ModelSpec, create_model, preprocess_for
+    from leukoscope.data.discover import discover
+    from leukoscope.data.fileio import write_text
+    from leukoscope.data.manifest import assign_parts
+    from leukoscope.models.checkpoint import save_checkpoint
+    from leukoscope.models.factory import ModelSpec, create_model, preprocess_for
 
     tmp_dir = Path(tmp_dir)
     data = make_smear_dataset(tmp_dir / "data")
@@ -119,7 +119,7 @@ def make_tiny_run(tmp_dir: Path, *, epochs: int = 12, train: bool = True) -> Pat
 
 def make_tiny_package(tmp_dir: Path, *, int8: bool = False, train: bool = True) -> Path:
     """A model package <tmp_dir>/package exported from a freshly trained tiny run."""
-    from leukoscope.export import export_run
+    from leukoscope.inference.export import export_run
 
     tmp_dir = Path(tmp_dir)
     run = make_tiny_run(tmp_dir, train=train)
@@ -138,8 +138,8 @@ def shared_tiny_package(tmp_path_factory, *, int8: bool = False) -> Path:
     it must copy it first."""
     import pytest
 
-    from leukoscope import int8 as int8_module
-    from leukoscope.export import export_run
+    from leukoscope.inference import int8 as int8_module
+    from leukoscope.inference.export import export_run
 
     key = f"package-int8={int8}"
     if key not in _CACHE:

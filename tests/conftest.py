@@ -120,7 +120,7 @@ def shared_all() -> Path:
 @pytest.fixture(scope="session")
 def shared_all_manifest(shared_all: Path):
     """The shared ALL folder discovered once for the whole session (read-only: do not modify it)."""
-    from leukoscope.data import discover
+    from leukoscope.data.discover import discover
 
     return discover(shared_all)
 
@@ -147,7 +147,7 @@ def tiny_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def predictor(tiny_package: Path):
-    from leukoscope.inference import load_predictor
+    from leukoscope.inference.predictor import load_predictor
 
     return load_predictor(tiny_package, threads=1)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from leukoscope.backends import OnnxBackend, cpu_count
-from leukoscope.package import ONNX_FP32, bundled_package_path
+from leukoscope.inference.backends import OnnxBackend, cpu_count
+from leukoscope.inference.package import ONNX_FP32, bundled_package_path
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ from PIL import Image, ImageDraw
 
 import leukoscope
 from _modelfixtures import smear_image
-from leukoscope.classes import CANONICAL_CLASSES
-from leukoscope.package import bundled_package_path, verify_package
+from leukoscope.data.classes import CANONICAL_CLASSES
+from leukoscope.inference.package import bundled_package_path, verify_package
 
 PACKAGE = bundled_package_path()
 SPLIT = Path(__file__).resolve().parents[1] / "bundle" / "split.csv"

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from leukoscope.calibration import (
+from leukoscope.review.calibration import (
     T_MAX,
     T_MIN,
     calibration_report,

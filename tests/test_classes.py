@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from leukoscope.classes import (
+from leukoscope.data.classes import (
     CANONICAL_CLASSES,
     CLASS_IDS,
     canonical_class,

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from leukoscope.classes import CANONICAL_CLASSES
-from leukoscope.data import check, dhash, discover, duplicate_groups, group_ids, split
+from leukoscope.data.classes import CANONICAL_CLASSES
+from leukoscope.data.discover import check, dhash, discover, duplicate_groups, group_ids, split
+from leukoscope.data.manifest import Manifest
 from leukoscope.errors import DataError
-from leukoscope.manifest import Manifest
 
 # ------------------------------------------------------------------------------------------------ helpers
 
@@ -406,7 +406,7 @@ def test_split_of_an_empty_manifest_is_refused(tmp_path: Path) -> None:
 
 
 def test_split_result_round_trips_through_csv(tiny_dataset: Path, tmp_path: Path) -> None:
-    from leukoscope.manifest import read_manifest_csv
+    from leukoscope.data.manifest import read_manifest_csv
 
     result = split(discover(tiny_dataset), test_size=0.3, seed=1)
     result.write_csv(tmp_path / "split.csv")

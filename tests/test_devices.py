@@ -1,13 +1,13 @@
-"""`leukoscope.devices.pick_device`: auto picks what is present; a named device that is absent is refused."""
+"""`leukoscope.training.devices.pick_device`: auto picks what is present; a named device that is absent is refused."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from leukoscope import devices
-from leukoscope.devices import pick_device
 from leukoscope.errors import ConfigError
+from leukoscope.training import devices
+from leukoscope.training.devices import pick_device
 
 
 def test_pick_device_auto_and_cpu(monkeypatch):

@@ -1,4 +1,4 @@
-"""leukoscope.distributed and DDP training: the same `leukoscope train` command under torchrun, here with
+"""leukoscope.training.distributed and DDP training: the same `leukoscope train` command under torchrun, here with
 two CPU processes (gloo) on loopback, a head-only warm-up on cached views and a full main stage."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from conftest import build_dataset
-from leukoscope.checkpoint import read_checkpoint
-from leukoscope.distributed import DistContext, init_from_env, shutdown
-from leukoscope.models import ModelSpec, create_model
+from leukoscope.models.checkpoint import read_checkpoint
+from leukoscope.models.factory import ModelSpec, create_model
+from leukoscope.training.distributed import DistContext, init_from_env, shutdown
 
 RUN_FILES = ("config.yaml", "manifest.csv", "split.csv", "env.json", "metrics.csv", "best.pt", "last.pt", "summary.json")
 
@@ -22,7 +22,7 @@ RUN_FILES = ("config.yaml", "manifest.csv", "split.csv", "env.json", "metrics.cs
 SPY = textwrap.dedent("""
     import os, sys
     import torch
-    from leukoscope import training
+    from leukoscope.training import loop as training
     from leukoscope.cli import main
 
     spy_dir = sys.argv[1]

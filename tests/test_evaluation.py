@@ -1,4 +1,4 @@
-"""`leukoscope.evaluation.evaluate` and `leukoscope.comparison.compare` on a tiny untrained run folder."""
+"""`leukoscope.evaluation.evaluate.evaluate` and `leukoscope.evaluation.compare.compare` on a tiny untrained run folder."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from _evalfixtures import make_noise_dataset, make_run
-from leukoscope.comparison import compare
+from leukoscope.data.manifest import read_manifest_csv
 from leukoscope.errors import DataError, ModelError, UsageError
-from leukoscope.evaluation import LeakageWarning, evaluate
-from leukoscope.intervals import proportion
-from leukoscope.manifest import read_manifest_csv
-from leukoscope.reporting import rate
+from leukoscope.evaluation.compare import compare
+from leukoscope.evaluation.evaluate import LeakageWarning, evaluate
+from leukoscope.evaluation.intervals import proportion
+from leukoscope.evaluation.report import rate
 
 CLASSES = ["Benign", "Early Pre-B", "Pre-B", "Pro-B"]
 

@@ -12,8 +12,8 @@ from PIL import Image
 
 from _modelfixtures import smear_image
 from leukoscope.errors import ImageError, ModelError
-from leukoscope.explain import gradcam_map, gradcam_overlay, write_gradcam
-from leukoscope.inference import load_predictor
+from leukoscope.inference.explain import gradcam_map, gradcam_overlay, write_gradcam
+from leukoscope.inference.predictor import load_predictor
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -63,7 +63,7 @@ def test_package_without_model_pt_cannot_explain(tiny_package: Path, tmp_path: P
 
 
 def test_a_huge_image_is_explained_at_the_working_size(predictor) -> None:
-    from leukoscope.explain import WORKING_SIDE
+    from leukoscope.inference.explain import WORKING_SIDE
 
     huge = Image.fromarray(smear_image(2, 4)).resize((3000, 2000))  # the 7000x7000 case, scaled for test time
     overlay = gradcam_overlay(predictor, _png(np.asarray(huge)))

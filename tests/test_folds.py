@@ -1,4 +1,4 @@
-"""`leukoscope.folds.split_folds`: every image tested exactly once, stratified, copies kept in one fold."""
+"""`leukoscope.data.folds.split_folds`: every image tested exactly once, stratified, copies kept in one fold."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from collections import Counter
 
 import pytest
 
-from leukoscope.data import discover
+from leukoscope.data.discover import discover
+from leukoscope.data.folds import split_folds
 from leukoscope.errors import DataError
-from leukoscope.folds import split_folds
 
 
 def test_every_image_is_tested_once_and_val_comes_from_the_other_folds(make_dataset) -> None:

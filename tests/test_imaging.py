@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from leukoscope.data.imaging import MAX_PIXELS, is_image_path, load_rgb, load_rgb_array, read_info
 from leukoscope.errors import ImageError
-from leukoscope.imaging import MAX_PIXELS, is_image_path, load_rgb, load_rgb_array, read_info
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -240,7 +240,7 @@ def test_corrupted_bytes_never_escape_as_other_exceptions(image_bytes) -> None:
 
 
 def test_jpeg_quality_estimates_the_encoders_setting() -> None:
-    from leukoscope.imaging import jpeg_quality
+    from leukoscope.data.imaging import jpeg_quality
 
     rng = np.random.default_rng(3)
     image = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))

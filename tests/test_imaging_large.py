@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from leukoscope.data.imaging import load_rgb, original_size
 from leukoscope.errors import ImageError
-from leukoscope.imaging import load_rgb, original_size
 
 
 def encode(image: Image.Image, fmt: str, **options) -> bytes:
@@ -83,7 +83,7 @@ def test_bad_files_are_still_one_line_errors_with_max_side() -> None:
 
 
 def test_the_predictor_decodes_reduced_and_reports_and_checks_the_files_own_size(predictor, monkeypatch) -> None:
-    import leukoscope.inference as inference
+    import leukoscope.inference.predictor as inference
     from _modelfixtures import smear_image
 
     calls: list[dict] = []

@@ -12,7 +12,7 @@ from PIL import Image
 
 from _modelfixtures import shared_tiny_package, shared_tiny_run, smear_image
 from leukoscope.errors import ModelError
-from leukoscope.inference import load_predictor, tta_views
+from leukoscope.inference.predictor import load_predictor, tta_views
 
 CLASSES = ("Benign", "Early Pre-B", "Pre-B", "Pro-B")
 
@@ -152,8 +152,8 @@ def test_damaged_and_missing_packages(tiny_package: Path, tmp_path: Path,
     with pytest.raises(ModelError, match="not found"):
         load_predictor(tmp_path / "nothing-here")
     missing = tmp_path / "assets" / "default"
-    monkeypatch.setattr("leukoscope.inference.bundled_package_path", lambda: missing)
-    monkeypatch.setattr("leukoscope.package.bundled_package_path", lambda: missing)
+    monkeypatch.setattr("leukoscope.inference.predictor.bundled_package_path", lambda: missing)
+    monkeypatch.setattr("leukoscope.inference.package.bundled_package_path", lambda: missing)
     with pytest.raises(ModelError, match="bundled model package is missing"):
         load_predictor()
 

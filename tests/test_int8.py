@@ -1,4 +1,4 @@
-"""leukoscope.int8: the reference batch written at export and the check of the int8 model at load.
+"""leukoscope.inference.int8: the reference batch written at export and the check of the int8 model at load.
 
 Nothing here depends on what the CPU's int8 kernels compute: the package is exported with the gate switched
 off (tests/_modelfixtures.py), and each outcome of the load-time check is produced by editing the reference
@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from _modelfixtures import shared_tiny_package
-from leukoscope import int8 as int8_module
+from leukoscope.data.fileio import sha256_file
 from leukoscope.errors import ModelError
-from leukoscope.fileio import sha256_file
-from leukoscope.inference import load_predictor
-from leukoscope.preprocessing import Preprocess
+from leukoscope.inference import int8 as int8_module
+from leukoscope.inference.predictor import load_predictor
+from leukoscope.models.preprocessing import Preprocess
 
 REFERENCE = "int8_reference.npz"
 

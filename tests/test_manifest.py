@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from leukoscope.classes import CANONICAL_CLASSES
+from leukoscope.data.classes import CANONICAL_CLASSES
+from leukoscope.data.manifest import ImageRecord, Manifest, assign_parts, read_manifest_csv
 from leukoscope.errors import DataError
-from leukoscope.manifest import ImageRecord, Manifest, assign_parts, read_manifest_csv
 
 
 def record(i: int, label: str, part: str = "") -> ImageRecord:

@@ -1,4 +1,4 @@
-"""leukoscope.metrics against hand-computed cases, scikit-learn, and the bootstrap's basic promises."""
+"""leukoscope.evaluation.metrics against hand-computed cases, scikit-learn, and the bootstrap's basic promises."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from scipy.stats import binomtest
 from sklearn import metrics as skm
 
-from leukoscope.intervals import BOOTSTRAP, CLOPPER_PEARSON, INTERVAL_METHOD, proportion, proportion_interval
-from leukoscope.metrics import (
+from leukoscope.evaluation.intervals import BOOTSTRAP, CLOPPER_PEARSON, INTERVAL_METHOD, proportion, proportion_interval
+from leukoscope.evaluation.metrics import (
     HEADLINE,
     bootstrap_intervals,
     compute_metrics,

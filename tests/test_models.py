@@ -1,4 +1,4 @@
-"""leukoscope.models: the timm factory, weight sources (ImageNet file or hub, none, a state_dict path), the
+"""leukoscope.models.factory: the timm factory, weight sources (ImageNet file or hub, none, a state_dict path), the
 head, and the freezing policies. Everything runs on timm's 100k-parameter `test_efficientnet`."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from leukoscope.errors import ModelError
-from leukoscope.models import (
+from leukoscope.models.factory import (
     WEIGHTS_DIR_ENV,
     ModelSpec,
     Preprocess,

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
 from _modelfixtures import shared_tiny_package, smear_image
-from leukoscope.inference import load_predictor
-from leukoscope.ood import MahalanobisOOD, QualityThresholds, fit_quality_thresholds, image_stats, quality_reasons
+from leukoscope.inference.predictor import load_predictor
+from leukoscope.review.ood import MahalanobisOOD, QualityThresholds, fit_quality_thresholds, image_stats, quality_reasons
 
 
 @pytest.fixture(scope="session")
@@ -189,7 +189,7 @@ def _reference_statistics(rgb: np.ndarray) -> dict[str, float]:
 def test_fast_statistics_agree_with_their_plain_definitions(shape: tuple[int, int]) -> None:
     """Grey image, sums and blurs are computed the fast way (flattened shifts, block means, small matrix
     products): contrast, sharpness and correlation must be the same numbers, the cell structure close."""
-    from leukoscope.ood import cell_structure, neighbour_correlation
+    from leukoscope.review.ood import cell_structure, neighbour_correlation
 
     rgb = np.asarray(Image.fromarray(smear_image(1, 3, 128)).resize(shape[::-1], Image.Resampling.BICUBIC))
     expected = _reference_statistics(rgb)
@@ -217,7 +217,7 @@ def test_quality_checks_give_the_same_answers_from_many_threads() -> None:
 def test_jpeg_quality_read_from_the_decoded_image(orientation: int) -> None:
     """Prediction reads the quantisation tables that load_rgb kept (through EXIF rotation, draft decoding
     and reduction), not the file's header a second time: the same estimate either way."""
-    from leukoscope.imaging import jpeg_quality, load_rgb
+    from leukoscope.data.imaging import jpeg_quality, load_rgb
 
     exif = Image.Exif()
     exif[0x0112] = orientation

@@ -10,7 +10,7 @@ import pytest
 
 from _modelfixtures import shared_tiny_package
 from leukoscope.errors import ModelError, UsageError
-from leukoscope.package import (
+from leukoscope.inference.package import (
     MODEL_JSON,
     bundled_package_path,
     is_package,
@@ -87,7 +87,7 @@ def test_write_replaces_a_package_but_never_another_folder(tmp_path: Path) -> No
 def test_bundled_package_location_and_message(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert bundled_package_path().parts[-2:] == ("assets", "default")
     missing = tmp_path / "assets" / "default"
-    monkeypatch.setattr("leukoscope.package.bundled_package_path", lambda: missing)
+    monkeypatch.setattr("leukoscope.inference.package.bundled_package_path", lambda: missing)
     with pytest.raises(ModelError, match="bundled model package is missing"):
         read_package_json(missing)
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from leukoscope.calibration import softmax
-from leukoscope.intervals import proportion
-from leukoscope.metrics import compute_metrics
-from leukoscope.plots import evaluation_figures, prediction_grid, training_curves
-from leukoscope.reporting import DISCLAIMER, write_comparison, write_model_card, write_report_html
+from leukoscope.evaluation.intervals import proportion
+from leukoscope.evaluation.metrics import compute_metrics
+from leukoscope.evaluation.plots import evaluation_figures, prediction_grid, training_curves
+from leukoscope.evaluation.report import DISCLAIMER, write_comparison, write_model_card, write_report_html
+from leukoscope.review.calibration import softmax
 
 CLASSES = ("Benign", "Early Pre-B", "Pre-B", "Pro-B")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

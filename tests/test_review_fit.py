@@ -1,12 +1,12 @@
-"""leukoscope.review_fit: the review rules fitted from model outputs (synthetic arrays, no model)."""
+"""leukoscope.review.rules: the review rules fitted from model outputs (synthetic arrays, no model)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from leukoscope.ood import DEFAULT_QUANTILE
-from leukoscope.review_fit import NO_VAL_CONFIDENCE_THRESHOLD, choose_confidence_threshold, fit_review
+from leukoscope.review.ood import DEFAULT_QUANTILE
+from leukoscope.review.rules import NO_VAL_CONFIDENCE_THRESHOLD, choose_confidence_threshold, fit_review
 
 
 def test_choose_confidence_threshold() -> None:

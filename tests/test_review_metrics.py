@@ -1,10 +1,10 @@
-"""`leukoscope.review_metrics`: the review-flag counts a lab reads before trusting the tool."""
+"""`leukoscope.review.metrics`: the review-flag counts a lab reads before trusting the tool."""
 
 from __future__ import annotations
 
 import pytest
 
-from leukoscope.review_metrics import review_summary
+from leukoscope.review.metrics import review_summary
 
 CLASSES = ("Benign", "Early Pre-B", "Pre-B", "Pro-B")
 
@@ -43,7 +43,7 @@ def test_lengths_must_match() -> None:
 
 def test_reasons_are_counted_by_code_whatever_the_wording() -> None:
     """Counting parsed English merged or split kinds whenever a message changed; codes are stable."""
-    from leukoscope import reasons
+    from leukoscope.review import reasons
 
     worded = [reasons.small_image(20, 20, 224), reasons.small_image(100, 90, 224), reasons.low_confidence(0.5, 0.9)]
     summary = review_summary([0, 0, 0], [0, 0, 0], [True] * 3, [[r.code] for r in worded], classes=CLASSES)

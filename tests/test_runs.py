@@ -1,4 +1,4 @@
-"""leukoscope.runs: the run folder's files (config, manifests, env, metrics) and its safety checks."""
+"""leukoscope.training.runs: the run folder's files (config, manifests, env, metrics) and its safety checks."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from leukoscope.data import discover, split
+from leukoscope.data.discover import discover, split
 from leukoscope.errors import ConfigError, DataError
-from leukoscope.runs import (
+from leukoscope.training.runs import (
     METRIC_COLUMNS,
     check_run_dir,
     check_same_classes,

@@ -119,7 +119,7 @@ def test_values_fit_mallopts_int() -> None:
 def test_the_prediction_path_starts_without_scipy_or_torch() -> None:
     """`leukoscope predict` on 1,000 files takes a few seconds, so importing scipy (~1 s here, through the
     int8 check's softmax) or torch at start-up would cost a large share of it (issue #11 item 13)."""
-    code = ("import sys, leukoscope.cli, leukoscope.cli.predict_cmd, leukoscope.inference; "
+    code = ("import sys, leukoscope.cli, leukoscope.cli.predict_cmd, leukoscope.inference.predictor; "
             "print(sorted(m for m in ('scipy', 'torch', 'sklearn', 'matplotlib') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip() == "[]"

@@ -1,4 +1,4 @@
-"""leukoscope.samples: the sample call leads with leukemia vs benign and never headlines Benign when a
+"""leukoscope.review.samples: the sample call leads with leukemia vs benign and never headlines Benign when a
 usable image looks leukemic; unusable, unreadable and repeated images do not count."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from leukoscope.classes import CANONICAL_CLASSES as CLASSES
-from leukoscope.inference import Prediction
-from leukoscope.samples import group_by_folder, sample_call
+from leukoscope.data.classes import CANONICAL_CLASSES as CLASSES
+from leukoscope.inference.predictor import Prediction
+from leukoscope.review.samples import group_by_folder, sample_call
 
 
 def _pred(source: str, label: str | None, probs: list[float] | None = None, review: bool = False,

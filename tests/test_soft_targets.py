@@ -1,4 +1,4 @@
-"""leukoscope.soft_targets: reading teachers' prediction CSVs, averaging them, mixing with the labels, and
+"""leukoscope.training.soft_targets: reading teachers' prediction CSVs, averaging them, mixing with the labels, and
 the exact round trip through a run's soft_targets.csv."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from leukoscope.data.manifest import ImageRecord, Manifest
 from leukoscope.errors import ConfigError, DataError
-from leukoscope.manifest import ImageRecord, Manifest
-from leukoscope.soft_targets import (
+from leukoscope.training.soft_targets import (
     read_teacher_csv,
     split_sources,
     teacher_mean,

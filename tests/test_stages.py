@@ -1,11 +1,11 @@
-"""`leukoscope.stages`: a run's global epoch numbers map onto its warm-up and main stages."""
+"""`leukoscope.training.stages`: a run's global epoch numbers map onto its warm-up and main stages."""
 
 from __future__ import annotations
 
 import pytest
 
-from leukoscope.stages import Stage, stage_at, stages_of
-from leukoscope.train_config import TrainConfig
+from leukoscope.training.config import TrainConfig
+from leukoscope.training.stages import Stage, stage_at, stages_of
 
 
 def test_stages_warmup_then_main():

@@ -1,4 +1,4 @@
-"""leukoscope.train_config: protocol presets, then a YAML file, then command-line overrides (which win);
+"""leukoscope.training.config: protocol presets, then a YAML file, then command-line overrides (which win);
 every option can be overridden; bad values are ConfigErrors naming the value and the allowed ones."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from leukoscope.errors import ConfigError
-from leukoscope.train_config import (
+from leukoscope.training.config import (
     PROTOCOLS,
     TrainConfig,
     load_yaml,

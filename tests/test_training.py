@@ -1,4 +1,4 @@
-"""leukoscope.training.fit on tiny data (24 noise images, timm's test_efficientnet at 32 px, CPU): the run
+"""leukoscope.training.loop.fit on tiny data (24 noise images, timm's test_efficientnet at 32 px, CPU): the run
 folder, exact resume after an interruption (between epochs and inside one), the freezing policies, the
 paper protocol's cached-feature path, quiet mode, and bad input refused before anything is written."""
 
@@ -13,15 +13,15 @@ import torch
 import yaml
 
 from conftest import build_dataset
-from leukoscope import epochs as epochs_module
-from leukoscope import training
-from leukoscope.checkpoint import load_trained, read_checkpoint
-from leukoscope.distributed import DistContext
 from leukoscope.errors import ConfigError, DataError, ModelError
-from leukoscope.models import ModelSpec, create_model
-from leukoscope.runs import METRIC_COLUMNS
-from leukoscope.train_config import TrainConfig, resolve_config
-from leukoscope.training import TrainingInterrupted, epoch_order, fit
+from leukoscope.models.checkpoint import load_trained, read_checkpoint
+from leukoscope.models.factory import ModelSpec, create_model
+from leukoscope.training import loop as training
+from leukoscope.training import steps as epochs_module
+from leukoscope.training.config import TrainConfig, resolve_config
+from leukoscope.training.distributed import DistContext
+from leukoscope.training.loop import TrainingInterrupted, epoch_order, fit
+from leukoscope.training.runs import METRIC_COLUMNS
 
 CHECKPOINT_KEYS = {"format", "model", "spec", "classes", "preprocess", "epoch", "optimizer", "scheduler", "stage",
                    "best_score", "history", "config", "manifest_digest"}
@@ -330,7 +330,7 @@ def test_resuming_with_data_of_other_classes_is_refused_and_the_run_untouched(tm
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory, data) -> str:
     """Two teacher CSVs over every image of `data`: one uniform, one sure of Pro-B."""
-    from leukoscope.data import discover
+    from leukoscope.data.discover import discover
 
     folder = tmp_path_factory.mktemp("teachers")
     records = discover(data, workers=1).records

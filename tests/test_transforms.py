@@ -1,4 +1,4 @@
-"""leukoscope.transforms: decoding into uint8 tensors, normalisation (torch and numpy agree) and the
+"""leukoscope.models.inputs: decoding into uint8 tensors, normalisation (torch and numpy agree) and the
 augmentation recipes (shapes, value range, seeded determinism, geometry that only moves pixels)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from leukoscope.preprocessing import Preprocess, normalize_numpy, resize_rgb
-from leukoscope.transforms import RECIPES, _affine, augment, load_uint8_batch, normalize
+from leukoscope.models.inputs import RECIPES, _affine, augment, load_uint8_batch, normalize
+from leukoscope.models.preprocessing import Preprocess, normalize_numpy, resize_rgb
 
 PRE = Preprocess(32, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 

@@ -16,22 +16,22 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-from .classes import CANONICAL_CLASSES, resolve_classes
-from .data import check, discover, split
-from .errors import DataError, ImageError, LeukoscopeError, ModelError, UsageError
-from .manifest import ImageRecord, Manifest, read_manifest_csv
+from leukoscope.data.classes import CANONICAL_CLASSES, resolve_classes
+from leukoscope.data.discover import check, discover, split
+from leukoscope.data.manifest import ImageRecord, Manifest, read_manifest_csv
+from leukoscope.errors import DataError, ImageError, LeukoscopeError, ModelError, UsageError
 
 _LAZY = {
-    "load_model": ("inference", "load_predictor"),
-    "load_predictor": ("inference", "load_predictor"),
-    "Predictor": ("inference", "Predictor"),
-    "Prediction": ("inference", "Prediction"),
-    "TrainConfig": ("train_config", "TrainConfig"),
-    "resolve_config": ("train_config", "resolve_config"),
-    "fit": ("training", "fit"),
-    "evaluate": ("evaluation", "evaluate"),
-    "export_run": ("export", "export_run"),
-    "gradcam_overlay": ("explain", "gradcam_overlay"),
+    "load_model": ("inference.predictor", "load_predictor"),
+    "load_predictor": ("inference.predictor", "load_predictor"),
+    "Predictor": ("inference.predictor", "Predictor"),
+    "Prediction": ("inference.prediction", "Prediction"),
+    "TrainConfig": ("training.config", "TrainConfig"),
+    "resolve_config": ("training.config", "resolve_config"),
+    "fit": ("training.loop", "fit"),
+    "evaluate": ("evaluation.evaluate", "evaluate"),
+    "export_run": ("inference.export", "export_run"),
+    "gradcam_overlay": ("inference.explain", "gradcam_overlay"),
 }
 
 __all__ = [

@@ -40,7 +40,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def tiny_images(tiny: dict[str, Path]):
     """(predictor, split manifest, decoded test images) of the tiny package."""
-    from leukoscope.inference import load_predictor
+    from leukoscope.inference.predictor import load_predictor
 
     predictor = load_predictor(tiny["package"], threads=1)
     split = speed.load_split(tiny["split"], tiny["data"], predictor.classes)
@@ -105,9 +105,9 @@ def test_timing_inputs_and_eager_worker(tiny: dict[str, Path], tiny_images, tmp_
 
 def test_int8_package_scores_and_interleaved_timing(tiny: dict[str, Path], tiny_images, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from leukoscope import int8 as int8_module
-    from leukoscope.backends import OnnxBackend
-    from leukoscope.inference import load_predictor
+    from leukoscope.inference import int8 as int8_module
+    from leukoscope.inference.backends import OnnxBackend
+    from leukoscope.inference.predictor import load_predictor
 
     monkeypatch.setattr(int8_module, "INT8_MIN_AGREEMENT", 0.0)  # quantised whatever int8 computes on this CPU
     predictor, split, test = tiny_images
@@ -132,10 +132,10 @@ def test_int8_package_scores_and_interleaved_timing(tiny: dict[str, Path], tiny_
 def test_an_int8_only_package_is_measured_as_it_ships(tiny: dict[str, Path], tiny_images, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Its own int8 model and gate numbers are used, fp32 comes from its model.pt, and the variant is fp32."""
-    from leukoscope import int8 as int8_module
-    from leukoscope.backends import OnnxBackend
-    from leukoscope.export import export_run
-    from leukoscope.inference import load_predictor
+    from leukoscope.inference import int8 as int8_module
+    from leukoscope.inference.backends import OnnxBackend
+    from leukoscope.inference.export import export_run
+    from leukoscope.inference.predictor import load_predictor
 
     monkeypatch.setattr(int8_module, "INT8_MIN_AGREEMENT", 0.0)  # exported whatever int8 computes on this CPU
     predictor, split, test = tiny_images
@@ -194,7 +194,7 @@ def test_decode_e2e_and_overlap(tiny: dict[str, Path], tiny_images, tmp_path: Pa
 
 
 def test_flops_and_peak(tiny: dict[str, Path]) -> None:
-    from leukoscope.backends import load_torch_file
+    from leukoscope.inference.backends import load_torch_file
 
     assert flops.model_flops(load_torch_file(tiny["package"] / "model.pt"), 64) > 0
     peak = flops.peak_gflops(n=64, repeats=1)

@@ -16,7 +16,7 @@ import speed_e2e  # noqa: E402  (benchmark scripts are imported by path, like th
 
 @pytest.mark.shared_data
 def test_the_budget_names_every_stage(shared_all: Path) -> None:
-    from leukoscope.inference import load_predictor
+    from leukoscope.inference.predictor import load_predictor
 
     files = sorted(shared_all.rglob("*.jpg"))[:8]
     predictor = load_predictor(None, threads=1)

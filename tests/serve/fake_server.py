@@ -3,7 +3,7 @@
     python tests/serve/fake_server.py --port P --db DB [--model PKG] [--token T]
 
 Without --model it serves the fake predictor; with --model it loads a real package through
-leukoscope.inference.load_predictor and uses the real Grad-CAM when leukoscope.explain exists.
+leukoscope.inference.predictor.load_predictor and uses the real Grad-CAM when leukoscope.inference.explain exists.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ def main() -> None:
     settings = Settings(port=args.port, db=Path(args.db), token=args.token, workers=args.workers,
                         queue=args.queue, model=args.model)
     if args.model:
-        from leukoscope.inference import load_predictor
+        from leukoscope.inference.predictor import load_predictor
 
         predictor = load_predictor(args.model)
-        gradcam = None if importlib.util.find_spec("leukoscope.explain") else fake_gradcam
+        gradcam = None if importlib.util.find_spec("leukoscope.inference.explain") else fake_gradcam
     else:
         predictor, gradcam = FakePredictor(), fake_gradcam
     app = create_app(settings, predictor, gradcam=gradcam)

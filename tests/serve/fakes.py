@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from leukoscope.data.fileio import sha256_bytes
+from leukoscope.data.imaging import load_rgb
 from leukoscope.errors import ImageError, ModelError
-from leukoscope.explain import WORKING_SIDE
-from leukoscope.fileio import sha256_bytes
-from leukoscope.imaging import load_rgb
-from leukoscope.reasons import too_small
+from leukoscope.inference.explain import WORKING_SIDE
+from leukoscope.review.reasons import too_small
 from leukoscope.serve.service import WARMUP_SOURCE
 
 CLASSES = ("Benign", "Early Pre-B", "Pre-B", "Pro-B")

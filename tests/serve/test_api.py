@@ -294,7 +294,7 @@ def test_real_tiny_package_through_load_predictor(tiny_package: Path, settings, 
         assert good["ok"] and good["label"] in card["classes"] and not bad["ok"]
         assert abs(sum(good["probabilities"].values()) - 1) < 1e-5
         assert client.get("/api/v1/predictions").json()["total"] == 1
-        overlay = client.get(good["links"]["gradcam"])  # leukoscope.explain on the package's model.pt
+        overlay = client.get(good["links"]["gradcam"])  # leukoscope.inference.explain on the package's model.pt
         assert overlay.status_code == 200, overlay.text
         assert Image.open(io.BytesIO(overlay.content)).size == (64, 64)
 

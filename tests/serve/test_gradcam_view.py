@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from leukoscope.errors import ModelError
-from leukoscope.explain import WORKING_SIDE
+from leukoscope.inference.explain import WORKING_SIDE
 from leukoscope.serve.service import THUMBNAIL_SIDE
 
 from .fakes import FakePredictor, fake_gradcam, files

@@ -10,8 +10,9 @@ import sys
 
 import typer
 
-from ..errors import LeukoscopeError
-from ..runtime import tune_process
+from leukoscope.errors import LeukoscopeError
+from leukoscope.runtime import tune_process
+
 from . import common
 from .data_cmd import data_app
 from .info_cmd import info

@@ -8,9 +8,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..data import check, discover, split
-from ..errors import DataError, UsageError
-from ..fileio import write_json
+from leukoscope.data.discover import check, discover, split
+from leukoscope.data.fileio import write_json
+from leukoscope.errors import DataError, UsageError
+
 from .common import console, progress_bar, warn
 
 data_app = typer.Typer(help="Inspect and split a folder-per-class image dataset.", no_args_is_help=True)
@@ -136,7 +137,7 @@ def split_command(
 
 def _write_folds(manifest, out: Path, *, folds: int, val_size: float, seed: int, distance: int | None) -> None:
     """OUT-fold<i>.csv for every fold, and one table per fold."""
-    from ..folds import split_folds
+    from leukoscope.data.folds import split_folds
 
     for number, fold in enumerate(split_folds(manifest, folds=folds, val_size=val_size, seed=seed,
                                               near_duplicate_distance=distance), start=1):

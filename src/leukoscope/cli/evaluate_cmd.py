@@ -1,5 +1,5 @@
-"""`leukoscope evaluate` and `leukoscope compare`: thin shells over leukoscope.evaluation and
-leukoscope.comparison that print a summary table and say where the files went."""
+"""`leukoscope evaluate` and `leukoscope compare`: thin shells over leukoscope.evaluation.evaluate and
+leukoscope.evaluation.compare that print a summary table and say where the files went."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ..errors import UsageError
-from ..manifest import PARTS
+from leukoscope.data.manifest import PARTS
+from leukoscope.errors import UsageError
+
 from .common import DISCLAIMER, console, err_console, warn
 
 
@@ -53,7 +54,7 @@ def _default_out(model: Path) -> Path:
 
 
 def _print_result(result: dict[str, Any], out: Path) -> None:
-    from ..reporting import intervals_text, method_name, rate
+    from leukoscope.evaluation.report import intervals_text, method_name, rate
 
     summary = result["data_summary"]
     where = "all images" if summary["part"] == "all" else f"the {summary['part']} part"
@@ -128,7 +129,7 @@ def evaluate_command(
     figures/*.png, a self-contained report.html and MODEL_CARD.md. Warns loudly when evaluated images also
     occur in the run's training part (leakage).
     """
-    from ..evaluation import LeakageWarning, evaluate
+    from leukoscope.evaluation.evaluate import LeakageWarning, evaluate
 
     if part not in PARTS:
         raise UsageError(f"--part must be one of {', '.join(PARTS)}, got {part!r}")
@@ -158,8 +159,8 @@ def compare_command(
 
     Headline metrics with intervals and wall times, and an exact McNemar test of every pair of runs on
     the test images they share (is the accuracy difference real?)."""
-    from ..comparison import compare
-    from ..reporting import comparison_rows, write_comparison
+    from leukoscope.evaluation.compare import compare
+    from leukoscope.evaluation.report import comparison_rows, write_comparison
 
     if out is not None and out.suffix.lower() not in (".html", ".htm", ".md", ".markdown"):
         raise UsageError(f"--out must end in .html or .md, got {out.name!r}")

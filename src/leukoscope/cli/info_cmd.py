@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import platform
 
-from .. import __version__
+from leukoscope import __version__
+
 from .common import DISCLAIMER, console
 
 
@@ -14,7 +15,7 @@ def info() -> None:
 
     console.print(f"leukoscope {__version__} — python {platform.python_version()}, torch {torch.__version__}")
     try:
-        from ..package import bundled_package_path, read_package_json
+        from leukoscope.inference.package import bundled_package_path, read_package_json
 
         path = bundled_package_path()
         meta = read_package_json(path)

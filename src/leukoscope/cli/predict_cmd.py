@@ -1,4 +1,4 @@
-"""`leukoscope predict` and `leukoscope export`: thin shells over leukoscope.inference / leukoscope.export."""
+"""`leukoscope predict` and `leukoscope export`: thin shells over leukoscope.inference.predictor / leukoscope.inference.export."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..errors import ImageError, UsageError
-from ..fileio import write_text
-from ..imaging import is_image_path
+from leukoscope.data.fileio import write_text
+from leukoscope.data.imaging import is_image_path
+from leukoscope.errors import ImageError, UsageError
+
 from .common import DISCLAIMER, console, err_console, error, progress_bar, warn
 
 
@@ -168,8 +169,8 @@ def predict(
     Images that show nothing to analyse (blank, noise, a gradient, a few pixels) get status `unusable`
     and no class. Exit code 0 when every image was read, 1 when any failed, 2 for bad arguments or no images.
     """
-    from ..inference import load_predictor
-    from ..samples import group_by_folder
+    from leukoscope.inference.predictor import load_predictor
+    from leukoscope.review.samples import group_by_folder
 
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be at least 1, got {limit}")
@@ -223,8 +224,8 @@ def _run(predictor: Any, files: list[Path], *, tta: bool, batch_size: int, gradc
          quiet: bool) -> tuple[list[Any], list[str | None]]:
     """Predictions in file order, one error line per failed file, and the Grad-CAM file of each
     ("" when not asked or not readable, None when writing it failed)."""
-    from ..errors import LeukoscopeError
-    from ..explain import write_gradcam
+    from leukoscope.errors import LeukoscopeError
+    from leukoscope.inference.explain import write_gradcam
 
     predictions: list[Any] = []
     cams: list[str | None] = []
@@ -265,8 +266,8 @@ def export(
 
     Parity is checked before anything is written: fp32 ONNX vs PyTorch, and int8 vs fp32.
     """
-    from ..export import export_run
-    from ..package import package_size, read_package_json
+    from leukoscope.inference.export import export_run
+    from leukoscope.inference.package import package_size, read_package_json
 
     if not run.exists():
         raise UsageError(f"run folder not found: {run}")

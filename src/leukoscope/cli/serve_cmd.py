@@ -47,7 +47,8 @@ def serve_command(
 
     Every prediction is stored in SQLite before it is answered. Research software, not a medical device.
     """
-    from ..serve import Settings, check_exposure, create_app
+    from leukoscope.serve import Settings, check_exposure, create_app
+
     from ..serve.service import model_version
     from ..serve.settings import MIB
 
@@ -64,7 +65,7 @@ def serve_command(
 
     import uvicorn
 
-    from ..inference import load_predictor
+    from leukoscope.inference.predictor import load_predictor
 
     predictor = load_predictor(settings.model, backend=backend)
     app = create_app(settings, predictor)

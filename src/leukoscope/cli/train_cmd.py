@@ -8,7 +8,8 @@ from pathlib import Path
 
 import typer
 
-from ..errors import ConfigError
+from leukoscope.errors import ConfigError
+
 from .common import console
 
 
@@ -44,15 +45,15 @@ def train(
     Ctrl-C stops cleanly (last.pt keeps the last completed epoch) and --resume RUN continues from there.
     Under torchrun the same command trains with DistributedDataParallel (NCCL on GPUs, gloo on CPUs).
     """
-    from ..train_config import load_yaml, parse_set_options, resolve_config
-    from ..training import fit
+    from leukoscope.training.config import load_yaml, parse_set_options, resolve_config
+    from leukoscope.training.loop import fit
 
     yaml_values = load_yaml(config) if config else {}
     if resume is not None:
         run_config = resume / "config.yaml"
         if not run_config.is_file():
             raise ConfigError(f"--resume {resume}: no config.yaml there (not a leukoscope run folder)")
-        from ..runs import read_config
+        from leukoscope.training.runs import read_config
 
         yaml_values = {**read_config(resume), **yaml_values}
         out_dir, name = str(resume.parent), resume.name

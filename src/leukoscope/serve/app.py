@@ -27,8 +27,9 @@ from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
-from ..errors import ImageError, LeukoscopeError, ModelError, UsageError
+from leukoscope import __version__
+from leukoscope.errors import ImageError, LeukoscopeError, ModelError, UsageError
+
 from .api_errors import http_error, validation_error
 from .context import ServerContext
 from .hosts import OriginCheckMiddleware, TrustedHosts
@@ -59,7 +60,7 @@ When the server is saturated it answers 503 with `Retry-After`.
 
 
 def _load_predictor(settings: Settings) -> Any:
-    from ..inference import load_predictor  # lazy: importing inference pulls in numpy/onnxruntime
+    from leukoscope.inference.predictor import load_predictor  # lazy: importing inference pulls in numpy/onnxruntime
 
     return load_predictor(settings.model)
 
@@ -89,7 +90,7 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 
 def create_app(settings: Settings, predictor: Any | None = None, *, gradcam: GradcamFn | None = None) -> FastAPI:
     """Build the app. `predictor` (already loaded) and `gradcam` (overlay function) may be injected;
-    otherwise the lifespan loads `settings.model` and uses leukoscope.explain.gradcam_overlay."""
+    otherwise the lifespan loads `settings.model` and uses leukoscope.inference.explain.gradcam_overlay."""
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loaded = predictor if predictor is not None else await run_in_threadpool(_load_predictor, settings)

@@ -5,7 +5,7 @@ Decisions (documented in the API description too):
   request: nothing is predicted, because the client sent more than it may.
 - Content problems of one file (empty, not an image, truncated, a format we do not decode, a
   decompression bomb) are per-file errors: the other files are still predicted and stored.
-- The content is sniffed from the bytes (Pillow's header parser via `leukoscope.imaging.read_info`),
+- The content is sniffed from the bytes (Pillow's header parser via `leukoscope.data.imaging.read_info`),
   never trusted from the file name or Content-Type, and only formats in ALLOWED_FORMATS go on to be
   decoded (Pillow can open exotic formats whose decoders we do not want to expose to uploads).
 - Inference is bounded: `Gate` admits `workers + queue` requests; the next one gets 503 + Retry-After.
@@ -23,8 +23,9 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import ImageError, LeukoscopeError
-from ..imaging import ImageInfo, read_info
+from leukoscope.data.imaging import ImageInfo, read_info
+from leukoscope.errors import ImageError, LeukoscopeError
+
 from .settings import MIB, Settings
 
 ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "TIFF", "WEBP"})

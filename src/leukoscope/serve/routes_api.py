@@ -155,5 +155,5 @@ async def image(ctx: Ctx, prediction_id: PredictionId) -> Response:
 @router.get("/samples/{sample_id}", responses=error_responses(404, 422))
 async def sample(ctx: Ctx, sample_id: str) -> dict[str, Any]:
     """The sample call on every prediction stored under one sample id: leukemia suspected as soon as one
-    usable image looks leukemic, Benign only when all do (leukoscope.samples.sample_call)."""
+    usable image looks leukemic, Benign only when all do (leukoscope.review.samples.sample_call)."""
     return await ctx.run_io(ctx.service.sample_summary, sample_id)

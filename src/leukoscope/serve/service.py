@@ -23,11 +23,12 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from .. import __version__
-from ..errors import ImageError, ModelError
-from ..explain import WORKING_SIDE
-from ..fileio import sha256_bytes
-from ..imaging import load_rgb
+from leukoscope import __version__
+from leukoscope.data.fileio import sha256_bytes
+from leukoscope.data.imaging import load_rgb
+from leukoscope.errors import ImageError, ModelError
+from leukoscope.inference.explain import WORKING_SIDE
+
 from .limits import RequestRejected, Upload, sniff
 from .settings import Settings
 from .store import Filters, NewPrediction, Store, StoredPrediction, utc_text
@@ -40,7 +41,7 @@ GradcamFn = Callable[..., Image.Image]
 
 
 class PredictorLike(Protocol):
-    """The part of leukoscope.inference.Predictor the server uses (docs/INTERFACES.md)."""
+    """The part of leukoscope.inference.predictor.Predictor the server uses (docs/INTERFACES.md)."""
 
     classes: Sequence[str]
     info: dict[str, Any]
@@ -49,9 +50,9 @@ class PredictorLike(Protocol):
 
 
 def default_gradcam(predictor: Any, image: bytes, *, target: str | None = None) -> Image.Image:
-    """leukoscope.explain.gradcam_overlay, imported on first use (it pulls in torch and grad-cam)."""
+    """leukoscope.inference.explain.gradcam_overlay, imported on first use (it pulls in torch and grad-cam)."""
     try:
-        from ..explain import gradcam_overlay
+        from leukoscope.inference.explain import gradcam_overlay
     except ImportError as exc:
         raise ModelError(f"Grad-CAM is not available in this installation ({exc})") from None
     return gradcam_overlay(predictor, image, target=target)
@@ -88,9 +89,9 @@ def error_entry(name: str, data: bytes, message: str) -> dict[str, Any]:
 
 def summarize(rows: Sequence[StoredPrediction], classes: Sequence[str], *, sample_id: str,
               failed: int = 0) -> dict[str, Any]:
-    """The call on images uploaded together: leukoscope.samples.sample_call, the rule that
+    """The call on images uploaded together: leukoscope.review.samples.sample_call, the rule that
     `predict --group-by folder` uses (leukemia suspected when any usable image looks leukemic)."""
-    from ..samples import sample_call
+    from leukoscope.review.samples import sample_call
 
     return {"sample_id": sample_id, **sample_call(rows, classes, failed=failed).to_json()}
 

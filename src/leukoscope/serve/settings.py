@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
-from ..imaging import MAX_PIXELS
+from leukoscope.data.imaging import MAX_PIXELS
+from leukoscope.errors import UsageError
 
 ENV_TOKEN = "LEUKOSCOPE_API_TOKEN"
 ENV_DB = "LEUKOSCOPE_DB"

@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
+from leukoscope.errors import DataError
 
 # Migration k takes a database from user_version k to k + 1. Never edit a released migration: append one.
 MIGRATIONS: list[str] = [

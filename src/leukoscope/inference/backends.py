@@ -1,0 +1,98 @@
+"""Inference engines behind a Predictor: ONNX Runtime and PyTorch, with one interface.
+
+Both return (logits, penultimate features) for a normalised N x 3 x S x S float32 batch, so calibration,
+out-of-distribution scores and review flags are computed once, in numpy, whatever runs the network.
+ONNX Runtime is the fast path on CPUs (4x PyTorch eager here, see ../shared/NOTES.md) and needs no torch
+at prediction time; PyTorch serves packages without ONNX, run folders, and Grad-CAM.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from leukoscope.errors import ModelError
+
+
+def cpu_count() -> int:
+    """Cores this process may use (affinity-aware, unlike os.cpu_count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+# ------------------------------------------------------------------------------------------- backends
+
+
+class OnnxBackend:
+    """ONNX Runtime session with outputs `logits` and `features`."""
+
+    name = "onnx"
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or cpu_count()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Worker threads sleep between operators instead of spinning. While `predict` decodes the next
+        # batch (or anything else runs) on the same cores, spinning threads take CPU from the decoder and
+        # from each other: on 2 busy cores, 15-17 instead of 20-22 CPU-ms/image for the model and 26-29
+        # instead of 30-34 end to end, batch-1 and batch-32 wall time no worse (benchmarks/speed_e2e.py).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ModelError(f"cannot load ONNX model {path}: {exc}") from None
+        self.input_name = self.session.get_inputs()[0].name
+        outputs = [o.name for o in self.session.get_outputs()]
+        if outputs[:2] != ["logits", "features"]:
+            raise ModelError(f"{path} has outputs {outputs}; expected ['logits', 'features']")
+
+    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, feats = self.session.run(["logits", "features"], {self.input_name: x})
+        return np.asarray(logits), np.asarray(feats)
+
+
+class TorchBackend:
+    """A timm network in eval mode on the CPU, returning the same two outputs as the ONNX model."""
+
+    name = "torch"
+
+    def __init__(self, model: Any, threads: int | None = None) -> None:
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = model.eval()
+
+    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        from leukoscope.models.factory import features
+
+        with torch.inference_mode():
+            feats = features(self.model, torch.from_numpy(np.ascontiguousarray(x)))
+            logits = self.model.get_classifier()(feats)
+        return logits.float().numpy(), feats.float().numpy()
+
+
+def load_torch_file(path: str | Path) -> Any:
+    """The network stored in a package's model.pt (fp16 weights, computed in fp32)."""
+    import torch
+
+    from leukoscope.models.factory import ModelSpec, build_model
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        state = {k: v.float() if v.is_floating_point() else v for k, v in payload["model"].items()}
+        return build_model(ModelSpec.from_dict(payload["spec"]), state).eval()
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"cannot load {path}: {type(exc).__name__}: {exc}") from None

@@ -1,0 +1,145 @@
+"""The model package: one folder, one format, used by the CLI, the web app and the benchmarks.
+
+    model.json        what the weights mean: classes, preprocessing, temperature, review thresholds,
+                      out-of-distribution statistics, metrics, provenance, and the sha256 of every file
+    model.onnx        fp32 network with two outputs, `logits` and `features` (ONNX Runtime backend)
+    model.int8.onnx   optional static-int8 version of it (preferred when `default_onnx` names it)
+    int8_reference.npz  with model.int8.onnx: a few val images (JPEG bytes) and fp32's top-1 on them, run
+                      through the int8 model at load to check it on the CPU at hand (see leukoscope.inference.int8)
+    model.pt          {"spec", "classes", "preprocess", "model": fp16 state_dict} (PyTorch backend, Grad-CAM)
+    ood.npz           Mahalanobis statistics of the training features (see leukoscope.review.ood)
+
+Every file listed in `model.json:files` is sha256-checked on load: a package damaged in transit or edited
+by hand must fail loudly rather than silently give other answers.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from leukoscope.data.fileio import sha256_file
+from leukoscope.errors import ModelError, UsageError
+
+PACKAGE_FORMAT = "leukoscope-model"
+PACKAGE_VERSION = 1
+MODEL_JSON = "model.json"
+ONNX_FP32 = "model.onnx"
+ONNX_INT8 = "model.int8.onnx"
+INT8_REFERENCE = "int8_reference.npz"
+TORCH_FILE = "model.pt"
+OOD_FILE = "ood.npz"
+
+
+def bundled_package_path() -> Path:
+    """Where the package shipped with leukoscope lives (it may be absent in a source checkout)."""
+    return Path(__file__).resolve().parent.parent / "assets" / "default"
+
+
+def is_package(path: str | Path) -> bool:
+    return (Path(path) / MODEL_JSON).is_file()
+
+
+def read_package_json(path: str | Path) -> dict[str, Any]:
+    """model.json of a package folder (or the model.json file itself), without checking the weights."""
+    path = Path(path)
+    json_path = path if path.name == MODEL_JSON and path.is_file() else path / MODEL_JSON
+    if not json_path.is_file():
+        if path.resolve() == bundled_package_path():
+            raise ModelError(f"the bundled model package is missing ({path}); build it with `make model` "
+                             "or pass --model PACKAGE")
+        if not path.exists():
+            raise ModelError(f"model package not found: {path}")
+        raise ModelError(f"{path} is not a model package (no {MODEL_JSON})")
+    try:
+        info = json.loads(json_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"cannot read {json_path}: {exc}") from None
+    if not isinstance(info, dict) or info.get("format") != PACKAGE_FORMAT:
+        raise ModelError(f"{json_path} is not a leukoscope model description")
+    version = info.get("format_version")
+    if not isinstance(version, int) or version > PACKAGE_VERSION:
+        raise ModelError(f"{json_path} has format version {version!r}; this leukoscope reads up to "
+                         f"{PACKAGE_VERSION} (upgrade leukoscope)")
+    for key in ("classes", "preprocess", "spec", "files"):
+        if key not in info:
+            raise ModelError(f"{json_path} lacks {key!r}")
+    return info
+
+
+def verify_package(path: str | Path) -> dict[str, Any]:
+    """Read model.json and check the sha256 of every file it lists; raises ModelError naming the file."""
+    path = Path(path)
+    info = read_package_json(path)
+    files = info["files"]
+    if not isinstance(files, dict) or not files:
+        raise ModelError(f"{path / MODEL_JSON} lists no files")
+    for name, expected in files.items():
+        file = _member(path, name)
+        if not file.is_file():
+            raise ModelError(f"model package {path} is incomplete: {name} is missing")
+        actual = sha256_file(file)
+        if actual != expected:
+            raise ModelError(f"model package {path}: {name} does not match its sha256 in {MODEL_JSON} "
+                             f"(expected {expected[:12]}…, got {actual[:12]}…): the file is damaged or was "
+                             "modified; re-export or re-download the package")
+    return info
+
+
+def _member(package: Path, name: str) -> Path:
+    """A file of the package; names that would leave the folder are refused (model.json is data)."""
+    if Path(name).name != name or name in ("", ".", ".."):
+        raise ModelError(f"model package {package}: bad file name {name!r} in {MODEL_JSON}")
+    return package / name
+
+
+def package_file(path: str | Path, info: Mapping[str, Any], name: str) -> Path | None:
+    """The path of a listed (hence verified) package file, or None when the package has no such file."""
+    return _member(Path(path), name) if name in info.get("files", {}) else None
+
+
+def write_package(out: str | Path, info: dict[str, Any], files: Mapping[str, bytes | Path]) -> Path:
+    """Write a package folder: the files, then model.json with their sha256 under `files`.
+
+    Built in a temporary folder beside `out` and moved into place at the end, so an interrupted export
+    never leaves a half-written package that would load. An existing package at `out` is replaced; any
+    other non-empty folder is refused rather than deleted.
+    """
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_package(out))):
+        raise UsageError(f"--out {out} exists and is not a model package; choose a new folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staging.chmod(0o755)  # mkdtemp makes 0700; a package is meant to be read by others (a server user)
+    try:
+        hashes: dict[str, str] = {}
+        for name, content in files.items():
+            target = _member(staging, name)
+            if isinstance(content, Path):
+                shutil.copyfile(content, target)
+            else:
+                target.write_bytes(content)
+            hashes[name] = sha256_file(target)
+        meta = {"format": PACKAGE_FORMAT, "format_version": PACKAGE_VERSION, **info, "files": hashes}
+        (staging / MODEL_JSON).write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")
+        if out.exists():
+            backup = out.with_name(f".{out.name}.old")
+            shutil.rmtree(backup, ignore_errors=True)
+            out.rename(backup)
+            staging.rename(out)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def package_size(path: str | Path) -> int:
+    """Bytes of all files in a package folder."""
+    return sum(p.stat().st_size for p in Path(path).iterdir() if p.is_file())

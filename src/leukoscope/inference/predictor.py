@@ -1,0 +1,375 @@
+"""Prediction: one `Predictor` over a model package (ONNX Runtime or PyTorch), used by the CLI, the web app
+and the benchmarks alike.
+
+A prediction is only useful with its caveats, so every `Prediction` carries calibrated probabilities
+(softmax of logits / temperature) and a `review` flag with its reasons: low calibrated confidence, an
+image unlike the training data (Mahalanobis distance of its features, see leukoscope.review.ood), a blurry image
+or one far from the training resolution. Images that show nothing to judge (blank, noise, a smooth
+gradient, a few pixels) get status `unusable` and no class. Unreadable files become predictions with
+`error` set instead of exceptions, so one bad file never stops a folder of thousands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from leukoscope.data.fileio import sha256_bytes
+from leukoscope.data.imaging import jpeg_quality, load_rgb, original_size
+from leukoscope.errors import ImageError, ModelError, UsageError
+from leukoscope.inference.backends import TorchBackend, cpu_count, load_torch_file
+from leukoscope.inference.int8 import checked_onnx
+from leukoscope.inference.package import (
+    MODEL_JSON,
+    ONNX_FP32,
+    OOD_FILE,
+    TORCH_FILE,
+    bundled_package_path,
+    is_package,
+    package_file,
+    verify_package,
+)
+from leukoscope.inference.prediction import Prediction
+from leukoscope.models.preprocessing import Preprocess, normalize_numpy, resize_rgb
+from leukoscope.review import reasons as why
+from leukoscope.review.ood import MahalanobisOOD, QualityThresholds, quality_reasons
+from leukoscope.review.reasons import Reason
+
+BACKENDS = ("auto", "onnx", "torch")
+DEFAULT_CONFIDENCE_THRESHOLD = 0.9
+SIZE_RATIO_RANGE = (0.5, 4.0)
+MIN_SIDE_FRACTION = 1 / 8  # below training side / 8 (28 px at 224) an image is unusable
+
+
+# ------------------------------------------------------------------------------------------- predictor
+
+MIN_JPEG_QUALITY = 40.0  # the training JPEGs are quality 95; below this, texture is visibly destroyed
+
+_BLAS_LOCK = threading.Lock()
+_BLAS_CONTROLLER: list[Any] = []
+
+
+def one_blas_thread() -> contextlib.AbstractContextManager[Any]:
+    """Run numpy's BLAS (OpenBLAS) on one thread inside the block.
+
+    The out-of-distribution score is a few small matrix products per batch. Left multi-threaded, OpenBLAS
+    wakes its own busy-waiting threads for them, which fight ONNX Runtime's (or PyTorch's) spinning
+    threads for the same cores on every batch: on 2 cores, `_finish` took 5.3 ms/image for a network that
+    takes 3.2 ms/image alone (ONNX fp32), and predict_paths ran ~1.35x (fp32) to ~1.5x (int8) slower.
+    One thread is plenty for these sizes, and the scores are unchanged. The limit is process-wide while it
+    lasts, so callers hold _BLAS_LOCK (which also guards creating the controller) to keep concurrent
+    predictors from restoring each other's settings in the wrong order.
+    """
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # threadpoolctl comes with scikit-learn; without it, leave BLAS as it is
+        return contextlib.nullcontext()
+    if not _BLAS_CONTROLLER:
+        _BLAS_CONTROLLER.append(ThreadpoolController())
+    return _BLAS_CONTROLLER[0].limit(limits=1, user_api="blas")
+
+
+DECODE_SIDE_FACTOR = 4  # images are decoded reduced to at most 4x the model's input side (896 px at 224)
+
+
+@dataclass
+class _Decoded:
+    source: str
+    sha256: str = ""
+    pixels: np.ndarray | None = None  # model input, S x S x 3 uint8; None when unreadable or unusable
+    width: int = 0
+    height: int = 0
+    error: str | None = None
+    reasons: list[Reason] = field(default_factory=list)  # an unusable reason first, when there is one
+
+
+def tta_views(batch: np.ndarray) -> Iterator[np.ndarray]:
+    """The 8 symmetries of the square (4 rotations x horizontal flip) of an NHWC batch, identity first."""
+    for k in range(4):
+        rotated = np.rot90(batch, k, axes=(1, 2))
+        yield np.ascontiguousarray(rotated)
+        yield np.ascontiguousarray(rotated[:, :, ::-1])
+
+
+class Predictor:
+    """Calibrated predictions with review flags; build it with `load_predictor`."""
+
+    onnx_file: str | None = None  # the package's ONNX model that runs (after the int8 check); None in PyTorch
+    int8_check: dict[str, Any] | None = None  # leukoscope.inference.int8.checked_onnx's findings when int8 was asked for
+
+    def __init__(self, backend: Any, info: dict[str, Any], *, ood: MahalanobisOOD | None = None,
+                 source: Path | None = None, torch_model: Any = None,
+                 confidence_threshold: float | None = None) -> None:
+        self._backend = backend
+        self.info = info
+        self.classes: tuple[str, ...] = tuple(info["classes"])
+        self.preprocess = Preprocess.from_dict(info["preprocess"])
+        self.temperature = float(info.get("temperature") or 1.0)
+        review = info.get("review", {})
+        self.confidence_threshold = float(
+            confidence_threshold if confidence_threshold is not None
+            else review.get("confidence_threshold", DEFAULT_CONFIDENCE_THRESHOLD))
+        self.quality = QualityThresholds.from_dict(review)
+        self.min_jpeg_quality = float(review.get("min_jpeg_quality", MIN_JPEG_QUALITY))
+        self.training_size = int(info.get("training_image_size") or self.preprocess.input_size)
+        self.size_ratio_range = tuple(review.get("size_ratio_range", SIZE_RATIO_RANGE))
+        self.min_side = int(review.get("min_side", max(2, round(self.training_size * MIN_SIDE_FRACTION))))
+        self.ood = ood
+        self.source = source
+        self._torch_model = torch_model
+
+    @property
+    def backend(self) -> str:
+        return self._backend.name
+
+    def torch_model(self) -> Any:
+        """The PyTorch network (for Grad-CAM); loaded from model.pt on first use."""
+        if self._torch_model is None:
+            path = package_file(self.source, self.info, TORCH_FILE) if self.source else None
+            if path is None:
+                raise ModelError("this model package has no model.pt, so it cannot run in PyTorch "
+                                 "(needed for --backend torch and Grad-CAM); re-export it")
+            self._torch_model = load_torch_file(path)
+        return self._torch_model
+
+    def raw(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and penultimate features of an N x H x W x 3 uint8 batch at the model's input size."""
+        return self._backend.run(normalize_numpy(batch, self.preprocess))
+
+    def _calibrate(self, logits: np.ndarray) -> np.ndarray:
+        z = np.asarray(logits, dtype=np.float64) / self.temperature
+        z -= z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+    def _forward(self, batch: np.ndarray, tta: bool) -> tuple[np.ndarray, np.ndarray]:
+        if not tta:
+            logits, feats = self.raw(batch)
+            return self._calibrate(logits), feats
+        probs, feats = None, None
+        for view in tta_views(batch):
+            logits, view_feats = self.raw(view)
+            feats = view_feats if feats is None else feats  # OOD on the identity view, as calibrated
+            p = self._calibrate(logits)
+            probs = p if probs is None else probs + p
+        return probs / 8.0, feats
+
+    def predict_proba(self, batch: np.ndarray, *, tta: bool = False) -> np.ndarray:
+        """Calibrated probabilities (N x C) of an N x S x S x 3 uint8 batch at the model's input size."""
+        batch = np.asarray(batch, dtype=np.uint8)
+        if batch.ndim != 4 or batch.shape[3] != 3:
+            raise ValueError(f"expected an N x H x W x 3 uint8 batch, got shape {batch.shape}")
+        if len(batch) == 0:
+            return np.zeros((0, len(self.classes)))
+        return self._forward(batch, tta)[0]
+
+    # ---- decoding
+
+    def _decode(self, source: str, data: bytes) -> _Decoded:
+        item = _Decoded(source, sha256_bytes(data))
+        try:
+            # Reduced while decoding to a few times the model input: a 7000x7000 PNG (147 MB of RGB) costs
+            # no more than the model needs; width, height and the size checks use the file's own size.
+            image = load_rgb(data, max_side=DECODE_SIDE_FACTOR * self.preprocess.input_size)
+        except ImageError as exc:
+            item.error = str(exc)
+            return item
+        except Exception as exc:  # any decoder failure of one file must not stop the others
+            item.error = f"corrupt image: {type(exc).__name__}: {exc}"
+            return item
+        item.width, item.height = original_size(image)
+        if min(item.width, item.height) < self.min_side:
+            item.reasons = [why.too_small(item.width, item.height, self.min_side)]
+            return item
+        pixels = resize_rgb(image, self.preprocess)
+        native = np.asarray(image) if min(image.size) < self.preprocess.input_size else None
+        item.reasons = quality_reasons(pixels, self.quality, native=native)
+        if item.reasons and item.reasons[0].unusable:
+            return item  # no class for it: the model never sees it
+        item.pixels = pixels
+        item.reasons += self._size_reasons(item.width, item.height)
+        quality = jpeg_quality(image)  # the tables load_rgb kept: no second parse of the header
+        if quality is not None and quality < self.min_jpeg_quality:
+            item.reasons.append(why.jpeg_quality(quality, self.min_jpeg_quality))
+        return item
+
+    def _decode_path(self, path: str | Path) -> _Decoded:
+        try:
+            data = Path(path).read_bytes()
+        except IsADirectoryError:
+            return _Decoded(str(path), error="is a folder, not an image")
+        except OSError as exc:
+            return _Decoded(str(path), error=f"cannot read file: {exc.strerror or exc}")
+        return self._decode(str(path), data)
+
+    def _size_reasons(self, width: int, height: int) -> list[Reason]:
+        ratio = min(width, height) / self.training_size
+        if ratio < self.size_ratio_range[0]:
+            return [why.small_image(width, height, self.training_size)]
+        if ratio > self.size_ratio_range[1]:
+            return [why.large_image(width, height, self.training_size)]
+        if max(width, height) > 1.5 * min(width, height):
+            return [why.not_square(width, height)]
+        return []
+
+    # ---- inference
+
+    def _finish(self, items: Sequence[_Decoded], tta: bool) -> list[Prediction]:
+        good = [i for i, item in enumerate(items) if item.pixels is not None]
+        probs = np.zeros((0, len(self.classes)))
+        scores: np.ndarray | None = None
+        if good:
+            probs, feats = self._forward(np.stack([items[i].pixels for i in good]), tta)
+            if self.ood is not None:
+                with _BLAS_LOCK, one_blas_thread():
+                    scores = self.ood.score(feats)
+        results: list[Prediction] = []
+        row_of = {index: row for row, index in enumerate(good)}
+        for index, item in enumerate(items):
+            if item.pixels is None:  # unreadable (error) or readable but unusable (its reasons say why)
+                error = item.error if item.error is not None or item.reasons else "unreadable"
+                reasons = [why.unreadable(error)] if error is not None else item.reasons
+                results.append(Prediction.without_call(item.source, item.sha256, self.classes, reasons,
+                                                       width=item.width, height=item.height, error=error))
+                continue
+            p = probs[row_of[index]]
+            score = None if scores is None else float(scores[row_of[index]])
+            results.append(self._prediction(item, p, score))
+        return results
+
+    def _prediction(self, item: _Decoded, p: np.ndarray, score: float | None) -> Prediction:
+        top = int(np.argmax(p))
+        confidence = float(p[top])
+        reasons = list(item.reasons)
+        if score is not None and self.ood is not None and score > self.ood.threshold:
+            reasons.append(why.out_of_distribution(score, self.ood.threshold))
+        if confidence < self.confidence_threshold:
+            reasons.append(why.low_confidence(confidence, self.confidence_threshold))
+        messages, codes, details = why.split(reasons)
+        return Prediction(item.source, item.sha256, self.classes[top],
+                          {c: float(v) for c, v in zip(self.classes, p, strict=True)}, confidence,
+                          bool(reasons), messages, score, item.width, item.height, None, "ok", codes, details)
+
+    def predict_bytes(self, items: Sequence[tuple[str, bytes]], *, tta: bool = False,
+                      batch_size: int = 32) -> list[Prediction]:
+        """Predict encoded images given as (name, bytes); unreadable ones get `error` set."""
+        results: list[Prediction] = []
+        for start in range(0, len(items), max(1, batch_size)):
+            chunk = items[start:start + max(1, batch_size)]
+            results.extend(self._finish([self._decode(name, data) for name, data in chunk], tta))
+        return results
+
+    def predict_paths(self, paths: Iterable[str | Path], *, tta: bool = False,
+                      batch_size: int = 32) -> Iterator[Prediction]:
+        """Predict image files in order, decoding batch k+1 in threads while batch k runs."""
+        paths = list(paths)
+        size = max(1, batch_size)
+        batches = [paths[i:i + size] for i in range(0, len(paths), size)]
+        pool = ThreadPoolExecutor(max_workers=min(4, cpu_count()))
+        try:
+            pending = [pool.submit(self._decode_path, p) for p in batches[0]] if batches else []
+            for k in range(len(batches)):
+                current = pending
+                nxt = batches[k + 1] if k + 1 < len(batches) else []
+                pending = [pool.submit(self._decode_path, p) for p in nxt]
+                yield from self._finish([f.result() for f in current], tta)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ------------------------------------------------------------------------------------------- loading
+
+
+def load_predictor(model: str | Path | None = None, *, backend: str = "auto", threads: int | None = None,
+                   confidence_threshold: float | None = None, onnx_file: str | None = None) -> Predictor:
+    """A Predictor for a model package folder, a run folder or checkpoint, or (None) the bundled package.
+
+    backend "auto" uses ONNX Runtime when the package has an ONNX model (the int8 one when model.json's
+    `default_onnx` names it, or `onnx_file` to choose), else PyTorch. An int8 model is first checked on this
+    CPU against the package's reference batch and replaced by fp32 when it fails (leukoscope.inference.int8.checked_onnx);
+    `Predictor.onnx_file` says which file runs. `confidence_threshold` overrides the package's review threshold.
+    Raises ModelError for missing or damaged packages (and an int8-only package whose int8 check fails).
+    """
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
+    path = Path(model) if model is not None else bundled_package_path()
+    if model is None or is_package(path) or path.name == MODEL_JSON:
+        path = path.parent if path.name == MODEL_JSON else path
+        return _from_package(path, backend, threads, confidence_threshold, onnx_file)
+    if not path.exists():
+        raise ModelError(f"model not found: {path} (give a model package, a run folder or a checkpoint)")
+    return _from_run(path, backend, threads, confidence_threshold)
+
+
+def _from_package(path: Path, backend: str, threads: int | None, threshold: float | None,
+                  onnx_file: str | None) -> Predictor:
+    info = verify_package(path)
+    onnx_name = onnx_file or info.get("default_onnx") or ONNX_FP32
+    onnx_path = package_file(path, info, onnx_name)
+    if onnx_file and onnx_path is None:
+        raise ModelError(f"model package {path} has no {onnx_file}")
+    ood_path = package_file(path, info, OOD_FILE)
+    ood = MahalanobisOOD.load(ood_path) if ood_path is not None else None
+    torch_model = None
+    if backend == "onnx" or (backend == "auto" and onnx_path is not None):
+        if onnx_path is None:
+            raise ModelError(f"model package {path} has no ONNX model; use --backend torch")
+        engine, onnx_name, int8_check = checked_onnx(path, info, onnx_name, threads)
+    else:
+        torch_path = package_file(path, info, TORCH_FILE)
+        if torch_path is None:
+            raise ModelError(f"model package {path} has no {TORCH_FILE}; use --backend onnx")
+        torch_model = load_torch_file(torch_path)
+        engine = TorchBackend(torch_model, threads)
+    predictor = Predictor(engine, info, ood=ood, source=path, torch_model=torch_model,
+                          confidence_threshold=threshold)
+    if torch_model is None:
+        predictor.onnx_file, predictor.int8_check = onnx_name, int8_check
+    return predictor
+
+
+def _from_run(path: Path, backend: str, threads: int | None, threshold: float | None) -> Predictor:
+    """A run folder or checkpoint, in PyTorch: calibrated when the run has calibration.json, but without
+    out-of-distribution statistics (those are computed by `leukoscope export`)."""
+    from leukoscope.models.checkpoint import load_trained
+
+    if backend == "onnx":
+        raise ModelError(f"{path} is a run or checkpoint, not an exported package: it has no ONNX model; "
+                         "run `leukoscope export` first or use --backend torch")
+    loaded = load_trained(path)
+    run_dir = path if path.is_dir() else path.parent
+    info = {"name": run_dir.name, "source": "run", "classes": list(loaded.classes),
+            "preprocess": loaded.preprocess.to_dict(), "spec": loaded.spec.to_dict(),
+            "backbone": loaded.spec.backbone, "temperature": read_run_temperature(run_dir) or 1.0,
+            "review": {"confidence_threshold": DEFAULT_CONFIDENCE_THRESHOLD}}
+    return Predictor(TorchBackend(loaded.model, threads), info, source=None, torch_model=loaded.model,
+                     confidence_threshold=threshold)
+
+
+def read_run_temperature(run_dir: str | Path) -> float | None:
+    """The temperature in `<run>/calibration.json` (written by evaluate), or None when absent."""
+    import json
+
+    path = Path(run_dir) / "calibration.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read {path}: {exc}") from None
+    value = data.get("temperature") if isinstance(data, dict) else None
+    if value is None and isinstance(data, dict) and isinstance(data.get("calibration"), dict):
+        value = data["calibration"].get("temperature")
+    if not isinstance(value, int | float) or not value > 0:
+        raise ModelError(f"{path} has no positive 'temperature'")
+    return float(value)
+
+
+# ------------------------------------------------------------------------------------------- samples
