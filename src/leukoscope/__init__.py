@@ -17,8 +17,9 @@ from typing import Any
 __version__ = "0.1.0"
 
 from leukoscope.data.classes import CANONICAL_CLASSES, resolve_classes
-from leukoscope.data.discover import check, discover, split
+from leukoscope.data.discover import check, discover
 from leukoscope.data.manifest import ImageRecord, Manifest, read_manifest_csv
+from leukoscope.data.split import split
 from leukoscope.errors import DataError, ImageError, LeukoscopeError, ModelError, UsageError
 
 _LAZY = {

@@ -26,7 +26,7 @@ import shift  # noqa: E402
 import speed  # noqa: E402
 import speed_e2e  # noqa: E402
 import speed_report  # noqa: E402
-from _modelfixtures import shared_tiny_package, shared_tiny_run  # noqa: E402
+from tests.helpers.modelfixtures import shared_tiny_package, shared_tiny_run  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from _cli import run
 from leukoscope.cli.common import console, err_console
+from tests.helpers.cli import run
 
 
 @pytest.fixture(autouse=True)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from _cli import run
-from _evalfixtures import make_noise_dataset, make_run
+from tests.helpers.cli import run
+from tests.helpers.evalfixtures import make_noise_dataset, make_run
 
 pytestmark = pytest.mark.usefixtures("wide_console")
 
@@ -83,7 +83,7 @@ def test_compare_writes_markdown_and_html(run_folder, tmp_path, capsys):
 def test_evaluate_default_scores_the_bundled_model_on_a_labs_folder(tmp_path, capsys, monkeypatch):
     from PIL import Image
 
-    from _modelfixtures import smear_image
+    from tests.helpers.modelfixtures import smear_image
 
     (tmp_path / "lab" / "Benign").mkdir(parents=True)
     for i in range(3):

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from _cli import run
-from _modelfixtures import shared_tiny_package, shared_tiny_run, smear_image
 from leukoscope.cli.common import DISCLAIMER
+from tests.helpers.cli import run
+from tests.helpers.modelfixtures import shared_tiny_package, shared_tiny_run, smear_image
 
 pytestmark = pytest.mark.usefixtures("wide_console")
 

@@ -14,13 +14,13 @@ import pytest
 import torch
 import yaml
 
-from _cli import run
-from conftest import build_dataset
 from leukoscope.models.checkpoint import read_checkpoint
 from leukoscope.training import loop as training
 from leukoscope.training import steps as epochs_module
 from leukoscope.training.config import TrainConfig
 from leukoscope.training.runs import write_config
+from tests.helpers.cli import run
+from tests.helpers.images import build_dataset
 
 SMALL = ("--backbone", "test_efficientnet", "--set", "input_size=32", "--batch-size", "4", "--device", "cpu",
          "--set", "near_duplicate_distance=-1", "--set", "workers=1")

@@ -44,9 +44,9 @@ def client(make_client: Callable[..., TestClient]) -> TestClient:
 
 @pytest.fixture(scope="session")
 def tiny_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real tiny model package (tests/_modelfixtures.py); skips where it cannot be built."""
+    """A real tiny model package (tests/helpers/modelfixtures.py); skips where it cannot be built."""
     try:
-        from _modelfixtures import shared_tiny_package
+        from tests.helpers.modelfixtures import shared_tiny_package
     except ImportError as exc:
-        pytest.skip(f"tests/_modelfixtures.py not available: {exc}")
+        pytest.skip(f"tests/helpers/modelfixtures.py not available: {exc}")
     return shared_tiny_package(tmp_path_factory)

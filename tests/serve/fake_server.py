@@ -1,6 +1,6 @@
 """Run the web app in a real uvicorn process for the subprocess tests (persistence, browser).
 
-    python tests/serve/fake_server.py --port P --db DB [--model PKG] [--token T]
+    python -m tests.serve.fake_server --port P --db DB [--model PKG] [--token T]
 
 Without --model it serves the fake predictor; with --model it loads a real package through
 leukoscope.inference.predictor.load_predictor and uses the real Grad-CAM when leukoscope.inference.explain exists.
@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import uvicorn
-from fakes import FakePredictor, fake_gradcam
 
 from leukoscope.serve import Settings, create_app
+from tests.serve.fakes import FakePredictor, fake_gradcam
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[2]
-FAKE_SERVER = Path(__file__).resolve().parent / "fake_server.py"
+FAKE_SERVER = "tests.serve.fake_server"  # run as a module from the repository root (cwd=REPO)
 START_TIMEOUT_S = 120.0  # a bound on waiting, not a timing assertion (the machine is shared)
 
 
@@ -43,7 +43,7 @@ class ServerProcess:
             assert self.model is not None, "the CLI needs a model package"
             return [sys.executable, "-m", "leukoscope", "serve", "--port", str(self.port), "--db", str(self.db),
                     "--model", str(self.model), "--log-level", "warning", *self.extra]
-        command = [sys.executable, str(FAKE_SERVER), "--port", str(self.port), "--db", str(self.db), *self.extra]
+        command = [sys.executable, "-m", FAKE_SERVER, "--port", str(self.port), "--db", str(self.db), *self.extra]
         if self.model is not None:
             command += ["--model", str(self.model)]
         if self.token:

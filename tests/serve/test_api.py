@@ -279,8 +279,8 @@ def test_real_tiny_package_through_load_predictor(tiny_package: Path, settings, 
     """The app loads a real package itself (predictor=None) and predicts a smear-like image."""
     from fastapi.testclient import TestClient
 
-    from _modelfixtures import smear_image
     from leukoscope.serve import create_app
+    from tests.helpers.modelfixtures import smear_image
 
     buffer = io.BytesIO()
     Image.fromarray(smear_image(2, 99)).save(buffer, "PNG")

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.skipif(
 
 def smear_png(cls: int, seed: int) -> bytes:
     try:
-        from _modelfixtures import smear_image
+        from tests.helpers.modelfixtures import smear_image
 
         pixels = smear_image(cls, seed)
     except ImportError:  # the fake-model fallback only needs some image
@@ -45,9 +45,9 @@ def smear_png(cls: int, seed: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def model_for_browser(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
-    """A real tiny package when tests/_modelfixtures.py can build one; else None (the fake predictor)."""
+    """A real tiny package when tests/helpers/modelfixtures.py can build one; else None (the fake predictor)."""
     try:
-        from _modelfixtures import shared_tiny_package
+        from tests.helpers.modelfixtures import shared_tiny_package
 
         return shared_tiny_package(tmp_path_factory)
     except Exception:  # pragma: no cover - depends on the inference modules being present

@@ -8,8 +8,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from leukoscope.data.discover import check, discover, split
+from leukoscope.data.discover import check, discover
 from leukoscope.data.fileio import write_json
+from leukoscope.data.split import split
 from leukoscope.errors import DataError, UsageError
 
 from .common import console, progress_bar, warn

@@ -4,7 +4,7 @@ With 2,796 images one 30% test part holds ~700 leukemia images, so a rate of one
 thousand is invisible or a single image. K folds test a training recipe on every image, which is the
 honest way to estimate such rare errors, and no fold's test images ever steer training (each fold has its
 own validation part for early stopping and calibration). Folds are stratified by class and keep copies
-and near-copies of an image in one fold, as `leukoscope.data.discover.split` does.
+and near-copies of an image in one fold, as `leukoscope.data.split.split` does.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from leukoscope.data.discover import check_fraction, class_groups
 from leukoscope.data.manifest import Manifest
+from leukoscope.data.split import check_fraction, class_groups
 from leukoscope.errors import DataError
 
 

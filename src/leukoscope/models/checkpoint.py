@@ -17,7 +17,8 @@ from torch import nn
 
 from leukoscope.data.fileio import save_torch
 from leukoscope.errors import ModelError
-from leukoscope.models.factory import ModelSpec, Preprocess, build_model
+from leukoscope.models.factory import ModelSpec, build_model
+from leukoscope.models.preprocessing import Preprocess
 
 CHECKPOINT_FORMAT = 1
 

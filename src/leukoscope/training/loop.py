@@ -26,7 +26,8 @@ from torch import nn
 from leukoscope.data.manifest import Manifest
 from leukoscope.errors import DataError, LeukoscopeError, ModelError
 from leukoscope.models.checkpoint import read_checkpoint, save_checkpoint
-from leukoscope.models.factory import ModelSpec, Preprocess, check_backbone_name, create_model, preprocess_for, set_trainable
+from leukoscope.models.factory import ModelSpec, check_backbone_name, create_model, preprocess_for, set_trainable
+from leukoscope.models.preprocessing import Preprocess
 from leukoscope.training import runs
 from leukoscope.training.config import TrainConfig
 from leukoscope.training.devices import pick_device

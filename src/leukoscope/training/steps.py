@@ -20,11 +20,13 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 from torch import nn
 
-from leukoscope.data.discover import discover, split
+from leukoscope.data.discover import discover
 from leukoscope.data.manifest import Manifest, read_manifest_csv
+from leukoscope.data.split import split
 from leukoscope.errors import DataError
-from leukoscope.models.factory import Preprocess, freeze_batchnorm
+from leukoscope.models.factory import freeze_batchnorm
 from leukoscope.models.inputs import augment, load_uint8_batch, normalize
+from leukoscope.models.preprocessing import Preprocess
 from leukoscope.training import runs
 from leukoscope.training.config import TrainConfig
 from leukoscope.training.distributed import DistContext

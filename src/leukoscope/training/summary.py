@@ -12,8 +12,9 @@ import torch
 from leukoscope.data.fileio import write_json, write_text
 from leukoscope.data.manifest import Manifest
 from leukoscope.models.checkpoint import read_checkpoint
-from leukoscope.models.factory import ModelSpec, Preprocess, create_model
+from leukoscope.models.factory import ModelSpec, create_model
 from leukoscope.models.inputs import load_uint8_batch
+from leukoscope.models.preprocessing import Preprocess
 from leukoscope.training.config import TrainConfig
 from leukoscope.training.steps import classification_scores, predict_logits
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from _modelfixtures import shared_tiny_package, smear_image
 from leukoscope.inference.predictor import load_predictor
 from leukoscope.review.ood import MahalanobisOOD, QualityThresholds, fit_quality_thresholds, image_stats, quality_reasons
+from tests.helpers.modelfixtures import shared_tiny_package, smear_image
 
 
 @pytest.fixture(scope="session")

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _modelfixtures import smear_image
 from leukoscope.errors import ImageError, ModelError
 from leukoscope.inference.explain import gradcam_map, gradcam_overlay, write_gradcam
 from leukoscope.inference.predictor import load_predictor
+from tests.helpers.modelfixtures import smear_image
 
 
 def _png(array: np.ndarray) -> bytes:

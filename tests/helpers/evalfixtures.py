@@ -40,7 +40,8 @@ def make_run(folder: Path, data_root: Path, *, seed: int = 0, val: bool = True, 
     """A run folder for `data_root` with an untrained test_efficientnet; returns the folder."""
     import torch
 
-    from leukoscope.data.discover import discover, split
+    from leukoscope.data.discover import discover
+    from leukoscope.data.split import split
     from leukoscope.models.checkpoint import save_checkpoint
     from leukoscope.models.factory import ModelSpec, create_model
 

@@ -13,12 +13,12 @@ import pytest
 from PIL import Image, ImageDraw
 
 import leukoscope
-from _modelfixtures import smear_image
 from leukoscope.data.classes import CANONICAL_CLASSES
 from leukoscope.inference.package import bundled_package_path, verify_package
+from tests.helpers.modelfixtures import smear_image
 
 PACKAGE = bundled_package_path()
-SPLIT = Path(__file__).resolve().parents[1] / "bundle" / "split.csv"
+SPLIT = Path(__file__).resolve().parents[2] / "bundle" / "split.csv"
 
 
 @pytest.fixture(scope="module")

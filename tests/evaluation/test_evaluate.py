@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from _evalfixtures import make_noise_dataset, make_run
 from leukoscope.data.manifest import read_manifest_csv
 from leukoscope.errors import DataError, ModelError, UsageError
 from leukoscope.evaluation.compare import compare
 from leukoscope.evaluation.evaluate import LeakageWarning, evaluate
 from leukoscope.evaluation.intervals import proportion
 from leukoscope.evaluation.report import rate
+from tests.helpers.evalfixtures import make_noise_dataset, make_run
 
 CLASSES = ["Benign", "Early Pre-B", "Pre-B", "Pro-B"]
 
@@ -205,7 +205,7 @@ def test_package_on_a_labs_own_benign_folder_reports_the_review_flag(tiny_packag
     """The check a lab runs before use: its own normal cells (Benign/ only), scored with the review rules."""
     from PIL import Image
 
-    from _modelfixtures import smear_image
+    from tests.helpers.modelfixtures import smear_image
 
     lab = tmp_path / "lab"
     (lab / "Benign").mkdir(parents=True)

@@ -17,8 +17,9 @@ import pytest
 from PIL import Image
 
 from leukoscope.data.classes import CANONICAL_CLASSES
-from leukoscope.data.discover import check, dhash, discover, duplicate_groups, group_ids, split
+from leukoscope.data.discover import check, dhash, discover, duplicate_groups, group_ids
 from leukoscope.data.manifest import Manifest
+from leukoscope.data.split import split
 from leukoscope.errors import DataError
 
 # ------------------------------------------------------------------------------------------------ helpers

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _modelfixtures import shared_tiny_package, shared_tiny_run
 from leukoscope.errors import DataError, ModelError
 from leukoscope.inference import export as export_module
 from leukoscope.inference import int8 as int8_module
 from leukoscope.inference.export import export_run
 from leukoscope.inference.package import read_package_json, verify_package
+from tests.helpers.modelfixtures import shared_tiny_package, shared_tiny_run
 
 MODEL_JSON_KEYS = {
     "format", "format_version", "name", "created", "leukoscope_version", "backbone", "spec", "classes",

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _modelfixtures import shared_tiny_package, shared_tiny_run, smear_image
 from leukoscope.errors import ModelError
 from leukoscope.inference.predictor import load_predictor, tta_views
+from tests.helpers.modelfixtures import shared_tiny_package, shared_tiny_run, smear_image
 
 CLASSES = ("Benign", "Early Pre-B", "Pre-B", "Pro-B")
 

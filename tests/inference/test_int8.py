@@ -1,7 +1,7 @@
 """leukoscope.inference.int8: the reference batch written at export and the check of the int8 model at load.
 
 Nothing here depends on what the CPU's int8 kernels compute: the package is exported with the gate switched
-off (tests/_modelfixtures.py), and each outcome of the load-time check is produced by editing the reference
+off (tests/helpers/modelfixtures.py), and each outcome of the load-time check is produced by editing the reference
 batch (then re-listing its sha256, as a re-export would), so only the check's logic and messages are tested.
 """
 
@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _modelfixtures import shared_tiny_package
 from leukoscope.data.fileio import sha256_file
 from leukoscope.errors import ModelError
 from leukoscope.inference import int8 as int8_module
 from leukoscope.inference.predictor import load_predictor
 from leukoscope.models.preprocessing import Preprocess
+from tests.helpers.modelfixtures import shared_tiny_package
 
 REFERENCE = "int8_reference.npz"
 

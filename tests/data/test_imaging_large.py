@@ -84,7 +84,7 @@ def test_bad_files_are_still_one_line_errors_with_max_side() -> None:
 
 def test_the_predictor_decodes_reduced_and_reports_and_checks_the_files_own_size(predictor, monkeypatch) -> None:
     import leukoscope.inference.predictor as inference
-    from _modelfixtures import smear_image
+    from tests.helpers.modelfixtures import smear_image
 
     calls: list[dict] = []
     real = inference.load_rgb

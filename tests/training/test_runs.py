@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from leukoscope.data.discover import discover, split
+from leukoscope.data.discover import discover
+from leukoscope.data.split import split
 from leukoscope.errors import ConfigError, DataError
 from leukoscope.training.runs import (
     METRIC_COLUMNS,

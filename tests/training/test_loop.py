@@ -12,7 +12,6 @@ import pytest
 import torch
 import yaml
 
-from conftest import build_dataset
 from leukoscope.errors import ConfigError, DataError, ModelError
 from leukoscope.models.checkpoint import load_trained, read_checkpoint
 from leukoscope.models.factory import ModelSpec, create_model
@@ -22,6 +21,7 @@ from leukoscope.training.config import TrainConfig, resolve_config
 from leukoscope.training.distributed import DistContext
 from leukoscope.training.loop import TrainingInterrupted, epoch_order, fit
 from leukoscope.training.runs import METRIC_COLUMNS
+from tests.helpers.images import build_dataset
 
 CHECKPOINT_KEYS = {"format", "model", "spec", "classes", "preprocess", "epoch", "optimizer", "scheduler", "stage",
                    "best_score", "history", "config", "manifest_digest"}

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from _modelfixtures import shared_tiny_package
 from leukoscope.errors import ModelError, UsageError
 from leukoscope.inference.package import (
     MODEL_JSON,
@@ -18,6 +17,7 @@ from leukoscope.inference.package import (
     verify_package,
     write_package,
 )
+from tests.helpers.modelfixtures import shared_tiny_package
 
 
 @pytest.fixture(scope="session")

@@ -11,10 +11,10 @@ import textwrap
 import pytest
 import torch
 
-from conftest import build_dataset
 from leukoscope.models.checkpoint import read_checkpoint
 from leukoscope.models.factory import ModelSpec, create_model
 from leukoscope.training.distributed import DistContext, init_from_env, shutdown
+from tests.helpers.images import build_dataset
 
 RUN_FILES = ("config.yaml", "manifest.csv", "split.csv", "env.json", "metrics.csv", "best.pt", "last.pt", "summary.json")
 
