@@ -7,7 +7,8 @@ DATA   ?= ../shared/data/ALL
 IMAGES ?= $(DATA)
 PORT   ?= 8000
 LIMIT  ?= 32
-# glibc malloc settings that make PyTorch CPU work ~1.5x faster here (see ../shared/NOTES.md). Every
+# glibc malloc settings: PyTorch on CPU reallocates large buffers every batch, and keeping them on the heap
+# instead of returning them to the kernel makes training ~1.5x faster on a 2-core machine. Every
 # leukoscope command also applies them itself (leukoscope.runtime, mallopt), so typed commands match;
 # kept here for child tools that are not leukoscope entry points (benchmark children, plain python).
 export MALLOC_MMAP_THRESHOLD_ ?= 33554432
@@ -34,22 +35,25 @@ run: $(STAMP)
 predict: $(STAMP)
 	$(VENV)/bin/leukoscope predict $(IMAGES) --limit $(LIMIT)
 
-## make test: lint, then the whole test suite
+## make test: lint (ruff, import layers), then the whole test suite (the example notebook included)
 test: $(STAMP)
 	bash scripts/ensure_browser.sh || true
-	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff check src tests benchmarks scripts examples
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/python -m pytest -q
 
-## make test-fast: lint, then the suite without the tests marked slow (subprocess training, browser, fuzzing)
+## make test-fast: lint, then the suite without the tests marked slow (subprocess training, browser, fuzzing, the example notebook)
 test-fast: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff check src tests benchmarks scripts examples
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)
-	$(PY) benchmarks/run_all.py
+	$(PY) -m benchmarks.run_all
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff check src tests benchmarks scripts examples
+	$(VENV)/bin/lint-imports
 
 ## make model: rebuild the bundled model package on this CPU
 model: $(STAMP)

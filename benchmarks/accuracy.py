@@ -13,9 +13,9 @@ Both use the same held-out part by default: the 838 test images of bundle/split.
 stratified, duplicate-aware), so every row compares like with like. The paper protocol has no val part, so
 it trains on the train and val rows of that split (70%), as the paper's 70:30 split does.
 
-    .venv/bin/python benchmarks/accuracy.py                          # paper protocol, seed 0, CPU
-    .venv/bin/python benchmarks/accuracy.py --protocols paper finetune
-    .venv/bin/python benchmarks/accuracy.py --from-runs runs/gpu-mbv2-s0 runs/gpu-lite0-s0
+    .venv/bin/python -m benchmarks.accuracy                          # paper protocol, seed 0, CPU
+    .venv/bin/python -m benchmarks.accuracy --protocols paper finetune
+    .venv/bin/python -m benchmarks.accuracy --from-runs runs/gpu-mbv2-s0 runs/gpu-lite0-s0
 """
 
 from __future__ import annotations
@@ -30,9 +30,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # the benchmarks folder is not a package: its scripts import each other by path
-from accuracy_report import render, runs_note, trained_note
+from benchmarks import common
+from benchmarks.accuracy_report import render, runs_note, trained_note
 from leukoscope.training.runs import read_config_file
 
 # ------------------------------------------------------------------------------------------- training
@@ -149,33 +148,31 @@ def run_row(run_dir: Path, *, split: Path | None, data: Path) -> dict[str, Any]:
 
 
 def score_test(run_dir: Path, split: Path, data: Path) -> dict[str, Any]:
-    """Metrics of the run's best.pt on the test part of `split` (CPU), refusing when any test image was in
-    the run's own training split (same path or same bytes)."""
+    """Metrics of the run's best.pt on the test part of `split` (CPU), scored as training and evaluate score,
+    refusing when any test image was in the run's own train or val part (same path or same bytes)."""
     import numpy as np
 
     from leukoscope.data.manifest import read_manifest_csv
+    from leukoscope.evaluation.inputs import check_leakage
     from leukoscope.models.checkpoint import load_trained
-    from leukoscope.models.inputs import load_uint8_batch
+    from leukoscope.models.scoring import score_model
     from leukoscope.review.calibration import softmax
-    from leukoscope.training.loop import classification_scores, predict_logits
 
     loaded = load_trained(run_dir / "best.pt")
     test = read_manifest_csv(split, data, classes=loaded.classes).part("test")
     if not len(test):
         raise SystemExit(f"{split} has no test rows")
     own = run_dir / "split.csv"
-    if own.is_file():
-        seen = read_manifest_csv(own, data, classes=loaded.classes).part("train", "val")
-        paths, hashes = {r.path for r in seen.records}, {r.sha256 for r in seen.records}
-        leaked = [r.path for r in test.records if r.path in paths or r.sha256 in hashes]
-        if leaked:
-            raise SystemExit(f"{len(leaked)} test image(s) of {split} were in {own}, e.g. {leaked[0]}")
-    images = load_uint8_batch(test.paths(), loaded.preprocess, workers=common.usable_cores())
-    logits = predict_logits(loaded.model, images, loaded.preprocess, 64, amp=False, channels_last=True)
-    scores = classification_scores(np.asarray(test.labels), logits, len(loaded.classes))
-    probs = softmax(logits.float().numpy())
-    return {"n": len(test), **scores, **leukemia_errors(np.asarray(test.labels), probs, loaded.classes),
-            "leakage_checked": own.is_file()}
+    leakage = check_leakage(test, run_dir, parts=("train", "val"), match_paths=True)
+    if own.is_file() and not leakage.checked:
+        raise SystemExit(f"cannot read {own}")
+    if leakage.train_overlap:
+        raise SystemExit(f"{leakage.train_overlap} test image(s) of {split} were in {own}, e.g. {leakage.examples[0]}")
+    scored = score_model(loaded.model, test.paths(), loaded.preprocess, labels=test.labels, batch_size=64,
+                         channels_last=True, workers=common.usable_cores())
+    probs = softmax(scored.logits.numpy())
+    return {"n": len(test), **scored.classification(len(loaded.classes)).to_dict(),
+            **leukemia_errors(np.asarray(test.labels), probs, loaded.classes), "leakage_checked": leakage.checked}
 
 
 def leukemia_errors(labels: Any, probs: Any, classes: Sequence[str]) -> dict[str, int]:
@@ -223,7 +220,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs-dir", type=Path, default=common.REPO / "runs" / "bench",
                         help="where trained runs go (default runs/bench)")
     parser.add_argument("--no-malloc-env", action="store_true",
-                        help="do not restart with the NOTES.md malloc settings before training")
+                        help="do not restart with the Makefile's malloc settings before training")
     parser.add_argument("--max-load", type=float, default=1.5, help="before training, wait until the 1-min load "
                         "is below this (others' jobs would distort the timings)")
     parser.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine")

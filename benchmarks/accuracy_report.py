@@ -10,7 +10,7 @@ import argparse
 import os
 from typing import Any
 
-import common  # the benchmarks folder is not a package: its scripts import each other by path
+from benchmarks import common
 
 PAPER = {"accuracy": 0.969, "precision": 0.966, "recall": 0.969, "f1": 0.967}
 METRICS = ("accuracy", "precision_weighted", "recall_weighted", "f1_weighted", "precision_macro",
@@ -125,7 +125,7 @@ def trained_note(args: argparse.Namespace, protocol: str) -> str:
             f"`{common.display_path(args.data)}`, split `{split}` ({rows}; held out: its test part); seed "
             f"{args.seed}, device {args.device}, ImageNet weights from `{common.display_path(args.weights_dir)}`, "
             f"then `leukoscope.training.loop.fit(config, quiet=True)`; the metrics are the run's summary.json "
-            f"(scikit-learn, best checkpoint on the test part). glibc malloc settings of NOTES.md: "
+            f"(scikit-learn, best checkpoint on the test part). glibc malloc settings of the Makefile: "
             f"{'on' if malloc else 'off'}.\n- {PAPER_NOTE}\n")
 
 

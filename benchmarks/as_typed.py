@@ -12,8 +12,8 @@ Workloads: `proxy` (default, ~1 min): fixed PyTorch eager forward+backward steps
 on random data, through the same start-up hook as the command line; `train`: the real
 `leukoscope train DATA --protocol paper --weights-dir WEIGHTS` (~2-4 min a run on 2 cores).
 
-    .venv/bin/python benchmarks/as_typed.py                      # proxy, writes the `as-typed` section
-    .venv/bin/python benchmarks/as_typed.py --workload train --no-baseline --rounds 1
+    .venv/bin/python -m benchmarks.as_typed                      # proxy, writes the `as-typed` section
+    .venv/bin/python -m benchmarks.as_typed --workload train --no-baseline --rounds 1
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # the benchmarks folder is not a package: its scripts import each other by path
+from benchmarks import common
 
 OPT_OUT = "LEUKOSCOPE_MALLOC_TUNING"
 WAYS = ("as typed", "make", "no tuning")
@@ -101,7 +100,7 @@ def measure(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         for index in range(args.rounds):
             for way in ways:
                 if args.workload == "proxy":
-                    command = [sys.executable, __file__, "--proxy-worker", json.dumps(
+                    command = [sys.executable, "-m", "benchmarks.as_typed", "--proxy-worker", json.dumps(
                         {"steps": args.steps, "batch": args.batch, "threads": common.usable_cores()})]
                 else:
                     command = [sys.executable, "-m", "leukoscope", "train", str(args.data), "--protocol", "paper",

@@ -30,7 +30,7 @@ DATA = (REPO / ".." / "shared" / "data" / "ALL").resolve()
 WEIGHTS = (REPO / ".." / "shared" / "weights").resolve()
 SPLIT = REPO / "bundle" / "split.csv"
 
-# glibc malloc settings measured in ../shared/NOTES.md to make PyTorch CPU work ~1.5x faster here
+# glibc malloc settings that make PyTorch CPU work ~1.5x faster here (the Makefile exports the same ones)
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "17179869184",
               "MALLOC_TOP_PAD_": "1073741824"}
 RESULTS_TITLE = "# Benchmark results\n"
@@ -96,9 +96,18 @@ def machine_line(info: dict[str, Any] | None = None) -> str:
             f"timm {info['timm']}, numpy {info['numpy']}")
 
 
+def module_argv(argv: list[str]) -> list[str]:
+    """`argv` with a benchmark script's path first (sys.argv[0] under `python -m`, or a script's __file__)
+    written as `-m benchmarks.<name>`: the scripts are modules of this package and run only that way."""
+    argv = list(argv)
+    if argv and argv[0].endswith(".py") and Path(argv[0]).resolve().parent == REPO / "benchmarks":
+        return ["-m", f"benchmarks.{Path(argv[0]).stem}", *argv[1:]]
+    return argv
+
+
 def command_line(argv: list[str] | None = None) -> str:
     """The command that produced a section, as one could paste it from the repository root."""
-    argv = list(sys.argv if argv is None else argv)
+    argv = module_argv(sys.argv if argv is None else argv)
     shown = [display_path(a) if a.startswith("/") else a for a in argv]
     return shlex.join([".venv/bin/python", *shown])
 
@@ -255,10 +264,10 @@ def display_path(path: str | Path) -> str:
 
 
 def reexec_with_malloc_env(argv: list[str]) -> None:
-    """Restart this script with the NOTES.md malloc settings unless they are set (glibc reads them only at
+    """Restart this script with the MALLOC_ENV settings unless they are set (glibc reads them only at
     start-up; they make PyTorch CPU training ~1.5x faster here). Returns only when they are already set."""
     if all(os.environ.get(k) == v for k, v in MALLOC_ENV.items()):
         return
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *argv], {**os.environ, **MALLOC_ENV})
+    os.execve(sys.executable, [sys.executable, *module_argv(argv)], {**os.environ, **MALLOC_ENV})

@@ -8,7 +8,7 @@ thresholds), exports each run as the package `leukoscope export` ships (fp32, an
 each on its fold's test part, and pools the folds. It chooses nothing: the bundled package is not changed.
 
     .venv/bin/leukoscope data split ../shared/data/ALL --folds 3 --val-size 0.1 --seed 0 --out bundle/cv/split.csv
-    .venv/bin/python benchmarks/crossval.py          # ~15 min of training per fold on 2 cores, then ~2 min each
+    .venv/bin/python -m benchmarks.crossval          # ~15 min of training per fold on 2 cores, then ~2 min each
 
 Per fold i (runs/cv-mbv2-fold<i>; steps whose output exists are skipped, so the script resumes):
   1. leukoscope train DATA <the bundled recipe> --split bundle/cv/split-fold<i>.csv --name cv-mbv2-fold<i>
@@ -27,8 +27,7 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # the benchmarks folder is not a package: its scripts import each other by path
+from benchmarks import common
 
 CV_DIR = common.REPO / "bundle" / "cv"
 RECIPE = ["--protocol", "finetune", "--backbone", "mobilenetv2_100", "--seed", "1", "--batch-size", "64",

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-import common  # the benchmarks folder is not a package: its scripts import each other by path
+from benchmarks import common
 
 
 def model_flops(model: Any, size: int) -> int:

@@ -6,7 +6,7 @@ quantises the package's fp32 model with each candidate (calibrated on train imag
 reports top-1 agreement with fp32 on the val images and batch-32 throughput (rounds interleaved with fp32),
 next to the CPU flags that decide which kernels ran. Run it on a VNNI and a non-VNNI machine to compare.
 
-    .venv/bin/python benchmarks/int8_recipes.py --no-write          # bundled package, prints the table
+    .venv/bin/python -m benchmarks.int8_recipes --no-write          # bundled package, prints the table
 """
 
 from __future__ import annotations
@@ -19,9 +19,7 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # the benchmarks folder is not a package: its scripts import each other by path
-import speed
+from benchmarks import common, speed
 
 # name -> keyword arguments of leukoscope.inference.int8.quantize_int8
 RECIPES: dict[str, dict[str, Any]] = {

@@ -7,8 +7,8 @@ time (`--max-seconds`). It reports throughput, p50/p95/p99 latency, the error co
 deliberate 503 "busy" answers are counted apart), and checks that the database holds exactly one row per
 accepted request. Prints a markdown table row; `--out results.json` also writes the numbers as JSON.
 
-    python benchmarks/load_server.py                      # bundled model, 2000 requests, 16 clients
-    python benchmarks/load_server.py --model runs/x/package --requests 2000 --concurrency 16 --out r.json
+    python -m benchmarks.load_server                      # bundled model, 2000 requests, 16 clients
+    python -m benchmarks.load_server --model runs/x/package --requests 2000 --concurrency 16 --out r.json
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ It reads the server's peak resident memory from /proc/PID/status (VmHWM: the hig
 process started, so the start-up and warm-up are included) and samples VmRSS every 50 ms. Verdict: peak
 under `--limit-mb` (2048) with 0 errors other than 503s.
 
-    .venv/bin/python benchmarks/memory_server.py                     # bundled model, 16 uploads, 16 clients
-    .venv/bin/python benchmarks/memory_server.py --uploads 16 --concurrency 16 --out mem.json --no-write
+    .venv/bin/python -m benchmarks.memory_server                     # bundled model, 16 uploads, 16 clients
+    .venv/bin/python -m benchmarks.memory_server --uploads 16 --concurrency 16 --out mem.json --no-write
 
 Writes the `memory` section of benchmarks/RESULTS.md (unless --no-write).
 """
@@ -37,9 +37,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # the benchmarks folder is not a package: its scripts import each other by path
-from load_server import Server
+from benchmarks import common
+from benchmarks.load_server import Server
 
 SIDE = 7000
 MODES = ("RGB", "RGBA", "P", "L")

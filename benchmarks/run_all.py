@@ -16,9 +16,9 @@ fresh interpreter):
 7. crossval.py — the bundled recipe on every fold of bundle/cv/ (section `crossval`): with --full, or when
    all fold runs exist in runs/ (then it only exports and scores them), or with --only crossval.
 
-    .venv/bin/python benchmarks/run_all.py              # or: make bench
-    .venv/bin/python benchmarks/run_all.py --full       # adds the CPU finetune run
-    .venv/bin/python benchmarks/run_all.py --only speed load
+    .venv/bin/python -m benchmarks.run_all              # or: make bench
+    .venv/bin/python -m benchmarks.run_all --full       # adds the CPU finetune run
+    .venv/bin/python -m benchmarks.run_all --only speed load
 """
 
 from __future__ import annotations
@@ -34,10 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # the benchmarks folder is not a package: its scripts import each other by path
+from benchmarks import common
 
-HERE = Path(__file__).resolve().parent
 TRAINED_RUNS = ("runs/gpu-mbv2-s0", "runs/gpu-mbv2-s1-b64", "runs/gpu-lite0-s0", "runs/cpu-bundled", "runs/student-mbv2")
 LOAD_ARGS = ("--requests", "2000", "--concurrency", "16")  # the issue's example load
 STEPS = ("speed", "load", "shift", "accuracy", "as-typed", "memory", "runs", "crossval")
@@ -52,42 +50,45 @@ class Step:
     section: str | None = None
     json_out: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    plain_malloc: bool = False  # run without the NOTES.md malloc settings that `make` exports
+    plain_malloc: bool = False  # run without the malloc settings (common.MALLOC_ENV) that `make` exports
+
+
+def module(name: str) -> list[str]:
+    """A benchmark's command line without its arguments (run_step runs it from the repository root)."""
+    return [sys.executable, "-m", f"benchmarks.{name}"]
 
 
 def plan(args: argparse.Namespace, work: Path) -> list[Step]:
     """The steps to run, in order (speed first, while nothing of ours has warmed the machine)."""
-    python = sys.executable
     steps = []
     wanted = set(args.only or STEPS)
     results = [] if Path(args.results).resolve() == common.RESULTS else ["--results", str(args.results)]
     no_wait = ["--no-wait"] if args.no_wait else []
     if "speed" in wanted:
         # speed.py measures eager both ways in children; ONNX Runtime and the CLI run as a user runs them
-        steps.append(Step("speed", [python, str(HERE / "speed.py"), *results, *no_wait], plain_malloc=True))
+        steps.append(Step("speed", [*module("speed"), *results, *no_wait], plain_malloc=True))
     if "load" in wanted:
         out = work / "load.json"
-        steps.append(Step("load", [python, str(HERE / "load_server.py"), *LOAD_ARGS, "--out", str(out)],
+        steps.append(Step("load", [*module("load_server"), *LOAD_ARGS, "--out", str(out)],
                           section="load", json_out=out))
     if "shift" in wanted:
-        steps.append(Step("shift", [python, str(HERE / "shift.py"), *results]))
+        steps.append(Step("shift", [*module("shift"), *results]))
     if "accuracy" in wanted:
         protocols = ["paper", "finetune"] if args.full else ["paper"]
-        steps.append(Step("accuracy", [python, str(HERE / "accuracy.py"), "--protocols", *protocols, *results,
-                                       *no_wait]))
+        steps.append(Step("accuracy", [*module("accuracy"), "--protocols", *protocols, *results, *no_wait]))
     if "as-typed" in wanted:
-        steps.append(Step("as-typed", [python, str(HERE / "as_typed.py"), "--workload", "train", "--rounds", "1",
-                                         *results, *no_wait]))  # the issue's own command, each way once
+        steps.append(Step("as-typed", [*module("as_typed"), "--workload", "train", "--rounds", "1",
+                                       *results, *no_wait]))  # the issue's own command, each way once
     if "memory" in wanted:
-        steps.append(Step("memory", [python, str(HERE / "memory_server.py"), *results]))
+        steps.append(Step("memory", [*module("memory_server"), *results]))
     runs = [r for r in TRAINED_RUNS if (common.REPO / r / "summary.json").is_file()]
     if "runs" in wanted and runs:
-        steps.append(Step("runs", [python, str(HERE / "accuracy.py"), "--from-runs", *runs, *results]))
+        steps.append(Step("runs", [*module("accuracy"), "--from-runs", *runs, *results]))
     folds = sorted((common.REPO / "bundle" / "cv").glob("split-fold*.csv"))
     trained = folds and all((common.REPO / "runs" / f"cv-mbv2-{f.stem.removeprefix('split-')}" / "summary.json").is_file()
                             for f in folds)
     if "crossval" in wanted and (args.full or trained or args.only):
-        steps.append(Step("crossval", [python, str(HERE / "crossval.py"), *results]))
+        steps.append(Step("crossval", [*module("crossval"), *results]))
     return steps
 
 
@@ -100,8 +101,7 @@ def display(command: list[str], work: Path) -> str:
 
 def load_section(result: dict[str, Any], command: str) -> str:
     """The `load` section from load_server.py's JSON."""
-    sys.path.insert(0, str(HERE))
-    from load_server import Result
+    from benchmarks.load_server import Result
 
     fields = {k: v for k, v in result.items() if k in Result.__dataclass_fields__}
     row = Result(**fields)

@@ -7,7 +7,7 @@ background-removed versions of the same images (ALL_segmented). The number that 
 share of *confident wrong calls* (wrong and not flagged), and for benign images the share called leukemia
 without a flag.
 
-    .venv/bin/python benchmarks/shift.py
+    .venv/bin/python -m benchmarks.shift
 """
 
 from __future__ import annotations
@@ -15,15 +15,13 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, SPLIT, command_line, section_header, table, write_section
+from benchmarks.common import DATA, SPLIT, command_line, section_header, table, write_section
 
 SEGMENTED = DATA.parent / "ALL_segmented"
 

@@ -3,8 +3,8 @@
 Why each part is measured the way it is:
 - Same images and batch sizes (1 and 32) for every path, medians of several rounds after warm-up, and the
   ONNX Runtime rounds interleaved (fp32, int8, fp32, ...) so a load change hits both alike.
-- PyTorch eager runs in child processes, once with glibc's default malloc and once with the settings of
-  ../shared/NOTES.md, because glibc reads them only at process start.
+- PyTorch eager runs in child processes, once with glibc's default malloc and once with the Makefile's
+  malloc settings (common.MALLOC_ENV), because glibc reads them only at process start.
 - int8 is leukoscope.inference.int8's static QDQ quantisation (per-channel 7-bit weights), calibrated on *train* images
   and checked on *val* images (as `leukoscope export --int8` does), then scored on the *test* part, written
   to a temporary package with its reference batch (never into the bundled one); the int8 section prints the
@@ -14,8 +14,8 @@ Why each part is measured the way it is:
 - FLOPs come from torch.utils.flop_counter (2 FLOPs per multiply-add, convolutions and matmuls only),
   and the CPU's peak from a large fp32 matmul on all cores, so "% of peak" has a measured denominator.
 
-    .venv/bin/python benchmarks/speed.py                   # writes the `speed` section of RESULTS.md
-    .venv/bin/python benchmarks/speed.py --no-write --json speed.json
+    .venv/bin/python -m benchmarks.speed                   # writes the `speed` section of RESULTS.md
+    .venv/bin/python -m benchmarks.speed --no-write --json speed.json
 """
 
 from __future__ import annotations
@@ -33,12 +33,19 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # the benchmarks folder is not a package: its scripts import each other by path
-import speed_report
-from flops import model_flops, peak_gflops
-from speed_e2e import BATCH, E2E_IMAGES, decode_timing, e2e_folder, overlap_check, startup_seconds, time_cli, time_predict_paths
-from speed_report import Timing
+from benchmarks import common, speed_report
+from benchmarks.flops import model_flops, peak_gflops
+from benchmarks.speed_e2e import (
+    BATCH,
+    E2E_IMAGES,
+    decode_timing,
+    e2e_folder,
+    overlap_check,
+    startup_seconds,
+    time_cli,
+    time_predict_paths,
+)
+from benchmarks.speed_report import Timing
 
 CALIBRATION_IMAGES = 256
 
@@ -118,17 +125,17 @@ def eager_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 def run_eager(model_pt: Path, singles: np.ndarray, batches: list[np.ndarray], work: Path, *, malloc: bool,
               repeats: int) -> list[Timing]:
-    """PyTorch eager in a fresh interpreter, with or without the NOTES.md malloc settings."""
+    """PyTorch eager in a fresh interpreter, with or without the malloc settings of common.MALLOC_ENV."""
     inputs = work / "eager-inputs.npz"
     if not inputs.exists():
         np.savez(inputs, singles=singles, batches=np.stack(batches))
-    spec = {"model_pt": str(model_pt), "inputs": str(inputs), "threads": common.usable_cores(),
-            "repeats": repeats, "inner": 20}
+    spec = {"model_pt": str(Path(model_pt).resolve()), "inputs": str(inputs.resolve()),
+            "threads": common.usable_cores(), "repeats": repeats, "inner": 20}
     env = {k: v for k, v in os.environ.items() if k not in common.MALLOC_ENV}
     if malloc:
         env.update(common.MALLOC_ENV)
-    done = subprocess.run([sys.executable, __file__, "--eager-worker", json.dumps(spec)], env=env,
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run([sys.executable, "-m", "benchmarks.speed", "--eager-worker", json.dumps(spec)], env=env,
+                          cwd=common.REPO, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"eager worker failed:\n{done.stderr[-3000:]}")
     results = json.loads(done.stdout.strip().splitlines()[-1])

@@ -6,8 +6,8 @@ stages (read, hash, decode, resize, quality checks, normalise, model, OOD score,
 (plain shell: no MALLOC_* variables) on N dataset JPEGs, and the ratios to the package's model-only ONNX
 throughput (target >= 0.85x) and to tuned PyTorch eager (channels_last + malloc settings, batch 32; >= 2x):
 
-    .venv/bin/python benchmarks/speed_e2e.py                  # 1,000 files, 3 timed runs
-    .venv/bin/python benchmarks/speed_e2e.py --images 500 --repeats 1 --no-eager
+    .venv/bin/python -m benchmarks.speed_e2e                  # 1,000 files, 3 timed runs
+    .venv/bin/python -m benchmarks.speed_e2e --images 500 --repeats 1 --no-eager
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-import common  # the benchmarks folder is not a package: its scripts import each other by path
+from benchmarks import common
 
 BATCH = 32
 E2E_IMAGES = 1000
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         result["cli"]["command"] = result["cli"]["command"].replace(str(folder), f"FOLDER_OF_{len(chosen)}_JPEGS").replace(
             str(Path(tmp) / "predict.csv"), "OUT.csv")
         if args.eager:
-            import speed  # here, not at the top: speed.py imports this module
+            from benchmarks import speed  # here, not at the top: speed.py imports this module
 
             package = args.model or bundled_package_path()
             pixels = np.stack([d.pixels for d in map(predictor._decode_path, chosen[:64]) if d.pixels is not None])

@@ -4,14 +4,12 @@ lives here."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # the benchmarks folder is not a package: imported by path
+from benchmarks import common
 
 
 @dataclass
@@ -177,7 +175,7 @@ def target_rows(results: dict[str, Any]) -> list[list[str]]:
     """Each issue #5 target (and #11 item 13's two) with the measured number and met / not met.
 
     The 8x target is judged against PyTorch eager as installed (default malloc), the baseline the issue
-    quotes (about 44 img/s on this CPU); the ratio to eager with the NOTES.md malloc settings is shown too.
+    quotes (about 44 img/s on this CPU); the ratio to eager with the Makefile's malloc settings is shown too.
     """
     e2e, t = results["e2e"], results["int8"]["test"]
     eager = _find(results, "PyTorch eager fp32 (default malloc)").b32_ips
@@ -230,7 +228,7 @@ def render(results: dict[str, Any], command: str) -> str:
     extra = (f"- Package: {results['name']} (`{Path(results['package']).name}`); load average "
              f"{results['load_at_start']:.2f} at the start, {results['load_at_end']:.2f} at the end (that one is mostly "
              "this script's own work); this process "
-             f"{'with' if results['machine']['malloc_env'] else 'without'} the NOTES.md malloc settings "
+             f"{'with' if results['machine']['malloc_env'] else 'without'} the Makefile's malloc settings "
              "(PyTorch eager is measured both ways in child processes).")
     parts = [common.section_header("Speed (issue #5)", command, results["machine"], extra),
              "### Targets\n", common.table(["target", "measured", "verdict"], target_rows(results)),

@@ -7,14 +7,13 @@ Research software, not a certified medical device.
 >>> [p.label for p in predictor.predict_paths(["smear.jpg"])]               # doctest: +SKIP
 
 The heavy parts (PyTorch training, ONNX Runtime inference, evaluation) are imported on first use, so
-`import leukoscope` stays fast for the data tools.
+`import leukoscope` stays fast for the data tools. `__version__` comes from the installed package's
+metadata (pyproject.toml is its one source), also read on first use.
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-__version__ = "0.1.0"
 
 from leukoscope.data.classes import CANONICAL_CLASSES, resolve_classes
 from leukoscope.data.discover import check, discover
@@ -54,13 +53,26 @@ __all__ = [
 ]
 
 
+def _version() -> str:
+    """The installed distribution's version: one source, pyproject.toml."""
+    from importlib.metadata import PackageNotFoundError, version  # not at import: it costs start-up time
+
+    try:
+        return version("leukoscope")
+    except PackageNotFoundError:  # a source tree on sys.path that was never installed
+        return "0+unknown"
+
+
 def __getattr__(name: str) -> Any:
-    """Import the heavy modules only when their names are first used."""
-    if name in _LAZY:
+    """Import the heavy modules (and read the version) only when their names are first used."""
+    if name == "__version__":
+        value: Any = _version()
+    elif name in _LAZY:
         import importlib
 
         module, attribute = _LAZY[name]
         value = getattr(importlib.import_module(f".{module}", __name__), attribute)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'leukoscope' has no attribute {name!r}")
+    else:
+        raise AttributeError(f"module 'leukoscope' has no attribute {name!r}")
+    globals()[name] = value
+    return value

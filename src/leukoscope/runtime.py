@@ -2,15 +2,15 @@
 shell runs as fast as it does under `make`.
 
 PyTorch on the CPU allocates and frees large activation buffers on every step. With glibc's defaults those
-buffers (above a 128 KiB..32 MiB dynamic threshold) are mmap'ed and unmapped each time, and the heap is
-trimmed back to the kernel after every free, so the process spends most of its time in page faults: the
-paper protocol took 264 s typed plainly and 132 s under the Makefile's `MALLOC_*` variables on a 2-core
-machine (../shared/NOTES.md). glibc reads those variables only when a process starts, but `mallopt(3)` sets
-the same parameters at run time, so every entry point (the `leukoscope` command, `python -m leukoscope`,
-the server, the scripts and benchmarks) calls `tune_process()` first.
+buffers are mmap'ed and unmapped each time, and the heap is trimmed back to the kernel after every free, so
+the process spends much of its time in page faults, unless the Makefile's `MALLOC_*` variables are set.
+glibc reads those variables only when a process starts, but `mallopt(3)` sets the same parameters at run
+time, so every entry point (the `leukoscope` command, `python -m leukoscope`, the server, the scripts and
+benchmarks) calls `tune_process()` first.
 
 Rules: a setting is applied only where glibc is the C library; a variable the user set (or a
 `GLIBC_TUNABLES` entry for the same parameter) wins; `LEUKOSCOPE_MALLOC_TUNING=0` turns it off.
+It imports nothing of leukoscope, so anything may call it first.
 """
 
 from __future__ import annotations
@@ -47,9 +47,9 @@ class MallocSetting:
         raise ValueError(f"{self.env}={self.value} does not fit mallopt's int")
 
 
-# The values the Makefile exports (measured in ../shared/NOTES.md): keep 32 MiB buffers on the heap (no
-# mmap/munmap per tensor), never give freed heap back, and grow it 1 GiB at a time (address space only;
-# pages are touched, and count towards RSS, only when used).
+# The values the Makefile exports: keep 32 MiB buffers on the heap (no mmap/munmap per tensor), never give
+# freed heap back, and grow it 1 GiB at a time (address space only; pages are touched, and count towards
+# RSS, only when used).
 MALLOC_SETTINGS = (
     MallocSetting("MALLOC_MMAP_THRESHOLD_", "glibc.malloc.mmap_threshold", M_MMAP_THRESHOLD, 33_554_432),
     MallocSetting("MALLOC_TRIM_THRESHOLD_", "glibc.malloc.trim_threshold", M_TRIM_THRESHOLD, 17_179_869_184),

@@ -4,18 +4,12 @@ claim, the process applies (or leaves) the settings accordingly, and the section
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import as_typed  # noqa: E402  (benchmark scripts are imported by path, like they import each other)
-import common  # noqa: E402
-import run_all  # noqa: E402
-from leukoscope import runtime  # noqa: E402
+from benchmarks import as_typed, common, run_all
+from leukoscope import runtime
 
 
 def test_each_way_gets_its_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,48 +4,13 @@ synthetic images): they check the structure of what the scripts measure and writ
 
 from __future__ import annotations
 
-import csv
-import json
-import shutil
-import sys
+import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import accuracy  # noqa: E402  (benchmark scripts are imported by path, like they import each other)
-import accuracy_report  # noqa: E402
-import common  # noqa: E402
-import crossval  # noqa: E402
-import flops  # noqa: E402
-import run_all  # noqa: E402
-import shift  # noqa: E402
-import speed  # noqa: E402
-import speed_e2e  # noqa: E402
-import speed_report  # noqa: E402
-from tests.helpers.modelfixtures import shared_tiny_package, shared_tiny_run  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The shared tiny run (best.pt, split.csv with train/val/test parts), its data and its package."""
-    run = shared_tiny_run(tmp_path_factory)
-    return {"run": run, "data": run.parent / "data", "split": run / "split.csv",
-            "package": shared_tiny_package(tmp_path_factory)}
-
-
-@pytest.fixture(scope="module")
-def tiny_images(tiny: dict[str, Path]):
-    """(predictor, split manifest, decoded test images) of the tiny package."""
-    from leukoscope.inference.predictor import load_predictor
-
-    predictor = load_predictor(tiny["package"], threads=1)
-    split = speed.load_split(tiny["split"], tiny["data"], predictor.classes)
-    return predictor, split, speed.decoded(split.part("test"), predictor.preprocess)
-
+from benchmarks import common, flops, run_all, shift, speed, speed_e2e, speed_report
 
 # ------------------------------------------------------------------------------------------- common
 
@@ -75,7 +40,8 @@ def test_header_names_command_date_and_machine() -> None:
     header = common.section_header("Title", "python x.py --flag", info)
     assert header.startswith("## Title") and "`python x.py --flag`" in header
     assert "Date:" in header and f"{info['cores']} cores" in header
-    assert common.command_line([str(BENCH / "speed.py"), "--no-write"]).endswith("benchmarks/speed.py --no-write")
+    assert common.command_line([speed.__file__, "--no-write"]) == ".venv/bin/python -m benchmarks.speed --no-write"
+    assert common.module_argv(["other.py", "--x"]) == ["other.py", "--x"]  # only the benchmarks' own scripts
 
 
 def test_repeat_timing_and_measure_return_one_value_per_round() -> None:
@@ -168,13 +134,13 @@ def test_int8_numbers_are_printed_with_the_cpu_flags_and_the_load_check() -> Non
 
 
 def test_int8_recipes_table_has_every_candidate_and_the_flags() -> None:
-    import int8_recipes
+    from benchmarks import int8_recipes
 
     row = {"top1_agreement": 0.99, "max_abs_prob_diff": 0.2, "exact_top1_agreement": 1.0, "kernel_vs_exact": 0.01,
            "b32_ips": 100.0, "b1_ms": 5.0}
     results = {"machine": {**common.machine(), "flags": ["avx2"]}, "val_images": 280, "calibration_images": 64,
                "load_average": 1.0, "recipes": {"fp32": row, **dict.fromkeys(int8_recipes.RECIPES, row)}}
-    text = int8_recipes.render(results, "python benchmarks/int8_recipes.py")
+    text = int8_recipes.render(results, "python -m benchmarks.int8_recipes")
     assert "CPU flags: avx2 (no VNNI" in text and all(name in text for name in int8_recipes.RECIPES)
     assert text.count("| 99.00% | 0.200 | 100.00% | 0.010 |") == len(int8_recipes.RECIPES)
 
@@ -225,86 +191,17 @@ def _speed_results(e2e_ips: float) -> dict:
 
 
 def test_speed_section_states_each_target() -> None:
-    body = speed_report.render(_speed_results(e2e_ips=450.0), "python benchmarks/speed.py")
+    body = speed_report.render(_speed_results(e2e_ips=450.0), "python -m benchmarks.speed")
     assert body.startswith("## Speed") and "### Targets" in body and "### FLOPs and peak" in body
     targets = body.split("### Targets")[1].split("###")[0]
     assert targets.count("**met**") == 6  # 9x eager (twice), 2.2x int8 at 99.5%, 2.0 ms; #11: 1.67x model, 3.75x tuned
     assert "450 vs 270 img/s = 1.67x" in targets and "450 vs 120 img/s = 3.75x" in targets
     assert "0.300 GFLOPs" not in body and "0.600 GFLOPs" in body and "0.300 G multiply-adds" in body
-    slow = speed_report.render(_speed_results(e2e_ips=100.0), "python benchmarks/speed.py")
+    slow = speed_report.render(_speed_results(e2e_ips=100.0), "python -m benchmarks.speed")
     assert slow.split("### Targets")[1].split("###")[0].count("**not met**") == 4  # 0.37x the model, 0.83x tuned eager
-    edge = speed_report.render(_speed_results(e2e_ips=235.0), "python benchmarks/speed.py")  # 0.87x model, 1.96x tuned
+    edge = speed_report.render(_speed_results(e2e_ips=235.0), "python -m benchmarks.speed")  # 0.87x model, 1.96x tuned
     rows = edge.split("### Targets")[1].split("###")[0].splitlines()
     assert [r.endswith("**met** |") for r in rows if "#" not in r and "end to end" in r] == [True, False]
-
-
-# ------------------------------------------------------------------------------------------- accuracy
-
-
-def _rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
-
-
-def test_paper_split_moves_val_rows_to_train(tiny: dict[str, Path], tmp_path: Path) -> None:
-    out = accuracy.paper_split(tiny["split"], tmp_path / "paper.csv")
-    before = [r["part"] for r in _rows(tiny["split"])]
-    after = [r["part"] for r in _rows(out)]
-    assert "val" in before and "val" not in after
-    assert after.count("test") == before.count("test") and len(after) == len(before)
-
-
-def _finished_run(tiny: dict[str, Path], tmp_path: Path) -> Path:
-    """A copy of the tiny run with what fit writes at the end, but no test metrics (a GPU run's case)."""
-    run = tmp_path / "gpu-run"
-    shutil.copytree(tiny["run"], run)
-    (run / "summary.json").write_text(json.dumps({"protocol": "finetune", "backbone": "test_efficientnet",
-                                                  "device": "cuda", "best_epoch": 2, "epochs_run": 2,
-                                                  "seconds_total": 3.0, "seconds_per_epoch": 1.5,
-                                                  "train_images": 40}))
-    (run / "env.json").write_text(json.dumps({"gpu": "Some GPU", "torch": "2.x", "cpu_count": 16}))
-    (run / "metrics.csv").write_text("epoch,stage,train_loss,train_acc,val_loss,val_acc,val_macro_f1,lr,seconds\n"
-                                     "1,warmup,1,0.5,0.9,0.5,0.4,0.001,2.0\n2,main,0.5,0.9,0.2,1,1,0.001,1.0\n")
-    return run
-
-
-def test_run_row_scores_the_test_part_when_the_summary_has_none(tiny: dict[str, Path], tmp_path: Path) -> None:
-    run = _finished_run(tiny, tmp_path)
-    row = accuracy.run_row(run, split=tiny["split"], data=tiny["data"])
-    assert row["test"]["n"] == 12 and row["test"]["leakage_checked"]
-    assert all(0.0 <= row["test"][k] <= 1.0 for k in accuracy_report.METRICS)
-    assert row["val"] == {"val_acc": 1.0, "val_macro_f1": 1.0, "val_loss": 0.2}
-    assert "Some GPU" in row["machine"] and row["first_epoch_s"] == 2.0 and row["later_epoch_s"] == 1.0
-    benign = sum(1 for r in _rows(tiny["split"]) if r["part"] == "test" and r["label"] == "Benign")
-    assert row["test"]["n_leukemia"] == row["test"]["n"] - benign
-    assert 0 <= row["test"]["leukemia_called_benign"] <= row["test"]["n_leukemia"]
-    body = accuracy_report.render([row], "cmd", "Accuracy", "- note\n")
-    assert "paper (published)" in body and "96.90" in body and "gpu-run" in body
-
-
-def test_run_row_refuses_test_images_the_run_trained_on(tiny: dict[str, Path], tmp_path: Path) -> None:
-    run = _finished_run(tiny, tmp_path)
-    rows = _rows(tiny["split"])
-    first_train = next(r for r in rows if r["part"] == "train")
-    first_train["part"] = "test"
-    leaky = tmp_path / "leaky.csv"
-    with open(leaky, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    with pytest.raises(SystemExit, match="test image"):
-        accuracy.run_row(run, split=leaky, data=tiny["data"])
-
-
-def test_accuracy_from_runs_writes_its_section(tiny: dict[str, Path], tmp_path: Path) -> None:
-    run = _finished_run(tiny, tmp_path)
-    results = tmp_path / "RESULTS.md"
-    code = accuracy.main(["--from-runs", str(run), "--split", str(tiny["split"]), "--data", str(tiny["data"]),
-                          "--results", str(results), "--json", str(tmp_path / "rows.json")])
-    assert code == 0
-    text = results.read_text(encoding="utf-8")
-    assert "<!-- accuracy-runs:begin -->" in text and "--from-runs" in text and "Test-part metrics" in text
-    assert json.loads((tmp_path / "rows.json").read_text())[0]["test"]["n"] == 12
 
 
 # ------------------------------------------------------------------------------------------- run_all
@@ -317,6 +214,7 @@ def test_run_all_plan_and_load_section(tmp_path: Path) -> None:
     steps = run_all.plan(args, tmp_path)
     names = [s.name for s in steps]
     assert names[:4] == ["speed", "load", "shift", "accuracy"]
+    assert all(s.command[1] == "-m" and importlib.util.find_spec(s.command[2]) for s in steps)  # modules that exist
     assert [s.name for s in steps if s.plain_malloc] == ["speed"]  # ONNX Runtime and the CLI as users run them
     assert str(tmp_path / "R.md") in next(s for s in steps if s.name == "shift").command
     accuracy_step = next(s for s in steps if s.name == "accuracy")
@@ -330,30 +228,11 @@ def test_run_all_plan_and_load_section(tmp_path: Path) -> None:
               "workers": 1, "queue": 16, "image_size": 256, "sent": 10, "accepted": 10, "busy_503": 0, "errors": 0,
               "seconds": 1.0, "throughput_rps": 10.0, "p50_ms": 5.0, "p95_ms": 9.0, "p99_ms": 9.5, "db_rows": 10,
               "db_ok": True, "cpu": "x86_64 x2", "statuses": {"200": 10}}
-    body = run_all.load_section(result, "python benchmarks/load_server.py --requests 10")
+    body = run_all.load_section(result, "python -m benchmarks.load_server --requests 10")
     assert body.startswith("## Load test") and "| req/s |" in body and "no errors" in body
 
 
-def test_a_distilled_run_is_named_as_such_with_its_teachers(tiny: dict[str, Path], tmp_path: Path) -> None:
-    run = _finished_run(tiny, tmp_path)
-    config = (run / "config.yaml").read_text()
-    (run / "config.yaml").write_text(config + "soft_targets: t/a.csv,t/b.csv\nsoft_target_weight: 0.5\n")
-    row = accuracy.run_row(run, split=tiny["split"], data=tiny["data"])
-    assert row["protocol"].endswith("+ distillation") and row["soft_targets"] == "t/a.csv,t/b.csv"
-    note = accuracy_report._distillation_note([row])
-    assert "`t/a.csv,t/b.csv`, weight 0.5" in note and "used the test part" in note
-    assert "finetune + distillation: >= 99.5%" in accuracy_report.verdicts([row])
-    assert accuracy_report._distillation_note([{**row, "soft_targets": ""}]) == ""
-
-
-def test_missed_leukemia_is_counted_from_a_runs_own_test_predictions(tmp_path: Path) -> None:
-    (tmp_path / "predictions_test.csv").write_text(
-        "path,sha256,label,predicted,prob_Benign,prob_Early Pre-B,prob_Pre-B,prob_Pro-B\n"
-        'a,h,"Early Pre-B","Benign",0.9,0.1,0,0\nb,h,"Pro-B","Pro-B",0.1,0,0,0.9\n'
-        'c,h,"Benign","Pre-B",0.2,0,0.8,0\nd,h,"Benign","Benign",1,0,0,0\n')
-    assert accuracy.confusions_from_predictions(tmp_path) == {
-        "n_leukemia": 2, "leukemia_called_benign": 1, "benign_called_leukemia": 1}
-    assert accuracy.confusions_from_predictions(tmp_path / "none") == {}
+# ------------------------------------------------------------------------------------------- shift
 
 
 def test_shift_row_counts_what_evaluate_counts(tiny_images) -> None:
@@ -372,32 +251,3 @@ def test_shift_row_counts_what_evaluate_counts(tiny_images) -> None:
     row = shift.score(predictor, items, labels)
     assert row[0] == 2 and row[2] == "1.000"  # solid colours: both flagged
     assert row[3] == "0.000" and row[4] == "0 of 1" and row[5] == "0 of 1"  # so no unflagged call at all
-
-
-@pytest.mark.slow
-def test_crossval_fold_exports_scores_and_renders(tiny: dict[str, Path], tmp_path: Path) -> None:
-    """One finished fold run (the tiny run): both exports, scoring on its test part, the pooled table."""
-    runs = tmp_path / "runs"
-    run = runs / "cv-mbv2-fold1"
-    shutil.copytree(tiny["run"], run)
-    (run / "summary.json").write_text(json.dumps({"seconds_total": 12.0}), encoding="utf-8")
-    args = crossval.parse_args(["--runs-dir", str(runs), "--data", str(tiny["data"])])
-    row = crossval.fold_row(1, run / "split.csv", args)  # training is skipped: summary.json exists
-    assert (run / "package-fp32" / "model.json").is_file()
-    assert "fp32" in row["scores"] and set(row["scores"]) | set(row["refused"]) == {"fp32", "int8"}
-    fp32 = row["scores"]["fp32"]
-    n_test = sum(1 for line in (run / "split.csv").read_text().splitlines() if line.endswith(",test"))
-    assert fp32["n"] == n_test == len(fp32["pred"]) and fp32["default_onnx"] == "model.onnx"
-    assert fp32["accuracy"] == pytest.approx(np.mean(np.asarray(fp32["y"]) == np.asarray(fp32["pred"])))
-    pooled = crossval.pooled([row, row], "fp32")
-    assert pooled["n"] == 2 * n_test and pooled["missed"] == 2 * fp32["leukemia_called_benign"]
-    text = crossval.render([row], "cmd")
-    assert "**all folds**" in text and "Cross-validation" in text and "fold 1 12 s" in text
-    assert crossval.export_fold(run, "fp32") == (run / "package-fp32", "")  # exists: not exported again
-
-
-def test_rate_interval_is_exact_binomial() -> None:
-    low, high = crossval.rate_interval(0, 2370)
-    assert low == 0.0 and 0.001 < high < 0.002  # the "rule of three": about 3/n
-    low, high = crossval.rate_interval(3, 2370)
-    assert low < 3 / 2370 < high

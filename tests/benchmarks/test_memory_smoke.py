@@ -6,17 +6,12 @@ import argparse
 import hashlib
 import io
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import memory_server  # noqa: E402  (benchmark scripts are imported by path, like they import each other)
-import run_all  # noqa: E402
+from benchmarks import memory_server, run_all
 
 
 def test_distinct_uploads_decode_to_the_same_pixels() -> None:

@@ -3,15 +3,11 @@ every stage of `leukoscope predict` is there and measured. Structure only, never
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import speed_e2e  # noqa: E402  (benchmark scripts are imported by path, like they import each other)
+from benchmarks import speed_e2e
 
 
 @pytest.mark.shared_data

@@ -1,4 +1,4 @@
-"""`leukoscope predict` and `leukoscope export`, driven through `main` as a user would."""
+"""`leukoscope predict`, driven through `main` as a user would."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from PIL import Image
 
 from leukoscope.cli.common import DISCLAIMER
 from tests.helpers.cli import run
-from tests.helpers.modelfixtures import shared_tiny_package, shared_tiny_run, smear_image
+from tests.helpers.modelfixtures import shared_tiny_package, smear_image
 
 pytestmark = pytest.mark.usefixtures("wide_console")
 
@@ -157,13 +157,3 @@ def test_damaged_package_is_one_clear_error(package, images, tmp_path, capsys) -
     (copy / "model.onnx").write_bytes(b"garbage")
     code, _, err = run(capsys, "predict", images / "patient1", "-m", copy)
     assert code == 1 and "model.onnx does not match its sha256" in err
-
-
-def test_export_command(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, capsys) -> None:
-    run_dir = shared_tiny_run(tmp_path_factory)
-    code, out, err = run(capsys, "export", run_dir, "--out", tmp_path / "pkg", "--name", "cli-test")
-    assert code == 0, err
-    assert "fp32 ONNX vs PyTorch" in out and "wrote" in out and "model.onnx" in out
-    assert json.loads((tmp_path / "pkg" / "model.json").read_text())["name"] == "cli-test"
-    code, _, err = run(capsys, "export", tmp_path / "no-run", "--out", tmp_path / "pkg2")
-    assert code == 2 and "run folder not found" in err

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,8 @@ import torch
 import yaml
 
 from leukoscope.models.checkpoint import read_checkpoint
+from leukoscope.training import dataset, steps
 from leukoscope.training import loop as training
-from leukoscope.training import steps as epochs_module
 from leukoscope.training.config import TrainConfig
 from leukoscope.training.runs import write_config
 from tests.helpers.cli import run
@@ -46,7 +47,8 @@ def captured(monkeypatch, tmp_path) -> list[TrainConfig]:
     """Replace fit: record the resolved config instead of training."""
     configs: list[TrainConfig] = []
 
-    def fake_fit(config, *, resume=False, quiet=False, on_epoch_end=None):
+    def fake_fit(config, *, resume=False, quiet=False, on_epoch_end=None, progress=None):
+        assert callable(progress)  # the CLI draws fit's progress reports
         configs.append(config)
         return tmp_path / "no-run"
 
@@ -91,6 +93,35 @@ def test_a_runs_config_yaml_repeats_the_run(tmp_path, data, captured, capsys):
     assert captured[-1] == original
 
 
+# ------------------------------------------------------------------------------------------ progress
+
+
+def test_fits_progress_reports_become_one_bar_per_epoch(monkeypatch):
+    """A bar opens at an epoch's first report, follows it, and closes at done == total or when the block
+    ends (Ctrl-C); a stray end report opens nothing."""
+    from leukoscope.cli import common
+
+    events: list[tuple] = []
+
+    @contextmanager
+    def recording_bar(label, total, *, quiet=False):
+        events.append(("open", label, total))
+        try:
+            yield lambda done, total: events.append(("update", done, total))
+        finally:
+            events.append(("close", label))
+
+    monkeypatch.setattr(common, "progress_bar", recording_bar)
+    with common.labelled_progress() as progress:
+        for done in (0, 4, 8):
+            progress("epoch 1/2 (main)", done, 8)
+        progress("epoch 1/2 (main)", 8, 8)  # a second end report of the same epoch
+        progress("epoch 2/2 (main)", 0, 8)
+    assert events == [("open", "epoch 1/2 (main)", 8), ("update", 0, 8), ("update", 4, 8), ("update", 8, 8),
+                      ("close", "epoch 1/2 (main)"), ("open", "epoch 2/2 (main)", 8), ("update", 0, 8),
+                      ("close", "epoch 2/2 (main)")]
+
+
 # ------------------------------------------------------------------------------------- train and resume
 
 
@@ -127,21 +158,21 @@ def test_imagenet_weights_from_a_local_folder(tmp_path, data, capsys):
 
 def test_ctrl_c_exits_130_with_one_line_and_resume_finishes_the_run(tmp_path, data, monkeypatch, capsys):
     run_dir = tmp_path / "runs" / "ctrlc"
-    real_augment = epochs_module.augment
+    real_augment = steps.augment
 
     def augment(*args, **kwargs):  # Ctrl-C inside epoch 2, once epoch 1 is saved
         if (run_dir / "last.pt").exists():
             raise KeyboardInterrupt
         return real_augment(*args, **kwargs)
 
-    monkeypatch.setattr(epochs_module, "augment", augment)
+    monkeypatch.setattr(steps, "augment", augment)
     code, _, err = run(capsys, "train", data, *TINY, "--epochs", "2", "--warmup-epochs", "0",
                        "--out-dir", tmp_path / "runs", "--name", "ctrlc", "--quiet")
     assert code == 130
     line = one_error_line(err)
     assert "interrupted" in line and f"leukoscope train --resume {run_dir}" in line
     assert read_checkpoint(run_dir / "last.pt")["epoch"] == 1
-    monkeypatch.setattr(epochs_module, "augment", real_augment)
+    monkeypatch.setattr(steps, "augment", real_augment)
     code, out, err = run(capsys, "train", "--resume", run_dir, "--quiet")
     assert code == 0, err
     assert read_checkpoint(run_dir / "last.pt")["epoch"] == 2 and "test accuracy" in out
@@ -180,7 +211,7 @@ def test_ctrl_c_before_training_exits_130_and_writes_nothing(tmp_path, data, mon
     def discover(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(epochs_module, "discover", discover)
+    monkeypatch.setattr(dataset, "discover", discover)
     code, _, err = run(capsys, "train", data, *TINY, "--out-dir", tmp_path / "runs", "--quiet")
     assert code == 130 and "interrupted" in one_error_line(err)
     assert not (tmp_path / "runs").exists()

@@ -219,6 +219,7 @@ def test_package_on_a_labs_own_benign_folder_reports_the_review_flag(tiny_packag
     with open(out / "predictions.csv", newline="", encoding="utf-8") as handle:
         rows = {Path(r["path"]).name: r for r in csv.DictReader(handle)}
     assert rows["solid.png"]["review"] == "1" and rows["solid.png"]["review_reasons"]
+    assert rows["solid.png"]["review_codes"] == "uniform"  # stable codes beside the words, for tools
     review = strict_json(out / "metrics.json")["review"]
     assert review["n"] == 7 and review["n_benign"] == 7 and review["n_leukemia"] == 0
     assert review["unusable"] == 1  # the solid square got no class, and the lab is told how many

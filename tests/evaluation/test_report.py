@@ -217,3 +217,19 @@ def test_results_saved_before_interval_methods_still_render(synthetic_eval, tmp_
     assert "percentile bootstrap intervals over 50 resamples" in card and "Clopper-Pearson" not in card
     lv = old["leukemia_vs_benign"]
     assert f"**{lv['leukemia_called_benign']} of {lv['n_leukemia']}**" in card  # plain counts, no interval
+
+
+def test_templates_are_package_data_and_only_html_is_escaped(synthetic_eval, tmp_path):
+    from importlib import resources
+
+    shipped = {p.name for p in resources.files("leukoscope.evaluation").joinpath("templates").iterdir()}
+    assert {"report.html.j2", "compare.html.j2", "model_card.md.j2", "report.css"} <= shipped
+    result = result_dict(synthetic_eval["metrics"], ["<b>R&D</b> note"])
+    result["model"]["name"] = "tiny <run> & co"
+    html = write_report_html(tmp_path / "report.html", result=result, figures=[]).read_text(encoding="utf-8")
+    assert "&lt;b&gt;R&amp;D&lt;/b&gt; note" in html and "<b>R&D</b>" not in html
+    assert "Evaluation of tiny &lt;run&gt; &amp; co" in html
+    assert "font-family:system-ui" in html and "&#34;Segoe UI&#34;" in html  # the CSS inlined, escaped as before
+    card = write_model_card(tmp_path / "MODEL_CARD.md", model_info=result["model"], metrics=result,
+                            data_summary=result["data_summary"], config={}).read_text(encoding="utf-8")
+    assert "# Model card: tiny <run> & co" in card  # Markdown is not HTML-escaped

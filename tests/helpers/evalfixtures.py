@@ -7,7 +7,7 @@
   ``test_efficientnet`` at 64 px (`seed` seeds its weights; the split is always seed 0, so runs of one
   dataset share their test part). Its scores are near chance: tests check the machinery, not the model.
 
-Importable from any test module: pytest puts tests/ on sys.path because tests/conftest.py lives there.
+Importable from any test module as `tests.helpers.evalfixtures` (tests/ is a package).
 """
 
 from __future__ import annotations

@@ -167,3 +167,14 @@ def test_int8_keeps_the_recipe_that_agrees_best_on_validation(tmp_path: Path, mo
     assert result["int8_fp32_ends"] is kept_ends and (tmp_path / "model.int8.onnx").read_text() == str(kept_ends)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.int8.onnx"]  # the other recipe's file is gone
     assert result["int8_top1_agreement"] == 1 - wrong[kept_ends] / 100
+
+
+@pytest.mark.parametrize("content", ["not json", '{"temperature": 0}'])
+def test_damaged_calibration_json_refuses_before_any_work(tiny_run: Path, tmp_path: Path, content: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    run = _copy_run(tiny_run, tmp_path)
+    (run / "calibration.json").write_text(content)
+    monkeypatch.setattr(export_module, "export_onnx", lambda *a, **k: pytest.fail("exported despite the bad file"))
+    with pytest.raises(ModelError, match=r"calibration\.json holds no temperature"):
+        export_run(run, tmp_path / "pkg", threads=1)
+    assert not (tmp_path / "pkg").exists()

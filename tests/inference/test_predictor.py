@@ -95,9 +95,9 @@ def test_image_size_far_from_training_resolution_is_a_review_reason(predictor) -
     image = Image.fromarray(smear_image(0, 101))
     items = [(f"{w}x{h}", encode(image.resize((w, h)))) for w, h in ((20, 20), (300, 300), (64, 128))]
     small, large, tall = predictor.predict_bytes(items)
-    assert small.review and any("much smaller" in r for r in small.review_reasons)
-    assert large.review and any("much larger" in r for r in large.review_reasons)
-    assert any("far from square" in r for r in tall.review_reasons)
+    assert small.review and "small_image" in small.review_codes
+    assert large.review and "large_image" in large.review_codes
+    assert "not_square" in tall.review_codes
     assert (large.width, large.height) == (300, 300) and large.label in CLASSES
 
 
@@ -130,8 +130,8 @@ def test_confidence_threshold_override(tiny_package: Path) -> None:
     items = [(f"{i}.png", encode(image)) for i, image in enumerate(held_out(2))]
     never = load_predictor(tiny_package, threads=1, confidence_threshold=0.0).predict_bytes(items)
     always = load_predictor(tiny_package, threads=1, confidence_threshold=1.0).predict_bytes(items)
-    assert not any("low confidence" in r for p in never for r in p.review_reasons)
-    assert all(p.review and any("low confidence" in r for r in p.review_reasons) for p in always)
+    assert not any("low_confidence" in p.review_codes for p in never)
+    assert all(p.review and "low_confidence" in p.review_codes for p in always)
 
 
 def test_run_folder_predicts_in_torch(tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -141,6 +141,17 @@ def test_run_folder_predicts_in_torch(tmp_path_factory: pytest.TempPathFactory) 
     assert predictor.predict_proba(held_out(1)).shape == (4, 4)
     with pytest.raises(ModelError, match="export"):
         load_predictor(run, backend="onnx")
+
+
+def test_run_folder_uses_its_calibration_json(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    from leukoscope.review.calibration import save_temperature
+
+    run = Path(shutil.copytree(shared_tiny_run(tmp_path_factory), tmp_path / "run"))
+    save_temperature(run, 1.5, fitted_on="val", n=12)
+    assert load_predictor(run, threads=1).temperature == 1.5
+    (run / "calibration.json").write_text("not json", encoding="utf-8")
+    with pytest.raises(ModelError, match=r"calibration\.json"):  # damaged: never silently uncalibrated
+        load_predictor(run, threads=1)
 
 
 def test_damaged_and_missing_packages(tiny_package: Path, tmp_path: Path,

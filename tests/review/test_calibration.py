@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from leukoscope.errors import ModelError
 from leukoscope.review.calibration import (
     T_MAX,
     T_MIN,
@@ -97,3 +98,14 @@ def test_temperature_round_trip(tmp_path):
     assert read_temperature(tmp_path) == 1.7
     path.write_text("not json")
     assert read_temperature(tmp_path) is None
+
+
+@pytest.mark.parametrize("content", ["not json", '{"n": 3}', '{"temperature": 0}', '{"temperature": 50}', "[1.5]"])
+def test_strict_read_refuses_a_calibration_json_without_a_temperature(tmp_path, content):
+    assert read_temperature(tmp_path, strict=True) is None  # no file: nothing to refuse
+    (tmp_path / "calibration.json").write_text(content)
+    assert read_temperature(tmp_path) is None
+    with pytest.raises(ModelError, match=r"calibration\.json holds no temperature"):
+        read_temperature(tmp_path, strict=True)
+    save_temperature(tmp_path, 1.7, fitted_on="val", n=12)
+    assert read_temperature(tmp_path, strict=True) == 1.7

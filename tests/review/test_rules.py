@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from leukoscope.review.ood import DEFAULT_QUANTILE
-from leukoscope.review.rules import NO_VAL_CONFIDENCE_THRESHOLD, choose_confidence_threshold, fit_review
+from leukoscope.review.quality import MIN_JPEG_QUALITY, SIZE_RATIO_RANGE, QualityThresholds
+from leukoscope.review.rules import (
+    DEFAULT_CONFIDENCE_THRESHOLD,
+    NO_VAL_CONFIDENCE_THRESHOLD,
+    ReviewThresholds,
+    choose_confidence_threshold,
+    fit_review,
+)
 
 
 def test_choose_confidence_threshold() -> None:
@@ -58,3 +65,21 @@ def test_without_a_val_part_the_defaults_and_a_held_out_fifth_are_used() -> None
     assert info["review"]["confidence_threshold"] == NO_VAL_CONFIDENCE_THRESHOLD
     assert info["ood"]["threshold_part"].startswith("every 5th training image")
     assert np.isfinite(ood.threshold) and len(messages) == 1 and "OOD threshold" in messages[0]
+
+
+def test_review_thresholds_read_back_what_fit_review_writes() -> None:
+    feats, labels, pixels, _ = _outputs(60)
+    val_feats, val_labels, _, val_logits = _outputs(200, seed=1)
+    review = fit_review(feats, labels, pixels, val_logits, val_feats, val_labels)[0]["review"]
+    rules = ReviewThresholds.from_dict(review, 224)
+    assert rules.confidence == review["confidence_threshold"]
+    assert rules.quality.to_dict() == {k: review[k] for k in rules.quality.to_dict()}
+    assert (rules.min_jpeg_quality, rules.size_ratio_range, rules.min_side) == (MIN_JPEG_QUALITY, SIZE_RATIO_RANGE, 28)
+
+
+def test_review_thresholds_default_what_a_package_lacks() -> None:
+    rules = ReviewThresholds.from_dict({}, 384)
+    assert rules == ReviewThresholds(DEFAULT_CONFIDENCE_THRESHOLD, QualityThresholds(0.0, 2.0), MIN_JPEG_QUALITY,
+                                     SIZE_RATIO_RANGE, 48)
+    assert ReviewThresholds.from_dict({"min_side": 10, "size_ratio_range": [1, 2]}, 224).size_ratio_range == (1.0, 2.0)
+    assert ReviewThresholds.from_dict({}, 8).min_side == 2

@@ -11,8 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from leukoscope.serve import Settings, create_app
-
-from .fakes import FakePredictor, fake_gradcam
+from tests.serve.fakes import FakePredictor, fake_gradcam
 
 
 @pytest.fixture

@@ -13,8 +13,7 @@ import pytest
 from PIL import Image
 
 from leukoscope.serve.store import schema_version
-
-from .fakes import CLASSES, FakePredictor, files, png_bomb
+from tests.serve.fakes import CLASSES, FakePredictor, files, png_bomb
 
 
 def jpeg(image_bytes, seed: int = 0, size: int = 64) -> bytes:

@@ -6,9 +6,8 @@ import pytest
 
 from leukoscope.serve.api_errors import ErrorBody
 from leukoscope.serve.store import Store
-
-from .fakes import CLASSES, files
-from .test_api import jpeg
+from tests.serve.fakes import CLASSES, files
+from tests.serve.test_api import jpeg
 
 HUGE = ["9223372036854775808", "99999999999999999999"]  # past SQLite's INTEGER (2**63 - 1)
 

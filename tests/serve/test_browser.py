@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .servers import ServerProcess
+from tests.serve.servers import ServerProcess
 
 CHROMIUM = os.environ.get("LEUKOSCOPE_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

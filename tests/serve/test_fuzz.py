@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from leukoscope.serve import Settings, create_app
-
-from .fakes import FakePredictor, fake_gradcam
+from tests.serve.fakes import FakePredictor, fake_gradcam
 
 schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is a dev dependency (pip install -e .[dev])")
 from schemathesis.config import SchemathesisConfig  # noqa: E402

@@ -17,8 +17,7 @@ from PIL import Image
 from leukoscope.errors import ModelError
 from leukoscope.inference.explain import WORKING_SIDE
 from leukoscope.serve.service import THUMBNAIL_SIDE
-
-from .fakes import FakePredictor, fake_gradcam, files
+from tests.serve.fakes import FakePredictor, fake_gradcam, files
 
 
 def png(width: int, height: int, seed: int = 0) -> bytes:

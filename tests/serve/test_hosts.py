@@ -6,9 +6,8 @@ import pytest
 
 from leukoscope.serve import Settings
 from leukoscope.serve.hosts import same_origin
-
-from .fakes import files
-from .test_api import jpeg
+from tests.serve.fakes import files
+from tests.serve.test_api import jpeg
 
 LOCAL = "http://127.0.0.1:8000"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .servers import ServerProcess
+from tests.serve.servers import ServerProcess
 
 
 def post_one(url: str, name: str, data: bytes) -> httpx.Response:

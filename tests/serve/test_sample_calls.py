@@ -11,8 +11,7 @@ import sqlite3
 from PIL import Image
 
 from leukoscope.serve.store import MIGRATIONS, Store
-
-from .fakes import files
+from tests.serve.fakes import files
 
 
 def solid(colour: tuple[int, int, int], size: int = 64) -> bytes:

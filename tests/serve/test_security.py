@@ -11,8 +11,7 @@ from leukoscope.serve import Settings, check_exposure
 from leukoscope.serve.limits import clean_filename
 from leukoscope.serve.security import COOKIE_NAME, safe_next
 from leukoscope.serve.settings import is_loopback
-
-from .fakes import files
+from tests.serve.fakes import files
 
 TOKEN = "s3cret-token-for-tests"
 

@@ -1,6 +1,7 @@
 """leukoscope.training.loop.fit on tiny data (24 noise images, timm's test_efficientnet at 32 px, CPU): the run
 folder, exact resume after an interruption (between epochs and inside one), the freezing policies, the
-paper protocol's cached-feature path, quiet mode, and bad input refused before anything is written."""
+paper protocol's cached-feature path, quiet mode and the progress callback, and bad input refused before
+anything is written."""
 
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ from leukoscope.errors import ConfigError, DataError, ModelError
 from leukoscope.models.checkpoint import load_trained, read_checkpoint
 from leukoscope.models.factory import ModelSpec, create_model
 from leukoscope.training import loop as training
-from leukoscope.training import steps as epochs_module
+from leukoscope.training import steps
 from leukoscope.training.config import TrainConfig, resolve_config
 from leukoscope.training.distributed import DistContext
-from leukoscope.training.loop import TrainingInterrupted, epoch_order, fit
+from leukoscope.training.loop import TrainingInterrupted, fit
 from leukoscope.training.runs import METRIC_COLUMNS
+from leukoscope.training.steps import epoch_order
 from tests.helpers.images import build_dataset
 
 CHECKPOINT_KEYS = {"format", "model", "spec", "classes", "preprocess", "epoch", "optimizer", "scheduler", "stage",
@@ -207,7 +209,7 @@ def test_ctrl_c_inside_an_epoch_keeps_the_last_completed_one_and_resumes_exactly
     restored from last.pt)."""
     config = tiny(data, tmp_path, warmup_epochs=0, epochs=2)
     armed, batches = [False], [0]
-    real_augment = epochs_module.augment
+    real_augment = steps.augment
 
     def augment(*args, **kwargs):
         if armed[0]:
@@ -216,7 +218,7 @@ def test_ctrl_c_inside_an_epoch_keeps_the_last_completed_one_and_resumes_exactly
                 raise KeyboardInterrupt
         return real_augment(*args, **kwargs)
 
-    monkeypatch.setattr(epochs_module, "augment", augment)
+    monkeypatch.setattr(steps, "augment", augment)
     with pytest.raises(TrainingInterrupted) as info:
         fit(config, quiet=True, on_epoch_end=lambda epoch, row: armed.__setitem__(0, True))
     message = str(info.value)
@@ -225,7 +227,7 @@ def test_ctrl_c_inside_an_epoch_keeps_the_last_completed_one_and_resumes_exactly
     run = tmp_path / "run"
     assert read_checkpoint(run / "last.pt")["epoch"] == 1 and no_temporary_files(run)
     assert len((run / "metrics.csv").read_text().splitlines()) == 2
-    monkeypatch.setattr(epochs_module, "augment", real_augment)
+    monkeypatch.setattr(steps, "augment", real_augment)
     fit(config, resume=True, quiet=True)
     assert_same_weights(last_state(run), last_state(reference(warmup_epochs=0, epochs=2)))
     assert (run / "summary.json").is_file()
@@ -238,7 +240,7 @@ def test_ctrl_c_in_the_first_epoch_leaves_no_checkpoint_and_resume_starts_over(t
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(epochs_module, "augment", interrupt)
+        patch.setattr(steps, "augment", interrupt)
         with pytest.raises(TrainingInterrupted, match="no epoch was completed"):
             fit(config, quiet=True)
     assert not (tmp_path / "run" / "last.pt").exists()
@@ -263,12 +265,21 @@ def test_an_early_stopped_run_stays_stopped_when_resumed(tmp_path, data, monkeyp
 
 
 def test_quiet_prints_nothing_and_verbose_reports_each_epoch(tmp_path, data, capfd):
-    fit(tiny(data, tmp_path, warmup_epochs=0, name="quiet"), quiet=True)
+    calls = []
+    fit(tiny(data, tmp_path, warmup_epochs=0, name="quiet"), quiet=True, progress=lambda *call: calls.append(call))
     out, err = capfd.readouterr()
-    assert out == "" and err == ""
+    assert out == "" and err == "" and calls == []
     fit(tiny(data, tmp_path, warmup_epochs=0, name="loud"), quiet=False)
     out, err = capfd.readouterr()
     assert "epoch 1/1 main" in err and "macro-F1" in err
+
+
+def test_progress_reports_each_epoch_from_zero_to_its_end_once(tmp_path, data):
+    """12 training images in batches of 4: each epoch reports 0, 4, 8, then 12 == total once at its end."""
+    calls: list[tuple[str, int, int]] = []
+    fit(tiny(data, tmp_path, warmup_epochs=1, epochs=1), progress=lambda *call: calls.append(call))
+    assert calls == [("epoch 1/2 (warmup)", done, 12) for done in (0, 4, 8, 12)] + [
+        ("epoch 2/2 (main)", done, 12) for done in (0, 4, 8, 12)]
 
 
 # ------------------------------------------------------------------------------------------- bad input

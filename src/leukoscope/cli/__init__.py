@@ -1,7 +1,8 @@
-"""The `leukoscope` command line: thin Typer commands over the library.
+"""The `leukoscope` command line: thin Typer commands over the library, one module per command.
 
 Every expected failure is a LeukoscopeError; `main` turns it into one red line on stderr and the error's
-exit code (2 for usage errors, 1 otherwise), so users never see a traceback.
+exit code (2 for usage errors, 1 otherwise), so users never see a traceback. Bad arguments are click's
+own usage errors, shown as click shows them (exit code 2).
 """
 
 from __future__ import annotations
@@ -10,12 +11,16 @@ import sys
 
 import typer
 
+try:  # Typer >= 0.2x runs on its own copy of click, whose exceptions are not click's
+    from typer._click.exceptions import ClickException
+except ImportError:  # older Typer runs on click itself
+    from click import ClickException
+
+from leukoscope.cli import common
+from leukoscope.cli.data_cmd import data_app
+from leukoscope.cli.info_cmd import info
 from leukoscope.errors import LeukoscopeError
 from leukoscope.runtime import tune_process
-
-from . import common
-from .data_cmd import data_app
-from .info_cmd import info
 
 app = typer.Typer(
     name="leukoscope",
@@ -32,7 +37,7 @@ def _register_optional() -> None:
     """Commands living in their own modules; each module registers itself onto `app`."""
     import importlib
 
-    for name in ("train_cmd", "evaluate_cmd", "predict_cmd", "serve_cmd"):
+    for name in ("train_cmd", "evaluate_cmd", "predict_cmd", "export_cmd", "serve_cmd"):
         try:
             module = importlib.import_module(f"{__name__}.{name}")
         except ModuleNotFoundError as exc:
@@ -58,15 +63,15 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
+    except ClickException as exc:  # bad arguments: usage line, hint and "Error: ..." as click writes them
+        exc.show()
+        sys.exit(exc.exit_code)
+    except typer.Abort:  # click's answer to Ctrl-C / end of input inside a command
+        common.error("aborted")
+        sys.exit(130)
     except SystemExit:
         raise
-    except Exception as exc:  # click's usage errors and anything unexpected: one line, no traceback
-        if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
-            exc.show()  # a click UsageError/BadParameter (Typer >= 0.2x vendors click as typer._click)
-            sys.exit(exc.exit_code)
-        if type(exc).__name__ == "Abort":
-            common.error("aborted")
-            sys.exit(130)
+    except Exception as exc:  # anything unexpected: one line, no traceback
         common.error(f"unexpected error: {type(exc).__name__}: {exc} (set LEUKOSCOPE_DEBUG=1 for a traceback)")
         if common.debug_enabled():
             raise

@@ -8,12 +8,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from leukoscope.cli.common import console, progress_bar, warn
 from leukoscope.data.discover import check, discover
 from leukoscope.data.fileio import write_json
 from leukoscope.data.split import split
 from leukoscope.errors import DataError, UsageError
-
-from .common import console, progress_bar, warn
 
 data_app = typer.Typer(help="Inspect and split a folder-per-class image dataset.", no_args_is_help=True)
 

@@ -14,10 +14,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from leukoscope.cli.common import DISCLAIMER, console, err_console, warn
 from leukoscope.data.manifest import PARTS
 from leukoscope.errors import UsageError
-
-from .common import DISCLAIMER, console, err_console, warn
 
 
 @contextmanager

@@ -5,8 +5,7 @@ from __future__ import annotations
 import platform
 
 from leukoscope import __version__
-
-from .common import DISCLAIMER, console
+from leukoscope.cli.common import DISCLAIMER, console
 
 
 def info() -> None:

@@ -1,4 +1,8 @@
-"""`leukoscope predict` and `leukoscope export`: thin shells over leukoscope.inference.predictor / leukoscope.inference.export."""
+"""`leukoscope predict`: images, folders or globs in; a table, CSV or JSON of predictions out.
+
+A thin shell over leukoscope.inference.predictor (one batch stream) and leukoscope.review.samples
+(`--group-by folder`); only finding the files, the output formats and the progress bar live here.
+"""
 
 from __future__ import annotations
 
@@ -16,11 +20,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from leukoscope.cli.common import DISCLAIMER, console, err_console, error, progress_bar, warn
 from leukoscope.data.fileio import write_text
 from leukoscope.data.imaging import is_image_path
 from leukoscope.errors import ImageError, UsageError
-
-from .common import DISCLAIMER, console, err_console, error, progress_bar, warn
 
 
 class OutputFormat(str, Enum):
@@ -249,40 +252,6 @@ def _run(predictor: Any, files: list[Path], *, tta: bool, batch_size: int, gradc
     return predictions, cams
 
 
-def export(
-    run: Path = typer.Argument(..., help="Run folder (or a checkpoint in one) written by `leukoscope train`."),
-    out: Path = typer.Option(..., "--out", "-o", help="Model package folder to write (replaced if it is one)."),
-    int8: bool = typer.Option(False, "--int8", help="Also write a static int8 ONNX model and make it the "
-                              "default (refused when it agrees with fp32 on < 99% of val images)."),
-    int8_only: bool = typer.Option(False, "--int8-only", help="Like --int8, without the fp32 ONNX model "
-                                   "(smaller package; model.pt still serves PyTorch and Grad-CAM)."),
-    data: Path | None = typer.Option(None, "--data", help="Dataset root, when it moved since training "
-                                     "(default: config.yaml's data)."),
-    name: str | None = typer.Option(None, "--name", help="Model name stored in model.json (default: run name)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the result."),
-) -> None:
-    """Export a trained run as a model package: ONNX + model.pt + model.json (calibration, review
-    thresholds, out-of-distribution statistics, metrics, provenance, sha256 of every file).
-
-    Parity is checked before anything is written: fp32 ONNX vs PyTorch, and int8 vs fp32.
-    """
-    from leukoscope.inference.export import export_run
-    from leukoscope.inference.package import package_size, read_package_json
-
-    if not run.exists():
-        raise UsageError(f"run folder not found: {run}")
-
-    def log(message: str) -> None:
-        if not quiet:
-            console.print(escape(message), highlight=False)
-
-    path = export_run(run, out, int8=int8, int8_only=int8_only, data_root=data, name=name, log=log)
-    info = read_package_json(path)
-    files = ", ".join(f"{n} ({(path / n).stat().st_size / 1e6:.1f} MB)" for n in info["files"])
-    console.print(escape(f"wrote {path} ({package_size(path) / 1e6:.1f} MB): {files}"), highlight=False)
-
-
 def register(app: typer.Typer) -> None:
-    """Add `predict` and `export` to the leukoscope command line."""
+    """Add `predict` to the leukoscope command line."""
     app.command("predict")(predict)
-    app.command("export")(export)

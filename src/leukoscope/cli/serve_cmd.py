@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from .common import DISCLAIMER, console
+from leukoscope.cli.common import DISCLAIMER, console
 
 
 def serve_command(
@@ -48,9 +48,8 @@ def serve_command(
     Every prediction is stored in SQLite before it is answered. Research software, not a medical device.
     """
     from leukoscope.serve import Settings, check_exposure, create_app
-
-    from ..serve.service import model_version
-    from ..serve.settings import MIB
+    from leukoscope.serve.service import model_version
+    from leukoscope.serve.settings import MIB
 
     settings = Settings.from_env(
         host=host, port=port, model=model, db=db, workers=workers, queue=queue, insecure=insecure,
@@ -59,7 +58,7 @@ def serve_command(
         session_hours=session_hours,
     )
     check_exposure(settings)  # before the (slow) model load: refuse at once
-    from ..serve.store import Store
+    from leukoscope.serve.store import Store
 
     Store(settings.db).open().close()  # create / migrate the database now: a bad --db is one clear line
 

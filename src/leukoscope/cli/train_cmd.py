@@ -8,9 +8,8 @@ from pathlib import Path
 
 import typer
 
+from leukoscope.cli.common import console, labelled_progress
 from leukoscope.errors import ConfigError
-
-from .common import console
 
 
 def train(
@@ -65,7 +64,8 @@ def train(
         **parse_set_options(set_values),
     }
     resolved = resolve_config("finetune", yaml_values, overrides)
-    run_dir = fit(resolved, resume=resume is not None, quiet=quiet)
+    with labelled_progress(quiet=quiet) as progress:  # one bar per epoch, as fit reports them
+        run_dir = fit(resolved, resume=resume is not None, quiet=quiet, progress=progress)
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun only rank 0 reports
     summary_file = run_dir / "summary.json"

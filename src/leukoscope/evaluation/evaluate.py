@@ -4,7 +4,8 @@ Plain steps over plain data: open the model (run folder, checkpoint or model pac
 images to score (a folder, a split file and part, or the run's own test part), check them against the
 run's training part for leakage, predict, calibrate on the run's validation part, compute metrics with
 intervals (exact for proportions, bootstrap otherwise), and write metrics.json, predictions.csv,
-figures/*.png, report.html, MODEL_CARD.md.
+figures/*.png, report.html, MODEL_CARD.md. A run's network is scored by `leukoscope.models.scoring`, as
+training and export score it; a package by its Predictor, review flags included, as `predict` does.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import io
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,10 @@ from leukoscope.errors import DataError, UsageError
 from leukoscope.evaluation.inputs import EvalData, check_classes, check_files, check_leakage, data_summary, resolve_data
 from leukoscope.evaluation.intervals import proportion
 from leukoscope.evaluation.metrics import compute_metrics
-from leukoscope.models.preprocessing import Preprocess
+from leukoscope.evaluation.model_handle import ModelHandle, open_model
+from leukoscope.models.scoring import score_model
 from leukoscope.review import calibration
 from leukoscope.review.metrics import review_summary
-from leukoscope.training.runs import read_config_file
 
 Progress = Callable[[str, int, int], None]
 N_BINS = 15
@@ -40,100 +41,26 @@ class LeakageWarning(UserWarning):
     """Evaluated images also occur in the model's training part: the scores are optimistic."""
 
 
-@dataclass
-class ModelHandle:
-    """An opened model: how to get scores from it and what to say about it."""
-
-    kind: str  # "run", "checkpoint" or "package"
-    source: Path
-    classes: tuple[str, ...]
-    preprocess: Preprocess
-    run_dir: Path | None = None
-    network: Any = None  # torch module (run / checkpoint)
-    predictor: Any = None  # leukoscope.inference.predictor.Predictor (package)
-    info: dict[str, Any] = field(default_factory=dict)
-    config: dict[str, Any] = field(default_factory=dict)
-
-
-def _run_dir_of(path: Path) -> Path | None:
-    folder = path if path.is_dir() else path.parent
-    return folder if (folder / "config.yaml").is_file() or (folder / "split.csv").is_file() else None
-
-
-def _shown_path(path: Path) -> str:
-    """The path relative to the working folder when it lies inside it (reports travel between machines)."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
-def open_model(path: str | Path) -> ModelHandle:
-    """Open a run folder, a checkpoint file or a model package (folder with model.json).
-
-    `default` (when no such file exists here) is the bundled package. Raises UsageError when the path does
-    not exist, ModelError when it holds no usable model.
-    """
-    path = Path(path)
-    if str(path) == "default" and not path.exists():
-        from leukoscope.inference.package import bundled_package_path
-
-        path = bundled_package_path()
-    if not path.exists():
-        raise UsageError(f"model not found: {path}")
-    if path.name == "model.json":
-        path = path.parent
-    if path.is_dir() and (path / "model.json").is_file():
-        from leukoscope.inference.predictor import load_predictor  # written alongside; imported only when a package is used
-
-        predictor = load_predictor(path)
-        info = dict(predictor.info)
-        model_info = {"name": info.get("name", path.name), "kind": "package", "source": _shown_path(path),
-                      "backbone": info.get("backbone"), "classes": list(predictor.classes),
-                      "temperature": info.get("temperature"), **predictor.preprocess.to_dict()}
-        training = info.get("training") or {}
-        config = {**(training.get("config") or {}), "command": training.get("command") or ""}
-        return ModelHandle("package", path, tuple(predictor.classes), predictor.preprocess,
-                           run_dir=_run_dir_of(path), predictor=predictor, info=model_info, config=config)
-    from leukoscope.models.checkpoint import load_trained
-
-    loaded = load_trained(path)  # ModelError when there is no checkpoint
-    run_dir = _run_dir_of(path)
-    meta = loaded.meta
-    name = run_dir.name if run_dir is not None else path.stem
-    model_info = {"name": name, "kind": "run" if path.is_dir() else "checkpoint", "source": str(path),
-                  "backbone": loaded.spec.backbone, "classes": list(loaded.classes),
-                  **loaded.preprocess.to_dict(), "epoch": meta.get("epoch"), "best_score": meta.get("best_score"),
-                  "manifest_digest": meta.get("manifest_digest")}
-    config = read_config_file(run_dir / "config.yaml") if run_dir else {}
-    config = config or dict(meta.get("config") or {})
-    return ModelHandle(model_info["kind"], path, loaded.classes, loaded.preprocess, run_dir=run_dir,
-                       network=loaded.model, info=model_info, config=config)
-
-
 # ---------------------------------------------------------------------------------------- prediction
 
 
 def predict_scores(handle: ModelHandle, paths: Sequence[Path], *, batch_size: int = 64,
                    phase: str = "predicting", progress: Progress | None = None) -> np.ndarray:
-    """Logits (run / checkpoint) or calibrated probabilities (package) for `paths`, in batches on CPU."""
-    import torch
-
-    from leukoscope.models.inputs import load_uint8_batch, normalize
-
+    """Logits of a run's or checkpoint's network for `paths`, in batches on the CPU (a package's
+    probabilities come from `predict_package`, with its review flags)."""
     if batch_size < 1:
         raise UsageError(f"batch size must be at least 1, got {batch_size}")
-    chunks = []
-    for start in range(0, len(paths), batch_size):
-        batch = load_uint8_batch(paths[start:start + batch_size], handle.preprocess)
-        if handle.predictor is not None:
-            chunks.append(np.asarray(handle.predictor.predict_proba(batch.permute(0, 2, 3, 1).numpy())))
-        else:
-            with torch.inference_mode():
-                chunks.append(handle.network(normalize(batch, handle.preprocess)).float().numpy())
+    if handle.network is None:
+        raise UsageError(f"{handle.source} is a model package: score it with predict_package")
+    if not len(paths):
+        return np.zeros((0, len(handle.classes)))
+
+    def report(done: int, total: int) -> None:
         if progress is not None:
-            progress(phase, min(start + batch_size, len(paths)), len(paths))
-    return np.concatenate(chunks).astype(np.float64) if chunks else np.zeros((0, len(handle.classes)))
+            progress(phase, done, total)
+
+    scores = score_model(handle.network, paths, handle.preprocess, batch_size=batch_size, progress=report)
+    return scores.logits.numpy().astype(np.float64)
 
 
 def predict_package(predictor: Any, paths: Sequence[Path], *, batch_size: int = 64,
@@ -173,20 +100,36 @@ def _val_part(handle: ModelHandle, data: EvalData) -> Manifest | None:
     return None
 
 
+@dataclass(frozen=True)
+class Temperature:
+    """The temperature an evaluation divides a network's logits by, and where it came from."""
+
+    value: float
+    source: str  # "fitted" (on the run's val part), "stored" (calibration.json), "package" or "none"
+    reported: float | None  # metrics.json's calibration.temperature: a package's own, else `value`
+    n_fit: int | None = None  # val images it was fitted on
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """metrics.json's "calibration" entries that say where the temperature came from."""
+        info: dict[str, Any] = {"source": self.source, "temperature": self.reported}
+        if self.source == "fitted":
+            info.update(fitted_on="val", n_fit=self.n_fit)
+        return info
+
+
 def calibrate(handle: ModelHandle, data: EvalData, *, enabled: bool = True, batch_size: int = 64,
-              progress: Progress | None = None) -> tuple[float, dict[str, Any], list[str]]:
+              progress: Progress | None = None) -> Temperature:
     """Temperature for a run: fitted on its val part and saved to <run>/calibration.json, else the
-    stored one, else 1. Returns (temperature, info, warnings)."""
+    stored one, else 1. A package's predictor calibrates itself (1 here)."""
     if handle.predictor is not None:
-        return 1.0, {"source": "package", "temperature": handle.info.get("temperature")}, []
+        return Temperature(1.0, "package", handle.info.get("temperature"))
     if not enabled:
-        return 1.0, {"source": "none", "temperature": 1.0}, []
+        return Temperature(1.0, "none", 1.0)
     val = _val_part(handle, data)
     if val is None:
         stored = calibration.read_temperature(handle.run_dir) if handle.run_dir else None
-        if stored is not None:
-            return stored, {"source": "stored", "temperature": stored}, []
-        return 1.0, {"source": "none", "temperature": 1.0}, []
+        return Temperature(stored, "stored", stored) if stored is not None else Temperature(1.0, "none", 1.0)
     logits = predict_scores(handle, val.paths(), batch_size=batch_size, phase="calibrating on val",
                             progress=progress)
     temperature = calibration.fit_temperature(logits, check_classes(val, handle.classes))
@@ -197,7 +140,7 @@ def calibrate(handle: ModelHandle, data: EvalData, *, enabled: bool = True, batc
         calibration.save_temperature(handle.run_dir, temperature, fitted_on="val", n=len(val))
     except OSError as exc:
         notes.append(f"could not save calibration.json in {handle.run_dir}: {exc.strerror or exc}")
-    return temperature, {"source": "fitted", "temperature": temperature, "fitted_on": "val", "n_fit": len(val)}, notes
+    return Temperature(temperature, "fitted", temperature, n_fit=len(val), notes=tuple(notes))
 
 
 # ------------------------------------------------------------------------------------------ outputs
@@ -206,15 +149,18 @@ def calibrate(handle: ModelHandle, data: EvalData, *, enabled: bool = True, batc
 def write_predictions(path: Path, part: Manifest, classes: Sequence[str], y: np.ndarray, probs: np.ndarray,
                       predictions: Sequence[Any] | None = None) -> None:
     """predictions.csv: path, sha256, label, predicted, prob_<class> per class, correct (pandas-readable);
-    with a package's `predictions`, also review (0/1) and review_reasons (joined with "; ")."""
+    with a package's `predictions`, also review (0/1), review_codes (stable codes, "; "-joined, for tools) and
+    review_reasons (plain words, "; "-joined, for people)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    review_header = ["review", "review_reasons"] if predictions is not None else []
+    review_header = ["review", "review_codes", "review_reasons"] if predictions is not None else []
     writer.writerow(["path", "sha256", "label", "predicted", *(f"prob_{c}" for c in classes), "correct",
                      *review_header])
     pred = probs.argmax(axis=1)
     for i, (record, label, guess, row) in enumerate(zip(part.records, y, pred, probs, strict=True)):
-        review = [int(predictions[i].review), "; ".join(predictions[i].review_reasons)] if predictions is not None else []
+        review = ([int(predictions[i].review), "; ".join(predictions[i].review_codes),
+                   "; ".join(predictions[i].review_reasons)]
+                  if predictions is not None else [])
         writer.writerow([record.path, record.sha256, record.label, classes[guess], *(f"{v:.6f}" for v in row),
                          int(label == guess), *review])
     write_text(path, buffer.getvalue())
@@ -285,34 +231,34 @@ def evaluate(
     check_files(data_set.part)
     leakage = check_leakage(data_set.part, handle.run_dir)
     messages = list(data_set.notes)
-    if leakage["train_overlap"]:
-        messages.insert(0, f"LEAKAGE: {leakage['train_overlap']} of {len(y)} evaluated images are in the "
-                           f"model's training part (same sha256), e.g. {leakage['examples'][0]}; these scores "
+    if leakage.train_overlap:
+        messages.insert(0, f"LEAKAGE: {leakage.train_overlap} of {len(y)} evaluated images are in the "
+                           f"model's training part (same sha256), e.g. {leakage.examples[0]}; these scores "
                            "are optimistic")
         warnings.warn(messages[0], LeakageWarning, stacklevel=2)
-    temperature, cal_info, cal_notes = calibrate(handle, data_set, enabled=calibrate_on_val,
-                                                 batch_size=batch_size, progress=progress)
-    messages += cal_notes
+    scaling = calibrate(handle, data_set, enabled=calibrate_on_val, batch_size=batch_size, progress=progress)
+    messages += scaling.notes
     predictions: list[Any] | None = None
     if handle.predictor is not None:
-        raw, predictions = predict_package(handle.predictor, data_set.part.paths(), batch_size=batch_size, progress=progress)
+        raw, predictions = predict_package(handle.predictor, data_set.part.paths(), batch_size=batch_size,
+                                           progress=progress)
         probs = raw
     else:
         scores = predict_scores(handle, data_set.part.paths(), batch_size=batch_size, progress=progress)
-        raw, probs = calibration.softmax(scores), calibration.softmax(scores, temperature)
+        raw, probs = calibration.softmax(scores), calibration.softmax(scores, scaling.value)
     result: dict[str, Any] = {"leukoscope_version": __version__,
                               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     result.update(compute_metrics(y, probs, classes=handle.classes, n_bootstrap=n_bootstrap, seed=seed))
-    result["calibration"] = {**cal_info, **calibration.calibration_report(raw, probs, y, n_bins=N_BINS)}
+    result["calibration"] = {**scaling.to_dict(), **calibration.calibration_report(raw, probs, y, n_bins=N_BINS)}
     result["review"] = None if predictions is None else review_summary(
         y, probs.argmax(axis=1), [p.review for p in predictions], [p.review_codes for p in predictions],
         classes=handle.classes)
     if result["review"] is not None:
         result["review"]["unusable"] = sum(p.status == "unusable" for p in predictions)
         result["review"]["rates"] = review_rates(result["review"], level=result["bootstrap"]["level"])
-    handle.info["temperature"] = handle.info.get("temperature") or temperature
+    handle.info["temperature"] = handle.info.get("temperature") or scaling.value
     history = read_history(handle.run_dir)
-    result.update(model=handle.info, data_summary=data_summary(data_set, leakage), leakage=leakage,
+    result.update(model=handle.info, data_summary=data_summary(data_set, leakage), leakage=leakage.to_dict(),
                   warnings=messages)
     result["timing"] = {"eval_seconds": time.perf_counter() - started,
                         "train_seconds": train_seconds(handle.run_dir, history)}
@@ -346,9 +292,10 @@ def write_outputs(out: Path, result: dict[str, Any], part: Manifest, y: np.ndarr
              **{f"figure_{Path(f['path']).stem}": f"figures/{Path(f['path']).name}" for f in figures}}
     result["files"] = files
     write_json(out / "metrics.json", result)
+    part_name = result["data_summary"]["part"]
     write_report_html(out / "report.html", result=result, figures=figures, config=handle.config,
                       title=f"Evaluation of {handle.info.get('name', 'model')} on "
-                            f"{'all images' if result['data_summary']['part'] == 'all' else result['data_summary']['part']}")
+                            f"{'all images' if part_name == 'all' else part_name}")
     write_model_card(out / "MODEL_CARD.md", model_info=handle.info, metrics=result,
                      data_summary=result["data_summary"], config=handle.config)
     return files

@@ -2,7 +2,8 @@
 
 Resolves a folder, a split file and part, or a run's own test part into the images to score; checks their
 classes against the model's, that the files exist, and whether any of them are in the run's training part
-(leakage); summarises the data for the report and the model card.
+(leakage: the one such check, also used by the accuracy benchmark); summarises the data for the report and
+the model card.
 """
 
 from __future__ import annotations
@@ -10,16 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from leukoscope.data.manifest import Manifest, read_manifest_csv
 from leukoscope.errors import DataError, UsageError
-
-if TYPE_CHECKING:
-    from leukoscope.evaluation.evaluate import ModelHandle
-
+from leukoscope.evaluation.model_handle import ModelHandle
 
 
 @dataclass
@@ -107,21 +105,45 @@ def check_files(manifest: Manifest) -> None:
                         f"{missing[0]} (wrong data folder? give the right one as DATA or with --root)")
 
 
-def check_leakage(part: Manifest, run_dir: Path | None) -> dict[str, Any]:
-    """Count evaluated images whose bytes (sha256) are in the run's training part (from its split.csv)."""
+@dataclass(frozen=True)
+class Leakage:
+    """Evaluated images that the model already saw: their bytes (sha256) are in the run's training part."""
+
+    checked: bool  # False when the run has no readable split.csv
+    train_overlap: int = 0
+    examples: tuple[str, ...] = ()  # the first 5 overlapping paths
+    train_images: int | None = None  # images in the parts checked against
+
+    def to_dict(self) -> dict[str, Any]:
+        """As metrics.json stores it ("train_images" only when checked)."""
+        out: dict[str, Any] = {"checked": self.checked, "train_overlap": self.train_overlap,
+                               "examples": list(self.examples)}
+        if self.checked:
+            out["train_images"] = self.train_images
+        return out
+
+
+def check_leakage(part: Manifest, run_dir: Path | None, *, parts: Sequence[str] = ("train",),
+                  match_paths: bool = False) -> Leakage:
+    """Count images of `part` whose bytes (sha256) are in `parts` of the run's split.csv.
+
+    `match_paths`: a same relative path counts too (for data known to be the run's own dataset folder,
+    where a path names the same file).
+    """
     split_file = run_dir / "split.csv" if run_dir else None
     if split_file is None or not split_file.is_file():
-        return {"checked": False, "train_overlap": 0, "examples": []}
+        return Leakage(False)
     try:
-        trained = {r.sha256 for r in read_manifest_csv(split_file, run_dir).records if r.part == "train"}
+        seen = read_manifest_csv(split_file, run_dir).part(*parts).records
     except DataError:
-        return {"checked": False, "train_overlap": 0, "examples": []}
-    overlap = [r.path for r in part.records if r.sha256 and r.sha256 in trained]
-    return {"checked": True, "train_overlap": len(overlap), "examples": overlap[:5],
-            "train_images": len(trained)}
+        return Leakage(False)
+    hashes = {r.sha256 for r in seen}
+    paths = {r.path for r in seen} if match_paths else set()
+    overlap = [r.path for r in part.records if (r.sha256 and r.sha256 in hashes) or r.path in paths]
+    return Leakage(True, len(overlap), tuple(overlap[:5]), len(hashes))
 
 
-def data_summary(data: EvalData, leakage: dict[str, Any]) -> dict[str, Any]:
+def data_summary(data: EvalData, leakage: Leakage) -> dict[str, Any]:
     """What the numbers are on: part, counts, split sizes, duplicates, unreadable files, leakage."""
     from leukoscope.data.discover import duplicate_groups
 
@@ -132,5 +154,5 @@ def data_summary(data: EvalData, leakage: dict[str, Any]) -> dict[str, Any]:
         "part": data.part_name, "n_images": len(data.part), "class_counts": data.part.class_counts(),
         "total_images": len(data.full), "split_sizes": sizes if _has_parts(data.full) else None,
         "duplicate_groups": len(groups), "duplicate_images": sum(len(g) for g in groups),
-        "problems": len(data.full.problems), "leakage": leakage, "notes": list(data.notes),
+        "problems": len(data.full.problems), "leakage": leakage.to_dict(), "notes": list(data.notes),
     }

@@ -2,14 +2,18 @@
 side-by-side comparison of runs (HTML or Markdown).
 
 All three take the plain dicts that `evaluation` writes as JSON, so they can be re-rendered from saved
-results, and the model card writer is shared with the package export.
+results, and the model card writer is shared with the package export. The Jinja2 templates are package
+data (`templates/*.j2`, the CSS in `templates/report.css`): the report stays one self-contained HTML file
+with inline CSS and figures as data URIs. HTML templates are autoescaped, the Markdown card is not.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Sequence
 from datetime import datetime, timezone
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +23,22 @@ import yaml
 from leukoscope import __version__
 from leukoscope.data.fileio import write_text
 from leukoscope.evaluation.intervals import BOOTSTRAP, CLOPPER_PEARSON, METHOD_TEXT
-from leukoscope.evaluation.templates_py import COMPARE_HTML, CSS, MODEL_CARD_MD, REPORT_HTML
 
 DISCLAIMER = (
     "Research software, not a certified medical device: never use it alone for a diagnosis. "
     "Every result must be reviewed by a qualified specialist."
 )
 
-_ENV = jinja2.Environment(autoescape=True, undefined=jinja2.ChainableUndefined, keep_trailing_newline=True)
-_MD_ENV = jinja2.Environment(autoescape=False, undefined=jinja2.ChainableUndefined, keep_trailing_newline=True)
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("leukoscope.evaluation", "templates"),
+    autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default=False),
+    undefined=jinja2.ChainableUndefined, keep_trailing_newline=True)
+
+
+@functools.cache
+def _css() -> str:
+    """The report's stylesheet, inlined into every HTML page (escaped like any other value)."""
+    return resources.files("leukoscope.evaluation").joinpath("templates", "report.css").read_text(encoding="utf-8")
 
 
 def fmt(value: Any, digits: int = 3) -> str:
@@ -108,7 +119,7 @@ def _now() -> str:
 
 def _globals() -> dict[str, Any]:
     return {"fmt": fmt, "interval": interval, "with_interval": with_interval, "method_name": method_name,
-            "rate": rate, "pval": _pval, "css": CSS, "disclaimer": DISCLAIMER, "version": __version__,
+            "rate": rate, "pval": _pval, "css": _css(), "disclaimer": DISCLAIMER, "version": __version__,
             "created": _now()}
 
 
@@ -202,7 +213,7 @@ def write_report_html(
     embedded = [{"title": f["title"], "caption": f.get("caption", ""), "data": _png_base64(f["path"])}
                 for f in figures]
     config_text = yaml.safe_dump(config, sort_keys=False, allow_unicode=True) if config else ""
-    html = _ENV.from_string(REPORT_HTML).render(
+    html = _ENV.get_template("report.html.j2").render(
         **_globals(), title=title or f"Evaluation of {model_info.get('name', 'model')}", m=result,
         on=summary, warnings=result.get("warnings", []), cal=_calibration_context(result.get("calibration")),
         intervals_text=intervals_text(result),
@@ -253,7 +264,7 @@ def write_model_card(
     ]
     if config.get("soft_targets"):
         training_rows.append(("Distilled from", f"{config['soft_targets']} (weight {config.get('soft_target_weight')})"))
-    text = _MD_ENV.from_string(MODEL_CARD_MD).render(
+    text = _ENV.get_template("model_card.md.j2").render(
         **_globals(), name=model_info.get("name", "leukoscope model"), classes=classes,
         benign="Benign" in classes, model_rows=model_rows(model_info), training_rows=training_rows,
         on=data_summary, class_counts=list((data_summary.get("class_counts") or {}).items()),
@@ -322,7 +333,7 @@ def write_comparison(path: str | Path, comparison: dict[str, Any]) -> Path:
     if suffix in (".md", ".markdown"):
         text = _markdown_comparison(comparison)
     elif suffix in (".html", ".htm"):
-        text = _ENV.from_string(COMPARE_HTML).render(
+        text = _ENV.get_template("compare.html.j2").render(
             **_globals(), title=comparison.get("title", "Comparison of runs"), runs=comparison["runs"],
             rows=comparison_rows(comparison), tests=comparison["tests"], notes=comparison.get("notes", []))
     else:

@@ -2,8 +2,8 @@
 
 Both return (logits, penultimate features) for a normalised N x 3 x S x S float32 batch, so calibration,
 out-of-distribution scores and review flags are computed once, in numpy, whatever runs the network.
-ONNX Runtime is the fast path on CPUs (4x PyTorch eager here, see ../shared/NOTES.md) and needs no torch
-at prediction time; PyTorch serves packages without ONNX, run folders, and Grad-CAM.
+ONNX Runtime is the fast path on CPUs (several times faster than PyTorch eager) and needs no torch at
+prediction time; PyTorch serves packages without ONNX, run folders, and Grad-CAM.
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@ blasts and not at the background, the stain or a scanner artefact.
 
 pytorch-grad-cam on the last convolutional stage of the PyTorch network (a package's model.pt, whichever
 backend predicts), computed at the model's input size and drawn over the image at its own size, up to
-WORKING_SIDE pixels a side. Larger images are reduced while they are decoded (imaging.load_rgb's
-`max_side`): the heat map is 7x7 to 14x14 cells upsampled, so more pixels add no detail to it, and a
-7000x7000 upload would otherwise need about 2.6 GB of float arrays for one overlay.
+WORKING_SIDE pixels a side. Larger images are reduced while they are decoded (`max_side` of
+leukoscope.data.imaging.load_rgb): the heat map is 7x7 to 14x14 cells upsampled, so more pixels add no
+detail to it, and a 7000x7000 upload would otherwise need about 2.6 GB of float arrays for one overlay.
 """
 
 from __future__ import annotations

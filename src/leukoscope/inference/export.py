@@ -11,7 +11,8 @@ Order of work, and why:
    again on the CPU where it is loaded (leukoscope.inference.int8).
 3. Temperature, review threshold, OOD statistics and image-quality thresholds (leukoscope.review.rules) are
    computed from the outputs of the backend the package will use by default (int8 when written), so the
-   flags behave as calibrated.
+   flags behave as calibrated. A temperature `leukoscope evaluate` already saved in the run's
+   calibration.json is kept; a damaged calibration.json is refused before any work.
 """
 
 from __future__ import annotations
@@ -34,9 +35,8 @@ from leukoscope.errors import DataError, ImageError, ModelError
 from leukoscope.inference.backends import OnnxBackend, TorchBackend
 from leukoscope.inference.int8 import make_reference, quantize_with_gate, run_normalised
 from leukoscope.inference.package import INT8_REFERENCE, ONNX_FP32, ONNX_INT8, OOD_FILE, TORCH_FILE, write_package
-from leukoscope.inference.predictor import read_run_temperature
 from leukoscope.models.preprocessing import Preprocess, normalize_numpy, resize_rgb
-from leukoscope.review.calibration import softmax
+from leukoscope.review.calibration import read_temperature, softmax
 from leukoscope.review.rules import fit_review
 
 FP32_TOLERANCE = 1e-4
@@ -126,10 +126,15 @@ def export_onnx(model: Any, input_size: int, path: str | Path) -> None:
                           input_names=["input"], output_names=["logits", "features"], dynamic_axes=axes)
 
 
-def _check_fp32(original: Any, rounded: Any, onnx_path: Path, check: np.ndarray, log: Log,
+def _check_fp32(original: Any, rounded: Any, onnx_path: Path, check: np.ndarray, pre: Preprocess, log: Log,
                 threads: int | None = None) -> dict[str, Any]:
     """ONNX Runtime fp32 vs PyTorch (same fp16-rounded weights) on `check` (normalised NCHW): refuse
-    above FP32_TOLERANCE. Also report what rounding the weights to fp16 changed against the checkpoint."""
+    above FP32_TOLERANCE. Also report what rounding the weights to fp16 changed against the checkpoint
+    (scored as every checkpoint is scored, with leukoscope.models.scoring)."""
+    import torch
+
+    from leukoscope.models.scoring import score_model
+
     torch_probs = softmax(run_normalised(TorchBackend(rounded, threads), check)[0])
     onnx_probs = softmax(run_normalised(OnnxBackend(onnx_path, threads), check)[0])
     diff = float(np.abs(torch_probs - onnx_probs).max())
@@ -137,7 +142,7 @@ def _check_fp32(original: Any, rounded: Any, onnx_path: Path, check: np.ndarray,
     if not diff <= FP32_TOLERANCE:
         raise ModelError(f"ONNX export does not match PyTorch: max probability difference {diff:.2e} on "
                          f"{len(check)} images (tolerance {FP32_TOLERANCE:g}); not written")
-    original_probs = softmax(run_normalised(TorchBackend(original, threads), check)[0])
+    original_probs = softmax(score_model(original, torch.from_numpy(check), pre, batch_size=32).logits.numpy())
     return {"fp32_max_abs_prob_diff": diff,
             "fp16_weights_max_abs_prob_diff": float(np.abs(original_probs - torch_probs).max()),
             "fp16_weights_top1_agreement": float(np.mean(original_probs.argmax(1) == torch_probs.argmax(1))),
@@ -234,6 +239,7 @@ def export_run(run: str | Path, out: str | Path, *, int8: bool = False, int8_onl
     loaded = load_trained(checkpoint)
     config = _read_config(run_dir, loaded.meta)
     split = _load_split(run_dir, config, loaded.classes, data_root)
+    temperature = read_temperature(run_dir, strict=True)  # evaluate's; a damaged file refuses before any work
     pre = loaded.preprocess
     train, val = load_images(split.part("train"), pre), load_images(split.part("val"), pre)
     if len(train.pixels) < 2:
@@ -246,7 +252,7 @@ def export_run(run: str | Path, out: str | Path, *, int8: bool = False, int8_onl
     with tempfile.TemporaryDirectory(prefix="leukoscope-export-") as tmp:
         work = Path(tmp)
         export_onnx(rounded, pre.input_size, work / ONNX_FP32)
-        parity = _check_fp32(loaded.model, rounded, work / ONNX_FP32, check_x, log, threads)
+        parity = _check_fp32(loaded.model, rounded, work / ONNX_FP32, check_x, pre, log, threads)
         default = ONNX_FP32
         if int8:
             chosen = np.random.default_rng(0).permutation(len(train.pixels))[:calibration_images]
@@ -261,7 +267,7 @@ def export_run(run: str | Path, out: str | Path, *, int8: bool = False, int8_onl
         val_logits, val_feats = run_backend(engine, val.pixels, pre) if len(val.pixels) else (None, None)
         review_info, ood, val_metrics = fit_review(
             train_feats, train.labels, train.pixels, val_logits, val_feats, val.labels,
-            run_temperature=read_run_temperature(run_dir), log=log)
+            run_temperature=temperature, log=log)
         ood.save(work / OOD_FILE)
         _save_torch_payload(work / TORCH_FILE, loaded, half_state)
         info = _describe(run_dir, loaded, config, split, train, name)

@@ -1,26 +1,14 @@
 """int8 models that give the answers they were checked to give, on every CPU they run on.
 
-Quantisation rule (`quantize_int8`, the same on every machine): static QDQ, uint8 activations, per-channel
-int8 weights with `reduce_range` (7-bit weights, -64..63). Why: ONNX Runtime's u8s8 kernels on x86 CPUs
-without VNNI (AVX2, and AVX-512 without VNNI) add pairs of uint8 x int8 products into int16 with saturation
-(VPMADDUBSW); 255 x 127 x 2 overflows int16, so full-range weights saturate there but never on a VNNI CPU,
-and a model checked on one kind of CPU answers differently on the other (issue #11). With 7-bit weights
-255 x 64 x 2 < 32767: the integer arithmetic is exact on both kinds, as ONNX Runtime documents for
-`reduce_range`. Measured with benchmarks/int8_recipes.py on the bundled MobileNetV2 (280 val images, AVX-512F
-without VNNI): 8-bit weights agree with fp32 on 98.21% of top-1 calls with this CPU's kernels but 100% with
-exact arithmetic (what a VNNI CPU computes), probabilities differing by up to 0.90 between the two; 7-bit
-weights agree on 99.29% either way (largest difference 0.028) at 1.7-1.9x fp32's batch-32 speed; U8U8 is
-CPU-independent too (100%) but slower (0.9-1.5x fp32 here, and it cannot use VNNI, which multiplies u8 x s8
-only); per-tensor weights lose too much (34%). The export gate still guards accuracy model by model.
+`quantize_int8` writes the same model on every machine: static QDQ, uint8 activations, per-channel int8
+weights limited to 7 bits (`reduce_range`), so that the integer arithmetic is exact on CPUs with VNNI and
+on those without (whose kernels saturate full-range weights): a model checked on one kind of CPU answers the
+same on the other.
 
-Check where it runs (`checked_onnx`): export stores a reference batch (`int8_reference.npz`: up to 16 val
-images, JPEG-coded to stay small, with fp32's top-1 and the int8 model's probabilities on the decoded
-pixels), chosen among images where int8 agreed with fp32 on the exporting machine with a margin. At load the
-int8 model runs the batch: top-1 agreement below INT8_MIN_AGREEMENT (the export gate), or probabilities more
-than INT8_MAX_DRIFT away from the exporting machine's, mean its kernels compute something else here, and the
-Predictor uses fp32 with one warning line (an int8-only package is refused). The drift test is needed: a
-saturating model flipped none of 16 reference images but moved probabilities by 0.26, against at most 0.03
-between exact arithmetic and 7-bit kernels on all 280 val images.
+`checked_onnx` checks it where it runs: export stores a reference batch (`int8_reference.npz`: a few val
+images with fp32's top-1 and the int8 model's probabilities), and at load the int8 model must agree with
+fp32 (INT8_MIN_AGREEMENT) and stay within INT8_MAX_DRIFT of the exporting machine's probabilities, or the
+Predictor uses fp32 with one warning line (an int8-only package is refused).
 """
 
 from __future__ import annotations
@@ -42,9 +30,9 @@ from leukoscope.models.preprocessing import Preprocess, normalize_numpy
 from leukoscope.review.calibration import softmax
 
 INT8_MIN_AGREEMENT = 0.99  # top-1 agreement with fp32 required at export and again at load
-REDUCE_RANGE = True  # 7-bit weights: exact integer arithmetic with and without VNNI (see the module docstring)
+REDUCE_RANGE = True  # 7-bit weights: exact integer arithmetic with and without VNNI (see quantize_int8)
 REFERENCE_IMAGES = 16
-INT8_MAX_DRIFT = 0.1  # largest probability change on the reference batch from where it was exported (see below)
+INT8_MAX_DRIFT = 0.1  # largest probability change on the reference batch from where it was exported (see checked_onnx)
 REFERENCE_MIN_MARGIN = 0.05  # top-1 minus top-2 probability, fp32 and int8, for an image to be a reference
 REFERENCE_JPEG_QUALITY = 90
 log = logging.getLogger("leukoscope")
@@ -58,6 +46,14 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, *, e
                   reduce_range: bool = REDUCE_RANGE, weights: str = "int8", per_channel: bool = True,
                   batch_size: int = 16) -> None:
     """Static int8 QDQ, MinMax-calibrated on `calibration` (normalised NCHW), by the module's rule.
+
+    Why 7-bit weights: on x86 CPUs without VNNI (AVX2, AVX-512 without VNNI) ONNX Runtime's u8s8 kernels add
+    pairs of uint8 x int8 products into int16 with saturation (VPMADDUBSW); 255 x 127 x 2 overflows int16,
+    255 x 64 x 2 does not, so with `reduce_range` the arithmetic is exact on both kinds of CPU, as ONNX Runtime
+    documents (issue #11). On the bundled MobileNetV2 (benchmarks/int8_recipes.py), 8-bit weights agreed with
+    fp32 on 98.2% of top-1 calls with saturating kernels and on 100% with exact ones; 7-bit weights agree on
+    99.3% either way, at 1.7-1.9x fp32's speed. U8U8 is CPU-independent too but slower; per-tensor weights
+    lose too much. The export gate still guards accuracy model by model.
 
     `exclude_ends` keeps the first convolution and the classifier in fp32, the usual fix when int8
     disagrees with fp32 on borderline images. `reduce_range`, `weights` ("int8"/"uint8") and `per_channel`

@@ -24,6 +24,7 @@ from typing import Any
 
 from leukoscope.data.fileio import sha256_file
 from leukoscope.errors import ModelError, UsageError
+from leukoscope.review.ood import OOD_FILE
 
 PACKAGE_FORMAT = "leukoscope-model"
 PACKAGE_VERSION = 1
@@ -32,7 +33,7 @@ ONNX_FP32 = "model.onnx"
 ONNX_INT8 = "model.int8.onnx"
 INT8_REFERENCE = "int8_reference.npz"
 TORCH_FILE = "model.pt"
-OOD_FILE = "ood.npz"
+PACKAGE_FILES = (ONNX_FP32, ONNX_INT8, INT8_REFERENCE, TORCH_FILE, OOD_FILE)  # all but model.json, in its order
 
 
 def bundled_package_path() -> Path:

@@ -3,10 +3,10 @@ and the benchmarks alike.
 
 A prediction is only useful with its caveats, so every `Prediction` carries calibrated probabilities
 (softmax of logits / temperature) and a `review` flag with its reasons: low calibrated confidence, an
-image unlike the training data (Mahalanobis distance of its features, see leukoscope.review.ood), a blurry image
-or one far from the training resolution. Images that show nothing to judge (blank, noise, a smooth
-gradient, a few pixels) get status `unusable` and no class. Unreadable files become predictions with
-`error` set instead of exceptions, so one bad file never stops a folder of thousands.
+image unlike the training data (leukoscope.review.ood), a blurry image or one far from the training
+resolution (leukoscope.review.quality). Images that show nothing to judge (blank, noise, a smooth gradient,
+a few pixels) get status `unusable` and no class. Unreadable files become predictions with `error` set
+instead of exceptions, so one bad file never stops a folder of thousands.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from leukoscope.inference.int8 import checked_onnx
 from leukoscope.inference.package import (
     MODEL_JSON,
     ONNX_FP32,
-    OOD_FILE,
     TORCH_FILE,
     bundled_package_path,
     is_package,
@@ -39,18 +38,16 @@ from leukoscope.inference.package import (
 from leukoscope.inference.prediction import Prediction
 from leukoscope.models.preprocessing import Preprocess, normalize_numpy, resize_rgb
 from leukoscope.review import reasons as why
-from leukoscope.review.ood import MahalanobisOOD, QualityThresholds, quality_reasons
+from leukoscope.review.calibration import read_temperature
+from leukoscope.review.ood import OOD_FILE, MahalanobisOOD
+from leukoscope.review.quality import quality_reasons, size_reasons
 from leukoscope.review.reasons import Reason
+from leukoscope.review.rules import DEFAULT_CONFIDENCE_THRESHOLD, ReviewThresholds
 
 BACKENDS = ("auto", "onnx", "torch")
-DEFAULT_CONFIDENCE_THRESHOLD = 0.9
-SIZE_RATIO_RANGE = (0.5, 4.0)
-MIN_SIDE_FRACTION = 1 / 8  # below training side / 8 (28 px at 224) an image is unusable
 
 
 # ------------------------------------------------------------------------------------------- predictor
-
-MIN_JPEG_QUALITY = 40.0  # the training JPEGs are quality 95; below this, texture is visibly destroyed
 
 _BLAS_LOCK = threading.Lock()
 _BLAS_CONTROLLER: list[Any] = []
@@ -112,15 +109,14 @@ class Predictor:
         self.classes: tuple[str, ...] = tuple(info["classes"])
         self.preprocess = Preprocess.from_dict(info["preprocess"])
         self.temperature = float(info.get("temperature") or 1.0)
-        review = info.get("review", {})
-        self.confidence_threshold = float(
-            confidence_threshold if confidence_threshold is not None
-            else review.get("confidence_threshold", DEFAULT_CONFIDENCE_THRESHOLD))
-        self.quality = QualityThresholds.from_dict(review)
-        self.min_jpeg_quality = float(review.get("min_jpeg_quality", MIN_JPEG_QUALITY))
         self.training_size = int(info.get("training_image_size") or self.preprocess.input_size)
-        self.size_ratio_range = tuple(review.get("size_ratio_range", SIZE_RATIO_RANGE))
-        self.min_side = int(review.get("min_side", max(2, round(self.training_size * MIN_SIDE_FRACTION))))
+        rules = ReviewThresholds.from_dict(info.get("review", {}), self.training_size)
+        self.confidence_threshold = float(confidence_threshold if confidence_threshold is not None
+                                          else rules.confidence)
+        self.quality = rules.quality
+        self.min_jpeg_quality = rules.min_jpeg_quality
+        self.size_ratio_range = rules.size_ratio_range
+        self.min_side = rules.min_side
         self.ood = ood
         self.source = source
         self._torch_model = torch_model
@@ -194,7 +190,7 @@ class Predictor:
         if item.reasons and item.reasons[0].unusable:
             return item  # no class for it: the model never sees it
         item.pixels = pixels
-        item.reasons += self._size_reasons(item.width, item.height)
+        item.reasons += size_reasons(item.width, item.height, self.training_size, self.size_ratio_range)
         quality = jpeg_quality(image)  # the tables load_rgb kept: no second parse of the header
         if quality is not None and quality < self.min_jpeg_quality:
             item.reasons.append(why.jpeg_quality(quality, self.min_jpeg_quality))
@@ -208,16 +204,6 @@ class Predictor:
         except OSError as exc:
             return _Decoded(str(path), error=f"cannot read file: {exc.strerror or exc}")
         return self._decode(str(path), data)
-
-    def _size_reasons(self, width: int, height: int) -> list[Reason]:
-        ratio = min(width, height) / self.training_size
-        if ratio < self.size_ratio_range[0]:
-            return [why.small_image(width, height, self.training_size)]
-        if ratio > self.size_ratio_range[1]:
-            return [why.large_image(width, height, self.training_size)]
-        if max(width, height) > 1.5 * min(width, height):
-            return [why.not_square(width, height)]
-        return []
 
     # ---- inference
 
@@ -347,29 +333,7 @@ def _from_run(path: Path, backend: str, threads: int | None, threshold: float | 
     run_dir = path if path.is_dir() else path.parent
     info = {"name": run_dir.name, "source": "run", "classes": list(loaded.classes),
             "preprocess": loaded.preprocess.to_dict(), "spec": loaded.spec.to_dict(),
-            "backbone": loaded.spec.backbone, "temperature": read_run_temperature(run_dir) or 1.0,
+            "backbone": loaded.spec.backbone, "temperature": read_temperature(run_dir, strict=True) or 1.0,
             "review": {"confidence_threshold": DEFAULT_CONFIDENCE_THRESHOLD}}
     return Predictor(TorchBackend(loaded.model, threads), info, source=None, torch_model=loaded.model,
                      confidence_threshold=threshold)
-
-
-def read_run_temperature(run_dir: str | Path) -> float | None:
-    """The temperature in `<run>/calibration.json` (written by evaluate), or None when absent."""
-    import json
-
-    path = Path(run_dir) / "calibration.json"
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot read {path}: {exc}") from None
-    value = data.get("temperature") if isinstance(data, dict) else None
-    if value is None and isinstance(data, dict) and isinstance(data.get("calibration"), dict):
-        value = data["calibration"].get("temperature")
-    if not isinstance(value, int | float) or not value > 0:
-        raise ModelError(f"{path} has no positive 'temperature'")
-    return float(value)
-
-
-# ------------------------------------------------------------------------------------------- samples

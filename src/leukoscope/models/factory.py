@@ -119,7 +119,7 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
 
 def glorot_head(model: nn.Module) -> None:
     """Glorot-uniform weights, zero bias: what Keras' Dense uses (the paper); learns faster than timm's
-    default init in short frozen-backbone runs (see ../shared/NOTES.md)."""
+    default init in short frozen-backbone runs."""
     head = model.get_classifier()
     if isinstance(head, nn.Linear):
         nn.init.xavier_uniform_(head.weight)

@@ -1,29 +1,22 @@
-"""Preprocessing and augmentation.
+"""What a PyTorch model is fed: images decoded into uint8 tensors, and their normalisation.
 
-Images are decoded once into uint8 tensors (the whole dataset fits in memory); augmentation then runs on
-batches of tensors, on the GPU when training there, with per-image random parameters. Two recipes:
-
-- "paper": random brightness, zoom and horizontal flip (the published method's augmentation).
-- "strong": both flips, 90-degree rotations plus small angles, zoom 0.75-1.25, brightness / contrast /
-  saturation and a colour (stain) tint. Smears have no canonical orientation and stains vary between
-  slides and labs, so these are label-preserving and make the model rely on cell morphology.
+The whole dataset is decoded once into an N x 3 x S x S uint8 tensor (it fits in memory); batches of it
+are normalised with the model's mean and std right before the forward pass. Training augments those uint8
+batches first (`leukoscope.training.augment`); evaluation and the PyTorch backend feed them as they are.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from leukoscope.data.imaging import load_rgb
 from leukoscope.models.preprocessing import Preprocess, resize_rgb
 
-RECIPES = ("none", "paper", "strong")
 
 def load_uint8_batch(paths: Sequence[str | Path], preprocess: Preprocess, workers: int = 2) -> torch.Tensor:
     """Decode images in parallel into an N x 3 x S x S uint8 tensor (channels first)."""
@@ -44,67 +37,3 @@ def normalize(batch: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
     mean = torch.tensor(preprocess.mean, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(preprocess.std, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
-
-
-def _uniform(n: int, low: float, high: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    return torch.rand(n, generator=generator, device="cpu").to(device) * (high - low) + low
-
-
-def _coin(n: int, p: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    return (torch.rand(n, generator=generator, device="cpu") < p).to(device)
-
-
-def augment(batch: torch.Tensor, recipe: str, generator: torch.Generator) -> torch.Tensor:
-    """Augment a uint8 N x 3 x H x W batch; returns float in [0, 1] on the batch's device.
-
-    Random parameters come from `generator` (a CPU generator), so a seeded run is reproducible on any
-    device and a resumed run replays the same augmentation.
-    """
-    if recipe not in RECIPES:
-        raise ValueError(f"unknown augmentation {recipe!r}; choose from {RECIPES}")
-    x = batch.float() / 255.0
-    if recipe == "none" or x.shape[0] == 0:
-        return x
-    n, device = x.shape[0], x.device
-    if recipe == "paper":
-        angle = torch.zeros(n, device=device)
-        scale = _uniform(n, 0.8, 1.2, generator, device)
-        hflip = _coin(n, 0.5, generator, device)
-        vflip = torch.zeros(n, dtype=torch.bool, device=device)
-    else:
-        quarter = torch.randint(0, 4, (n,), generator=generator).to(device).float() * (math.pi / 2)
-        angle = quarter + _uniform(n, -15, 15, generator, device) * (math.pi / 180)
-        scale = _uniform(n, 0.75, 1.25, generator, device)
-        hflip = _coin(n, 0.5, generator, device)
-        vflip = _coin(n, 0.5, generator, device)
-    x = _affine(x, angle, scale, hflip, vflip)
-    if recipe == "paper":
-        return (x * _uniform(n, 0.8, 1.2, generator, device).view(n, 1, 1, 1)).clamp(0, 1)
-    return _colour(x, generator)
-
-
-def _affine(x: torch.Tensor, angle: torch.Tensor, scale: torch.Tensor, hflip: torch.Tensor, vflip: torch.Tensor) -> torch.Tensor:
-    """Per-image rotation, zoom (scale > 1 zooms in) and flips, reflecting at the borders."""
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    sx = torch.where(hflip, -1.0, 1.0)
-    sy = torch.where(vflip, -1.0, 1.0)
-    theta = torch.zeros(x.shape[0], 2, 3, device=x.device)
-    theta[:, 0, 0], theta[:, 0, 1] = cos * sx, -sin * sy
-    theta[:, 1, 0], theta[:, 1, 1] = sin * sx, cos * sy
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-
-
-def _colour(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Brightness, contrast, saturation and a per-channel tint: slide-to-slide stain variation."""
-    n, device = x.shape[0], x.device
-    brightness = _uniform(n, 0.75, 1.25, generator, device).view(n, 1, 1, 1)
-    contrast = _uniform(n, 0.75, 1.25, generator, device).view(n, 1, 1, 1)
-    saturation = _uniform(n, 0.6, 1.4, generator, device).view(n, 1, 1, 1)
-    tint = (torch.rand(n, 3, generator=generator).to(device) * 0.2 + 0.9).view(n, 3, 1, 1)
-    x = x * brightness
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = (x - mean) * contrast + mean
-    gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
-    x = (x - gray) * saturation + gray
-    return (x * tint).clamp(0, 1)

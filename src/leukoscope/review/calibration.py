@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from leukoscope.data.fileio import write_json
+from leukoscope.errors import ModelError
 
 T_MIN, T_MAX = 0.05, 20.0
 CALIBRATION_FILE = "calibration.json"
@@ -160,11 +161,20 @@ def save_temperature(folder: str | Path, temperature: float, *, fitted_on: str, 
     return path
 
 
-def read_temperature(folder: str | Path) -> float | None:
-    """The temperature stored in `<folder>/calibration.json`, or None when absent or unreadable."""
+def read_temperature(folder: str | Path, *, strict: bool = False) -> float | None:
+    """The temperature stored in `<folder>/calibration.json`, or None when absent or unreadable.
+
+    With `strict`, a calibration.json that exists but holds no temperature in [T_MIN, T_MAX] is a
+    ModelError instead: a tool that would otherwise serve uncalibrated probabilities must not do so silently.
+    """
     path = Path(folder) / CALIBRATION_FILE
     try:
         value = float(json.loads(path.read_text(encoding="utf-8"))["temperature"])
     except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return value if T_MIN <= value <= T_MAX else None
+        value = None
+    if value is not None and T_MIN <= value <= T_MAX:
+        return value
+    if strict and path.exists():
+        raise ModelError(f"{path} holds no temperature between {T_MIN:g} and {T_MAX:g}; delete it or run "
+                         "`leukoscope evaluate` on the run again")
+    return None

@@ -1,5 +1,6 @@
 """When to flag an image for review: temperature, confidence threshold, out-of-distribution and image-quality
-thresholds, fitted from a network's outputs on the training and validation parts.
+thresholds, fitted from a network's outputs on the training and validation parts (`fit_review`, at export),
+and read back from a package's model.json (`ReviewThresholds`, when a Predictor loads).
 
 Kept apart from the export so that the rules that decide what a reviewer sees are one small module with
 no model, file or backend in it: arrays in, thresholds out, testable on synthetic numbers.
@@ -8,19 +9,50 @@ no model, file or backend in it: arrays in, thresholds out, testable on syntheti
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from leukoscope.inference.package import OOD_FILE
-from leukoscope.inference.predictor import MIN_JPEG_QUALITY, SIZE_RATIO_RANGE
 from leukoscope.review.calibration import fit_temperature, softmax
-from leukoscope.review.ood import DEFAULT_QUANTILE, MahalanobisOOD, fit_quality_thresholds, image_stats
+from leukoscope.review.ood import DEFAULT_QUANTILE, OOD_FILE, MahalanobisOOD
+from leukoscope.review.quality import (
+    MIN_JPEG_QUALITY,
+    MIN_SIDE_FRACTION,
+    SIZE_RATIO_RANGE,
+    QualityThresholds,
+    fit_quality_thresholds,
+    image_stats,
+)
 
 TARGET_CONFIDENT_ACCURACY = 0.995
 REVIEW_FRACTION = 0.02  # at least this share of in-distribution val images is flagged by confidence
 NO_VAL_CONFIDENCE_THRESHOLD = 0.9
+DEFAULT_CONFIDENCE_THRESHOLD = 0.9  # a package or run without a fitted threshold
+
+
+@dataclass(frozen=True)
+class ReviewThresholds:
+    """model.json's `review` section as a Predictor applies it. Keys a package lacks (older packages, run
+    folders) take the defaults; the confidence threshold, the OOD threshold (in ood.npz) and the quality
+    thresholds are fitted by `fit_review`."""
+
+    confidence: float
+    quality: QualityThresholds
+    min_jpeg_quality: float
+    size_ratio_range: tuple[float, float]
+    min_side: int  # shorter side below this: too_small (unusable)
+
+    @classmethod
+    def from_dict(cls, review: Mapping[str, Any], training_size: int) -> ReviewThresholds:
+        """From model.json's `review` (possibly empty) for a model trained on `training_size` px images."""
+        low, high = review.get("size_ratio_range", SIZE_RATIO_RANGE)
+        return cls(confidence=float(review.get("confidence_threshold", DEFAULT_CONFIDENCE_THRESHOLD)),
+                   quality=QualityThresholds.from_dict(review),
+                   min_jpeg_quality=float(review.get("min_jpeg_quality", MIN_JPEG_QUALITY)),
+                   size_ratio_range=(float(low), float(high)),
+                   min_side=int(review.get("min_side", max(2, round(training_size * MIN_SIDE_FRACTION)))))
 
 
 def choose_confidence_threshold(probs: np.ndarray, labels: np.ndarray, *,

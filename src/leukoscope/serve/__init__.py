@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from .app import create_app
-from .settings import Settings, check_exposure
+from leukoscope.serve.app import create_app
+from leukoscope.serve.settings import Settings, check_exposure
 
 __all__ = ["Settings", "check_exposure", "create_app"]

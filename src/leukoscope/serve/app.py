@@ -29,20 +29,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from leukoscope import __version__
 from leukoscope.errors import ImageError, LeukoscopeError, ModelError, UsageError
-
-from .api_errors import http_error, validation_error
-from .context import ServerContext
-from .hosts import OriginCheckMiddleware, TrustedHosts
-from .limits import BodyLimitMiddleware, Gate, RequestRejected
-from .lockout import Lockout
-from .routes_api import router as api_router
-from .routes_api import with_class_names
-from .routes_pages import router as pages_router
-from .security import DOCS_STATIC, SecurityHeadersMiddleware, TokenAuthMiddleware
-from .service import GradcamFn, PredictionService
-from .sessions import SessionStore
-from .settings import Settings
-from .store import Store
+from leukoscope.serve.api_errors import http_error, validation_error
+from leukoscope.serve.context import ServerContext
+from leukoscope.serve.hosts import OriginCheckMiddleware, TrustedHosts
+from leukoscope.serve.limits import BodyLimitMiddleware, Gate, RequestRejected
+from leukoscope.serve.lockout import Lockout
+from leukoscope.serve.routes_api import router as api_router
+from leukoscope.serve.routes_api import with_class_names
+from leukoscope.serve.routes_pages import router as pages_router
+from leukoscope.serve.security import DOCS_STATIC, SecurityHeadersMiddleware, TokenAuthMiddleware
+from leukoscope.serve.service import GradcamFn, PredictionService
+from leukoscope.serve.sessions import SessionStore
+from leukoscope.serve.settings import Settings
+from leukoscope.serve.store import Store
 
 log = logging.getLogger("leukoscope.serve")
 HERE = Path(__file__).resolve().parent

@@ -14,10 +14,10 @@ from fastapi import Request
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
-from .limits import Gate, RequestRejected
-from .service import PredictionService
-from .settings import Settings
-from .store import Store
+from leukoscope.serve.limits import Gate, RequestRejected
+from leukoscope.serve.service import PredictionService
+from leukoscope.serve.settings import Settings
+from leukoscope.serve.store import Store
 
 T = TypeVar("T")
 

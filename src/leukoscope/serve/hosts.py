@@ -27,7 +27,7 @@ from starlette.datastructures import Headers
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .limits import send_json
+from leukoscope.serve.limits import send_json
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _PASSED = "leukoscope.host_checked"  # scope key: the request got past the Host check

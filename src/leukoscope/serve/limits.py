@@ -25,8 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from leukoscope.data.imaging import ImageInfo, read_info
 from leukoscope.errors import ImageError, LeukoscopeError
-
-from .settings import MIB, Settings
+from leukoscope.serve.settings import MIB, Settings
 
 ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "TIFF", "WEBP"})
 FILE_FIELD = "files"

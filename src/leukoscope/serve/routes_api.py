@@ -10,10 +10,10 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from .api_errors import error_responses
-from .context import ServerContext, get_ctx
-from .limits import FILE_FIELD, SAMPLE_FIELD, SAMPLE_ID_MAX, SAMPLE_ID_PATTERN, read_uploads
-from .store import MAX_PAGE, MAX_PER_PAGE, MAX_ROW_ID, Filters
+from leukoscope.serve.api_errors import error_responses
+from leukoscope.serve.context import ServerContext, get_ctx
+from leukoscope.serve.limits import FILE_FIELD, SAMPLE_FIELD, SAMPLE_ID_MAX, SAMPLE_ID_PATTERN, read_uploads
+from leukoscope.serve.store import MAX_PAGE, MAX_PER_PAGE, MAX_ROW_ID, Filters
 
 # Every route may meet the Host check (400), the token (401, 429) or a fault (500); routes add their own.
 router = APIRouter(tags=["api"], responses=error_responses(400, 401, 429, 500))
@@ -156,4 +156,5 @@ async def image(ctx: Ctx, prediction_id: PredictionId) -> Response:
 async def sample(ctx: Ctx, sample_id: str) -> dict[str, Any]:
     """The sample call on every prediction stored under one sample id: leukemia suspected as soon as one
     usable image looks leukemic, Benign only when all do (leukoscope.review.samples.sample_call)."""
-    return await ctx.run_io(ctx.service.sample_summary, sample_id)
+    summary = await ctx.run_io(ctx.service.sample_summary, sample_id)
+    return summary.to_json()

@@ -8,11 +8,11 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from .context import ServerContext, get_ctx
-from .limits import ALLOWED_FORMATS
-from .lockout import message as lockout_message
-from .security import COOKIE_NAME, client_address, safe_next, session_id, token_matches
-from .store import MAX_PAGE, Filters
+from leukoscope.serve.context import ServerContext, get_ctx
+from leukoscope.serve.limits import ALLOWED_FORMATS
+from leukoscope.serve.lockout import message as lockout_message
+from leukoscope.serve.security import COOKIE_NAME, client_address, safe_next, session_id, token_matches
+from leukoscope.serve.store import MAX_PAGE, Filters
 
 # The same sentence as leukoscope.cli.common.DISCLAIMER; not imported, so the server never loads the CLI.
 DISCLAIMER = "Research software, not a certified medical device: never use it alone for a diagnosis."

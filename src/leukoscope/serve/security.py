@@ -16,10 +16,10 @@ from urllib.parse import quote
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .limits import send_json
-from .lockout import Lockout
-from .lockout import message as lockout_message
-from .sessions import SessionStore
+from leukoscope.serve.limits import send_json
+from leukoscope.serve.lockout import Lockout
+from leukoscope.serve.lockout import message as lockout_message
+from leukoscope.serve.sessions import SessionStore
 
 COOKIE_NAME = "leukoscope_session"
 DOCS_STATIC = "/docs-static"  # Swagger UI's own JS/CSS (fastapi-offline), served by the app, not a CDN

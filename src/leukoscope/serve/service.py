@@ -1,8 +1,9 @@
 """What the web app does, as plain synchronous functions: the route handlers only translate HTTP.
 
 `PredictionService.predict_uploads` is the whole upload path: sniff each file, predict the readable ones
-in one batch, store them (rows + image bytes) in one transaction, and return one JSON entry per file in
-upload order, with a per-sample summary. It runs in the inference thread pool, never on the event loop.
+in one batch, store them (rows + image bytes) in one transaction, and return one `UploadResult` per file in
+upload order, with the sample's call (`SampleSummary`, from the stored rows themselves). It runs in the
+inference thread pool, never on the event loop; the routes turn the results into JSON with `to_json`.
 """
 
 from __future__ import annotations
@@ -28,10 +29,10 @@ from leukoscope.data.fileio import sha256_bytes
 from leukoscope.data.imaging import load_rgb
 from leukoscope.errors import ImageError, ModelError
 from leukoscope.inference.explain import WORKING_SIDE
-
-from .limits import RequestRejected, Upload, sniff
-from .settings import Settings
-from .store import Filters, NewPrediction, Store, StoredPrediction, utc_text
+from leukoscope.review.samples import SampleCall, sample_call
+from leukoscope.serve.limits import RequestRejected, Upload, sniff
+from leukoscope.serve.settings import Settings
+from leukoscope.serve.store import Filters, NewPrediction, Store, StoredPrediction, utc_text
 
 THUMBNAIL_SIDE = 160
 WARMUP_SOURCE = "leukoscope-warm-up.png"  # the name warm_up predicts under (fakes in tests recognise it)
@@ -76,42 +77,68 @@ def links(prediction_id: int) -> dict[str, str]:
     return {"self": base, "gradcam": f"{base}/gradcam", "thumbnail": f"{base}/thumbnail", "image": f"{base}/image"}
 
 
-def result_entry(row: StoredPrediction) -> dict[str, Any]:
-    """One upload's entry: `ok` means read and stored; `status` says whether it got a class (ok) or was
-    unusable (label null, with the reason in review_reasons / review_codes)."""
-    return {"file_name": row.file_name, "ok": True, "error": None, **row.to_json(), "links": links(row.id)}
+@dataclass(frozen=True)
+class UploadResult:
+    """One upload's outcome: its stored prediction (`ok`), or why it was not read (`error`)."""
+
+    file_name: str
+    row: StoredPrediction | None = None
+    error: str | None = None
+    sha256: str = ""  # of the bytes, also for a file that could not be read
+
+    @classmethod
+    def failed(cls, name: str, data: bytes, message: str) -> UploadResult:
+        return cls(name, error=message, sha256=sha256_bytes(data) if data else "")
+
+    @property
+    def ok(self) -> bool:
+        return self.row is not None
+
+    def to_json(self) -> dict[str, Any]:
+        """`ok` means read and stored; `status` then says whether it got a class (ok) or was unusable
+        (label null, with the reason in review_reasons / review_codes)."""
+        if self.row is None:
+            return {"file_name": self.file_name, "ok": False, "status": "error", "error": self.error, "id": None,
+                    "sha256": self.sha256, "label": None}
+        return {"file_name": self.file_name, "ok": True, "error": None, **self.row.to_json(),
+                "links": links(self.row.id)}
 
 
-def error_entry(name: str, data: bytes, message: str) -> dict[str, Any]:
-    return {"file_name": name, "ok": False, "status": "error", "error": message, "id": None,
-            "sha256": sha256_bytes(data) if data else "", "label": None}
-
-
-def summarize(rows: Sequence[StoredPrediction], classes: Sequence[str], *, sample_id: str,
-              failed: int = 0) -> dict[str, Any]:
+@dataclass(frozen=True)
+class SampleSummary:
     """The call on images uploaded together: leukoscope.review.samples.sample_call, the rule that
     `predict --group-by folder` uses (leukemia suspected when any usable image looks leukemic)."""
-    from leukoscope.review.samples import sample_call
 
-    return {"sample_id": sample_id, **sample_call(rows, classes, failed=failed).to_json()}
+    sample_id: str
+    call: SampleCall
+
+    @classmethod
+    def of(cls, rows: Sequence[StoredPrediction], classes: Sequence[str], *, sample_id: str,
+           failed: int = 0) -> SampleSummary:
+        return cls(sample_id, sample_call(rows, classes, failed=failed))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sample_id": self.sample_id, **self.call.to_json()}
 
 
 @dataclass
 class BatchResult:
+    """One upload request's answer: an UploadResult per file, in upload order, and the sample's call."""
+
     sample_id: str
-    results: list[dict[str, Any]]
-    summary: dict[str, Any]
+    results: list[UploadResult]
+    summary: SampleSummary
     model_version: str
 
     @property
     def any_ok(self) -> bool:
-        return any(entry["ok"] for entry in self.results)
+        return any(result.ok for result in self.results)
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"sample_id": self.sample_id, "model_version": self.model_version,
-                                "results": self.results, "summary": self.summary}
+                                "results": [r.to_json() for r in self.results], "summary": self.summary.to_json()}
         if not self.any_ok:
-            reasons = "; ".join(f"{e['file_name']}: {e['error']}" for e in self.results)
+            reasons = "; ".join(f"{r.file_name}: {r.error}" for r in self.results)
             body = {"detail": f"no file could be predicted ({reasons})", **body}
         return body
 
@@ -152,14 +179,14 @@ class PredictionService:
     def predict_uploads(self, uploads: Sequence[Upload], sample_id: str | None = None) -> BatchResult:
         """Predict and store every readable upload; one entry per upload, in order."""
         sample_id = sample_id or uuid.uuid4().hex
-        entries: list[dict[str, Any] | None] = [None] * len(uploads)
+        entries: list[UploadResult | None] = [None] * len(uploads)
         readable: list[int] = []
         for index, upload in enumerate(uploads):
             try:
                 sniff(upload.data, self.settings)
                 readable.append(index)
             except ImageError as exc:
-                entries[index] = error_entry(upload.name, upload.data, str(exc))
+                entries[index] = UploadResult.failed(upload.name, upload.data, str(exc))
         items = [(uploads[i].name, uploads[i].data) for i in readable]
         predictions = []
         if items:
@@ -169,7 +196,7 @@ class PredictionService:
         for index, p in zip(readable, predictions, strict=True):
             upload = uploads[index]
             if p.status == "error":
-                entries[index] = error_entry(upload.name, upload.data, p.error or "could not be read")
+                entries[index] = UploadResult.failed(upload.name, upload.data, p.error or "could not be read")
                 continue
             sha = p.sha256 or sha256_bytes(upload.data)  # the predictor hashed these bytes already
             if sha not in images:  # the thumbnail is made here, once, inside the request's inference slot
@@ -188,16 +215,16 @@ class PredictionService:
         stored = self.store.add(rows, images, thumbnails) if rows else []
         self.purge_expired_images()
         for index, row in zip(order, stored, strict=True):
-            entries[index] = result_entry(row)
+            entries[index] = UploadResult(row.file_name, row)
         failed = len(uploads) - len(stored)
-        summary = summarize(stored, self.classes, sample_id=sample_id, failed=failed)
+        summary = SampleSummary.of(stored, self.classes, sample_id=sample_id, failed=failed)
         return BatchResult(sample_id, [e for e in entries if e is not None], summary, self.model_version)
 
-    def sample_summary(self, sample_id: str) -> dict[str, Any]:
+    def sample_summary(self, sample_id: str) -> SampleSummary:
         rows = list(self.store.iter_all(Filters(sample_id=sample_id)))
         if not rows:
             raise RequestRejected(f"no predictions stored for sample {sample_id!r}", 404)
-        return summarize(rows[::-1], self.classes, sample_id=sample_id)
+        return SampleSummary.of(rows[::-1], self.classes, sample_id=sample_id)
 
     # -- images ------------------------------------------------------------------------------------------
     def _stored(self, prediction_id: int) -> tuple[StoredPrediction, bytes]:

@@ -1,7 +1,7 @@
 """Login sessions kept by the server: a random id in the browser's cookie, its expiry here.
 
-A cookie that only held a hash of the token (as before) could not be revoked: logging out deleted it in
-one browser, but a copy stayed valid until the token changed. Here the cookie holds a random id that means
+A cookie holding the token (or a hash of it) could not be revoked: logging out would delete it in one
+browser, but a copy would stay valid until the token changed. Here the cookie holds a random id that means
 nothing without this table; logout removes the id, and an id older than the session lifetime (12 h by
 default) is refused. The table is in memory, behind this small class, because the server is one process:
 a restart logs everyone out, which is safe. Bounded: beyond `max_sessions` the oldest session is dropped.

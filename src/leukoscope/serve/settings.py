@@ -1,16 +1,19 @@
-"""Server settings: one frozen dataclass built from CLI options and environment variables.
+"""Server settings: one frozen pydantic model built from CLI options and environment variables.
 
 Everything the web app needs to know comes from here, so tests build a `Settings` directly and the CLI
-builds one from its options; no module reads the environment on its own.
+builds one from its options; no module reads the environment on its own. pydantic checks types and
+ranges; a bad value is one `UsageError` line naming the setting and the value (never the token's).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from leukoscope.data.imaging import MAX_PIXELS
 from leukoscope.errors import UsageError
@@ -22,64 +25,78 @@ MIN_TOKEN_LENGTH = 16  # a shorter shared token could be guessed; refused at sta
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 DEFAULT_DB = Path("leukoscope-data") / "leukoscope.db"
 MIB = 1024 * 1024
+SECRET_FIELDS = frozenset({"token"})  # their values never appear in an error message
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(BaseModel):
     """How the server runs. Sizes are in bytes; `workers` is the number of inference threads.
 
     `workers` threads predict at the same time and `queue` more requests may wait for one; beyond
     `workers + queue` requests in flight the server answers 503 with Retry-After rather than queueing
     without bound (a browser retrying later is better than every client timing out together).
+    An invalid value raises UsageError (one line), not pydantic's ValidationError.
     """
 
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(8000, ge=0, le=65535)
     model: str | None = None  # model package / run folder; None = the bundled package
     db: Path = DEFAULT_DB
-    workers: int = 1
-    queue: int = 16
-    token: str | None = field(default=None, repr=False)  # never printed or logged
+    workers: int = Field(1, ge=1)
+    queue: int = Field(16, ge=0)
+    token: str | None = Field(None, repr=False)  # never printed or logged
     insecure: bool = False
-    max_file_bytes: int = 20 * MIB
-    max_files: int = 32
-    max_request_bytes: int = 100 * MIB
-    max_pixels: int = MAX_PIXELS
+    max_file_bytes: int = Field(20 * MIB, ge=1)
+    max_files: int = Field(32, ge=1)
+    max_request_bytes: int = Field(100 * MIB, ge=1)
+    max_pixels: int = Field(MAX_PIXELS, ge=1)
     tta: bool = False
-    page_size: int = 50
-    retry_after_s: int = 2
-    keep_images_days: float | None = None  # None: keep uploaded images; else purge them after this many days
+    page_size: int = Field(50, ge=1)
+    retry_after_s: int = Field(2, ge=0)
+    keep_images_days: float | None = Field(None, gt=0)  # None: keep uploaded images; else purge after this many days
     allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides loopback and the bound host ("*": any)
-    session_hours: float = 12.0  # a login cookie stops working after this long
+    session_hours: float = Field(12.0, gt=0)  # a login cookie stops working after this long
     warmup: bool = True  # one prediction and one Grad-CAM at start-up, so the first click is not slow
 
-    def __post_init__(self) -> None:
-        checks = {
-            "workers": self.workers, "max_file_bytes": self.max_file_bytes, "max_files": self.max_files,
-            "max_request_bytes": self.max_request_bytes, "max_pixels": self.max_pixels,
-            "page_size": self.page_size,
-        }
-        for name, value in checks.items():
-            if value < 1:
-                raise UsageError(f"{name} must be at least 1 (got {value})")
-        if self.keep_images_days is not None and not self.keep_images_days > 0:
-            raise UsageError(f"keep_images_days must be more than 0 (got {self.keep_images_days})")
-        if self.queue < 0:
-            raise UsageError(f"queue must be 0 or more (got {self.queue})")
-        if not self.session_hours > 0:
-            raise UsageError(f"session_hours must be more than 0 (got {self.session_hours})")
-        if self.token is not None and len(self.token) < MIN_TOKEN_LENGTH:
-            raise UsageError(
-                f"{ENV_TOKEN} is too short ({len(self.token)} characters; at least {MIN_TOKEN_LENGTH}): make one with "
-                "python -c 'import secrets; print(secrets.token_urlsafe(24))'"
-            )
-        if not 0 <= self.port <= 65535:
-            raise UsageError(f"port must be between 0 and 65535 (got {self.port})")
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise UsageError(describe(exc)) from None
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_path(cls, value: Any) -> Any:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+    @field_validator("db", mode="before")
+    @classmethod
+    def _expand_db(cls, value: Any) -> Any:
+        return Path(value).expanduser() if isinstance(value, str | os.PathLike) else value
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _host_list(cls, value: Any) -> Any:
+        """A comma-separated string (the environment variable) or a list; blanks dropped, names stripped."""
+        items = value.split(",") if isinstance(value, str) else value
+        if isinstance(items, list | tuple):
+            return tuple(h.strip() if isinstance(h, str) else h for h in items if not isinstance(h, str) or h.strip())
+        return items
+
+    @field_validator("token")
+    @classmethod
+    def _long_token(cls, value: str | None) -> str | None:
+        if value is not None and len(value) < MIN_TOKEN_LENGTH:
+            raise PydanticCustomError("token_too_short", (
+                f"{ENV_TOKEN} is too short ({len(value)} characters; at least {MIN_TOKEN_LENGTH}): make one with "
+                "python -c 'import secrets; print(secrets.token_urlsafe(24))'"))
+        return value
 
     @property
     def data_dir(self) -> Path:
         """The folder holding the database (and its WAL files)."""
-        return Path(self.db).parent
+        return self.db.parent
 
     @property
     def capacity(self) -> int:
@@ -102,7 +119,8 @@ class Settings:
         return f"http://{host}:{self.port}"
 
     def with_(self, **changes: Any) -> Settings:
-        return replace(self, **changes)
+        """A copy with `changes`, checked like a new Settings."""
+        return type(self)(**{**{name: getattr(self, name) for name in type(self).model_fields}, **changes})
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **options: Any) -> Settings:
@@ -113,17 +131,43 @@ class Settings:
         """
         env = dict(os.environ if env is None else env)
         given = {key: value for key, value in options.items() if value is not None}
-        if "token" not in given and env.get(ENV_TOKEN):
-            given["token"] = env[ENV_TOKEN]
-        if "allowed_hosts" not in given and env.get(ENV_ALLOWED_HOSTS):
-            given["allowed_hosts"] = env[ENV_ALLOWED_HOSTS].split(",")
-        if "allowed_hosts" in given:
-            given["allowed_hosts"] = tuple(h.strip() for h in given["allowed_hosts"] if h.strip())
-        if "db" not in given and env.get(ENV_DB):
-            given["db"] = Path(env[ENV_DB])
-        if "db" in given:
-            given["db"] = Path(given["db"]).expanduser()
+        for name, variable in (("token", ENV_TOKEN), ("allowed_hosts", ENV_ALLOWED_HOSTS), ("db", ENV_DB)):
+            if name not in given and env.get(variable):
+                given[name] = env[variable]
         return cls(**given)
+
+
+def describe(exc: ValidationError) -> str:
+    """pydantic's errors as one line: `workers must be at least 1 (got 0); port must be between ...`."""
+    return "; ".join(_describe_one(error) for error in exc.errors(include_url=False))
+
+
+def _describe_one(error: Any) -> str:
+    name = ".".join(str(part) for part in error["loc"]) or "settings"
+    kind, ctx = error["type"], error.get("ctx") or {}
+    if kind == "token_too_short":
+        return error["msg"]  # already a sentence, and it must not repeat the token
+    if kind == "extra_forbidden":
+        return f"unknown setting {name!r}"
+    field = Settings.model_fields.get(name)
+    limits = {key: getattr(m, key) for m in (field.metadata if field else ()) for key in ("ge", "le", "gt", "lt")
+              if hasattr(m, key)}
+    if kind in ("greater_than_equal", "less_than_equal") and {"ge", "le"} <= limits.keys():
+        phrase = f"must be between {limits['ge']:g} and {limits['le']:g}"
+    elif kind == "greater_than_equal":
+        phrase = "must be 0 or more" if ctx["ge"] == 0 else f"must be at least {ctx['ge']:g}"
+    elif kind == "greater_than":
+        phrase = f"must be more than {ctx['gt']:g}"
+    elif kind == "less_than_equal":
+        phrase = f"must be at most {ctx['le']:g}"
+    else:  # a type error: pydantic's own words ("Input should be a valid integer, ...")
+        msg = str(error["msg"])
+        phrase = "must be " + msg[len("Input should be "):] if msg.startswith("Input should be ") else msg
+    if name in SECRET_FIELDS:
+        return f"{name} {phrase}"
+    value = error.get("input")
+    shown = repr(value) if isinstance(value, str) else str(value)
+    return f"{name} {phrase} (got {shown[:80]})"
 
 
 def is_loopback(host: str) -> bool:

@@ -1,113 +1,188 @@
-"""Training configuration: one dataclass, two named protocols, and the layering that resolves them.
+"""Training configuration: one pydantic model, two named protocols, and the layering that resolves them.
 
 Resolution order: protocol preset < YAML file (`--config`) < command-line overrides. The resolved config is
 saved as `config.yaml` in the run folder, and `leukoscope train --config runs/x/config.yaml` repeats a run.
+pydantic checks each value's type and range as the config is built; whatever is wrong becomes a one-line
+ConfigError that names the option, what it must be and the value given.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from leukoscope.errors import ConfigError
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "protocol": ("paper", "finetune", "custom"),
-    "trainable": ("head", "all", "last"),  # "frozen" is accepted as another name for "head"
-    "optimizer": ("adam", "adamw", "sgd"),
-    "schedule": ("constant", "cosine", "onecycle"),
-    "class_balance": ("none", "loss", "sampler"),
-    "augment": ("none", "paper", "strong"),
-    "select": ("last", "macro_f1"),
-}
+_TEXT_ERROR = "leukoscope_config"  # the type of the errors whose message this module writes in full
 
 
-@dataclass
-class TrainConfig:
-    """Every knob of a training run. Fractions are of the whole dataset; epochs count per stage."""
+def _text_error(text: str) -> PydanticCustomError:
+    return PydanticCustomError(_TEXT_ERROR, "{text}", {"text": text})
+
+
+class TrainConfig(BaseModel):
+    """Every knob of a training run. Fractions are of the whole dataset; epochs count per stage.
+
+    Built with keywords, like a dataclass; a value of the wrong type or out of range raises ConfigError.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     data: str = ""
     split_csv: str = ""
     out_dir: str = "runs"
     name: str = ""
-    protocol: str = "finetune"
+    protocol: Literal["paper", "finetune", "custom"] = "finetune"
     seed: int = 0
-    test_size: float = 0.3
-    val_size: float = 0.1
-    near_duplicate_distance: int = 4
+    test_size: float = Field(0.3, ge=0, lt=1)
+    val_size: float = Field(0.1, ge=0, lt=1)
+    near_duplicate_distance: int = 4  # below 0: near-copies are not grouped
     # model
     backbone: str = "mobilenetv2_100"
     weights: str = "imagenet"
     weights_dir: str = ""
     pad_type: str = ""
-    drop_rate: float = 0.2
-    input_size: int = 0  # 0: the backbone's own (timm data config)
+    drop_rate: float = Field(0.2, ge=0, lt=1)
+    input_size: int = Field(0, ge=0)  # 0: the backbone's own (timm data config)
     # stage 1: head warm-up with the backbone frozen
-    warmup_epochs: int = 2
-    warmup_lr: float = 1e-3
-    frozen_views: int = 0  # >0: while the backbone is frozen, train the head on this many cached views per image
+    warmup_epochs: int = Field(2, ge=0)
+    warmup_lr: float = Field(1e-3, gt=0)
+    frozen_views: int = Field(0, ge=0)  # >0: with the backbone frozen, the head trains on this many cached views of each image
     # stage 2: the main stage
-    epochs: int = 30
-    trainable: str = "all"
-    last_blocks: int = 0
-    freeze_bn: bool = True
-    optimizer: str = "adamw"
-    lr: float = 5e-4
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"
-    label_smoothing: float = 0.05
-    class_balance: str = "loss"
-    augment: str = "strong"
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    select: str = "macro_f1"
-    patience: int = 10
+    epochs: int = Field(30, ge=0)
+    trainable: Literal["head", "all", "last"] = "all"  # "frozen" is accepted as another name for "head"
+    last_blocks: int = Field(0, ge=0)
+    freeze_bn: StrictBool = True
+    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    schedule: Literal["constant", "cosine", "onecycle"] = "cosine"
+    label_smoothing: float = Field(0.05, ge=0, lt=1)
+    class_balance: Literal["none", "loss", "sampler"] = "loss"
+    augment: Literal["none", "paper", "strong"] = "strong"  # the recipes of leukoscope.training.augment
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+    select: Literal["last", "macro_f1"] = "macro_f1"
+    patience: int = Field(10, ge=0)  # 0: no early stopping
     # distillation (leukoscope.training.soft_targets): teachers' predictions CSVs, comma-separated, and their share
     soft_targets: str = ""
-    soft_target_weight: float = 0.5
+    soft_target_weight: float = Field(0.5, ge=0, le=1)
     # runtime
     device: str = "auto"
-    amp: bool = True
-    channels_last: bool = True
-    workers: int = 2
-    extra: dict[str, Any] = field(default_factory=dict)
+    amp: StrictBool = True
+    channels_last: StrictBool = True
+    workers: int = Field(2, ge=0)
+    extra: dict[str, Any] = Field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError(_message(exc)) from None
 
-    def validate(self) -> TrainConfig:
-        if self.trainable == "frozen":  # the backbone frozen: only the head trains
-            self.trainable = "head"
-        for name, allowed in CHOICES.items():
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
-        if not self.data:
-            raise ConfigError("no data folder given")
-        for name in ("epochs", "warmup_epochs", "batch_size", "eval_batch_size", "patience"):
-            if getattr(self, name) < (1 if name in ("batch_size", "eval_batch_size") else 0):
-                raise ConfigError(f"{name} must be positive; got {getattr(self, name)}")
-        for name in ("frozen_views", "last_blocks", "input_size", "workers"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be 0 or more; got {getattr(self, name)}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay must be 0 or more; got {self.weight_decay}")
+    @field_validator("*", mode="before")
+    @classmethod
+    def _from_text(cls, value: Any, info: ValidationInfo) -> Any:
+        """What the old hand-written coercion accepted: text parsed as a YAML scalar for the options that are
+        not text (`--set epochs=3`, `lr: "1e-4"`), None or a number as text for those that are."""
+        name = info.field_name or ""
+        kind = _KINDS[name]
+        if name == "trainable" and value == "frozen":  # the backbone frozen: only the head trains
+            return "head"
+        if kind is str:
+            if value is None:
+                return ""
+            return value if isinstance(value, str | list | dict | tuple | set) else str(value)
+        if isinstance(value, str):
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                raise _text_error(f"cannot parse value {value!r} for {name}") from None
+        if kind in (int, float) and isinstance(value, bool):
+            raise _text_error(f"{name} must be a number; got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
         if self.epochs + self.warmup_epochs == 0:
-            raise ConfigError("nothing to train: epochs and warmup_epochs are both 0")
-        for name in ("lr", "warmup_lr"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be > 0; got {getattr(self, name)}")
-        if not 0 <= self.label_smoothing < 1 or not 0 <= self.drop_rate < 1:
-            raise ConfigError("label_smoothing and drop_rate must be in [0, 1)")
-        if not 0 <= self.soft_target_weight <= 1:
-            raise ConfigError(f"soft_target_weight must be in [0, 1]; got {self.soft_target_weight}")
+            raise _text_error("nothing to train: epochs and warmup_epochs are both 0")
         if self.soft_targets and self.frozen_views:
-            raise ConfigError("soft_targets train the whole network; they do not work with frozen_views "
+            raise _text_error("soft_targets train the whole network; they do not work with frozen_views "
                               "(the cached-feature head training of the paper protocol)")
         return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every option by name (what config.yaml and checkpoints store)."""
+        return self.model_dump()
+
+    def validate(self) -> TrainConfig:
+        """Check the config again (after attributes were set by hand) and that it names a data folder."""
+        checked = TrainConfig(**self.model_dump())
+        if not checked.data:
+            raise ConfigError("no data folder given")
+        self.__dict__.update(checked.__dict__)
+        return self
+
+
+_KINDS: dict[str, type] = {name: type(f.get_default(call_default_factory=True))
+                           for name, f in TrainConfig.model_fields.items()}
+# The allowed values of the options that have a fixed set of them.
+CHOICES: dict[str, tuple[str, ...]] = {name: get_args(f.annotation) for name, f in TrainConfig.model_fields.items()
+                                       if get_args(f.annotation) and _KINDS[name] is str}
+# Keys a run folder's config.yaml adds to the TrainConfig (see runs.write_config); ignored when read back.
+RUN_ONLY_KEYS = ("command", "eval_part")
+
+_TYPE_WORDS = {"int_from_float": "a whole number", "int_parsing": "a number", "int_type": "a number",
+               "float_parsing": "a number", "float_type": "a number", "bool_type": "true or false",
+               "bool_parsing": "true or false", "string_type": "text", "dict_type": "a mapping"}
+
+
+def _unknown_key(name: str) -> str:
+    close = [n for n in TrainConfig.model_fields if n.startswith(name[:3])]
+    return f"unknown config key {name!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
+
+
+def _range(name: str) -> str:
+    """The range of a numeric option in words: "> 0", "0 or more", "in [0, 1)"."""
+    limits = {kind: getattr(m, kind) for m in TrainConfig.model_fields[name].metadata
+              for kind in ("gt", "ge", "lt", "le") if hasattr(m, kind)}
+    low = f"[{limits['ge']}" if "ge" in limits else f"({limits['gt']}" if "gt" in limits else ""
+    high = f"{limits['lt']})" if "lt" in limits else f"{limits['le']}]" if "le" in limits else ""
+    if low and high:
+        return f"in {low}, {high}"
+    if "gt" in limits:
+        return f"> {limits['gt']}"
+    if "ge" in limits:
+        return f"{limits['ge']} or more"
+    return f"< {limits['lt']}" if "lt" in limits else f"{limits.get('le')} or less"
+
+
+def _message(exc: ValidationError) -> str:
+    """The first error of a validation, in one line: "<option> must be <what>; got <value>"."""
+    error: ErrorDetails = exc.errors(include_url=False)[0]
+    kind, value = error["type"], error.get("input")
+    name = str(error["loc"][0]) if error["loc"] else ""
+    if kind == _TEXT_ERROR:
+        return str(error["ctx"]["text"])
+    if kind == "extra_forbidden":
+        return _unknown_key(name)
+    if kind == "literal_error":
+        return f"{name} must be one of {', '.join(CHOICES[name])}; got {value!r}"
+    if kind in _TYPE_WORDS:
+        return f"{name} must be {_TYPE_WORDS[kind]}; got {value!r}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        return f"{name} must be {_range(name)}; got {value!r}"
+    return f"{name or 'config'}: {error['msg']}; got {value!r}"
+
+
+def _check_keys(names: Any) -> None:
+    for name in names:
+        if name not in TrainConfig.model_fields:
+            raise ConfigError(_unknown_key(str(name)))
 
 
 # The published method: frozen ImageNet MobileNetV2, GAP + dense softmax (Glorot init, no dropout), Adam 1e-3,
@@ -130,35 +205,9 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
     "custom": {},
 }
 
-_FIELD_TYPES = {f.name: f.type for f in fields(TrainConfig)}
-# Keys a run folder's config.yaml adds to the TrainConfig (see runs.write_config); ignored when read back.
-RUN_ONLY_KEYS = ("command", "eval_part")
-
-
-def _coerce(name: str, value: Any) -> Any:
-    if name not in _FIELD_TYPES:
-        close = [n for n in _FIELD_TYPES if n.startswith(name[:3])]
-        raise ConfigError(f"unknown config key {name!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
-    default = getattr(TrainConfig(), name)
-    if isinstance(value, str) and not isinstance(default, str):
-        try:
-            value = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise ConfigError(f"cannot parse value {value!r} for {name}") from None
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name} must be true or false; got {value!r}")
-    elif isinstance(default, int | float) and not isinstance(value, bool):
-        try:
-            value = type(default)(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name} must be a number; got {value!r}") from None
-    elif isinstance(default, str):
-        value = "" if value is None else str(value)
-    return value
-
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """The options of a YAML file (a run's config.yaml too: its run-only keys are dropped)."""
     try:
         loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
@@ -182,16 +231,21 @@ def resolve_config(protocol: str, yaml_values: dict[str, Any] | None = None,
     values: dict[str, Any] = {**PROTOCOLS[protocol], **yaml_values}
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     values["protocol"] = protocol
-    config = TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})
-    return config.validate()
+    _check_keys(values)
+    config = TrainConfig(**values)
+    if not config.data:
+        raise ConfigError("no data folder given")
+    return config
 
 
 def parse_set_options(pairs: list[str]) -> dict[str, Any]:
-    """`--set key=value` pairs into overrides (values parsed as YAML scalars)."""
+    """`--set key=value` pairs into overrides: values parsed as YAML scalars and checked like the option."""
     result: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
             raise ConfigError(f"--set expects key=value; got {pair!r}")
         key, value = pair.split("=", 1)
-        result[key.strip().replace("-", "_")] = _coerce(key.strip().replace("-", "_"), value)
+        name = key.strip().replace("-", "_")
+        _check_keys([name])
+        result[name] = getattr(TrainConfig(**{name: value}), name)
     return result

@@ -1,10 +1,11 @@
 """The fit loop. Reads top to bottom: check and prepare (`_setup_run`, `_build`), write the run folder, run
-the stages epoch by epoch (`_run_epochs`), score the best checkpoint (`run_summary.write_run_summary`).
+the stages epoch by epoch (`_run_epochs`), score the best checkpoint (`summary.write_run_summary`).
 
 Stages: an optional head warm-up with the backbone frozen, then the main stage (`trainable`: head, all or
-the last blocks). The dataset is decoded once into uint8 tensors on the training device; augmentation runs
-on batches there (the epochs themselves live in `leukoscope.training.steps`). Each epoch reseeds from (seed, epoch),
-so a run resumed from `last.pt` replays exactly what the uninterrupted run would have done.
+the last blocks). The dataset is decoded once into uint8 tensors on the training device
+(`training.dataset`); the epochs themselves live in `training.steps`. Each epoch reseeds from (seed, epoch),
+so a run resumed from `last.pt` replays exactly what the uninterrupted run would have done. Progress goes
+to a callback (the CLI draws it as a bar), so the library prints no more than its one line per epoch.
 """
 
 from __future__ import annotations
@@ -30,37 +31,28 @@ from leukoscope.models.factory import ModelSpec, check_backbone_name, create_mod
 from leukoscope.models.preprocessing import Preprocess
 from leukoscope.training import runs
 from leukoscope.training.config import TrainConfig
+from leukoscope.training.dataset import TensorSet, load_part, prepare_data
 from leukoscope.training.devices import pick_device
 from leukoscope.training.distributed import DistContext, init_from_env, shutdown
+from leukoscope.training.network import Classifier
+from leukoscope.training.optim import make_loss, make_optimizer, make_scheduler
 from leukoscope.training.soft_targets import read_teacher_csv, split_sources, teacher_mean, training_targets, write_targets_csv
 from leukoscope.training.stages import Stage, stage_at, stages_of
-from leukoscope.training.steps import (
-    Classifier,
-    EvalSet,
-    TensorSet,
-    classification_scores,
-    epoch_order,
-    frozen_view_features,
-    load_part,
-    make_loss,
-    make_optimizer,
-    make_scheduler,
-    predict_logits,
-    prepare_data,
-    train_head_epoch,
-    train_one_epoch,
-)
+from leukoscope.training.steps import EvalSet, frozen_view_features, train_head_epoch, train_one_epoch
 from leukoscope.training.summary import write_run_summary
 
 SOFT_TARGETS_FILE = "soft_targets.csv"  # the training targets of a distillation run, next to its results
 
-__all__ = [  # the fit loop, and the epoch pieces it re-exports from .epochs
-    "Classifier", "EpochCallback", "EvalSet", "Stage", "TensorSet", "TrainingInterrupted", "classification_scores",
-    "epoch_order", "fit", "frozen_view_features", "load_part", "pick_device", "predict_logits", "prepare_data",
-    "run_dir_of", "stage_at", "stages_of", "train_head_epoch", "train_one_epoch",
-]
+__all__ = ["EpochCallback", "ProgressCallback", "TrainingInterrupted", "fit", "run_dir_of"]
 
 EpochCallback = Callable[[int, dict[str, Any]], None]
+"""on_epoch_end(epoch, row): after each epoch is saved, with its 1-based number and its metrics.csv row."""
+
+ProgressCallback = Callable[[str, int, int], None]
+"""progress(label, done, total) for each epoch's training: done 0 when it starts, done < total after each
+batch, and done == total once when its training ends (then the eval part is scored). `label` names the
+epoch, e.g. "epoch 3/12 (main)"; `total` is the images one process trains on. An interrupted epoch never
+reports done == total."""
 
 
 class TrainingInterrupted(LeukoscopeError):
@@ -90,6 +82,7 @@ class _Session:
     device: torch.device
     ctx: DistContext
     quiet: bool
+    progress: ProgressCallback | None
     full: Manifest
     parted: Manifest
     spec: ModelSpec
@@ -112,7 +105,7 @@ class _Session:
 
 
 @dataclass
-class _Progress:
+class _RunState:
     """The state a checkpoint carries from epoch to epoch (restored by --resume)."""
 
     completed: int = 0  # epochs finished and saved in last.pt
@@ -121,7 +114,7 @@ class _Progress:
     stale: int = 0
 
     @classmethod
-    def of(cls, checkpoint: dict[str, Any] | None) -> _Progress:
+    def of(cls, checkpoint: dict[str, Any] | None) -> _RunState:
         if not checkpoint:
             return cls()
         best = tuple(checkpoint["best_score"]) if checkpoint.get("best_score") else None
@@ -133,11 +126,14 @@ def run_dir_of(config: TrainConfig) -> Path:
 
 
 def fit(config: TrainConfig, *, resume: bool = False, quiet: bool = False,
-        on_epoch_end: EpochCallback | None = None, command: str | None = None) -> Path:
+        on_epoch_end: EpochCallback | None = None, command: str | None = None,
+        progress: ProgressCallback | None = None) -> Path:
     """Train as `config` says into `out_dir/name`; returns the run folder. Resumable from last.pt.
 
     `command` is what config.yaml records as the command that made the run (default: this process's
     `leukoscope ...` arguments; pass the equivalent CLI call when fit is driven from Python).
+    `progress` receives each epoch's progress (see ProgressCallback); `quiet` silences it and the one line
+    per epoch printed to stderr. Under DDP only rank 0 reports.
 
     Everything that can be checked (run folder, backbone, weights, data, split) is checked before the run
     folder is written. Ctrl-C (KeyboardInterrupt) anywhere in fit raises TrainingInterrupted with a one-line
@@ -150,36 +146,36 @@ def fit(config: TrainConfig, *, resume: bool = False, quiet: bool = False,
         device = torch.device("cuda", ctx.local_rank)
     try:
         command = command or shlex.join(["leukoscope", *sys.argv[1:]])
-        return _fit(config, device, ctx, resume, quiet or not ctx.is_main, on_epoch_end, command)
+        return _fit(config, device, ctx, resume, quiet or not ctx.is_main, on_epoch_end, command, progress)
     finally:
         shutdown(ctx)
 
 
 def _fit(config: TrainConfig, device: torch.device, ctx: DistContext, resume: bool, quiet: bool,
-         on_epoch_end: EpochCallback | None, command: str) -> Path:
+         on_epoch_end: EpochCallback | None, command: str, progress: ProgressCallback | None) -> Path:
     try:
         run_dir, checkpoint = _setup_run(config, resume)
-        session = _build(config, run_dir, device, ctx, quiet, checkpoint)
+        session = _build(config, run_dir, device, ctx, None if quiet else progress, quiet, checkpoint)
         if ctx.is_main and checkpoint is None:
             _write_run_files(session, command)
         ctx.barrier()
     except KeyboardInterrupt:
         raise TrainingInterrupted("interrupted before the first epoch started; no checkpoint was written") from None
-    progress = _Progress.of(checkpoint)
+    state = _RunState.of(checkpoint)
     started = time.perf_counter()
     try:
-        _run_epochs(session, progress, checkpoint, on_epoch_end)
+        _run_epochs(session, state, checkpoint, on_epoch_end)
         if ctx.is_main:
-            write_run_summary(run_dir, session.parted, session.preprocess, device, config, progress.history,
-                    time.perf_counter() - started)
+            write_run_summary(run_dir, session.parted, session.preprocess, device, config, state.history,
+                              time.perf_counter() - started)
     except KeyboardInterrupt:
-        raise TrainingInterrupted(_interrupted_message(session, progress)) from None
+        raise TrainingInterrupted(_interrupted_message(session, state)) from None
     ctx.barrier()
     return run_dir
 
 
-def _interrupted_message(session: _Session, progress: _Progress) -> str:
-    done = (f"last.pt holds epoch {progress.completed}/{session.total_epochs}" if progress.completed
+def _interrupted_message(session: _Session, state: _RunState) -> str:
+    done = (f"last.pt holds epoch {state.completed}/{session.total_epochs}" if state.completed
             else "no epoch was completed")
     return f"interrupted: {done}; continue with `leukoscope train --resume {session.run_dir}`"
 
@@ -195,8 +191,8 @@ def _setup_run(config: TrainConfig, resume: bool) -> tuple[Path, dict[str, Any] 
     return run_dir, checkpoint
 
 
-def _build(config: TrainConfig, run_dir: Path, device: torch.device, ctx: DistContext, quiet: bool,
-           checkpoint: dict[str, Any] | None) -> _Session:
+def _build(config: TrainConfig, run_dir: Path, device: torch.device, ctx: DistContext,
+           progress: ProgressCallback | None, quiet: bool, checkpoint: dict[str, Any] | None) -> _Session:
     """Data, split, network and tensors: everything that may fail on bad input, before any file is written."""
     full, parted = prepare_data(config, run_dir / "split.csv" if checkpoint else None,
                                 classes=tuple(checkpoint["classes"]) if checkpoint else None)
@@ -217,7 +213,7 @@ def _build(config: TrainConfig, run_dir: Path, device: torch.device, ctx: DistCo
     soft = _soft_targets(config, parted.part("train"), run_dir, resumed=checkpoint is not None)
     if soft is not None:
         train.targets = torch.as_tensor(soft, dtype=torch.float32, device=device)
-    return _Session(config, run_dir, device, ctx, quiet, full, parted, spec, model,
+    return _Session(config, run_dir, device, ctx, quiet, progress, full, parted, spec, model,
                     Classifier(model, config.freeze_bn), preprocess, train, evalset, eval_part,
                     stages_of(config), make_loss(config, train.labels, len(full.classes)))
 
@@ -254,11 +250,11 @@ def _write_run_files(session: _Session, command: str) -> None:
         raise
 
 
-def _run_epochs(session: _Session, progress: _Progress, checkpoint: dict[str, Any] | None,
+def _run_epochs(session: _Session, state: _RunState, checkpoint: dict[str, Any] | None,
                 on_epoch_end: EpochCallback | None) -> None:
     """The epochs from the last completed one to the end (or an early stop)."""
-    config, start = session.config, progress.completed
-    if start and _should_stop(config, str(checkpoint.get("stage")), progress.stale, session.eval_part):
+    config, start = session.config, state.completed
+    if start and _should_stop(config, str(checkpoint.get("stage")), state.stale, session.eval_part):
         return  # the resumed run had already stopped early
     current = optimizer = scheduler = wrapped = views = None
     for epoch in range(start, session.total_epochs):
@@ -269,14 +265,14 @@ def _run_epochs(session: _Session, progress: _Progress, checkpoint: dict[str, An
         if session.net.head_only and config.frozen_views > 0 and views is None:
             views = frozen_view_features(session.net, session.train, config, session.preprocess)
         row = _epoch(session, wrapped, stage, epoch, optimizer, scheduler, views)
-        improved = _record(config, progress, row)
-        payload = _checkpoint_payload(session, progress, stage, epoch, optimizer, scheduler)
-        _save_epoch(session, progress, row, payload, improved)
+        improved = _record(config, state, row)
+        payload = _checkpoint_payload(session, state, stage, epoch, optimizer, scheduler)
+        _save_epoch(session, state, row, payload, improved)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, row)
-        if _should_stop(config, stage.name, progress.stale, session.eval_part):
+        if _should_stop(config, stage.name, state.stale, session.eval_part):
             if not session.quiet:
-                print(f"early stop: no better {session.eval_part} macro-F1 for {progress.stale} epochs", file=sys.stderr)
+                print(f"early stop: no better {session.eval_part} macro-F1 for {state.stale} epochs", file=sys.stderr)
             break
 
 
@@ -300,65 +296,75 @@ def _start_stage(session: _Session, stage: Stage, checkpoint: dict[str, Any] | N
 def _epoch(session: _Session, wrapped: nn.Module, stage: Stage, epoch: int, optimizer, scheduler,
            views: torch.Tensor | None) -> dict[str, Any]:
     """Train one epoch and score the eval part; returns the metrics.csv row."""
-    from leukoscope.cli.common import progress_bar
-
     config, train, ctx = session.config, session.train, session.ctx
     started = time.perf_counter()
-    per_rank = len(train) // ctx.world_size
-    label = f"epoch {epoch + 1}/{session.total_epochs} ({stage.name})"
-    with progress_bar(label, total=per_rank, quiet=session.quiet) as update:
-        done = [0]
+    tick = _epoch_ticker(session.progress, f"epoch {epoch + 1}/{session.total_epochs} ({stage.name})",
+                         len(train) // ctx.world_size)
+    if views is not None and session.net.head_only:
+        means = train_head_epoch(wrapped, views, train.labels, config, epoch, optimizer, scheduler,
+                                 session.loss_fn, ctx, tick)
+    else:
+        means = train_one_epoch(wrapped, train, config, session.preprocess, epoch, optimizer, scheduler,
+                                session.loss_fn, ctx, tick)
+    tick(None)
+    scores = session.evalset.scores(session.net, len(session.full.classes))
+    return {"epoch": epoch + 1, "stage": stage.name, "train_loss": means.loss, "train_acc": means.accuracy,
+            "val_loss": scores.loss, "val_acc": scores.accuracy, "val_macro_f1": scores.macro_f1,
+            "lr": float(optimizer.param_groups[0]["lr"]), "seconds": time.perf_counter() - started}
 
-        def tick(n: int) -> None:
-            done[0] += n
-            update(done[0], per_rank)
 
-        if views is not None and session.net.head_only:
-            row = train_head_epoch(wrapped, views, train.labels, config, epoch, optimizer, scheduler,
-                                   session.loss_fn, ctx, tick)
+def _epoch_ticker(progress: ProgressCallback | None, label: str, total: int) -> Callable[[int | None], None]:
+    """The per-batch tick of one epoch, reporting to `progress` as ProgressCallback says; tick(None) ends
+    the epoch's training. Reports done 0 at once."""
+    if progress is None:
+        return lambda n: None
+    done = 0
+    progress(label, 0, total)
+
+    def tick(n: int | None) -> None:
+        nonlocal done
+        if n is None:
+            progress(label, total, total)
         else:
-            row = train_one_epoch(wrapped, train, config, session.preprocess, epoch, optimizer, scheduler,
-                                  session.loss_fn, ctx, tick)
-    evalset = session.evalset
-    scores = classification_scores(evalset.data.labels.cpu().numpy(), evalset.logits(session.net),
-                                   len(session.full.classes))
-    return {"epoch": epoch + 1, "stage": stage.name, **row, "val_loss": scores["loss"], "val_acc": scores["accuracy"],
-            "val_macro_f1": scores["macro_f1"], "lr": float(optimizer.param_groups[0]["lr"]),
-            "seconds": time.perf_counter() - started}
+            done += n
+            if done < total:
+                progress(label, done, total)
+
+    return tick
 
 
-def _checkpoint_payload(session: _Session, progress: _Progress, stage: Stage, epoch: int, optimizer,
+def _checkpoint_payload(session: _Session, state: _RunState, stage: Stage, epoch: int, optimizer,
                         scheduler) -> dict[str, Any]:
-    """The checkpoint dict of a completed epoch (keys: docs/INTERFACES.md), after `progress` took its row."""
+    """The checkpoint dict of a completed epoch (keys: docs/INTERFACES.md), after `state` took its row."""
     return {"model": session.model.state_dict(), "spec": session.spec.to_dict(), "classes": list(session.full.classes),
             "preprocess": session.preprocess.to_dict(), "epoch": epoch + 1, "stage": stage.name,
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "best_score": progress.best,
-            "stale": progress.stale, "history": list(progress.history), "config": session.config.to_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "best_score": state.best,
+            "stale": state.stale, "history": list(state.history), "config": session.config.to_dict(),
             "manifest_digest": session.parted.digest()}
 
 
-def _record(config: TrainConfig, progress: _Progress, row: dict[str, Any]) -> bool:
+def _record(config: TrainConfig, state: _RunState, row: dict[str, Any]) -> bool:
     """Add an epoch's row to the history and update best/stale; returns whether it is the new best."""
-    progress.history.append(row)
-    improved = _improved(config, row, progress.best)
+    state.history.append(row)
+    improved = _improved(config, row, state.best)
     if improved:
-        progress.best, progress.stale = (row["val_macro_f1"], -row["val_loss"]), 0
+        state.best, state.stale = (row["val_macro_f1"], -row["val_loss"]), 0
     else:
-        progress.stale += 1
+        state.stale += 1
     return improved
 
 
-def _save_epoch(session: _Session, progress: _Progress, row: dict[str, Any], payload: dict[str, Any],
+def _save_epoch(session: _Session, state: _RunState, row: dict[str, Any], payload: dict[str, Any],
                 improved: bool) -> None:
     """Rank 0 writes best.pt (when improved), then last.pt, then metrics.csv, each atomically."""
     if session.ctx.is_main:
         if improved:
             save_checkpoint(session.run_dir / "best.pt", payload)
         save_checkpoint(session.run_dir / "last.pt", payload)
-    progress.completed = row["epoch"]
+    state.completed = row["epoch"]
     if not session.ctx.is_main:
         return
-    runs.write_metrics_csv(session.run_dir, progress.history)
+    runs.write_metrics_csv(session.run_dir, state.history)
     if not session.quiet:
         print(f"epoch {row['epoch']}/{session.total_epochs} {row['stage']}: loss {row['train_loss']:.4f} "
               f"acc {row['train_acc']:.4f} | {session.eval_part} loss {row['val_loss']:.4f} acc {row['val_acc']:.4f} "

@@ -1,0 +1,23 @@
+"""`leukoscope export`, driven through `main` as a user would."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.cli import run
+from tests.helpers.modelfixtures import shared_tiny_run
+
+pytestmark = pytest.mark.usefixtures("wide_console")
+
+
+def test_export_command(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, capsys) -> None:
+    run_dir = shared_tiny_run(tmp_path_factory)
+    code, out, err = run(capsys, "export", run_dir, "--out", tmp_path / "pkg", "--name", "cli-test")
+    assert code == 0, err
+    assert "fp32 ONNX vs PyTorch" in out and "wrote" in out and "model.onnx" in out
+    assert json.loads((tmp_path / "pkg" / "model.json").read_text())["name"] == "cli-test"
+    code, _, err = run(capsys, "export", tmp_path / "no-run", "--out", tmp_path / "pkg2")
+    assert code == 2 and "run folder not found" in err
