@@ -57,3 +57,10 @@ def build_dataset(
             stem = re.sub(r"[^A-Za-z0-9-]+", "_", folder).strip("_")
             Image.fromarray(array).save(class_dir / f"{stem}-{i:03d}.jpg")
     return root
+
+
+def png_bytes(image: np.ndarray | Image.Image) -> bytes:
+    """An array or PIL image encoded as PNG (lossless: the decoded pixels are the given ones)."""
+    buffer = io.BytesIO()
+    (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buffer, "PNG")
+    return buffer.getvalue()

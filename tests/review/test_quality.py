@@ -19,18 +19,8 @@ from leukoscope.review.quality import (
     quality_reasons,
     size_reasons,
 )
-from tests.helpers.modelfixtures import shared_tiny_package, smear_image
-
-
-@pytest.fixture(scope="session")
-def predictor(tmp_path_factory: pytest.TempPathFactory):
-    return load_predictor(shared_tiny_package(tmp_path_factory), threads=1)
-
-
-def png(image: np.ndarray | Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buffer, "PNG")
-    return buffer.getvalue()
+from tests.helpers.images import png_bytes as png
+from tests.helpers.modelfixtures import smear_image
 
 
 def test_quality_checks() -> None:
