@@ -10,7 +10,8 @@ import sqlite3
 
 from PIL import Image
 
-from leukoscope.serve.store import MIGRATIONS, Store
+from leukoscope.serve.schema import MIGRATIONS
+from leukoscope.serve.store import Store
 from tests.serve.fakes import files
 
 

@@ -27,55 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from leukoscope.errors import DataError
-
-# Migration k takes a database from user_version k to k + 1. Never edit a released migration: append one.
-MIGRATIONS: list[str] = [
-    # 0 -> 1: first release
-    """
-    CREATE TABLE images (
-        sha256     TEXT PRIMARY KEY,
-        data       BLOB NOT NULL,
-        size       INTEGER NOT NULL,
-        created_at TEXT NOT NULL
-    );
-    CREATE TABLE predictions (
-        id             INTEGER PRIMARY KEY AUTOINCREMENT,
-        created_at     TEXT NOT NULL,
-        sample_id      TEXT NOT NULL,
-        file_name      TEXT NOT NULL,
-        sha256         TEXT NOT NULL REFERENCES images(sha256),
-        model_version  TEXT NOT NULL,
-        label          TEXT NOT NULL,
-        confidence     REAL NOT NULL,
-        probabilities  TEXT NOT NULL,
-        review         INTEGER NOT NULL CHECK (review IN (0, 1)),
-        review_reasons TEXT NOT NULL,
-        ood_score      REAL,
-        width          INTEGER NOT NULL,
-        height         INTEGER NOT NULL
-    );
-    CREATE INDEX predictions_label ON predictions(label, id);
-    CREATE INDEX predictions_review ON predictions(review, id);
-    CREATE INDEX predictions_sample ON predictions(sample_id, id);
-    """,
-    # 1 -> 2: the retention purge finds old images by this index; without it every purge would read every
-    # stored image (created_at sits after the BLOB in each row)
-    """
-    CREATE INDEX images_created ON images(created_at);
-    """,
-    # 2 -> 3: a small PNG of each image, made once at upload, so listing thumbnails never decodes an upload
-    # again (a 7000x7000 PNG is 147 MB decoded); NULL for images stored before, made on first request
-    """
-    ALTER TABLE images ADD COLUMN thumbnail BLOB;
-    """,
-    # 3 -> 4: status (ok | unusable; an unusable image is stored with label '' and no class), stable review
-    # codes and the numbers behind them; rows from before read as status 'ok' with their reasons only
-    """
-    ALTER TABLE predictions ADD COLUMN status TEXT NOT NULL DEFAULT 'ok';
-    ALTER TABLE predictions ADD COLUMN review_codes TEXT NOT NULL DEFAULT '[]';
-    ALTER TABLE predictions ADD COLUMN review_details TEXT NOT NULL DEFAULT '{}';
-    """,
-]
+from leukoscope.serve.schema import MIGRATIONS
 
 MAX_ROW_ID = 2**63 - 1  # SQLite's INTEGER: larger ids cannot exist (and overflow when bound)
 MAX_PER_PAGE = 500
