@@ -33,7 +33,7 @@ from leukoscope.training import runs
 from leukoscope.training.config import TrainConfig
 from leukoscope.training.dataset import TensorSet, load_part, prepare_data
 from leukoscope.training.devices import pick_device
-from leukoscope.training.distributed import DistContext, init_from_env, shutdown
+from leukoscope.training.distributed import DistContext, check_same_run, init_from_env, shutdown
 from leukoscope.training.network import Classifier
 from leukoscope.training.optim import make_loss, make_optimizer, make_scheduler
 from leukoscope.training.soft_targets import read_teacher_csv, split_sources, teacher_mean, training_targets, write_targets_csv
@@ -153,37 +153,43 @@ def fit(config: TrainConfig, *, resume: bool = False, quiet: bool = False,
 
 def _fit(config: TrainConfig, device: torch.device, ctx: DistContext, resume: bool, quiet: bool,
          on_epoch_end: EpochCallback | None, command: str, progress: ProgressCallback | None) -> Path:
-    try:
-        run_dir, checkpoint = _setup_run(config, resume)
-        session = _build(config, run_dir, device, ctx, None if quiet else progress, quiet, checkpoint)
-        if ctx.is_main and checkpoint is None:
-            _write_run_files(session, command)
-        ctx.barrier()
+    try:  # under torchrun: a rank that fails here stops them all (ctx.together), and all train the same run
+        with ctx.together():
+            run_dir, checkpoint = _setup_run(config, resume, ctx.is_main)
+            session = _build(config, run_dir, device, ctx, None if quiet else progress, quiet, checkpoint)
+        check_same_run(ctx, config.to_dict(), session.parted.digest(), int(checkpoint["epoch"]) if checkpoint else 0)
+        with ctx.together():
+            if ctx.is_main and checkpoint is None:
+                _write_run_files(session, command)
     except KeyboardInterrupt:
         raise TrainingInterrupted("interrupted before the first epoch started; no checkpoint was written") from None
     state = _RunState.of(checkpoint)
     started = time.perf_counter()
     try:
-        _run_epochs(session, state, checkpoint, on_epoch_end)
-        if ctx.is_main:
-            write_run_summary(run_dir, session.parted, session.preprocess, device, config, state.history,
-                              time.perf_counter() - started)
+        with ctx.epoch_timeouts(lambda why: _interrupted_message(session, state, f"training stopped, {why}")):
+            _run_epochs(session, state, checkpoint, on_epoch_end)
+        with ctx.together():
+            if ctx.is_main:
+                write_run_summary(run_dir, session.parted, session.preprocess, device, config, state.history,
+                                  time.perf_counter() - started)
     except KeyboardInterrupt:
         raise TrainingInterrupted(_interrupted_message(session, state)) from None
-    ctx.barrier()
     return run_dir
 
 
-def _interrupted_message(session: _Session, state: _RunState) -> str:
+def _interrupted_message(session: _Session, state: _RunState, what: str = "interrupted") -> str:
     done = (f"last.pt holds epoch {state.completed}/{session.total_epochs}" if state.completed
             else "no epoch was completed")
-    return f"interrupted: {done}; continue with `leukoscope train --resume {session.run_dir}`"
+    again = "relaunch torchrun on every node with" if session.ctx.enabled else "continue with"
+    return f"{what}: {done}; {again} `leukoscope train --resume {session.run_dir}`"
 
 
-def _setup_run(config: TrainConfig, resume: bool) -> tuple[Path, dict[str, Any] | None]:
-    """The run folder (checked, not yet created), the checkpoint to resume from, and the cheap checks."""
+def _setup_run(config: TrainConfig, resume: bool, check: bool = True) -> tuple[Path, dict[str, Any] | None]:
+    """The run folder (checked, not yet created, by the rank that writes it), the checkpoint to resume from,
+    and the cheap checks."""
     run_dir = run_dir_of(config)
-    runs.check_run_dir(run_dir, resume=resume)
+    if check:
+        runs.check_run_dir(run_dir, resume=resume)
     check_backbone_name(config.backbone)
     if config.weights not in ("imagenet", "none", "") and not Path(config.weights).is_file():
         raise ModelError(f"weights file not found: {config.weights}")

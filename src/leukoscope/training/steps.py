@@ -60,8 +60,11 @@ def train_one_epoch(net: nn.Module, data: TensorSet, config: TrainConfig, prepro
     """One epoch over the (augmented) training images."""
     device = data.images.device
     order = epoch_order(len(data), config, epoch, data.labels, ctx).to(device)
-    generator = torch.Generator().manual_seed(config.seed * 7919 + epoch)
-    torch.manual_seed(config.seed * 1_000_003 + epoch)  # dropout
+    # Each rank draws its own augmentation and dropout (rank 0 as a single process does): with one seed
+    # for all, images at the same batch position on every rank would get the same transform and mask.
+    salt = ctx.rank * 1_000_000_007
+    generator = torch.Generator().manual_seed(config.seed * 7919 + epoch + salt)
+    torch.manual_seed(config.seed * 1_000_003 + epoch + salt)  # dropout
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     net.train()
     totals = torch.zeros(3, device=device)  # loss sum, correct, count
