@@ -15,6 +15,8 @@ fresh interpreter):
    (section `memory`).
 7. crossval.py — the bundled recipe on every fold of bundle/cv/ (section `crossval`): with --full, or when
    all fold runs exist in runs/ (then it only exports and scores them), or with --only crossval.
+8. ray_engine.py — `predict --engine ray` vs the local engine on 2,000 files, 1 vs 2 actors, and the scaling
+   model on paper (section `ray-engine`; Ray comes with the dev extras).
 
     .venv/bin/python -m benchmarks.run_all              # or: make bench
     .venv/bin/python -m benchmarks.run_all --full       # adds the CPU finetune run
@@ -38,7 +40,7 @@ from benchmarks import common
 
 TRAINED_RUNS = ("runs/gpu-mbv2-s0", "runs/gpu-mbv2-s1-b64", "runs/gpu-lite0-s0", "runs/cpu-bundled", "runs/student-mbv2")
 LOAD_ARGS = ("--requests", "2000", "--concurrency", "16")  # the example load
-STEPS = ("speed", "load", "shift", "accuracy", "as-typed", "memory", "runs", "crossval")
+STEPS = ("speed", "load", "shift", "accuracy", "as-typed", "memory", "runs", "crossval", "ray-engine")
 
 
 @dataclass
@@ -89,6 +91,8 @@ def plan(args: argparse.Namespace, work: Path) -> list[Step]:
                             for f in folds)
     if "crossval" in wanted and (args.full or trained or args.only):
         steps.append(Step("crossval", [*module("crossval"), *results]))
+    if "ray-engine" in wanted:
+        steps.append(Step("ray-engine", [*module("ray_engine"), *results, *no_wait]))
     return steps
 
 

@@ -6,6 +6,8 @@ import csv
 import io
 import json
 import shutil
+import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -157,3 +159,43 @@ def test_damaged_package_is_one_clear_error(package, images, tmp_path, capsys) -
     (copy / "model.onnx").write_bytes(b"garbage")
     code, _, err = run(capsys, "predict", images / "patient1", "-m", copy)
     assert code == 1 and "model.onnx does not match its sha256" in err
+
+
+# ------------------------------------------------------------------------------------------- --engine ray
+
+
+def test_an_unreachable_cluster_is_one_line_and_exit_1(package, images, tmp_path, capsys) -> None:
+    pytest.importorskip("ray")
+    with socket.socket() as probe:  # a port nothing listens on: bound, then closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code, out, err = run(capsys, "predict", images, "-m", package, "--engine", "ray", "--address",
+                         f"127.0.0.1:{port}", "--out", tmp_path / "out.parquet")
+    assert code == 1 and out == ""
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: cannot reach the Ray cluster at --address 127.0.0.1:") and "ray start" in line
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def test_ray_engine_without_ray_says_how_to_install_it(package, images, tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    code, _, err = run(capsys, "predict", images, "-m", package, "--engine", "ray", "--out", tmp_path / "o")
+    assert code == 2 and err.strip() == "error: --engine ray needs Ray: pip install 'leukoscope[ray]'"
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ((), "give --out OUT.parquet"),
+    (("--out", "o", "--group-by", "folder"), "--group-by does not go with --engine ray"),
+    (("--out", "o", "--gradcam", "cams"), "--gradcam does not go with --engine ray"),
+    (("--out", "o", "--format", "csv"), "--format does not go with --engine ray"),
+    (("--out", "o", "--actors", "0"), "--actors must be at least 1"),
+])
+def test_options_the_ray_engine_refuses(package, images, tmp_path, capsys, monkeypatch, options, message) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "predict", images, "-m", package, "--engine", "ray", *options)
+    assert code == 2 and message in err and not (tmp_path / "o").exists()
+
+
+def test_address_needs_the_ray_engine(package, images, capsys) -> None:
+    code, _, err = run(capsys, "predict", images, "-m", package, "--address", "auto")
+    assert code == 2 and "--address and --actors need --engine ray" in err

@@ -1,7 +1,8 @@
 """`leukoscope predict`: images, folders or globs in; a table, CSV or JSON of predictions out.
 
-A thin shell over leukoscope.inference.predictor (one batch stream) and leukoscope.review.samples
-(`--group-by folder`); only finding the files, the output formats and the progress bar live here.
+A thin shell over leukoscope.inference.predictor (one batch stream), leukoscope.review.samples
+(`--group-by folder`) and leukoscope.inference.archive (`--engine ray`: archives on Ray Data, Parquet out);
+only finding the files, the output formats and the progress bar live here.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from leukoscope.data.fileio import write_text
 from leukoscope.data.imaging import is_image_path
 from leukoscope.errors import ImageError, UsageError
 
+SHOWN_ERRORS = 20  # --engine ray: error lines printed; the rest are rows of the output
+
 
 class OutputFormat(str, Enum):
     table = "table"
@@ -41,6 +44,11 @@ class Backend(str, Enum):
 class GroupBy(str, Enum):
     none = "none"
     folder = "folder"
+
+
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
 
 
 def collect_images(args: list[str]) -> tuple[list[Path], list[str], list[str]]:
@@ -166,14 +174,35 @@ def predict(
     batch_size: int = typer.Option(32, "--batch-size", help="Images per inference batch."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads for inference (default: all)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+    engine: Engine = typer.Option(Engine.local, "--engine", help="local: this process. ray: archive scale on "
+                                  "Ray Data (pip install 'leukoscope[ray]'): also takes manifests (CSV/Parquet "
+                                  "with a path column), writes --out as a folder of Parquet parts and resumes."),
+    address: str | None = typer.Option(None, "--address", help="--engine ray: the Ray cluster to join "
+                                       "(host:port, ray://host:port or auto; default: a local Ray runtime)."),
+    actors: int | None = typer.Option(None, "--actors", help="--engine ray: model actors (default: the "
+                                      "cluster's CPUs / --threads, which is per actor there, default 1)."),
 ) -> None:
     """Predict the class of blood smear images, with calibrated probabilities and a review flag.
 
     Images that show nothing to analyse (blank, noise, a gradient, a few pixels) get status `unusable`
     and no class. Exit code 0 when every image was read, 1 when any failed, 2 for bad arguments or no images.
+    With --engine ray, unreadable files are error rows and the exit code is 0 when the job finished.
     """
     from leukoscope.inference.predictor import load_predictor
     from leukoscope.review.samples import group_by_folder
+
+    if engine is Engine.ray:
+        given = {"--format": fmt is not None, "--gradcam": gradcam is not None,
+                 "--group-by": group_by is not GroupBy.none}
+        refused = [name for name, present in given.items() if present]
+        if refused:
+            raise UsageError(f"{refused[0]} does not go with --engine ray, which writes Parquet rows to --out "
+                             "(group or explain the rows you review afterwards)")
+        return _predict_ray(paths, model=model, out=out, tta=tta, backend=backend.value, limit=limit,
+                            review_threshold=review_threshold, batch_size=batch_size, threads=threads, quiet=quiet,
+                            address=address, actors=actors)
+    if address is not None or actors is not None:
+        raise UsageError("--address and --actors need --engine ray")
 
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be at least 1, got {limit}")
@@ -250,6 +279,68 @@ def _run(predictor: Any, files: list[Path], *, tta: bool, batch_size: int, gradc
             cams.append(cam)
             update(done, len(files))
     return predictions, cams
+
+
+def _archive_sources(args: list[str]) -> tuple[list[str], list[str]]:
+    """Paths named by files, folders, globs, manifests (CSV/Parquet with a path column) and object-store URLs,
+    in order without duplicates; the arguments that name nothing."""
+    from leukoscope.inference import archive_sources
+
+    found: list[str] = []
+    problems: list[str] = []
+    for arg in args:
+        if archive_sources.is_url(arg):
+            urls = archive_sources.url_paths(arg)
+            found.extend(urls)
+            problems.extend([] if urls else [f"{arg}: no images there"])
+        elif archive_sources.is_manifest(arg):
+            listed = archive_sources.manifest_paths(arg)
+            found.extend(listed)
+            problems.extend([] if listed else [f"{arg}: the manifest lists no paths"])
+        else:
+            files, missing, empty = collect_images([arg])
+            found.extend(os.path.abspath(f) for f in files)  # symlinks kept: the path a user named
+            problems.extend(missing + empty)
+    return list(dict.fromkeys(found)), problems
+
+
+def _predict_ray(paths: list[str], *, model: str | None, out: Path | None, tta: bool, backend: str,
+                 limit: int | None, review_threshold: float | None, batch_size: int, threads: int | None,
+                 quiet: bool, address: str | None, actors: int | None) -> None:
+    """`predict --engine ray`: the images scored by Ray Data actors into a resumable folder of Parquet parts."""
+    from leukoscope.inference import archive
+
+    if out is None:
+        raise UsageError("--engine ray writes Parquet: give --out OUT.parquet (a folder of part files)")
+    for name, value in (("--limit", limit), ("--batch-size", batch_size), ("--threads", threads), ("--actors", actors)):
+        if value is not None and value < 1:
+            raise UsageError(f"{name} must be at least 1, got {value}")
+    if review_threshold is not None and not 0.0 <= review_threshold <= 1.0:
+        raise UsageError(f"--review-threshold must be in [0, 1], got {review_threshold}")
+    archive.require_ray()
+    package = archive.package_id(model)  # a damaged package fails here, before any cluster starts
+    files, problems = _archive_sources(paths)
+    for message in problems:
+        warn(message)
+    if not files:
+        raise UsageError("no images found in " + ", ".join(paths))
+    files = files[:limit] if limit is not None else files
+    errors = [0]
+
+    def on_error(path: str, reason: str) -> None:
+        errors[0] += 1
+        if errors[0] <= SHOWN_ERRORS:
+            error(f"{path}: {reason}")
+
+    with archive.ray_runtime(address, progress=not quiet and err_console.is_terminal):
+        summary = archive.score_archive(files, out, model=package.path, backend=backend, actors=actors,
+                                        threads=threads or 1, batch_size=batch_size,
+                                        review_threshold=review_threshold, tta=tta, on_error=on_error)
+    if errors[0] > SHOWN_ERRORS:
+        error(f"... and {errors[0] - SHOWN_ERRORS} more: the rows with status error in {out}")
+    if not quiet:
+        console.print(summary.line(), highlight=False, soft_wrap=True)
+        console.print(f"[bold]{DISCLAIMER}[/]")
 
 
 def register(app: typer.Typer) -> None:
