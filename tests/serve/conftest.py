@@ -1,4 +1,4 @@
-"""Fixtures for the web app tests: an app on the fake predictor, bad uploads, a real tiny package."""
+"""Fixtures for the web app tests: an app on the fake predictor, bad uploads, a real tiny package, users."""
 
 from __future__ import annotations
 
@@ -12,6 +12,18 @@ from fastapi.testclient import TestClient
 
 from leukoscope.serve import Settings, create_app
 from tests.serve.fakes import FakePredictor, fake_gradcam
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """argon2id with the cheapest parameters (the library's defaults take about half a second a hash here);
+    tests/serve/test_users.py checks the real defaults once."""
+    from argon2 import PasswordHasher
+
+    from leukoscope.serve import users
+
+    monkeypatch.setattr(users, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+    monkeypatch.setattr(users, "_dummy_hash", None)
 
 
 @pytest.fixture
@@ -49,3 +61,20 @@ def tiny_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     except ImportError as exc:
         pytest.skip(f"tests/helpers/modelfixtures.py not available: {exc}")
     return shared_tiny_package(tmp_path_factory)
+
+
+PASSWORD = "correct horse battery"  # what add_user gives every test user
+
+
+@pytest.fixture
+def add_user(settings: Settings) -> Callable[..., None]:
+    """add_user(name, role="technologist", password=PASSWORD): a user in the test server's database (made
+    before or while the app runs, as `leukoscope users add` does)."""
+    from leukoscope.serve.store import Store
+    from leukoscope.serve.users import Users
+
+    def add(name: str, role: str = "technologist", password: str = PASSWORD) -> None:
+        with Store(settings.db) as store:
+            Users(store).add(name, role, password)
+
+    return add

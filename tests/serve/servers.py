@@ -68,7 +68,8 @@ class ServerProcess:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
             try:
-                if httpx.get(f"{self.url}/api/v1/health", headers=headers, timeout=2).status_code == 200:
+                status = httpx.get(f"{self.url}/api/v1/health", headers=headers, timeout=2).status_code
+                if status == 200 or (status == 401 and not self.token):  # 401: up, with users to log in
                     return
             except httpx.HTTPError:
                 pass

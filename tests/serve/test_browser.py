@@ -142,3 +142,97 @@ def test_upload_results_gradcam_and_history_in_chromium(tmp_path: Path, model_fo
         finally:
             browser.close()
     assert (tmp_path / "results.png").stat().st_size > 0 and (tmp_path / "gradcam.png").stat().st_size > 0
+
+
+def seed_worklist(db: Path, tmp_path: Path) -> dict[str, dict]:
+    """A technologist (alice) and five stored predictions with their images, as uploads would leave them."""
+    from leukoscope.data.fileio import sha256_bytes
+    from leukoscope.serve.store import NewPrediction, Store
+    from leukoscope.serve.users import Users
+    from tests.serve.fakes import CLASSES
+
+    seeded = {}
+    with Store(db) as store:
+        Users(store).add("alice", "technologist", "correct horse battery")
+        for i in range(5):
+            data = smear_png(i % 4, 100 + i)
+            sha = sha256_bytes(data)
+            label, flagged = CLASSES[i % 4], i in (1, 3)
+            row = NewPrediction(sample_id="s1", file_name=f"cell-{i}.png", sha256=sha, model_version="fake@1",
+                                label=label, confidence=0.8, probabilities={c: 0.8 if c == label else 0.2 / 3
+                                                                            for c in CLASSES},
+                                review=flagged, review_reasons=["low confidence (0.80 < 0.90)"] if flagged else [],
+                                ood_score=1.0, width=64, height=64)
+            seeded[row.file_name] = store.add([row], {sha: data})[0].to_json()
+    return seeded
+
+
+@pytest.mark.slow
+def test_a_technologist_verifies_four_items_with_the_keyboard_in_chromium(tmp_path: Path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    db = tmp_path / "data" / "leukoscope.db"
+    seeded = seed_worklist(db, tmp_path)
+    with ServerProcess(db, tmp_path / "server.log") as server, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
+                                    headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            problems: list[str] = []
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+
+            page.goto(server.url + "/verify", wait_until="networkidle", timeout=WAIT_MS)  # users exist: log in first
+            assert "/login" in page.url
+            page.fill("input[name=name]", "alice")
+            page.fill("input[name=password]", "correct horse battery")
+            page.click("#password-login button[type=submit]")
+            page.wait_for_url(server.url + "/verify", timeout=WAIT_MS)
+            assert page.inner_text(".who") == "alice"
+
+            def shown() -> str:
+                page.wait_for_function("() => !document.getElementById('verify-item').hidden", timeout=WAIT_MS)
+                return page.inner_text("#verify-file")
+
+            # flagged first (cell-3, cell-1), then the rest, newest first
+            assert shown() == "cell-3.png"
+            page.wait_for_function(  # the image large and its Grad-CAM beside it
+                "() => ['gradcam-image', 'gradcam-original'].every(id => { const i = document.getElementById(id);"
+                " return !i.hidden && i.naturalWidth > 0; })", timeout=WAIT_MS)
+            assert "low confidence" in page.inner_text("#verify-reasons")
+            assert page.locator("#verify-probs tr").count() == 4
+            page.screenshot(path=str(tmp_path / "verify.png"), full_page=True)
+            expected = {}
+            for key, then in (("2", "cell-1.png"), ("Enter", "cell-4.png"), ("u", "cell-2.png"), ("4", "cell-0.png")):
+                current = shown()
+                if key == "4":  # a comment: typing in it triggers no key, Esc leaves it
+                    page.click("#verify-comment")
+                    page.keyboard.type("u2 check smear")
+                    page.keyboard.press("Escape")
+                    assert shown() == current
+                page.keyboard.press(key)
+                calls = {"2": "Early Pre-B", "Enter": seeded[current]["label"], "u": None, "4": "Pro-B"}
+                expected[current] = calls[key]
+                page.wait_for_function(f"() => document.getElementById('verify-file').textContent === {then!r}",
+                                       timeout=WAIT_MS)  # the next item at once
+            page.wait_for_function("() => document.getElementById('verify-status').textContent"
+                                   ".startsWith('4 verified on this page')", timeout=WAIT_MS)
+            page.keyboard.press("ArrowLeft")  # back to the last one: its verification shows
+            page.wait_for_function("() => !document.getElementById('verify-done').hidden", timeout=WAIT_MS)
+            assert page.inner_text("#verify-done").startswith("Verified as Pro-B by alice")
+
+            page.goto(server.url + "/history?verified=verified", wait_until="networkidle", timeout=WAIT_MS)
+            rows = page.locator("table.history > tbody > tr")
+            assert rows.count() == 4
+            for i in range(4):
+                row = rows.nth(i)
+                name = row.locator("td.file").inner_text()
+                verified = row.locator("td.verified-cell .verified").inner_text()
+                assert verified == (expected[name] or "unusable"), name
+                assert "by alice" in row.locator("td.verified-cell").inner_text()
+            assert "u2 check smear" in page.inner_text("table.history")
+            page.screenshot(path=str(tmp_path / "history-verified.png"), full_page=True)
+            page.goto(server.url + "/agreement", wait_until="networkidle", timeout=WAIT_MS)
+            assert "4 verified" in page.inner_text("main") and page.locator("svg.chart").count() == 1
+            assert problems == [], problems  # CSP violations and script errors show up here
+        finally:
+            browser.close()

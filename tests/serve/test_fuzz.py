@@ -1,8 +1,10 @@
 """Schemathesis against the app in-process (fake predictor): no server error and no schema violation.
 
-The same as `st run http://HOST/openapi.json --checks all --max-examples N` (issue #11 item 7 found
-500s, a dropped connection and schema mismatches that way), bounded to stay under a minute: every
-phase (coverage, fuzzing, stateful), every check, a fixed seed, a few examples per operation.
+The same as `st run http://HOST/openapi.json --checks all --max-examples N -H "Authorization: Bearer T"`
+(issue #11 item 7 found 500s, a dropped connection and schema mismatches that way), bounded to stay under a
+minute: every phase (coverage, fuzzing, stateful), every check, a fixed seed, a few examples per operation.
+The app has a token and the fuzzer sends it, so it acts as an admin and reaches every route, verifications
+and the user routes included (without credentials they would all stop at 401).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from leukoscope.serve import Settings, create_app
-from tests.serve.fakes import FakePredictor, fake_gradcam
+from leukoscope.serve.store import NewPrediction, Store
+from tests.helpers.images import noise_image_bytes
+from tests.serve.fakes import CLASSES, FakePredictor, fake_gradcam
 
 schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is a dev dependency (pip install -e .[dev])")
 from schemathesis.config import SchemathesisConfig  # noqa: E402
@@ -21,14 +25,15 @@ from schemathesis.engine import events, from_schema  # noqa: E402
 from schemathesis.python import asgi  # noqa: E402
 
 MAX_EXAMPLES = 10
+TOKEN = "fuzzing-token-0123456789"
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "schemathesis.toml"  # what `st run` uses in the repo
 
 
 def fuzz_config() -> SchemathesisConfig:
-    """The repository's schemathesis.toml with every check on, a fixed seed and few examples."""
+    """The repository's schemathesis.toml with every check on, a fixed seed, few examples and the token."""
     config = SchemathesisConfig.from_path(REPO_CONFIG)
     config.update(seed=0, max_failures=None)  # as `st run --seed 0 --checks all --max-examples N`
-    config.projects.override.update(continue_on_failure=True)
+    config.projects.override.update(continue_on_failure=True, headers={"Authorization": f"Bearer {TOKEN}"})
     config.projects.override.checks.update(included_check_names=["all"])
     config.projects.override.generation.update(max_examples=MAX_EXAMPLES, database="none")  # same cases every run
     return config
@@ -36,7 +41,8 @@ def fuzz_config() -> SchemathesisConfig:
 
 def run_schemathesis(app) -> tuple[int, Counter, dict]:
     """Run every phase against `app`; returns (cases, failures by (operation, check, title), one example each)."""
-    schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=fuzz_config())
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=fuzz_config(),
+                                            headers={"Authorization": f"Bearer {TOKEN}"})
     cases, failures, examples = 0, Counter(), {}
     try:
         cases = _collect(from_schema(schema).execute(), failures, examples)
@@ -63,10 +69,23 @@ def _collect(stream, failures: Counter, examples: dict) -> int:
     return cases
 
 
+def seed_predictions(db: Path, n: int = 3) -> None:
+    """Predictions 1..n, so that the ids the fuzzer draws first find rows (verifications, Grad-CAM, ...)."""
+    images = {f"{i:064x}": noise_image_bytes(seed=i) for i in range(1, n + 1)}
+    rows = [NewPrediction(sample_id="fuzz", file_name=f"{i}.jpg", sha256=sha, model_version="fake@0",
+                          label=CLASSES[i % len(CLASSES)], confidence=0.9, probabilities=dict.fromkeys(CLASSES, 0.25),
+                          review=bool(i % 2), review_reasons=[], ood_score=None, width=64, height=64)
+            for i, sha in enumerate(images, start=1)]
+    with Store(db) as store:
+        store.add(rows, images)
+
+
 @pytest.mark.slow
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(tmp_path: Path) -> None:
     # "testserver" is the Host schemathesis' in-process client sends; a real server gets --allowed-host.
-    settings = Settings(db=tmp_path / "data" / "leukoscope.db", allowed_hosts=("testserver",), warmup=False)
+    settings = Settings(db=tmp_path / "data" / "leukoscope.db", allowed_hosts=("testserver",), warmup=False,
+                        token=TOKEN)
+    seed_predictions(settings.db)
     app = create_app(settings, FakePredictor(), gradcam=fake_gradcam)
     cases, failures, examples = run_schemathesis(app)
     assert cases > 100, f"schemathesis ran only {cases} cases"

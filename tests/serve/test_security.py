@@ -127,7 +127,7 @@ def test_cli_passes_the_retention_period_to_the_server(monkeypatch, tmp_path):
 
     seen = []
 
-    def stop(settings):
+    def stop(settings, **_):
         seen.append(settings)
         raise UsageError("stopped by the test")
 
@@ -229,7 +229,7 @@ def test_cli_passes_hosts_and_session_hours(monkeypatch, tmp_path):
 
     seen = []
 
-    def stop(settings):
+    def stop(settings, **_):
         seen.append(settings)
         raise UsageError("stopped by the test")
 

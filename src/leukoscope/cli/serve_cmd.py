@@ -15,7 +15,7 @@ from leukoscope.cli.common import DISCLAIMER, console
 
 def serve_command(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. Anything but loopback needs "
-                             "LEUKOSCOPE_API_TOKEN set (or --insecure)."),
+                             "LEUKOSCOPE_API_TOKEN set or users in the database (or --insecure)."),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
     model: str | None = typer.Option(None, "--model", "-m", help="Model package folder, run folder or "
                                      "checkpoint (default: the bundled package)."),
@@ -43,9 +43,10 @@ def serve_command(
                                 "start-up so the first request is fast (a few seconds longer to start)."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level (debug, info, warning)."),
 ) -> None:
-    """Serve the upload page, the prediction history and the JSON API (/api/v1, docs at /docs).
+    """Serve the upload page, the prediction history, the verify worklist and the JSON API (/api/v1, docs at /docs).
 
-    Every prediction is stored in SQLite before it is answered. Research software, not a medical device.
+    Every prediction is stored in SQLite before it is answered. With users in the database (`leukoscope users
+    add`) or LEUKOSCOPE_API_TOKEN set, every page needs a login. Research software, not a medical device.
     """
     from leukoscope.serve import Settings, check_exposure, create_app
     from leukoscope.serve.service import model_version
@@ -57,10 +58,14 @@ def serve_command(
         tta=tta, keep_images_days=keep_images_days, warmup=warmup, allowed_hosts=allowed_host or None,
         session_hours=session_hours,
     )
-    check_exposure(settings)  # before the (slow) model load: refuse at once
-    from leukoscope.serve.store import Store
+    from leukoscope.serve.users import users_exist
 
-    Store(settings.db).open().close()  # create / migrate the database now: a bad --db is one clear line
+    check_exposure(settings, has_users=users_exist(settings.db))  # before the (slow) model load: refuse at once
+    from leukoscope.serve.store import Store
+    from leukoscope.serve.users import Users
+
+    with Store(settings.db) as store:  # create / migrate the database now: a bad --db is one clear line
+        users = Users(store).count()
 
     import uvicorn
 
@@ -68,7 +73,8 @@ def serve_command(
 
     predictor = load_predictor(settings.model, backend=backend)
     app = create_app(settings, predictor)
-    auth = "token required" if settings.token else "no authentication"
+    auth = ("token required" if settings.token else "no authentication") if not users else (
+        f"login required ({users} user{'s' if users != 1 else ''}{' or the token' if settings.token else ''})")
     console.print(f"leukoscope serving on [bold]{settings.url}[/] ({auth}; model {model_version(predictor.info)} "
                   f"on {predictor.backend}{_model_file(predictor)}; database {settings.db}). Ctrl-C to stop.",
                   highlight=False, soft_wrap=True)

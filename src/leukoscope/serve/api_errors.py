@@ -22,8 +22,8 @@ from starlette.routing import Match, Mount
 CANDIDATE_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 DESCRIPTIONS = {
     400: "Bad request (for example a Host header this server does not answer to)",
-    401: "Authentication required (a token is configured)",
-    403: "Cross-site request refused (Origin or Referer of another site)",
+    401: "Authentication required (a token is configured, users exist, or the route needs a named user)",
+    403: "Refused: a cross-site request (Origin or Referer of another site), or a technologist on an admin route",
     404: "Not found",
     413: "Request too large (too many files, a file or the whole request over its limit)",
     415: "Not multipart/form-data",

@@ -37,11 +37,15 @@ from leukoscope.serve.lockout import Lockout
 from leukoscope.serve.routes_api import router as api_router
 from leukoscope.serve.routes_api import with_class_names
 from leukoscope.serve.routes_pages import router as pages_router
-from leukoscope.serve.security import DOCS_STATIC, SecurityHeadersMiddleware, TokenAuthMiddleware
+from leukoscope.serve.routes_review import router as review_pages_router
+from leukoscope.serve.routes_verify import router as verify_router
+from leukoscope.serve.security import DOCS_STATIC, SecurityHeadersMiddleware, TokenAuthMiddleware, principal_of
 from leukoscope.serve.service import GradcamFn, PredictionService
 from leukoscope.serve.sessions import SessionStore
 from leukoscope.serve.settings import Settings
 from leukoscope.serve.store import Store
+from leukoscope.serve.users import Accounts
+from leukoscope.serve.verify_service import VerificationService
 
 log = logging.getLogger("leukoscope.serve")
 HERE = Path(__file__).resolve().parent
@@ -55,6 +59,13 @@ readable images are predicted and stored; a file that is not a readable image ge
 `error`, and the request still answers 200 as long as one file was predicted (422 when none was).
 Request limits (too many files, a file or the whole request too large) answer 413 for the whole request.
 When the server is saturated it answers 503 with `Retry-After`.
+
+Technologists verify the model's calls: `POST /api/v1/predictions/{id}/verifications` with `{"label": CLASS}`
+or `{"unusable": true}` (and an optional `comment`) appends a verification, named after the logged-in user or
+the token's holder; the latest one is the prediction's verified class, and every one stays in the audit
+trail (`GET /api/v1/verifications`). Authentication: with `LEUKOSCOPE_API_TOKEN` set or any user created
+(`leukoscope users add`), every route needs `Authorization: Bearer <token>`, `X-API-Token` or a login
+session. The token acts as an admin; technologists get 403 on the admin routes (`/api/v1/users`).
 """
 
 
@@ -87,6 +98,11 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "internal server error (details are in the server log)"}, status_code=500)
 
 
+def _who(request: Request) -> dict[str, Any]:
+    """Every page knows who is logged in (the header shows the name and a logout button)."""
+    return {"principal": principal_of(request)}
+
+
 def create_app(settings: Settings, predictor: Any | None = None, *, gradcam: GradcamFn | None = None) -> FastAPI:
     """Build the app. `predictor` (already loaded) and `gradcam` (overlay function) may be injected;
     otherwise the lifespan loads `settings.model` and uses leukoscope.inference.explain.gradcam_overlay."""
@@ -95,11 +111,13 @@ def create_app(settings: Settings, predictor: Any | None = None, *, gradcam: Gra
         loaded = predictor if predictor is not None else await run_in_threadpool(_load_predictor, settings)
         store = await run_in_threadpool(Store(settings.db).open)
         executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="leukoscope-inference")
-        templates = Jinja2Templates(directory=str(HERE / "templates"))
+        templates = Jinja2Templates(directory=str(HERE / "templates"), context_processors=[_who])
         service = PredictionService(loaded, store, settings, gradcam)
-        templates.env.globals.update(version=__version__, model_version=service.model_version,
-                                     auth_enabled=bool(settings.token))
-        app.state.ctx = ServerContext(settings, service, store, executor, Gate(settings.capacity), templates)
+        templates.env.globals.update(version=__version__, model_version=service.model_version)
+        app.state.accounts.store = store
+        verifier = VerificationService(store, service.classes, app.state.sessions)
+        app.state.ctx = ServerContext(settings, service, store, executor, Gate(settings.capacity), templates,
+                                      verifier)
         await run_in_threadpool(service.purge_expired_images, force=True)
         if settings.warmup:
             await run_in_threadpool(service.warm_up)
@@ -133,12 +151,15 @@ def create_app(settings: Settings, predictor: Any | None = None, *, gradcam: Gra
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.state.lockout = Lockout()  # shared by the API credentials check and the login form
     app.state.sessions = SessionStore(settings.session_hours * 3600)  # login cookies, revoked on logout
+    app.state.accounts = Accounts()  # the users table, for the auth middleware (bound to the store at start-up)
     app.add_middleware(TokenAuthMiddleware, token=settings.token, lockout=app.state.lockout,
-                       sessions=app.state.sessions)
+                       sessions=app.state.sessions, accounts=app.state.accounts)
     app.add_middleware(OriginCheckMiddleware, allowed_hosts=settings.allowed_hosts)
     app.add_middleware(TrustedHosts, allowed_hosts=settings.trusted_hosts)
     app.add_middleware(SecurityHeadersMiddleware)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.include_router(api_router, prefix="/api/v1")
+    app.include_router(verify_router, prefix="/api/v1")
     app.include_router(pages_router)
+    app.include_router(review_pages_router)
     return app

@@ -18,6 +18,7 @@ from leukoscope.serve.limits import Gate, RequestRejected
 from leukoscope.serve.service import PredictionService
 from leukoscope.serve.settings import Settings
 from leukoscope.serve.store import Store
+from leukoscope.serve.verify_service import VerificationService
 
 T = TypeVar("T")
 
@@ -32,6 +33,7 @@ class ServerContext:
     executor: ThreadPoolExecutor
     gate: Gate
     templates: Jinja2Templates
+    verifier: VerificationService
 
     @asynccontextmanager
     async def admitted(self) -> AsyncIterator[Slot]:

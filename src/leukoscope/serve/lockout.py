@@ -1,12 +1,19 @@
-"""Slow down token guessing: after too many wrong tokens from one address, that address's wrong tries wait.
+"""Slow down guessing: after too many wrong tokens from one address, or wrong passwords for one user name
+from one address, further tries wait.
 
 Ten wrong tokens in five minutes lock the address until the oldest of them is five minutes old: further
 *wrong* tokens from it get HTTP 429 with Retry-After, for the login form and for API credentials alike.
 A right token always works and clears the count, so one attacker behind a lab's proxy cannot lock out
 everyone else behind it. That this lets a locked guesser still learn a right guess is acceptable because
 tokens must be at least 16 characters (`settings.MIN_TOKEN_LENGTH`): guessing one is hopeless at any rate;
-the lockout keeps wrong guesses cheap to refuse and visible. The state is in memory (one server process),
-bounded, and forgotten on restart.
+the lockout keeps wrong guesses cheap to refuse and visible.
+
+Passwords are chosen by people, so there a lock must hold for right guesses too (otherwise a locked guesser
+would still learn the right one): ten wrong passwords for one name from one address in five minutes refuse
+every password for that name from that address until the oldest is five minutes old (`password_key`). The
+count is per name and address so that one person mistyping behind a lab's proxy does not lock out their
+colleagues, and checked before the (deliberately slow) password hash is computed. The state is in memory
+(one server process), bounded, and forgotten on restart.
 """
 
 from __future__ import annotations
@@ -72,3 +79,13 @@ class Lockout:
 def message(wait_s: int) -> str:
     """The one-line answer a locked-out client gets."""
     return f"too many wrong tokens from this address: try again in {wait_s} s"
+
+
+def password_key(address: str, name: str) -> str:
+    """The lockout key of password guesses for one user name from one address."""
+    return f"password\x00{address}\x00{name.lower()}"
+
+
+def password_message(wait_s: int) -> str:
+    """The one-line answer to a password try while its name and address are locked."""
+    return f"too many wrong passwords for this name from this address: try again in {wait_s} s"

@@ -49,14 +49,18 @@ _UPLOAD_BODY = {
 
 
 def with_class_names(schema: dict[str, Any], classes: Sequence[str]) -> dict[str, Any]:
-    """Name the loaded model's classes where a parameter must be one (`target` of Grad-CAM), so the schema
-    says what the route accepts; known only once the model is loaded, so added when the schema is built."""
+    """Name the loaded model's classes where a value must be one (`target` of Grad-CAM, a verification's
+    `label`), so the schema says what the route accepts; known only once the model is loaded, so added when
+    the schema is built."""
     for item in schema.get("paths", {}).values():
         for operation in item.values():
             for param in operation.get("parameters", []) if isinstance(operation, dict) else []:
                 if param.get("name") == "target" and param.get("in") == "query":
                     param["schema"] = {"anyOf": [{"type": "string", "enum": list(classes)}, {"type": "null"}],
                                        "description": param["schema"].get("description", "")}
+    label = schema.get("components", {}).get("schemas", {}).get("VerifyAsClass", {}).get("properties", {}).get("label")
+    if label is not None:
+        label["enum"] = list(classes)
     return schema
 
 
@@ -64,8 +68,12 @@ def history_filters(
     label: Annotated[str | None, Query(description="only this predicted class")] = None,
     review: Annotated[bool | None, Query(description="only flagged (true) or unflagged (false)")] = None,
     sample_id: Annotated[str | None, Query(max_length=64)] = None,
+    verified: Annotated[bool | None, Query(description="only verified (true) or awaiting verification (false)")] = None,
+    disagrees: Annotated[bool | None, Query(description="only predictions whose latest verification differs from "
+                                                       "(true) or equals (false) the model's call")] = None,
 ) -> Filters:
-    return Filters(label=label or None, review=review, sample_id=sample_id or None)
+    return Filters(label=label or None, review=review, sample_id=sample_id or None, verified=verified,
+                   disagrees=disagrees)
 
 
 FiltersDep = Annotated[Filters, Depends(history_filters)]
@@ -102,8 +110,8 @@ async def predictions(
     page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
     per_page: Annotated[int, Query(ge=1, le=MAX_PER_PAGE)] = 50,
 ) -> dict[str, Any]:
-    """The prediction history, newest first, paginated."""
-    result = await ctx.run_io(ctx.store.page, page, per_page, filters)
+    """The prediction history, newest first, paginated; each with its latest verification (null: none)."""
+    result = await ctx.run_io(ctx.service.history, page, per_page, filters)
     return {"items": [row.to_json() for row in result.items], "page": result.page,
             "per_page": result.per_page, "total": result.total, "pages": result.pages}
 
@@ -112,7 +120,7 @@ async def predictions(
     200: {"description": "CSV, one row per prediction", "content": {"text/csv": {"schema": {"type": "string"}}}},
     **error_responses(422)})
 async def predictions_csv(ctx: Ctx, filters: FiltersDep) -> StreamingResponse:
-    """The (filtered) history as CSV, streamed."""
+    """The (filtered) history as CSV, streamed: the model's call, and the latest verified call beside it."""
     name = f"leukoscope-{filters.sample_id or 'history'}.csv"
     return StreamingResponse(ctx.service.csv_rows(filters), media_type="text/csv; charset=utf-8",
                              headers={"Content-Disposition": attachment(name)})
@@ -120,7 +128,7 @@ async def predictions_csv(ctx: Ctx, filters: FiltersDep) -> StreamingResponse:
 
 @router.get("/predictions/{prediction_id}", responses=BY_ID)
 async def prediction(ctx: Ctx, prediction_id: PredictionId) -> dict[str, Any]:
-    """One stored prediction."""
+    """One stored prediction, with its latest verification (null: none)."""
     row = await ctx.run_io(ctx.service.prediction, prediction_id)
     return row.to_json()
 

@@ -1,4 +1,9 @@
-"""Server-rendered pages: upload, history and login. The browser code is static/app.js (no inline script)."""
+"""Server-rendered pages: upload, history and login. The browser code is static/app.js (no inline script).
+
+The login form takes a user's name and password, or the API token. Wrong tokens count against the client's
+address as API guesses do; wrong passwords count per name and address, and each try is counted before the
+password hash is checked, so parallel guesses cannot slip past the limit (lockout.py).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from leukoscope.serve.context import ServerContext, get_ctx
 from leukoscope.serve.limits import ALLOWED_FORMATS
 from leukoscope.serve.lockout import message as lockout_message
+from leukoscope.serve.lockout import password_key, password_message
 from leukoscope.serve.security import COOKIE_NAME, client_address, safe_next, session_id, token_matches
+from leukoscope.serve.sessions import TOKEN_PRINCIPAL, Principal
 from leukoscope.serve.store import MAX_PAGE, Filters
 
 # The same sentence as leukoscope.cli.common.DISCLAIMER; not imported, so the server never loads the CLI.
@@ -37,47 +44,73 @@ async def history(
     label: str = "",
     review: Annotated[str, Query(pattern="^(|yes|no)$")] = "",
     sample_id: Annotated[str, Query(max_length=64)] = "",
+    verified: Annotated[str, Query(pattern="^(|awaiting|verified|agrees|disagrees)$")] = "",
 ) -> Response:
+    checked = {"awaiting": {"verified": False}, "verified": {"verified": True}, "agrees": {"disagrees": False},
+               "disagrees": {"disagrees": True}}.get(verified, {})
     filters = Filters(label=label or None, review={"yes": True, "no": False}.get(review),
-                      sample_id=sample_id or None)
-    result = await ctx.run_io(ctx.store.page, page, ctx.settings.page_size, filters)
+                      sample_id=sample_id or None, **checked)
+    result = await ctx.run_io(ctx.service.history, page, ctx.settings.page_size, filters)
     labels = sorted(set(ctx.service.classes) | set(await ctx.run_io(ctx.store.labels)))
-    query = {"label": label, "review": review, "sample_id": sample_id}
-    api_query = {"label": label, "review": {"yes": "true", "no": "false"}.get(review, ""), "sample_id": sample_id}
+    query = {"label": label, "review": review, "sample_id": sample_id, "verified": verified}
+    api_query = {"label": label, "review": {"yes": "true", "no": "false"}.get(review, ""), "sample_id": sample_id,
+                 **{key: "true" if value else "false" for key, value in checked.items()}}
     return ctx.templates.TemplateResponse(request, "history.html", {
         "disclaimer": DISCLAIMER, "page": result, "labels": labels, "query": query,
         "classes": ctx.service.classes, "csv_query": urlencode({k: v for k, v in api_query.items() if v}),
     })
 
 
+async def _login_page(request: Request, ctx: ServerContext, target: str, error: str | None = None,
+                      status_code: int = 200, headers: dict[str, str] | None = None, name: str = "") -> Response:
+    has_users = await ctx.run_io(request.app.state.accounts.any_users)
+    return ctx.templates.TemplateResponse(request, "login.html", {
+        "disclaimer": DISCLAIMER, "next": target, "error": error, "name": name,
+        "token_login": bool(ctx.settings.token), "user_login": has_users,
+    }, status_code=status_code, headers=headers)
+
+
 @router.get("/login", response_class=HTMLResponse)
 async def login_form(request: Request, ctx: Ctx, next: str = "/") -> Response:
-    if not ctx.settings.token:
-        return RedirectResponse(safe_next(next), status_code=303)
-    return ctx.templates.TemplateResponse(request, "login.html", {
-        "disclaimer": DISCLAIMER, "next": safe_next(next), "error": None,
-    })
+    if not ctx.settings.token and not await ctx.run_io(request.app.state.accounts.any_users):
+        return RedirectResponse(safe_next(next), status_code=303)  # nothing to log in to
+    return await _login_page(request, ctx, safe_next(next))
 
 
 @router.post("/login", response_class=HTMLResponse)
 async def login(request: Request, ctx: Ctx) -> Response:
-    """Check the token typed into the form; on success set the session cookie and go on."""
-    form = await request.form(max_files=0, max_fields=4, max_part_size=4096)
+    """Check the name and password, or the token, typed into the form; on success set the session cookie."""
+    form = await request.form(max_files=0, max_fields=5, max_part_size=4096)
     token, target = str(form.get("token", "")), safe_next(str(form.get("next", "/")))
-    if not ctx.settings.token:
+    name, password = str(form.get("name", "")).strip()[:64], str(form.get("password", ""))
+    if not ctx.settings.token and not await ctx.run_io(request.app.state.accounts.any_users):
         return RedirectResponse(target, status_code=303)
-    correct = token_matches(token, ctx.settings.token)
-    wait = request.app.state.lockout.attempt(client_address(request.scope), correct)
+    lockout, address = request.app.state.lockout, client_address(request.scope)
+    if token or not (name or password):  # the token form (an empty form is a wrong token)
+        correct = bool(ctx.settings.token) and token_matches(token, ctx.settings.token or "")
+        wait = lockout.attempt(address, correct)
+        if wait:
+            return await _login_page(request, ctx, target, lockout_message(wait), 429, {"Retry-After": str(wait)})
+        if not correct:
+            return await _login_page(request, ctx, target, "wrong token", 401)
+        return _session(request, ctx, TOKEN_PRINCIPAL, target)
+    key = password_key(address, name)
+    wait = lockout.retry_after(key)
     if wait:
-        return ctx.templates.TemplateResponse(request, "login.html", {
-            "disclaimer": DISCLAIMER, "next": target, "error": lockout_message(wait),
-        }, status_code=429, headers={"Retry-After": str(wait)})
-    if not correct:
-        return ctx.templates.TemplateResponse(request, "login.html", {
-            "disclaimer": DISCLAIMER, "next": target, "error": "wrong token",
-        }, status_code=401)
+        return await _login_page(request, ctx, target, password_message(wait), 429, {"Retry-After": str(wait)}, name)
+    lockout.failed(key)  # counted before the (slow) hash check, so parallel guesses cannot pass the limit
+    user, principal = await ctx.run_io(ctx.verifier.users.authenticate, name, password)
+    if user is None:
+        return await _login_page(request, ctx, target, "wrong name or password", 401, name=name)
+    lockout.succeeded(key)
+    if principal is None:
+        return await _login_page(request, ctx, target, f"{user.name} is disabled: ask an admin", 403, name=name)
+    return _session(request, ctx, principal, target)
+
+
+def _session(request: Request, ctx: ServerContext, principal: Principal, target: str) -> Response:
     response = RedirectResponse(target, status_code=303)
-    response.set_cookie(COOKIE_NAME, request.app.state.sessions.create(), httponly=True, samesite="strict",
+    response.set_cookie(COOKIE_NAME, request.app.state.sessions.create(principal), httponly=True, samesite="strict",
                         max_age=int(ctx.settings.session_hours * 3600), path="/",
                         # HTTPS here, or at a TLS proxy in front (the page the form was sent from says so)
                         secure=request.url.scheme == "https" or request.headers.get("origin", "").startswith("https:"))

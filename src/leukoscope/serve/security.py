@@ -1,11 +1,19 @@
-"""Authentication by a shared token, and the security headers every response carries.
+"""Authentication (a shared token, or named users' passwords), and the security headers every response carries.
 
-With LEUKOSCOPE_API_TOKEN set, every route but the login form and the static files needs the token:
-`Authorization: Bearer <token>`, `X-API-Token: <token>`, or the session cookie the login form sets. The
-cookie holds a random session id (`sessions.SessionStore`), never the token; it is HttpOnly and
+Who may do what:
+- No token and no users: the app is open to whoever reaches it (loopback by default). Verifying a call
+  still needs a name, so it answers 401 until a user exists and logs in.
+- LEUKOSCOPE_API_TOKEN set, or any user in the database (`leukoscope users add`): every route but the login
+  form and the static files needs credentials: `Authorization: Bearer <token>`, `X-API-Token: <token>`, or
+  the session cookie the login form sets (after a name and password, or the token).
+- The token's holder acts as an admin (named "api-token" in the verification trail): machine clients and
+  the lab's administrator. Users are technologists (predict, verify, read everything) or admins (also the
+  user routes under /api/v1/users); a technologist on an admin route gets 403.
+The cookie holds a random session id (`sessions.SessionStore`), never the token; it is HttpOnly and
 SameSite=Strict (so another site cannot make the browser post uploads with it), expires after
-`--session-hours` (12 by default) and stops working at once on logout, in every browser holding a copy.
-Only tokens count as guesses for the lockout: a stale session cookie is simply not a login.
+`--session-hours` (12 by default) and stops working at once on logout, in every browser holding a copy, and
+for a user who is disabled or gets a new password. Only tokens count as guesses here (passwords are counted
+by the login form): a stale session cookie is simply not a login.
 """
 
 from __future__ import annotations
@@ -14,17 +22,23 @@ import hmac
 from http.cookies import SimpleCookie
 from urllib.parse import quote
 
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from leukoscope.serve.limits import send_json
+from leukoscope.serve.limits import RequestRejected, send_json
 from leukoscope.serve.lockout import Lockout
 from leukoscope.serve.lockout import message as lockout_message
-from leukoscope.serve.sessions import SessionStore
+from leukoscope.serve.sessions import TOKEN_PRINCIPAL, Principal, SessionStore
+from leukoscope.serve.users import Accounts
 
 COOKIE_NAME = "leukoscope_session"
 DOCS_STATIC = "/docs-static"  # Swagger UI's own JS/CSS (fastapi-offline), served by the app, not a CDN
 PUBLIC_PREFIXES = ("/static/", DOCS_STATIC + "/")
 PUBLIC_PATHS = frozenset({"/login", "/logout"})
+PRINCIPAL_KEY = "leukoscope.principal"  # scope key: who the request comes from (None: nobody in particular)
+AUTH_REQUIRED = ("authentication required: log in, or send 'Authorization: Bearer <token>' or "
+                 "'X-API-Token: <token>'")
 
 # The app's own pages load only same-origin scripts and styles: no inline script, no CDN.
 PAGE_CSP = (
@@ -41,7 +55,9 @@ DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
 STATIC_HEADERS = {
     "x-content-type-options": "nosniff",
     "x-frame-options": "DENY",
-    "referrer-policy": "no-referrer",
+    # same-origin, not no-referrer: with no-referrer a browser sends `Origin: null` with a form's POST (the
+    # login and logout forms), which the Origin check must refuse; other sites still get no Referer at all
+    "referrer-policy": "same-origin",
     "cross-origin-opener-policy": "same-origin",
     "permissions-policy": "camera=(), microphone=(), geolocation=()",
 }
@@ -93,8 +109,32 @@ def session_id(scope: Scope) -> str | None:
     return morsel.value if morsel is not None else None
 
 
+def principal_of(connection: HTTPConnection) -> Principal | None:
+    """Who sent this request: a logged-in user, the token's holder, or None (an open server, no login)."""
+    return connection.scope.get(PRINCIPAL_KEY)
+
+
+def require_user(connection: HTTPConnection) -> Principal:
+    """The request's principal; 401 when nobody is logged in (even on an open server: a verification needs a name)."""
+    principal = principal_of(connection)
+    if principal is None:
+        raise RequestRejected("a named user is needed: log in as a user (`leukoscope users add NAME --role "
+                              "technologist` makes one) or send the API token", 401,
+                              headers={"WWW-Authenticate": 'Bearer realm="leukoscope"'})
+    return principal
+
+
+def require_admin(connection: HTTPConnection) -> Principal:
+    """The request's principal when an admin (or the token's holder); 401 without one, 403 for a technologist."""
+    principal = require_user(connection)
+    if not principal.is_admin:
+        raise RequestRejected(f"forbidden: only an admin may do this ({principal.name} is a {principal.role})", 403)
+    return principal
+
+
 class TokenAuthMiddleware:
-    """Every request needs the token (when one is configured), except the login form and static files.
+    """Every request needs credentials when a token is configured or any user exists, except the login form
+    and static files; the request's principal is put in the scope for the routes (`principal_of`).
 
     Browsers asking for a page are sent to the login form; everything else gets 401 JSON. A wrong token
     counts against the client's address in `lockout`; a locked address gets 429 with Retry-After for
@@ -102,32 +142,37 @@ class TokenAuthMiddleware:
     """
 
     def __init__(self, app: ASGIApp, token: str | None, lockout: Lockout | None = None,
-                 sessions: SessionStore | None = None) -> None:
+                 sessions: SessionStore | None = None, accounts: Accounts | None = None) -> None:
         self.app = app
         self.token = token
         self.lockout = lockout or Lockout()
         self.sessions = sessions if sessions is not None else SessionStore()  # (an empty store is falsy)
+        self.accounts = accounts if accounts is not None else Accounts()
+
+    async def _from_session(self, scope: Scope) -> Principal | None:
+        principal = self.sessions.get(session_id(scope))
+        if principal is None or principal.via == "token":
+            return principal
+        return await run_in_threadpool(self.accounts.current, principal)  # disabled, or a new password: gone
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.token:
+        if scope["type"] != "http" or scope["path"].startswith(PUBLIC_PREFIXES):
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
-            await self.app(scope, receive, send)
-            return
-        if self.sessions.is_valid(session_id(scope)):
-            await self.app(scope, receive, send)
-            return
-        if presents_token(scope):
+        principal = await self._from_session(scope)
+        if principal is None and self.token and path not in PUBLIC_PATHS and presents_token(scope):
             authorized = has_right_token(scope, self.token)
             wait = self.lockout.attempt(client_address(scope), authorized)
             if wait:
                 await send_json(send, 429, {"detail": lockout_message(wait)}, headers={"Retry-After": str(wait)})
                 return
-            if authorized:
-                await self.app(scope, receive, send)
-                return
+            principal = TOKEN_PRINCIPAL if authorized else None
+        scope[PRINCIPAL_KEY] = principal
+        if principal is not None or path in PUBLIC_PATHS or not (
+                self.token or await run_in_threadpool(self.accounts.any_users)):
+            await self.app(scope, receive, send)
+            return
         wants_page = scope["method"] == "GET" and "text/html" in _headers(scope).get("accept", "")
         if wants_page and not path.startswith("/api/"):
             target = path + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else "")
@@ -136,9 +181,7 @@ class TokenAuthMiddleware:
                         "headers": [(b"location", location.encode("latin-1")), (b"content-length", b"0")]})
             await send({"type": "http.response.body", "body": b""})
             return
-        await send_json(send, 401, {"detail": "authentication required: send 'Authorization: Bearer <token>' "
-                                              "or 'X-API-Token: <token>'"},
-                        headers={"WWW-Authenticate": 'Bearer realm="leukoscope"'})
+        await send_json(send, 401, {"detail": AUTH_REQUIRED}, headers={"WWW-Authenticate": 'Bearer realm="leukoscope"'})
 
 
 class SecurityHeadersMiddleware:

@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
@@ -30,9 +30,10 @@ from leukoscope.data.imaging import load_rgb
 from leukoscope.errors import ImageError, ModelError
 from leukoscope.inference.explain import WORKING_SIDE
 from leukoscope.review.samples import SampleCall, sample_call
+from leukoscope.serve import verifications
 from leukoscope.serve.limits import RequestRejected, Upload, sniff
 from leukoscope.serve.settings import Settings
-from leukoscope.serve.store import Filters, NewPrediction, Store, StoredPrediction, utc_text
+from leukoscope.serve.store import Filters, NewPrediction, Page, Store, StoredPrediction, utc_text
 
 THUMBNAIL_SIDE = 160
 WARMUP_SOURCE = "leukoscope-warm-up.png"  # the name warm_up predicts under (fakes in tests recognise it)
@@ -235,10 +236,16 @@ class PredictionService:
         return row, data
 
     def prediction(self, prediction_id: int) -> StoredPrediction:
+        """One stored prediction with its latest verification; 404 when there is none with this id."""
         row = self.store.get(prediction_id)
         if row is None:
             raise RequestRejected(f"no prediction with id {prediction_id}", 404)
-        return row
+        return verifications.attach(self.store, [row])[0]
+
+    def history(self, page: int, per_page: int, filters: Filters) -> Page:
+        """One page of the history, each row with its latest verification."""
+        result = self.store.page(page, per_page, filters)
+        return replace(result, items=verifications.attach(self.store, result.items))
 
     def gradcam_png(self, prediction_id: int, target: str | None = None) -> bytes:
         """Grad-CAM overlay of a stored prediction's image, computed now with the loaded model at the image's
@@ -304,10 +311,13 @@ class PredictionService:
 
     def csv_rows(self, filters: Filters) -> Iterator[str]:
         """The history as CSV lines (pandas-readable; one p_<class> column per class of the loaded model)."""
-        return csv_lines(self.store.iter_all(filters), self.classes)
+        return csv_lines(verifications.attach_all(self.store, self.store.iter_all(filters)), self.classes)
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# verified_label is empty when unverified or unusable (verified_unusable 1); agrees_with_model is 1 or 0
+VERIFIED_COLUMNS = ("verified_label", "verified_unusable", "verified_by", "verified_at", "verified_comment",
+                    "agrees_with_model")
 
 
 def _cell(value: Any) -> Any:
@@ -318,9 +328,10 @@ def _cell(value: Any) -> Any:
 
 
 def csv_lines(rows: Iterable[StoredPrediction], classes: Sequence[str]) -> Iterator[str]:
+    """The model's call, then (last, so older readers keep their columns) the latest verified call beside it."""
     header = ["id", "created_at", "sample_id", "file_name", "sha256", "model_version", "status", "label",
               "confidence", *[f"p_{c}" for c in classes], "review", "review_codes", "review_reasons", "ood_score",
-              "width", "height", "probabilities"]
+              "width", "height", "probabilities", *VERIFIED_COLUMNS]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
 
@@ -337,8 +348,16 @@ def csv_lines(rows: Iterable[StoredPrediction], classes: Sequence[str]) -> Itera
                          r.label or "", round(r.confidence, 6), *[round(r.probabilities.get(c, 0.0), 6) for c in classes],
                          int(r.review), "; ".join(r.review_codes), _cell("; ".join(r.review_reasons)),
                          "" if r.ood_score is None else round(r.ood_score, 4), r.width, r.height,
-                         json.dumps(r.probabilities)])
+                         json.dumps(r.probabilities), *_verified_cells(r)])
         yield flush()
+
+
+def _verified_cells(row: StoredPrediction) -> list[Any]:
+    v = row.verification
+    if v is None:
+        return [""] * len(VERIFIED_COLUMNS)
+    return [v.label or "", int(v.unusable), _cell(v.user_name), v.created_at, _cell(v.comment),
+            int(v.agrees_with(row.label))]
 
 
 def _thumbnail(data: bytes) -> bytes:

@@ -180,15 +180,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_exposure(settings: Settings) -> None:
+def check_exposure(settings: Settings, *, has_users: bool = False) -> None:
     """Refuse to serve an unauthenticated app beyond this machine unless `insecure` says so on purpose.
 
     Uploaded smear images may be patient data: an open port on a lab network should be a decision, not
-    an accident of typing `--host 0.0.0.0`.
+    an accident of typing `--host 0.0.0.0`. A database with users (`leukoscope users add`) is not open:
+    every route then needs a login (users are never deleted, only disabled).
     """
-    if is_loopback(settings.host) or settings.token or settings.insecure:
+    if is_loopback(settings.host) or settings.token or settings.insecure or has_users:
         return
     raise UsageError(
         f"refusing to listen on {settings.host} without authentication: set {ENV_TOKEN} "
-        "to require a token, bind 127.0.0.1, or pass --insecure to accept the risk"
+        "to require a token, add users (leukoscope users add NAME --role admin), bind 127.0.0.1, or pass "
+        "--insecure to accept the risk"
     )

@@ -24,16 +24,19 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from leukoscope.errors import DataError
 from leukoscope.serve.schema import MIGRATIONS
+
+if TYPE_CHECKING:
+    from leukoscope.serve.verifications import Verification
 
 MAX_ROW_ID = 2**63 - 1  # SQLite's INTEGER: larger ids cannot exist (and overflow when bound)
 MAX_PER_PAGE = 500
 MAX_PAGE = 10**9  # (MAX_PAGE - 1) * MAX_PER_PAGE stays far inside SQLite's OFFSET range
 
-_COLUMNS = (
+PREDICTION_COLUMNS = (
     "id, created_at, sample_id, file_name, sha256, model_version, label, confidence, probabilities, "
     "review, review_reasons, ood_score, width, height, status, review_codes, review_details"
 )
@@ -80,6 +83,7 @@ class StoredPrediction(NewPrediction):
 
     id: int = 0
     created_at: str = ""
+    verification: Verification | None = None  # the latest verification, when read with it (verifications.attach)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -89,16 +93,26 @@ class StoredPrediction(NewPrediction):
             "review": self.review, "review_reasons": self.review_reasons, "ood_score": self.ood_score,
             "width": self.width, "height": self.height, "status": self.status, "review_codes": self.review_codes,
             "review_details": self.review_details,
+            "verification": self.verification.to_json() if self.verification is not None else None,
         }
+
+
+# The latest verification's call on the row's prediction ('' when unusable, as the model's label is then;
+# NULL when never verified): agreement is equality with the model's `label`.
+VERIFIED_CALL = ("(SELECT COALESCE(v.label, '') FROM verifications AS v WHERE v.prediction_id = predictions.id "
+                 "ORDER BY v.id DESC LIMIT 1)")
 
 
 @dataclass(frozen=True)
 class Filters:
-    """History filters; None means "any"."""
+    """History filters; None means "any". `disagrees` implies verified (an unverified row neither agrees
+    nor disagrees with the model)."""
 
     label: str | None = None
     review: bool | None = None
     sample_id: str | None = None
+    verified: bool | None = None
+    disagrees: bool | None = None
 
     def where(self) -> tuple[str, list[Any]]:
         clauses, params = [], []
@@ -111,6 +125,10 @@ class Filters:
         if self.sample_id is not None:
             clauses.append("sample_id = ?")
             params.append(self.sample_id)
+        if self.verified is not None:
+            clauses.append(f"{VERIFIED_CALL} IS {'NOT ' if self.verified else ''}NULL")
+        if self.disagrees is not None:
+            clauses.append(f"{VERIFIED_CALL} {'!=' if self.disagrees else '='} label")
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
@@ -129,7 +147,7 @@ class Page:
         return max(1, -(-self.total // self.per_page))
 
 
-def _row_to_prediction(row: sqlite3.Row) -> StoredPrediction:
+def row_to_prediction(row: sqlite3.Row) -> StoredPrediction:
     return StoredPrediction(
         id=row["id"], created_at=row["created_at"], sample_id=row["sample_id"], file_name=row["file_name"],
         sha256=row["sha256"], model_version=row["model_version"], label=row["label"] or None,
@@ -214,6 +232,14 @@ class Store:
             conn.execute("COMMIT")
             return result
 
+    def write(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run `work(connection)` in one IMMEDIATE transaction (users.py, verifications.py): all or nothing."""
+        return self._write(work)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """Rows of one read on this thread's connection (users.py, verifications.py, agreement.py)."""
+        return self._conn.execute(sql, list(params)).fetchall()
+
     # -- schema ------------------------------------------------------------------------------------------
     @property
     def version(self) -> int:
@@ -287,8 +313,9 @@ class Store:
     def get(self, prediction_id: int) -> StoredPrediction | None:
         if not 1 <= prediction_id <= MAX_ROW_ID:  # SQLite cannot even bind such a number: no such row
             return None
-        row = self._conn.execute(f"SELECT {_COLUMNS} FROM predictions WHERE id = ?", (prediction_id,)).fetchone()
-        return _row_to_prediction(row) if row else None
+        row = self._conn.execute(f"SELECT {PREDICTION_COLUMNS} FROM predictions WHERE id = ?",
+                                 (prediction_id,)).fetchone()
+        return row_to_prediction(row) if row else None
 
     def image(self, sha256: str) -> bytes | None:
         """The uploaded bytes, or None when unknown or purged by the retention period."""
@@ -315,10 +342,10 @@ class Store:
         page, per_page = min(max(1, page), MAX_PAGE), min(max(1, per_page), MAX_PER_PAGE)
         where, params = filters.where()
         rows = self._conn.execute(
-            f"SELECT {_COLUMNS} FROM predictions{where} ORDER BY id DESC LIMIT ? OFFSET ?",
+            f"SELECT {PREDICTION_COLUMNS} FROM predictions{where} ORDER BY id DESC LIMIT ? OFFSET ?",
             [*params, per_page, (page - 1) * per_page],
         ).fetchall()
-        return Page([_row_to_prediction(r) for r in rows], page, per_page, self.count(filters), filters)
+        return Page([row_to_prediction(r) for r in rows], page, per_page, self.count(filters), filters)
 
     def iter_all(self, filters: Filters | None = None, *, chunk: int = 500) -> Iterator[StoredPrediction]:
         """Every matching row, newest first, read in keyset chunks.
@@ -332,12 +359,13 @@ class Store:
         while True:
             keyset = "" if last_id is None else f"{joiner}id < {int(last_id)}"
             rows = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM predictions{where}{keyset} ORDER BY id DESC LIMIT ?", [*params, chunk]
+                f"SELECT {PREDICTION_COLUMNS} FROM predictions{where}{keyset} ORDER BY id DESC LIMIT ?",
+                [*params, chunk]
             ).fetchall()
             if not rows:
                 return
             for row in rows:
-                yield _row_to_prediction(row)
+                yield row_to_prediction(row)
             last_id = rows[-1]["id"]
 
     def labels(self) -> list[str]:

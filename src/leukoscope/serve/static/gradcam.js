@@ -1,15 +1,18 @@
-// leukoscope Grad-CAM viewer, shared by the upload and history pages: the image and its overlay side by side
-// in the page (not a pop-up), each at the image's own size up to 1024 px a side. No inline script (CSP);
-// every user-supplied string is written with textContent.
+// leukoscope Grad-CAM viewer, shared by the upload, history and verify pages: the image and its overlay side by
+// side in the page (not a pop-up), each at the image's own size up to 1024 px a side. No inline script (CSP);
+// every user-supplied string is written with textContent. `prefetch(info)` fetches an item's image and overlay
+// ahead (the verify worklist asks for the next item's while the current one is on screen).
 "use strict";
 
 window.leukoscopeGradcam = (() => {
   const panel = document.getElementById("gradcam-panel");
-  if (!panel) return { open() {} };
+  if (!panel) return { open() {}, prefetch() {} };
   const $ = (id) => document.getElementById(id);
   const original = $("gradcam-original"), overlay = $("gradcam-image");
   const caption = $("gradcam-caption"), overlayCaption = $("gradcam-overlay-caption");
   const objectUrls = new Map();
+  const prefetched = new Map();  // url -> Promise of an object URL, handed over to the first open() that needs it
+  const MAX_PREFETCHED = 8;
   let current = 0;
 
   const pct = (p) => `${(100 * p).toFixed(1)}%`;
@@ -37,6 +40,33 @@ window.leukoscopeGradcam = (() => {
     throw new Error("server busy: try again later");
   }
 
+  // A prefetched image when there is one (taken out of the cache: open() now owns its object URL), else fetched now.
+  function take(url) {
+    const ready = prefetched.get(url);
+    if (ready) { prefetched.delete(url); return ready; }
+    return fetchImage(url);
+  }
+
+  function linksOf(info) {
+    const base = `/api/v1/predictions/${encodeURIComponent(info.id)}`;
+    const links = info.links || {};
+    return { image: links.image || `${base}/image`, gradcam: links.gradcam || `${base}/gradcam` };
+  }
+
+  function prefetch(info) {
+    for (const url of Object.values(linksOf(info))) {
+      if (prefetched.has(url)) continue;
+      const ready = fetchImage(url);
+      ready.catch(() => prefetched.delete(url));  // a failure is reported when the item is opened
+      prefetched.set(url, ready);
+      while (prefetched.size > MAX_PREFETCHED) {
+        const [oldest, promise] = prefetched.entries().next().value;
+        prefetched.delete(oldest);
+        promise.then((objectUrl) => URL.revokeObjectURL(objectUrl), () => undefined);
+      }
+    }
+  }
+
   function show(img, url) {
     if (objectUrls.get(img)) URL.revokeObjectURL(objectUrls.get(img));
     objectUrls.set(img, url);
@@ -58,23 +88,23 @@ window.leukoscopeGradcam = (() => {
   }
 
   // info: a prediction as the API gives it (id, file_name, label, confidence, width, height, links).
-  async function open(info) {
+  // options.scroll / options.focus (default true): bring the panel into view and focus it.
+  async function open(info, { scroll = true, focus = true } = {}) {
     const token = ++current;
-    const base = `/api/v1/predictions/${encodeURIComponent(info.id)}`;
-    const links = info.links || { image: `${base}/image`, gradcam: `${base}/gradcam` };
+    const links = linksOf(info);
     panel.hidden = false;
     original.hidden = true;
     overlay.hidden = true;
     caption.classList.remove("error");
     caption.textContent = `${describe(info)}. Computing Grad-CAM…`;
     overlayCaption.textContent = info.label ? `Grad-CAM overlay for ${info.label}` : "Grad-CAM overlay";
-    panel.scrollIntoView({ block: "start", behavior: "smooth" });
-    panel.focus({ preventScroll: true });
-    const left = fetchImage(links.image || `${base}/image`).then((url) => {
+    if (scroll) panel.scrollIntoView({ block: "start", behavior: "smooth" });
+    if (focus) panel.focus({ preventScroll: true });
+    const left = take(links.image).then((url) => {
       if (token === current) show(original, url); else URL.revokeObjectURL(url);
     }, (err) => err);  // settled either way: an error is reported below, never left unhandled
     try {
-      const url = await fetchImage(links.gradcam);
+      const url = await take(links.gradcam);
       if (token !== current) { URL.revokeObjectURL(url); return; }
       show(overlay, url);
       await overlay.decode().catch(() => undefined);
@@ -103,5 +133,5 @@ window.leukoscopeGradcam = (() => {
     open({ id: d.gradcamId, file_name: d.fileName, label: d.label || null, confidence: Number(d.confidence),
            width: Number(d.width), height: Number(d.height) });
   });
-  return { open };
+  return { open, prefetch };
 })();

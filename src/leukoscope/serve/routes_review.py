@@ -1,0 +1,39 @@
+"""Server-rendered pages for verifying: the keyboard worklist (/verify) and the agreement page (/agreement).
+
+The worklist page is a shell: static/verify.js reads the worklist from /api/v1/worklist and posts each
+verification to the JSON API (same origin, so the Origin check and the SameSite=Strict cookie keep other
+sites out, as for the upload form). No inline script: the classes travel in a data- attribute.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, Response
+
+from leukoscope.serve.agreement import agreement_report
+from leukoscope.serve.context import ServerContext, get_ctx
+from leukoscope.serve.routes_pages import DISCLAIMER
+from leukoscope.serve.security import principal_of
+
+router = APIRouter(include_in_schema=False)
+Ctx = Annotated[ServerContext, Depends(get_ctx)]
+
+
+@router.get("/verify", response_class=HTMLResponse)
+async def verify_page(request: Request, ctx: Ctx) -> Response:
+    principal = principal_of(request)
+    has_users = await ctx.run_io(request.app.state.accounts.any_users)
+    return ctx.templates.TemplateResponse(request, "verify.html", {
+        "disclaimer": DISCLAIMER, "classes": ctx.service.classes, "principal": principal,
+        "can_login": bool(ctx.settings.token) or has_users,
+    })
+
+
+@router.get("/agreement", response_class=HTMLResponse)
+async def agreement_page(request: Request, ctx: Ctx) -> Response:
+    reports = await ctx.run_io(agreement_report, ctx.store, ctx.service.classes, ctx.service.model_version)
+    return ctx.templates.TemplateResponse(request, "agreement.html", {
+        "disclaimer": DISCLAIMER, "reports": reports, "serving": ctx.service.model_version,
+    })

@@ -1,0 +1,240 @@
+"""Named users: technologists verify the model's calls, admins manage users.
+
+Passwords are hashed with argon2id (argon2-cffi's defaults, RFC 9106's low-memory profile) and checked with
+the hash's own parameters, so hashes made with older settings keep working and are upgraded at the next
+login. A name that does not exist is checked against a dummy hash, so the time an answer takes does not say
+which names exist. Users are never deleted (the verification trail names them): an admin disables them.
+
+`Users` is the table's API (the `leukoscope users` command and the login form use it); `Accounts` is what
+the auth middleware asks on every request: whether any user exists (then the whole app needs a login) and
+whether a logged-in user is still enabled, with the role and password they have now.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from leukoscope.errors import DataError, UsageError
+from leukoscope.serve.sessions import ROLES, TOKEN_USER, Principal
+from leukoscope.serve.store import Store, utc_now
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_NAME_RE = re.compile(NAME_PATTERN)
+MIN_PASSWORD_LENGTH = 10
+MAX_PASSWORD_LENGTH = 1024  # argon2 takes any length; a bound keeps a login request cheap to refuse
+# A few of the most used passwords at or above the minimum length (lower case, compared case-insensitively).
+COMMON_PASSWORDS = frozenset({
+    "1234567890", "0123456789", "12345678910", "1234567890a", "qwertyuiop", "password12", "password123",
+    "password1234", "passw0rd123", "iloveyou12", "qwerty1234", "qwerty12345", "abcdefghij", "letmein123",
+    "welcome123", "admin12345", "administrator", "1q2w3e4r5t", "1qaz2wsx3edc", "zaq12wsxcde", "changeme123",
+    "leukoscope", "leukoscope1", "leukoscope123", "technologist", "laboratory", "laboratory1",
+})
+_hasher = PasswordHasher()
+_dummy_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class User:
+    """One user, without the password hash."""
+
+    id: int
+    name: str
+    role: str
+    created_at: str
+    disabled: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "role": self.role, "created_at": self.created_at, "disabled": self.disabled}
+
+
+def check_name(name: str) -> str:
+    """A user name: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit."""
+    if not _NAME_RE.match(name or ""):
+        raise UsageError(f"invalid user name {name[:80]!r}: use 1-64 letters, digits, '.', '_' or '-', "
+                         "starting with a letter or digit")
+    if name.lower() == TOKEN_USER:
+        raise UsageError(f"the user name {TOKEN_USER!r} is reserved (it names the API token's holder)")
+    return name
+
+
+def check_role(role: str) -> str:
+    if role not in ROLES:
+        raise UsageError(f"unknown role {role!r}: choose {' or '.join(ROLES)}")
+    return role
+
+
+def password_problem(name: str, password: str) -> str | None:
+    """Why `password` is too weak for user `name`, or None."""
+    if not password:
+        return "empty password"
+    if len(password) < MIN_PASSWORD_LENGTH:
+        return f"password too short ({len(password)} characters; at least {MIN_PASSWORD_LENGTH})"
+    if len(password) > MAX_PASSWORD_LENGTH:
+        return f"password too long (at most {MAX_PASSWORD_LENGTH} characters)"
+    if password.strip() != password:
+        return "password starts or ends with a space"
+    if len(set(password)) < 4:
+        return "password too simple (fewer than 4 different characters)"
+    lowered = password.lower()
+    if lowered in COMMON_PASSWORDS:
+        return "password too common"
+    if name and name.lower() in lowered:
+        return "password contains the user name"
+    return None
+
+
+def check_password(name: str, password: str) -> str:
+    """`password` when strong enough for user `name`; UsageError (one line) otherwise."""
+    if problem := password_problem(name, password):
+        raise UsageError(f"{problem}: choose another (at least {MIN_PASSWORD_LENGTH} characters, not a common one)")
+    return password
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def stamp(password_hash: str) -> str:
+    """A fingerprint of a password hash, kept in a session: a new password ends the sessions of the old one."""
+    return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
+
+
+def _matches(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def _dummy() -> str:
+    global _dummy_hash
+    if _dummy_hash is None:
+        _dummy_hash = hash_password("no user has this password")
+    return _dummy_hash
+
+
+def _user(row: sqlite3.Row) -> User:
+    return User(id=row["id"], name=row["name"], role=row["role"], created_at=row["created_at"],
+                disabled=bool(row["disabled"]))
+
+
+class Users:
+    """The users table of one store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def _row(self, name: str) -> sqlite3.Row | None:
+        rows = self.store.query("SELECT * FROM users WHERE name = ? COLLATE NOCASE", (name,))
+        return rows[0] if rows else None
+
+    def get(self, name: str) -> User | None:
+        """The user called `name` (names compare without case), or None."""
+        row = self._row(name)
+        return _user(row) if row else None
+
+    def all_users(self) -> list[User]:
+        return [_user(r) for r in self.store.query("SELECT * FROM users ORDER BY name COLLATE NOCASE")]
+
+    def count(self) -> int:
+        return int(self.store.query("SELECT COUNT(*) FROM users")[0][0])
+
+    def add(self, name: str, role: str, password: str) -> User:
+        """Create a user. UsageError for a bad name, role or a weak password; DataError when the name is taken."""
+        check_name(name)
+        check_role(role)
+        password_hash = hash_password(check_password(name, password))
+        now = utc_now()
+
+        def work(conn: sqlite3.Connection) -> User:
+            taken = conn.execute("SELECT name FROM users WHERE name = ? COLLATE NOCASE", (name,)).fetchone()
+            if taken is not None:
+                raise DataError(f"a user named {taken[0]!r} already exists")
+            cursor = conn.execute("INSERT INTO users (name, role, password_hash, created_at) VALUES (?, ?, ?, ?)",
+                                  (name, role, password_hash, now))
+            return User(int(cursor.lastrowid or 0), name, role, now, False)
+
+        return self.store.write(work)
+
+    def set_disabled(self, name: str, disabled: bool) -> User:
+        """Disable (their sessions end at their next request) or enable a user; DataError when unknown."""
+        def work(conn: sqlite3.Connection) -> User:
+            conn.execute("UPDATE users SET disabled = ? WHERE name = ? COLLATE NOCASE", (int(disabled), name))
+            row = conn.execute("SELECT * FROM users WHERE name = ? COLLATE NOCASE", (name,)).fetchone()
+            if row is None:
+                raise DataError(f"no user named {name!r}")
+            return _user(row)
+
+        return self.store.write(work)
+
+    def set_password(self, name: str, password: str) -> User:
+        """A new password (their sessions end); UsageError when weak, DataError when the user is unknown."""
+        user = self.get(name)
+        if user is None:
+            raise DataError(f"no user named {name!r}")
+        password_hash = hash_password(check_password(user.name, password))
+        self.store.write(lambda conn: conn.execute("UPDATE users SET password_hash = ? WHERE id = ?",
+                                                   (password_hash, user.id)))
+        return user
+
+    def authenticate(self, name: str, password: str) -> tuple[User | None, Principal | None]:
+        """(user, principal) for a right password: principal None when the user is disabled. (None, None) for
+        an unknown name or a wrong password, after the same work either way."""
+        row = self._row(name) if _NAME_RE.match(name or "") else None
+        if row is None or len(password) > MAX_PASSWORD_LENGTH:
+            _matches(_dummy(), password[:MAX_PASSWORD_LENGTH])
+            return None, None
+        if not _matches(row["password_hash"], password):
+            return None, None
+        password_hash = row["password_hash"]
+        if _hasher.check_needs_rehash(password_hash):  # made with older parameters: upgrade it now
+            password_hash = hash_password(password)
+            self.store.write(lambda conn: conn.execute("UPDATE users SET password_hash = ? WHERE id = ?",
+                                                       (password_hash, row["id"])))
+        user = _user(row)
+        return user, (None if user.disabled else Principal(user.name, user.role, "password", stamp(password_hash)))
+
+
+def users_exist(db: str | Path) -> bool:
+    """Whether the database at `db` has users, read without creating or migrating it (False when it does not
+    exist yet or predates users): `leukoscope serve` asks before it opens the store."""
+    path = Path(db)
+    if not path.is_file():
+        return False
+    with contextlib.suppress(sqlite3.Error), contextlib.closing(
+            sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)) as conn:
+        return bool(conn.execute("SELECT EXISTS (SELECT 1 FROM users)").fetchone()[0])
+    return False
+
+
+class Accounts:
+    """What the auth middleware asks the users table, bound to the store when the app starts."""
+
+    def __init__(self, store: Store | None = None) -> None:
+        self.store = store
+        self._exist = False  # users are never deleted: once some exist, they always will
+
+    def any_users(self) -> bool:
+        """Whether any user exists (then every page and route needs a login, token or no token)."""
+        if not self._exist and self.store is not None:
+            self._exist = bool(self.store.query("SELECT EXISTS (SELECT 1 FROM users)")[0][0])
+        return self._exist
+
+    def current(self, session: Principal) -> Principal | None:
+        """A password session's principal as the users table says now: None once the user is disabled or has
+        a new password; the role as it is now."""
+        if self.store is None:
+            return None
+        rows = self.store.query("SELECT role, password_hash, disabled FROM users WHERE name = ?", (session.name,))
+        if not rows or rows[0]["disabled"] or stamp(rows[0]["password_hash"]) != session.stamp:
+            return None
+        return Principal(session.name, rows[0]["role"], "password", session.stamp)
