@@ -259,3 +259,64 @@ def test_check_shared_all(capsys, shared_all: Path, tmp_path: Path) -> None:
     }
     assert len(info["duplicates_within_class"]) == 37
     assert "37 group(s) of byte-identical images" in out
+
+
+# ------------------------------------------------------------------------------------------- export-verified
+
+
+def _verified_db(tmp_path: Path) -> tuple[Path, list[int]]:
+    """A web-app database with three predictions: verified Pre-B, verified unusable, and unverified."""
+    import sqlite3
+
+    from leukoscope.data.fileio import sha256_bytes
+    from leukoscope.serve.store import NewPrediction, Store, utc_now
+    from tests.helpers.images import noise_image_bytes
+
+    db = tmp_path / "web" / "leukoscope.db"
+    ids = []
+    with Store(db) as store:
+        for seed in range(3):
+            data = noise_image_bytes(seed, fmt="PNG")
+            row = NewPrediction(sample_id="s", file_name=f"cell {seed}.png", sha256=sha256_bytes(data),
+                                model_version="m@1", label="Benign", confidence=0.9, probabilities={"Benign": 0.9},
+                                review=False, review_reasons=[], ood_score=None, width=64, height=64)
+            ids.append(store.add([row], {row.sha256: data})[0].id)
+    with sqlite3.connect(db) as conn:
+        for prediction, label in ((ids[0], "Pre-B"), (ids[1], None)):
+            conn.execute("INSERT INTO verifications (prediction_id, created_at, user_name, label, unusable) "
+                         "VALUES (?, ?, 'tech', ?, ?)", (prediction, utc_now(), label, int(label is None)))
+    return db, ids
+
+
+def test_export_verified_writes_a_dataset_and_one_summary_line(capsys, tmp_path: Path) -> None:
+    db, ids = _verified_db(tmp_path)
+    out = tmp_path / "verified"
+    code, stdout, err = run(capsys, "data", "export-verified", "--db", db, "--out", out)
+    assert code == 0, err
+    assert stdout.strip() == f"exported 1 verified image(s) (Pre-B 1) to {out}; 1 verified unusable, left out"
+    rows = read_csv(out / "manifest.csv")
+    assert [(r["label"], r["model_label"], r["verifier"], r["prediction_id"]) for r in rows] == [
+        ("Pre-B", "Benign", "tech", str(ids[0]))]
+    code, stdout, _ = run(capsys, "data", "check", out, "-q")  # a dataset like any other
+    assert "1 usable images" in stdout
+    code, _, err = run(capsys, "data", "export-verified", "--db", db, "--out", out)
+    assert code == 2 and "--overwrite" in one_error_line(err)
+    code, _, err = run(capsys, "data", "export-verified", "--db", db, "--out", out, "--overwrite")
+    assert code == 0, err
+
+
+def test_export_verified_bad_databases_are_one_line(capsys, tmp_path: Path) -> None:
+    code, _, err = run(capsys, "data", "export-verified", "--db", tmp_path / "none.db", "--out", tmp_path / "o")
+    assert code == 2 and "database not found" in one_error_line(err)
+    junk = tmp_path / "junk.db"
+    junk.write_text("not a database " * 100)
+    code, _, err = run(capsys, "data", "export-verified", "--db", junk, "--out", tmp_path / "o")
+    assert code == 1 and "is not a leukoscope database" in one_error_line(err)
+    from leukoscope.serve.schema import MIGRATIONS
+    from leukoscope.serve.store import Store
+
+    with Store(tmp_path / "old.db", migrations=MIGRATIONS[:4]):
+        pass
+    code, _, err = run(capsys, "data", "export-verified", "--db", tmp_path / "old.db", "--out", tmp_path / "o")
+    assert code == 1 and "from before verifications" in one_error_line(err)
+    assert not (tmp_path / "o").exists()

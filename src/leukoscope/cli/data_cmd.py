@@ -1,4 +1,5 @@
-"""`leukoscope data check|split`: look at a dataset before training on it."""
+"""`leukoscope data check|split|export-verified`: look at a dataset before training on it, or make one from the
+web app's verified images."""
 
 from __future__ import annotations
 
@@ -164,3 +165,19 @@ def _write(path: Path, writer) -> None:
         writer()
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+@data_app.command("export-verified")
+def export_verified_command(
+    db: Path = typer.Option(..., "--db", help="The web app's database (leukoscope serve --db); read only."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write: one subfolder per class, manifest.csv."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier export at --out."),
+) -> None:
+    """The technologists' verified images as a folder-per-class dataset, with manifest.csv (sha256, verifier,
+    time, the model's call). The latest verification of a prediction wins; an image is exported once;
+    images verified unusable are left out; images purged by the retention period are listed in missing.csv.
+    """
+    from leukoscope.serve.verified_export import export_verified
+
+    summary = export_verified(db, out, overwrite=overwrite)
+    console.print(escape(summary.line()), highlight=False, soft_wrap=True)

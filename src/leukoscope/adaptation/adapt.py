@@ -1,0 +1,210 @@
+"""`leukoscope adapt MODEL LAB_DATA --out NEW`: a package taught by a second lab's verified images.
+
+Order of work, and why:
+1. Everything that can be refused cheaply is refused first: the options, --out, the parent package
+   (sha256-checked), the replay split, the lab's classes and its duplicate-aware split.
+2. The parent is scored on the lab's held-out part and the replay test part; the network is fine-tuned
+   (`adaptation.finetune`), rounded to fp16 as its package will hold it, and scored again. The refusal rules
+   (`adaptation.scores.judge`) run before anything is exported, so a refused adaptation costs no export.
+3. The adapted network is written as a run folder (best.pt, split.csv over both datasets, config.yaml) in a
+   temporary folder and exported by `leukoscope.inference.export.export_run`, which refits the temperature,
+   the review thresholds and the OOD statistics on both datasets' train and val parts and checks ONNX parity.
+4. model.json gains `parent` and `adaptation` (both datasets' digests, before/after figures, options), the
+   package gains MODEL_CARD.md, adaptation.yaml and the two split CSVs, and the folder is renamed into --out.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shlex
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from leukoscope.adaptation.card import model_card
+from leukoscope.adaptation.data import Parent, describe, joined, lab_split, load_parent, replay_split, with_classes
+from leukoscope.adaptation.finetune import AdaptOptions, Progress, finetune, round_fp16
+from leukoscope.adaptation.scores import LAB_HELD_OUT, REPLAY_TEST, judge, network_scores, review_figures, summary_line
+from leukoscope.data.fileio import sha256_file, write_text
+from leukoscope.data.manifest import Manifest
+from leukoscope.errors import UsageError
+from leukoscope.inference.package import MODEL_JSON
+from leukoscope.training.dataset import TensorSet, load_part
+from leukoscope.training.devices import pick_device
+
+Log = Callable[[str], None]
+CARD, CONFIG, LAB_SPLIT, REPLAY_SPLIT = "MODEL_CARD.md", "adaptation.yaml", "lab_split.csv", "replay_split.csv"
+METHOD = ("fine-tuned on the lab's train part (BatchNorm frozen), each epoch with as many of the replay data's "
+          "train images as --replay-ratio says; temperature, review thresholds and OOD statistics refitted on "
+          "both datasets' train and val parts by the export")
+
+
+@dataclass(frozen=True)
+class AdaptResult:
+    """The package written and its before/after figures."""
+
+    out: Path
+    info: dict[str, Any]
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.info["adaptation"]["metrics"]
+
+    def line(self) -> str:
+        return f"wrote {self.out} (adapted from {self.info['parent']['name']}): {summary_line(self.metrics)}"
+
+
+def check_out(out: Path, model: Path) -> None:
+    """--out must be new or an empty folder, and not the parent."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a new folder")
+    if out.is_dir() and any(out.iterdir()):
+        raise UsageError(f"--out {out} exists and is not empty; choose a new folder for the adapted package")
+    if out.resolve() == Path(model).resolve():
+        raise UsageError("--out must not be the parent package")
+
+
+def adapt(model: str | Path, lab_data: str | Path, out: str | Path, *, replay: str | Path | None = None,
+          split_csv: str | Path | None = None, options: AdaptOptions | None = None, command: str | None = None,
+          log: Log | None = None, progress: Progress | None = None) -> AdaptResult:
+    """Adapt the package `model` to the labelled images of `lab_data` (one folder per class) and write the new
+    package at `out`; see the module doc. Raises AdaptationRefused (exit 1) when it would not help or would
+    forget, UsageError / DataError / ModelError for bad input; nothing is written at `out` then."""
+    options = options or AdaptOptions()
+    options.check()
+    log = log or (lambda message: None)
+    out = Path(out)
+    if split_csv is not None and replay is None:
+        raise UsageError("--split says which rows of the --replay data are train and test: give --replay DATA too")
+    check_out(out, Path(model))
+    parent = load_parent(model)
+    replayed = replay_split(replay, split_csv, parent, log=log) if replay is not None else None
+    exclude = {r.sha256 for r in replayed.part("test").records} if replayed is not None else None
+    lab = lab_split(lab_data, parent.classes, held_out=options.held_out, val=options.val, seed=options.seed,
+                    exclude=exclude, log=log)
+    return adapt_manifests(parent, lab, replayed, out, options=options, command=command, log=log, progress=progress)
+
+
+def _scores(model: Any, data: TensorSet, parent: Parent) -> dict[str, Any]:
+    return network_scores(model, data.images, data.labels, parent.preprocess, parent.classes)
+
+
+def adapt_manifests(parent: Parent, lab: Manifest, replay: Manifest | None, out: str | Path, *,
+                    options: AdaptOptions | None = None, command: str | None = None, log: Log | None = None,
+                    progress: Progress | None = None) -> AdaptResult:
+    """`adapt` on datasets already split: `lab` with train/val/test parts (adapt on train, calibrate on val,
+    judge on test) and optionally `replay` (the parent's data: train replayed, val calibrates, test judged)."""
+    options = (options or AdaptOptions()).resolved(parent.info)
+    options.check()
+    log = log or (lambda message: None)
+    out = Path(out)
+    check_out(out, parent.path)
+    command = command or shlex.join(["leukoscope", *sys.argv[1:]])
+    lab = with_classes(lab, parent.classes, "the lab data")
+    replay = with_classes(replay, parent.classes, "the replay data") if replay is not None else None
+    device = pick_device(options.device)
+    pre = parent.preprocess
+    lab_train, lab_test = (load_part(lab, p, pre, device, 2) for p in ("train", "test"))
+    replay_train = replay_test = None
+    if replay is not None:
+        replay_train, replay_test = (load_part(replay, p, pre, device, 2) for p in ("train", "test"))
+    log(f"lab: {len(lab_train)} images to adapt on, {len(lab.part('val'))} to calibrate on, {len(lab_test)} held "
+        "out" + (f"; replay: {len(replay_train)} train, {len(replay_test)} test" if replay is not None else ""))
+    model = copy.deepcopy(parent.model).to(device).eval()
+    metrics: dict[str, Any] = {LAB_HELD_OUT: {"before": _scores(model, lab_test, parent)}}
+    if replay_test is not None:
+        metrics[REPLAY_TEST] = {"before": _scores(model, replay_test, parent)}
+    with tempfile.TemporaryDirectory(prefix="leukoscope-adapt-") as tmp:
+        work = Path(tmp)
+        data = joined(lab, replay, work / "data")
+        name = options.name or f"{parent.name}-adapted"
+        config = options.train_config(str(work / "data"), parent.spec, pre, name)
+        history = finetune(model, lab_train, replay_train, config, pre, replay_ratio=options.replay_ratio,
+                           num_classes=len(parent.classes), progress=progress)
+        model = model.cpu()
+        round_fp16(model)
+        model.to(device)
+        metrics[LAB_HELD_OUT]["after"] = _scores(model, lab_test, parent)
+        if replay_test is not None:
+            metrics[REPLAY_TEST]["after"] = _scores(model, replay_test, parent)
+        log(summary_line(metrics))
+        judge(metrics, max_replay_drop=options.max_replay_drop)
+        run = _write_run(work / "run", model.cpu(), parent, config, data, history, command)
+        from leukoscope.inference.export import export_run
+
+        extra = {"shift_rules": True} if options.shift_rules else {}  # older export_run: no such option
+        package = export_run(run, work / "package", int8=options.int8, data_root=work / "data", name=name,
+                             threads=options.threads, log=log, **extra)
+        for key, part in ((LAB_HELD_OUT, lab.part("test")), (REPLAY_TEST, replay.part("test") if replay else None)):
+            if part is not None:
+                metrics[key]["before"]["review"] = review_figures(parent.path, part, threads=options.threads)
+                metrics[key]["after"]["review"] = review_figures(package, part, threads=options.threads)
+        info = _finish(package, parent, lab, replay, metrics, options, history, command, config.to_dict())
+        _place(package, out)
+    return AdaptResult(out, info)
+
+
+def _write_run(run: Path, model: Any, parent: Parent, config: Any, data: Manifest, history: list[dict[str, Any]],
+               command: str) -> Path:
+    """A run folder export_run reads: best.pt, split.csv (both datasets), config.yaml."""
+    from leukoscope.models.checkpoint import save_checkpoint
+    from leukoscope.training.runs import write_config
+
+    run.mkdir(parents=True)
+    data.write_csv(run / "split.csv")
+    write_config(run, {**config.to_dict(), "eval_part": "val"}, command)
+    save_checkpoint(run / "best.pt", {
+        "model": model.state_dict(), "spec": parent.spec.to_dict(), "classes": list(parent.classes),
+        "preprocess": parent.preprocess.to_dict(), "epoch": config.epochs, "best_score": None, "stage": "adapt",
+        "history": history, "config": config.to_dict(), "manifest_digest": data.digest(),
+    })
+    return run
+
+
+def _finish(package: Path, parent: Parent, lab: Manifest, replay: Manifest | None, metrics: dict[str, Any],
+            options: AdaptOptions, history: list[dict[str, Any]], command: str,
+            config: dict[str, Any]) -> dict[str, Any]:
+    """model.json's parent and adaptation entries, the card, the config and the splits, in the package."""
+    info = json.loads((package / MODEL_JSON).read_text(encoding="utf-8"))
+    datasets = {"lab": describe(lab), "replay": describe(replay) if replay is not None else None}
+    lab.write_csv(package / LAB_SPLIT)
+    added = [LAB_SPLIT]
+    if replay is not None:
+        replay.write_csv(package / REPLAY_SPLIT)
+        added.append(REPLAY_SPLIT)
+    settings = {"command": command, "parent": parent.identity(), "options": asdict(options), "datasets": datasets,
+                "training_config": config}
+    write_text(package / CONFIG, yaml.safe_dump(settings, sort_keys=False))
+    added.append(CONFIG)
+    info["parent"] = parent.identity()
+    info["adaptation"] = {"method": METHOD, "command": command, "datasets": datasets, "metrics": metrics,
+                          "options": asdict(options), "history": history,
+                          "files": {"config": CONFIG, "lab_split": LAB_SPLIT,
+                                    "replay_split": REPLAY_SPLIT if replay is not None else None}}
+    info["files"] = {**info["files"], **{name: sha256_file(package / name) for name in added}}
+    write_text(package / MODEL_JSON, json.dumps(info, indent=2, default=str) + "\n")
+    write_text(package / CARD, model_card(info))
+    return info
+
+
+def _place(package: Path, out: Path) -> None:
+    """Copy the finished package beside `out`, then rename it into place (an empty `out` is replaced)."""
+    check_out(out, package)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        shutil.copytree(package, staging, dirs_exist_ok=True)
+        staging.chmod(0o755)
+        if out.is_dir():
+            out.rmdir()
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

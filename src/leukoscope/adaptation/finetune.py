@@ -1,0 +1,158 @@
+"""The fine-tuning itself: a few epochs of the training loop's own epoch (`training.steps.train_one_epoch`,
+with its augmentation, optimiser, schedule and loss) over the lab's adaptation images, each epoch mixed with
+a fresh seeded sample of the parent's training images (the replay), so the network learns the new lab
+without forgetting the old one.
+
+BatchNorm stays in inference mode (`training.network.Classifier` with `freeze_bn`): a few hundred images
+of one lab must not rewrite the running statistics the parent learned from thousands.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from leukoscope.errors import ConfigError
+from leukoscope.models.factory import ModelSpec, set_trainable
+from leukoscope.models.preprocessing import Preprocess
+from leukoscope.training.augment import RECIPES
+from leukoscope.training.config import TrainConfig
+from leukoscope.training.dataset import TensorSet
+from leukoscope.training.distributed import DistContext
+from leukoscope.training.network import Classifier
+from leukoscope.training.optim import make_loss, make_optimizer, make_scheduler
+from leukoscope.training.stages import Stage
+from leukoscope.training.steps import train_one_epoch
+
+Progress = Callable[[str, int, int], None]  # (label, done, total), as the fit loop reports
+SHIFT_RULES_KEY = "benign_confidence_threshold"  # in model.json's review: exported with shift rules
+
+
+@dataclass(frozen=True)
+class AdaptOptions:
+    """How to adapt. The defaults fine-tune a pretrained network gently: a low learning rate, few epochs,
+    as many replayed images as lab images in every epoch."""
+
+    epochs: int = 6
+    lr: float = 2e-4
+    batch_size: int = 32
+    seed: int = 0
+    held_out: float = 0.3  # of the lab's images, never trained on: the refusal rule's test
+    val: float = 0.15  # of the lab's images, for the temperature and review thresholds
+    replay_ratio: float = 1.0  # replayed images per lab image, each epoch
+    trainable: str = "all"
+    augment: str | None = None  # None: the parent's own recipe (model.json training.config), else "paper"
+    label_smoothing: float = 0.05
+    weight_decay: float = 1e-4
+    device: str = "auto"
+    int8: bool = False
+    shift_rules: bool | None = None  # None: as the parent (export's review rules for other labs' images)
+    name: str | None = None
+    max_replay_drop: float = 0.005  # accuracy on the replay's test part may drop by at most this
+    threads: int | None = None
+
+    def check(self) -> None:
+        """ConfigError (a usage error) for options that cannot work."""
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
+        if not 0 < self.held_out < 1 or not 0 <= self.val < 1 or self.held_out + self.val >= 1:
+            raise ConfigError(f"--held-out must be in (0, 1) and --val in [0, 1), together below 1; got "
+                              f"{self.held_out:g} and {self.val:g}")
+        if not self.lr > 0 or self.batch_size < 1:
+            raise ConfigError(f"--lr must be above 0 and --batch-size at least 1; got {self.lr:g} and "
+                              f"{self.batch_size}")
+        if self.replay_ratio < 0:
+            raise ConfigError(f"--replay-ratio must be 0 or more, got {self.replay_ratio:g}")
+        if self.augment is not None and self.augment not in RECIPES:
+            raise ConfigError(f"--augment must be one of {', '.join(RECIPES)}; got {self.augment!r}")
+        if not 0 <= self.max_replay_drop < 1:
+            raise ConfigError(f"the allowed replay drop must be in [0, 1), got {self.max_replay_drop:g}")
+
+    def resolved(self, parent_info: dict[str, Any]) -> AdaptOptions:
+        """These options with what was left to the parent decided: the augmentation asked for, else the
+        parent's training recipe (a network keeps being shown the variation it learned to ignore), else
+        "paper"; the shift review rules when asked for, else when the parent's export chose them."""
+        config = (parent_info.get("training") or {}).get("config") or {}
+        recipe = config.get("augment") if config.get("augment") in RECIPES else "paper"
+        shift = SHIFT_RULES_KEY in (parent_info.get("review") or {})
+        return replace(self, augment=self.augment or recipe,
+                       shift_rules=shift if self.shift_rules is None else self.shift_rules)
+
+    def train_config(self, data: str, spec: ModelSpec, preprocess: Preprocess, name: str) -> TrainConfig:
+        """The TrainConfig of the fine-tuning (config.yaml of the work run; what the epochs read)."""
+        return TrainConfig(
+            data=data, name=name, protocol="custom", seed=self.seed, test_size=self.held_out, val_size=self.val,
+            backbone=spec.backbone, weights="none", pad_type=spec.pad_type, drop_rate=spec.drop_rate,
+            input_size=preprocess.input_size, warmup_epochs=0, epochs=self.epochs, trainable=self.trainable,
+            freeze_bn=True, optimizer="adamw", lr=self.lr, weight_decay=self.weight_decay, schedule="cosine",
+            label_smoothing=self.label_smoothing, class_balance="loss", augment=self.augment or "paper",
+            batch_size=self.batch_size, select="last", patience=0, device=self.device, amp=False,
+            channels_last=False, workers=2, extra={"replay_ratio": self.replay_ratio},
+        )
+
+
+def replay_count(lab: int, replay: int, ratio: float) -> int:
+    """Replayed images per epoch: `ratio` per lab image, at most all of them."""
+    return min(replay, round(lab * ratio)) if replay else 0
+
+
+def epoch_set(lab: TensorSet, replay: TensorSet | None, count: int, seed: int, epoch: int) -> TensorSet:
+    """This epoch's images: every lab image and a seeded sample of `count` replay images."""
+    if replay is None or count == 0:
+        return lab
+    generator = torch.Generator().manual_seed(seed * 65_537 + epoch)
+    chosen = torch.randperm(len(replay), generator=generator)[:count].to(replay.images.device)
+    return TensorSet(torch.cat([lab.images, replay.images[chosen]]), torch.cat([lab.labels, replay.labels[chosen]]))
+
+
+def finetune(model: nn.Module, lab: TensorSet, replay: TensorSet | None, config: TrainConfig, preprocess: Preprocess,
+             *, replay_ratio: float, num_classes: int, progress: Progress | None = None) -> list[dict[str, Any]]:
+    """Fine-tune `model` in place (on the device its tensors are on); returns one row per epoch."""
+    count = replay_count(len(lab), 0 if replay is None else len(replay), replay_ratio)
+    per_epoch = len(lab) + count
+    steps = max(1, math.ceil(per_epoch / config.batch_size))
+    torch.manual_seed(config.seed)
+    net = Classifier(model, freeze_bn=True)
+    set_trainable(model, config.trainable, last_blocks=config.last_blocks)
+    net.train()  # BatchNorm stays in inference mode, and its affine parameters stay as they are
+    params = [p for p in model.parameters() if p.requires_grad]
+    stage = Stage("main", config.epochs, config.trainable, config.lr)
+    optimizer = make_optimizer(config, params, config.lr)
+    scheduler = make_scheduler(config, stage, optimizer, steps)
+    labels = lab.labels if replay is None else torch.cat([lab.labels, replay.labels])
+    loss_fn = make_loss(config, labels, num_classes)
+    history = []
+    for epoch in range(config.epochs):
+        data = epoch_set(lab, replay, count, config.seed, epoch)
+        label = f"adapting: epoch {epoch + 1}/{config.epochs}"
+        done = 0
+
+        def tick(n: int, label: str = label) -> None:
+            nonlocal done
+            done += n
+            if progress is not None:
+                progress(label, min(done, per_epoch - 1), per_epoch)
+
+        if progress is not None:
+            progress(label, 0, per_epoch)
+        means = train_one_epoch(net, data, config, preprocess, epoch, optimizer, scheduler, loss_fn, DistContext(),
+                                tick)
+        if progress is not None:
+            progress(label, per_epoch, per_epoch)
+        history.append({"epoch": epoch + 1, "images": per_epoch, "lab_images": len(lab), "replay_images": count,
+                        "train_loss": means.loss, "train_acc": means.accuracy,
+                        "lr": float(optimizer.param_groups[0]["lr"])})
+    net.eval()
+    return history
+
+
+def round_fp16(model: nn.Module) -> None:
+    """Round the float weights through fp16 in place: the network exactly as its package will hold it
+    (model.pt stores fp16 weights), so the refusal rules judge what will be shipped."""
+    state = {k: v.half().float() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    model.load_state_dict(state)
