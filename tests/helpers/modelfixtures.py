@@ -13,6 +13,7 @@ Everything is deterministic and takes a few seconds on two CPU cores.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -81,8 +82,12 @@ def _train(model, images: np.ndarray, labels: np.ndarray, preprocess, epochs: in
     torch.set_num_threads(threads)
 
 
-def make_tiny_run(tmp_dir: Path, *, epochs: int = 12, train: bool = True) -> Path:
-    """A run folder <tmp_dir>/run with best.pt, split.csv and config.yaml over <tmp_dir>/data."""
+def make_tiny_run(tmp_dir: Path, *, epochs: int = 12, train: bool = True, per_class: int = PER_CLASS,
+                  part_of: Callable[[str], str] | None = None, name: str = "tiny-test-run") -> Path:
+    """A run folder <tmp_dir>/run with best.pt, split.csv and config.yaml over <tmp_dir>/data.
+
+    `part_of(path)` assigns each image its part (default: PARTS by the image's index); `name` goes into the
+    recorded command."""
     import torch
 
     from leukoscope.data.discover import discover
@@ -92,10 +97,10 @@ def make_tiny_run(tmp_dir: Path, *, epochs: int = 12, train: bool = True) -> Pat
     from leukoscope.models.factory import ModelSpec, create_model, preprocess_for
 
     tmp_dir = Path(tmp_dir)
-    data = make_smear_dataset(tmp_dir / "data")
+    data = make_smear_dataset(tmp_dir / "data", per_class=per_class)
     manifest = discover(data, workers=1)
-    parts = {r.path: PARTS[int(Path(r.path).stem.rsplit("-", 1)[1]) % len(PARTS)] for r in manifest.records}
-    split = assign_parts(manifest, parts)
+    part_of = part_of or (lambda path: PARTS[int(Path(path).stem.rsplit("-", 1)[1]) % len(PARTS)])
+    split = assign_parts(manifest, {r.path: part_of(r.path) for r in manifest.records})
     torch.manual_seed(0)
     spec = ModelSpec("test_efficientnet", num_classes=4, drop_rate=0.0)
     model = create_model(spec, weights="none")
@@ -108,7 +113,7 @@ def make_tiny_run(tmp_dir: Path, *, epochs: int = 12, train: bool = True) -> Pat
     run.mkdir(parents=True, exist_ok=True)
     split.write_csv(run / "split.csv")
     write_text(run / "config.yaml", f"data: {data}\nbackbone: test_efficientnet\nseed: 0\n"
-                                    "command: leukoscope train tiny-test-run\n")
+                                    f"command: leukoscope train {name}\n")
     save_checkpoint(run / "best.pt", {
         "model": model.state_dict(), "spec": spec.to_dict(), "classes": list(split.classes),
         "preprocess": preprocess.to_dict(), "epoch": epochs, "best_score": None, "stage": "test",
