@@ -4,7 +4,8 @@ Steps, each a plain leukoscope command so that every number can be traced to one
   1. train   — finetune protocol, MobileNetV2, seed 1, batch 64, lr 1e-3, on the committed split
                bundle/split.csv (train 1,678 / val 280 / test 838 images of ../shared/data/ALL);
   2. evaluate the run on the test part (metrics with bootstrap intervals; fits the temperature on val);
-  3. export  the run as a package (fp32 ONNX + fp16 model.pt + OOD statistics), parity-checked;
+  3. export  the run as a package (fp32 ONNX + fp16 model.pt + OOD statistics), parity-checked, with the
+               review rules for other labs' images chosen on shifted copies of the val part (--shift-rules);
   4. evaluate the package on the test part and write MODEL_CARD.md + report.html into bundle/.
 
 `--skip-train RUN` reuses a trained run folder (the committed package was trained on one H100 with
@@ -77,7 +78,7 @@ def main() -> None:
         leukoscope("train", args.data, *TRAIN_ARGS, "--split", args.split, "--weights-dir", args.weights_dir,
                    "--name", run.name, "--out-dir", str(run.parent), "--device", args.device, *resume)
     leukoscope("evaluate", str(run), args.data, "--split", args.split, "--part", "test", "--out", str(run))
-    leukoscope("export", str(run), "--out", str(PACKAGE), "--data", args.data, "--name", NAME)
+    leukoscope("export", str(run), "--out", str(PACKAGE), "--data", args.data, "--name", NAME, "--shift-rules")
     evaluation = ROOT / "bundle" / "evaluation"
     leukoscope("evaluate", str(PACKAGE), args.data, "--split", args.split, "--part", "test", "--out", str(evaluation))
     card = (evaluation / "MODEL_CARD.md").read_text(encoding="utf-8") + provenance(run)

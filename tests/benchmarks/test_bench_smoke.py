@@ -248,6 +248,24 @@ def test_shift_row_counts_what_evaluate_counts(tiny_images) -> None:
         Image.new("RGB", (64, 64), colour).save(buffer, format="PNG")
         items.append((f"{k}.png", buffer.getvalue()))
         labels.append(name)
-    row = shift.score(predictor, items, labels)
-    assert row[0] == 2 and row[2] == "1.000"  # solid colours: both flagged
-    assert row[3] == "0.000" and row[4] == "0 of 1" and row[5] == "0 of 1"  # so no unflagged call at all
+    row = shift.score(predictor, "solid colours", "beyond", items, labels)
+    assert (row.n, row.flagged, row.n_leukemia, row.n_benign) == (2, 1.0, 1, 1)  # solid colours: both flagged
+    assert row.leukemia_called_benign_not_flagged == 0 and row.benign_called_leukemia_not_flagged == 0
+    assert row.cells()[0] == "solid colours" and row.cells()[6] == "**0**"
+
+
+def test_shift_rows_cover_the_family_and_the_targets_are_stated(tiny: dict[str, Path], tiny_images) -> None:
+    from leukoscope.data.shifts import NAMED
+
+    records = shift.test_records(tiny["split"])[:4]
+    rows = shift.run(tiny_images[0], records, tiny["data"], composites=1, beyond=False, log=lambda m: None)
+    assert [r.kind for r in rows] == ["none"] + ["named"] * len(NAMED) + ["composite"]
+    assert all(r.n == 4 and 0 <= r.accuracy <= 1 and 0 <= r.flagged <= 1 for r in rows)
+    assert all(r.leukemia_called_benign == r.leukemia_called_benign_flagged + r.leukemia_called_benign_not_flagged
+               for r in rows)
+    body = shift.render(rows, "python -m benchmarks.shift", "tiny")
+    assert body.startswith("## Review flag under distribution shift (tiny, test part)")
+    assert "| hue -20 deg |" in body and "| random composite, seed 0 |" in body
+    assert body.count("**met**") + body.count("**not met**") == 3
+    met = dict((name, ok) for name, ok, _ in shift.targets(rows))
+    assert len(met) == 3 and all(isinstance(ok, bool) for ok in met.values())

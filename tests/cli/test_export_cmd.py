@@ -21,3 +21,14 @@ def test_export_command(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
     assert json.loads((tmp_path / "pkg" / "model.json").read_text())["name"] == "cli-test"
     code, _, err = run(capsys, "export", tmp_path / "no-run", "--out", tmp_path / "pkg2")
     assert code == 2 and "run folder not found" in err
+
+
+def test_export_shift_rules_option(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, capsys) -> None:
+    run_dir = shared_tiny_run(tmp_path_factory)
+    code, out, err = run(capsys, "export", run_dir, "--out", tmp_path / "pkg", "--shift-rules")
+    assert code == 0, err
+    assert "shifted val copy" in out and "Benign calls reviewed below confidence" in out
+    review = json.loads((tmp_path / "pkg" / "model.json").read_text())["review"]
+    assert review["benign_confidence_threshold"] >= review["confidence_threshold"]
+    low, high = review["cell_scale_range"]
+    assert 0 < low <= high

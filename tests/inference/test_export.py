@@ -130,6 +130,31 @@ def test_temperature_from_calibration_json_and_int8_only(tiny_run: Path, tmp_pat
     assert info["default_onnx"] == "model.int8.onnx"
 
 
+def test_shift_rules_are_chosen_on_shifted_val_copies_only_when_asked(tiny_run: Path, tiny_package: Path,
+                                                                       tmp_path: Path) -> None:
+    from leukoscope.data.shifts import NAMED, VALIDATION_COMPOSITES
+    from leukoscope.inference.predictor import load_predictor
+
+    plain = read_package_json(tiny_package)["review"]
+    assert "benign_confidence_threshold" not in plain and "cell_scale_range" not in plain
+    messages: list[str] = []
+    package = export_run(_copy_run(tiny_run, tmp_path), tmp_path / "pkg", threads=1, shift_rules=True,
+                         log=messages.append)
+    info = verify_package(package)
+    review = info["review"]
+    assert review["benign_class"] == "Benign" and review["shift_rule"].startswith("Chosen on the val part")
+    assert review["benign_confidence_threshold"] >= review["confidence_threshold"]
+    low, high = review["cell_scale_range"]
+    assert 0 < low <= high
+    report = info["metrics"]["val"]["shift_rules"]
+    assert report["images"] == 12 * (1 + len(NAMED) + VALIDATION_COMPOSITES) and report["shifted_images"] == report["images"] - 12
+    assert report["flagged_unshifted_after"] <= report["flagged_unshifted_before"] + 0.05 + 1e-9
+    assert any("shifted val copy 'hue -20 deg'" in m for m in messages)
+    predictor = load_predictor(package, threads=1)
+    assert predictor.benign_threshold == review["benign_confidence_threshold"]
+    assert predictor.cell_scale_range == (low, high)
+
+
 def test_run_without_val_part_uses_defaults(tiny_run: Path, tmp_path: Path) -> None:
     run = _copy_run(tiny_run, tmp_path)
     split = (run / "split.csv").read_text().replace(",val\n", ",train\n")

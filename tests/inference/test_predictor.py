@@ -134,6 +134,45 @@ def test_confidence_threshold_override(tiny_package: Path) -> None:
     assert all(p.review and "low_confidence" in p.review_codes for p in always)
 
 
+def _with_review(package: Path, tmp_path: Path, **review) -> Path:
+    """A copy of `package` whose model.json review section has `review` added (model.json is not hashed)."""
+    import json
+
+    copy = Path(shutil.copytree(package, tmp_path / "package"))
+    info = json.loads((copy / "model.json").read_text())
+    info["review"].update(review)
+    (copy / "model.json").write_text(json.dumps(info))
+    return copy
+
+
+def test_benign_calls_need_the_benign_threshold_and_older_packages_never_use_it(tiny_package: Path,
+                                                                                 tmp_path: Path) -> None:
+    items = [(f"{i}.png", encode(image)) for i, image in enumerate(held_out(3))]
+    old = load_predictor(tiny_package, threads=1, confidence_threshold=0.3).predict_bytes(items)
+    assert not any("benign_low_confidence" in p.review_codes for p in old)
+    package = _with_review(tiny_package, tmp_path, benign_confidence_threshold=0.999999)
+    predictor = load_predictor(package, threads=1, confidence_threshold=0.3)
+    assert predictor.benign_threshold == 0.999999
+    new = predictor.predict_bytes(items)
+    assert any(p.label == "Benign" for p in new) and any(p.label != "Benign" for p in new)
+    for before, after in zip(old, new, strict=True):
+        assert after.probabilities == before.probabilities
+        expected = after.label == "Benign" and 0.3 <= after.confidence < 0.999999
+        assert ("benign_low_confidence" in after.review_codes) == expected
+        assert [c for c in after.review_codes if c != "benign_low_confidence"] == before.review_codes
+        if expected:
+            assert after.review and after.review_details["benign_low_confidence"]["threshold"] == 0.999999
+    # a benign threshold below the symmetric one never lowers it
+    assert load_predictor(package, threads=1, confidence_threshold=1.0).benign_threshold == 1.0
+
+
+def test_cell_scale_range_flags_images_outside_it(tiny_package: Path, tmp_path: Path) -> None:
+    items = [(f"{i}.png", encode(image)) for i, image in enumerate(held_out(1))]
+    outside = load_predictor(_with_review(tiny_package, tmp_path, cell_scale_range=[0.1, 0.2]), threads=1)
+    assert all(p.review and "cell_scale" in p.review_codes for p in outside.predict_bytes(items))
+    assert not any("cell_scale" in p.review_codes for p in load_predictor(tiny_package, threads=1).predict_bytes(items))
+
+
 def test_run_folder_predicts_in_torch(tmp_path_factory: pytest.TempPathFactory) -> None:
     run = shared_tiny_run(tmp_path_factory)
     predictor = load_predictor(run, threads=1)

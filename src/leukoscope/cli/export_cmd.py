@@ -25,6 +25,9 @@ def export(
     data: Path | None = typer.Option(None, "--data", help="Dataset root, when it moved since training "
                                      "(default: config.yaml's data)."),
     name: str | None = typer.Option(None, "--name", help="Model name stored in model.json (default: run name)."),
+    shift_rules: bool = typer.Option(False, "--shift-rules", help="Also choose the review rules for other labs' "
+                                     "images (a Benign-call confidence threshold and a cell-scale range) on seeded "
+                                     "stain/optics-shifted copies of the val part (several minutes on a CPU)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the result."),
 ) -> None:
     """Export a trained run as a model package: ONNX + model.pt + model.json (calibration, review
@@ -42,7 +45,8 @@ def export(
         if not quiet:
             console.print(escape(message), highlight=False)
 
-    path = export_run(run, out, int8=int8, int8_only=int8_only, data_root=data, name=name, log=log)
+    path = export_run(run, out, int8=int8, int8_only=int8_only, data_root=data, name=name, log=log,
+                      shift_rules=shift_rules)
     info = read_package_json(path)
     files = ", ".join(f"{n} ({(path / n).stat().st_size / 1e6:.1f} MB)" for n in info["files"])
     console.print(escape(f"wrote {path} ({package_size(path) / 1e6:.1f} MB): {files}"), highlight=False)

@@ -12,7 +12,9 @@ Order of work, and why:
 3. Temperature, review threshold, OOD statistics and image-quality thresholds (leukoscope.review.rules) are
    computed from the outputs of the backend the package will use by default (int8 when written), so the
    flags behave as calibrated. A temperature `leukoscope evaluate` already saved in the run's
-   calibration.json is kept; a damaged calibration.json is refused before any work.
+   calibration.json is kept; a damaged calibration.json is refused before any work. With `shift_rules`,
+   the val part is also photographed as a second lab would (leukoscope.data.shifts.validation_shifts) to
+   choose the rules that must still flag a leukemia image called Benign (review.rules.fit_shift_rules).
 """
 
 from __future__ import annotations
@@ -31,13 +33,14 @@ import numpy as np
 from leukoscope import __version__
 from leukoscope.data.imaging import load_rgb
 from leukoscope.data.manifest import Manifest, read_manifest_csv
+from leukoscope.data.shifts import VALIDATION_COMPOSITES, VALIDATION_SEED, validation_shifts
 from leukoscope.errors import DataError, ImageError, ModelError
 from leukoscope.inference.backends import OnnxBackend, TorchBackend
 from leukoscope.inference.int8 import make_reference, quantize_with_gate, run_normalised
 from leukoscope.inference.package import INT8_REFERENCE, ONNX_FP32, ONNX_INT8, OOD_FILE, TORCH_FILE, write_package
 from leukoscope.models.preprocessing import Preprocess, normalize_numpy, resize_rgb
 from leukoscope.review.calibration import read_temperature, softmax
-from leukoscope.review.rules import fit_review
+from leukoscope.review.rules import ReviewImages, fit_review, pixel_measures
 
 FP32_TOLERANCE = 1e-4
 Log = Callable[[str], None]
@@ -86,6 +89,34 @@ def run_backend(backend: Any, pixels: np.ndarray, preprocess: Preprocess, batch_
     if not logits:
         return np.zeros((0, 0)), np.zeros((0, 0))
     return np.concatenate(logits), np.concatenate(feats)
+
+
+def shifted_review_images(manifest: Manifest, backend: Any, preprocess: Preprocess, *,
+                          composites: int = VALIDATION_COMPOSITES, seed: int = VALIDATION_SEED,
+                          log: Log | None = None) -> ReviewImages:
+    """`manifest`'s images as they are and through every copy of validation_shifts (encoded as the other
+    lab's files, decoded as a Predictor decodes them), through `backend`: what fit_shift_rules chooses on.
+    One copy at a time, so only its outputs and pixel measures are kept."""
+    from leukoscope.inference.predictor import DECODE_SIDE_FACTOR
+
+    records = []
+    for path, label in zip(manifest.paths(), manifest.labels, strict=True):
+        try:
+            records.append((load_rgb(path), label))
+        except ImageError:
+            continue
+    labels = np.asarray([label for _, label in records], np.int64)
+    side = DECODE_SIDE_FACTOR * preprocess.input_size
+    parts = []
+    for name, shifts in validation_shifts(len(records), composites=composites, seed=seed).items():
+        pixels = np.stack([resize_rgb(load_rgb(shift.encode(image), max_side=side), preprocess)
+                           for (image, _), shift in zip(records, shifts, strict=True)])
+        logits, feats = run_backend(backend, pixels, preprocess)
+        parts.append(ReviewImages(logits, feats, labels, pixel_measures(pixels),
+                                  np.full(len(labels), name != "none"), [name] * len(labels)))
+        if log is not None:
+            log(f"shifted val copy {name!r}: {len(labels)} images")
+    return ReviewImages.concatenate(parts)
 
 
 # ------------------------------------------------------------------------------------------- onnx
@@ -223,10 +254,13 @@ def _describe(run_dir: Path, loaded: Any, config: dict[str, Any], split: Manifes
 
 def export_run(run: str | Path, out: str | Path, *, int8: bool = False, int8_only: bool = False,
                data_root: str | Path | None = None, name: str | None = None, calibration_images: int = 256,
-               parity_images: int = 512, threads: int | None = None, log: Log | None = None) -> Path:
+               parity_images: int = 512, threads: int | None = None, log: Log | None = None,
+               shift_rules: bool = False) -> Path:
     """Export a run folder (or checkpoint inside one) as a model package at `out`; returns `out`.
 
-    `threads`: CPU threads for the checks (default: all cores).
+    `threads`: CPU threads for the checks (default: all cores). `shift_rules`: also choose the review rules
+    for other labs' images (a Benign-call confidence threshold and a cell-scale range) on shifted copies of
+    the val part (several minutes on a CPU); without it the review section is that of older packages.
     Raises ModelError when a parity check fails (nothing is written then) and DataError when the run's
     images cannot be found.
     """
@@ -265,9 +299,11 @@ def export_run(run: str | Path, out: str | Path, *, int8: bool = False, int8_onl
         engine = OnnxBackend(work / default, threads)
         _, train_feats = run_backend(engine, train.pixels, pre)
         val_logits, val_feats = run_backend(engine, val.pixels, pre) if len(val.pixels) else (None, None)
+        shifted = (shifted_review_images(split.part("val"), engine, pre, log=log)
+                   if shift_rules and len(val.pixels) else None)
         review_info, ood, val_metrics = fit_review(
             train_feats, train.labels, train.pixels, val_logits, val_feats, val.labels,
-            run_temperature=temperature, log=log)
+            run_temperature=temperature, log=log, shifted=shifted, classes=loaded.classes)
         ood.save(work / OOD_FILE)
         _save_torch_payload(work / TORCH_FILE, loaded, half_state)
         info = _describe(run_dir, loaded, config, split, train, name)

@@ -2,9 +2,10 @@
 and the benchmarks alike.
 
 A prediction is only useful with its caveats, so every `Prediction` carries calibrated probabilities
-(softmax of logits / temperature) and a `review` flag with its reasons: low calibrated confidence, an
-image unlike the training data (leukoscope.review.ood), a blurry image or one far from the training
-resolution (leukoscope.review.quality). Images that show nothing to judge (blank, noise, a smooth gradient,
+(softmax of logits / temperature) and a `review` flag with its reasons: low calibrated confidence (a Benign
+call needs more where the package says so), an image unlike the training data (leukoscope.review.ood), a
+blurry image, one far from the training resolution (leukoscope.review.quality) or with cells at another
+scale (leukoscope.review.rules). Images that show nothing to judge (blank, noise, a smooth gradient,
 a few pixels) get status `unusable` and no class. Unreadable files become predictions with `error` set
 instead of exceptions, so one bad file never stops a folder of thousands.
 """
@@ -42,7 +43,7 @@ from leukoscope.review.calibration import read_temperature
 from leukoscope.review.ood import OOD_FILE, MahalanobisOOD
 from leukoscope.review.quality import quality_reasons, size_reasons
 from leukoscope.review.reasons import Reason
-from leukoscope.review.rules import DEFAULT_CONFIDENCE_THRESHOLD, ReviewThresholds
+from leukoscope.review.rules import DEFAULT_CONFIDENCE_THRESHOLD, ReviewThresholds, scale_reasons
 
 BACKENDS = ("auto", "onnx", "torch")
 
@@ -117,6 +118,10 @@ class Predictor:
         self.min_jpeg_quality = rules.min_jpeg_quality
         self.size_ratio_range = rules.size_ratio_range
         self.min_side = rules.min_side
+        # a Benign call needs at least the confidence any call needs (older packages: exactly that)
+        self.benign_threshold = max(self.confidence_threshold, rules.benign_confidence)
+        self.benign_index = self.classes.index(rules.benign_class) if rules.benign_class in self.classes else None
+        self.cell_scale_range = rules.cell_scale_range
         self.ood = ood
         self.source = source
         self._torch_model = torch_model
@@ -191,6 +196,7 @@ class Predictor:
             return item  # no class for it: the model never sees it
         item.pixels = pixels
         item.reasons += size_reasons(item.width, item.height, self.training_size, self.size_ratio_range)
+        item.reasons += scale_reasons(pixels, self.cell_scale_range)
         quality = jpeg_quality(image)  # the tables load_rgb kept: no second parse of the header
         if quality is not None and quality < self.min_jpeg_quality:
             item.reasons.append(why.jpeg_quality(quality, self.min_jpeg_quality))
@@ -238,6 +244,8 @@ class Predictor:
             reasons.append(why.out_of_distribution(score, self.ood.threshold))
         if confidence < self.confidence_threshold:
             reasons.append(why.low_confidence(confidence, self.confidence_threshold))
+        elif top == self.benign_index and confidence < self.benign_threshold:
+            reasons.append(why.benign_low_confidence(confidence, self.benign_threshold))
         messages, codes, details = why.split(reasons)
         return Prediction(item.source, item.sha256, self.classes[top],
                           {c: float(v) for c, v in zip(self.classes, p, strict=True)}, confidence,

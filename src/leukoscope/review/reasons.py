@@ -7,7 +7,7 @@ it. Codes never change meaning once released; messages may be reworded freely.
 Codes (docs/INTERFACES.md):
   unusable (the image gets no class): `too_small`, `uniform`, `noise`, `no_cells`
   review (a class, to be checked): `low_confidence`, `out_of_distribution`, `blurry`, `small_image`,
-  `large_image`, `not_square`, `jpeg_quality`
+  `large_image`, `not_square`, `jpeg_quality`, `benign_low_confidence`, `cell_scale`
   error (the file could not be read): `unreadable`
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 
 UNUSABLE_CODES = frozenset({"too_small", "uniform", "noise", "no_cells"})
 REVIEW_CODES = frozenset({"low_confidence", "out_of_distribution", "blurry", "small_image", "large_image",
-                          "not_square", "jpeg_quality"})
+                          "not_square", "jpeg_quality", "benign_low_confidence", "cell_scale"})
 ERROR_CODES = frozenset({"unreadable"})
 CODES = UNUSABLE_CODES | REVIEW_CODES | ERROR_CODES
 
@@ -97,6 +97,19 @@ def out_of_distribution(score: float, threshold: float) -> Reason:
 def low_confidence(confidence: float, threshold: float) -> Reason:
     return Reason("low_confidence", "low confidence, the model is unsure between classes: have a specialist "
                   "look at this image", {"confidence": _r(confidence, 4), "threshold": _r(threshold, 4)})
+
+
+def benign_low_confidence(confidence: float, threshold: float) -> Reason:
+    return Reason("benign_low_confidence", "called benign, but without the near-certainty a benign call needs "
+                  "(a missed leukemia is the costliest error): have a specialist check for leukemic cells",
+                  {"confidence": _r(confidence, 6), "threshold": _r(threshold, 6)})
+
+
+def cell_scale(scale: float, low: float, high: float) -> Reason:
+    size = "smaller" if scale < low else "larger"
+    return Reason("cell_scale", f"cells look {size} than in the training images (another magnification?): "
+                  "take the image at the magnification the model was trained on",
+                  {"scale": _r(scale, 2), "low": _r(low, 2), "high": _r(high, 2)})
 
 
 def unreadable(message: str) -> Reason:

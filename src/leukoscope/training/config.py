@@ -63,7 +63,7 @@ class TrainConfig(BaseModel):
     schedule: Literal["constant", "cosine", "onecycle"] = "cosine"
     label_smoothing: float = Field(0.05, ge=0, lt=1)
     class_balance: Literal["none", "loss", "sampler"] = "loss"
-    augment: Literal["none", "paper", "strong"] = "strong"  # the recipes of leukoscope.training.augment
+    augment: Literal["none", "paper", "strong", "robust"] = "strong"  # the recipes of leukoscope.training.augment
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int = Field(64, ge=1)
     select: Literal["last", "macro_f1"] = "macro_f1"
