@@ -37,7 +37,8 @@ def _register_optional() -> None:
     """Commands living in their own modules; each module registers itself onto `app`."""
     import importlib
 
-    for name in ("train_cmd", "evaluate_cmd", "predict_cmd", "export_cmd", "serve_cmd", "adapt_cmd", "users_cmd"):
+    for name in ("train_cmd", "evaluate_cmd", "predict_cmd", "export_cmd", "serve_cmd", "adapt_cmd", "users_cmd",
+                 "segment_cmd"):
         try:
             module = importlib.import_module(f"{__name__}.{name}")
         except ModuleNotFoundError as exc:

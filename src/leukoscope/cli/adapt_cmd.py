@@ -34,7 +34,7 @@ def adapt(
     val: float = typer.Option(0.15, "--val", help="Share of the lab's images for the temperature and review "
                               "thresholds."),
     replay_ratio: float = typer.Option(1.0, "--replay-ratio", help="Replayed images per lab image, each epoch."),
-    augment: str | None = typer.Option(None, "--augment", help="none, paper or strong (default: the parent's "
+    augment: str | None = typer.Option(None, "--augment", help="none, paper, strong or robust (default: the parent's "
                                        "training recipe)."),
     int8: bool = typer.Option(False, "--int8", help="Also write a static int8 ONNX model (as `leukoscope export`)."),
     shift_rules: bool | None = typer.Option(None, "--shift-rules/--no-shift-rules", help="Choose the review rules "
