@@ -17,6 +17,10 @@ fresh interpreter):
    all fold runs exist in runs/ (then it only exports and scores them), or with --only crossval.
 8. ray_engine.py — `predict --engine ray` vs the local engine on 2,000 files, 1 vs 2 actors, and the scaling
    model on paper (section `ray-engine`; Ray comes with the dev extras).
+9. second_lab.py — a simulated lab B (the test part through one stain/optics transform): the parent and
+   `leukoscope adapt` on N = 25, 50, 100, 200 of its verified images (section `second-lab`; ~35 min).
+10. segmentation.py — white cells against the authors' ALL_segmented masks (IoU / Dice per class) and ms
+   per field on one core (section `segmentation`).
 
     .venv/bin/python -m benchmarks.run_all              # or: make bench
     .venv/bin/python -m benchmarks.run_all --full       # adds the CPU finetune run
@@ -40,7 +44,8 @@ from benchmarks import common
 
 TRAINED_RUNS = ("runs/gpu-mbv2-s0", "runs/gpu-mbv2-s1-b64", "runs/gpu-lite0-s0", "runs/cpu-bundled", "runs/student-mbv2")
 LOAD_ARGS = ("--requests", "2000", "--concurrency", "16")  # the issue's example load
-STEPS = ("speed", "load", "shift", "accuracy", "as-typed", "memory", "runs", "crossval", "ray-engine")
+STEPS = ("speed", "load", "shift", "accuracy", "as-typed", "memory", "runs", "crossval", "ray-engine", "second-lab",
+         "segmentation")
 
 
 @dataclass
@@ -93,6 +98,10 @@ def plan(args: argparse.Namespace, work: Path) -> list[Step]:
         steps.append(Step("crossval", [*module("crossval"), *results]))
     if "ray-engine" in wanted:
         steps.append(Step("ray-engine", [*module("ray_engine"), *results, *no_wait]))
+    if "second-lab" in wanted:
+        steps.append(Step("second-lab", [*module("second_lab"), *results]))
+    if "segmentation" in wanted:
+        steps.append(Step("segmentation", [*module("segmentation"), *results]))
     return steps
 
 
