@@ -35,9 +35,11 @@ run: $(STAMP)
 predict: $(STAMP)
 	$(VENV)/bin/leukoscope predict $(IMAGES) --limit $(LIMIT)
 
-## make test: lint (ruff, import layers), then the whole test suite (the example notebook included)
+## make test: lint (ruff, import layers), then the whole test suite (the example notebook included; the store
+## tests on SQLite and on a throwaway PostgreSQL cluster, installed from Debian's packages when missing and root)
 test: $(STAMP)
 	bash scripts/ensure_browser.sh || true
+	bash scripts/ensure_postgres.sh || true
 	$(VENV)/bin/ruff check src tests benchmarks scripts examples
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/python -m pytest -q

@@ -312,11 +312,9 @@ def test_export_verified_bad_databases_are_one_line(capsys, tmp_path: Path) -> N
     junk.write_text("not a database " * 100)
     code, _, err = run(capsys, "data", "export-verified", "--db", junk, "--out", tmp_path / "o")
     assert code == 1 and "is not a leukoscope database" in one_error_line(err)
-    from leukoscope.serve.schema import MIGRATIONS
-    from leukoscope.serve.store import Store
+    from tests.serve.legacy_schema import legacy_database
 
-    with Store(tmp_path / "old.db", migrations=MIGRATIONS[:4]):
-        pass
+    legacy_database(tmp_path / "old.db", 4).close()
     code, _, err = run(capsys, "data", "export-verified", "--db", tmp_path / "old.db", "--out", tmp_path / "o")
     assert code == 1 and "from before verifications" in one_error_line(err)
     assert not (tmp_path / "o").exists()

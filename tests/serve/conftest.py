@@ -78,3 +78,52 @@ def add_user(settings: Settings) -> Callable[..., None]:
             Users(store).add(name, role, password)
 
     return add
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[Any]:
+    """One throwaway PostgreSQL cluster for the whole test session (tests/serve/pg.py); skips with the reason
+    where PostgreSQL cannot be had."""
+    from tests.serve.pg import PostgresCluster, Unavailable
+
+    cluster = PostgresCluster()
+    try:
+        cluster.start()
+    except Unavailable as exc:
+        pytest.skip(f"PostgreSQL not available: {exc}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: Any) -> str:
+    """A URL on the session's cluster whose tables live in a schema of their own (one per test)."""
+    import uuid
+
+    import psycopg
+
+    from tests.serve.pg import schema_url
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(f"postgresql://postgres@127.0.0.1:{postgres_cluster.port}/postgres", autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    return schema_url(postgres_cluster.url, schema)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same test on an embedded SQLite file and on PostgreSQL (skipped where PostgreSQL cannot be had)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "sub" / "db.sqlite")
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def any_store(db_url: str) -> Iterator[Any]:
+    """An open store on SQLite and on PostgreSQL (parametrised through db_url)."""
+    from leukoscope.serve.store import Store
+
+    with Store(db_url) as store:
+        yield store

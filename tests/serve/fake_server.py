@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-from pathlib import Path
 
 import uvicorn
 
@@ -27,7 +26,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--queue", type=int, default=16)
     args = parser.parse_args()
-    settings = Settings(port=args.port, db=Path(args.db), token=args.token, workers=args.workers,
+    settings = Settings(port=args.port, db=args.db, token=args.token, workers=args.workers,
                         queue=args.queue, model=args.model)
     if args.model:
         from leukoscope.inference.predictor import load_predictor

@@ -30,7 +30,7 @@ class ServerProcess:
     tests/serve/fake_server.py (the fake predictor, or a real package given as `model`).
     """
 
-    def __init__(self, db: Path, log: Path, *, model: Path | None = None, cli: bool = False,
+    def __init__(self, db: Path | str, log: Path, *, model: Path | None = None, cli: bool = False,
                  token: str | None = None, extra: list[str] | None = None) -> None:
         self.db, self.log_path, self.model, self.cli, self.token = db, log, model, cli, token
         self.extra = extra or []

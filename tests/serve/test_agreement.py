@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from leukoscope.serve import verifications
 from leukoscope.serve.agreement import MAX_POINTS, Period, agreement_report, chart
@@ -15,9 +16,9 @@ CLASSES = ["Benign", "Early Pre-B", "Pre-B", "Pro-B"]
 
 
 @pytest.fixture
-def store(tmp_path: Path):
-    with Store(tmp_path / "db.sqlite") as s:
-        yield s
+def store(any_store: Store) -> Store:
+    """On SQLite and PostgreSQL: the report is counted in SQL."""
+    return any_store
 
 
 def predict(store: Store, label: str | None, *, version: str = "m@1", review: bool = False,
@@ -28,8 +29,8 @@ def predict(store: Store, label: str | None, *, version: str = "m@1", review: bo
                         ood_score=None, width=64, height=64, status="ok" if label else "unusable")
     pid = store.add([row], {sha: b"x"})[0].id
     if day:
-        store.write(lambda conn: conn.execute("UPDATE predictions SET created_at = ? WHERE id = ?",
-                                              (f"{day}T10:00:00.000Z", pid)))
+        store.write(lambda conn: conn.execute(text("UPDATE predictions SET created_at = :at WHERE id = :id"),
+                                              {"at": f"{day}T10:00:00.000Z", "id": pid}))
     return pid
 
 
@@ -69,13 +70,14 @@ def test_the_matrix_counts_the_latest_verification_per_model_version(store: Stor
     assert [r.model_version for r in serving_first] == ["m@1", "m@2"]  # the version serving now comes first
 
 
-def test_classes_of_an_older_model_get_their_own_row_and_nothing_verified_has_no_matrix_numbers(store: Store):
+def test_classes_of_an_older_model_get_their_own_row_and_nothing_verified_has_no_matrix_numbers(store: Store,
+                                                                                               tmp_path: Path):
     verify(store, predict(store, "Myeloid", version="old@1"), "Benign")
     predict(store, "Benign", version="m@1")
     reports = {r.model_version: r for r in agreement_report(store, CLASSES)}
     assert reports["old@1"].categories == [*CLASSES, "Myeloid", "unusable"]
     assert reports["m@1"].verified == 0 and reports["m@1"].agreement is None and reports["m@1"].kappa is None
-    assert agreement_report(Store(store.path.with_name("empty.db")).open(), CLASSES) == []
+    assert agreement_report(Store(tmp_path / "empty.db").open(), CLASSES) == []
 
 
 def test_the_timeline_is_per_day_week_or_month_with_at_most_max_points(store: Store):

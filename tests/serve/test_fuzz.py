@@ -69,7 +69,7 @@ def _collect(stream, failures: Counter, examples: dict) -> int:
     return cases
 
 
-def seed_predictions(db: Path, n: int = 3) -> None:
+def seed_predictions(db: Path | str, n: int = 3) -> None:
     """Predictions 1..n, so that the ids the fuzzer draws first find rows (verifications, Grad-CAM, ...)."""
     images = {f"{i:064x}": noise_image_bytes(seed=i) for i in range(1, n + 1)}
     rows = [NewPrediction(sample_id="fuzz", file_name=f"{i}.jpg", sha256=sha, model_version="fake@0",
@@ -81,11 +81,11 @@ def seed_predictions(db: Path, n: int = 3) -> None:
 
 
 @pytest.mark.slow
-def test_schemathesis_finds_no_server_error_and_no_schema_violation(tmp_path: Path) -> None:
+def test_schemathesis_finds_no_server_error_and_no_schema_violation(db_url: str) -> None:
+    """On SQLite and on PostgreSQL (stricter: NUL in text, integer ranges, types in comparisons)."""
     # "testserver" is the Host schemathesis' in-process client sends; a real server gets --allowed-host.
-    settings = Settings(db=tmp_path / "data" / "leukoscope.db", allowed_hosts=("testserver",), warmup=False,
-                        token=TOKEN)
-    seed_predictions(settings.db)
+    settings = Settings(db=db_url, allowed_hosts=("testserver",), warmup=False, token=TOKEN)
+    seed_predictions(settings.database)
     app = create_app(settings, FakePredictor(), gradcam=fake_gradcam)
     cases, failures, examples = run_schemathesis(app)
     assert cases > 100, f"schemathesis ran only {cases} cases"

@@ -4,12 +4,14 @@ concurrent clients never lose or duplicate a row."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from pathlib import Path
 
 import httpx
 import pytest
 
+from leukoscope.serve.store import Store
 from tests.serve.servers import ServerProcess
 
 
@@ -17,13 +19,16 @@ def post_one(url: str, name: str, data: bytes) -> httpx.Response:
     return httpx.post(f"{url}/api/v1/predict", files=[("files", (name, data, "image/jpeg"))], timeout=60)
 
 
-def rows_in(db: Path) -> list[tuple]:
-    with sqlite3.connect(db) as conn:
+def rows_in(db: Path | str) -> list[tuple]:
+    if isinstance(db, str):  # a database URL
+        with Store(db) as store:
+            return [(r["id"], r["file_name"]) for r in store.query("SELECT id, file_name FROM predictions ORDER BY id")]
+    with contextlib.closing(sqlite3.connect(db)) as conn:
         return conn.execute("SELECT id, file_name FROM predictions ORDER BY id").fetchall()
 
 
-def kill_restart_check(tmp_path: Path, image_bytes, *, n: int, **server) -> None:
-    db = tmp_path / "data" / "leukoscope.db"
+def kill_restart_check(tmp_path: Path, image_bytes, *, n: int, db: Path | str | None = None, **server) -> None:
+    db = db or tmp_path / "data" / "leukoscope.db"
     names = [f"cell-{i}.jpg" for i in range(n)]
     with ServerProcess(db, tmp_path / "server.log", **server) as first:
         for i, name in enumerate(names):
@@ -41,6 +46,12 @@ def kill_restart_check(tmp_path: Path, image_bytes, *, n: int, **server) -> None
 
 def test_kill_9_loses_nothing_fake_model(tmp_path: Path, image_bytes):
     kill_restart_check(tmp_path, image_bytes, n=6)
+
+
+@pytest.mark.slow
+def test_kill_9_loses_nothing_on_postgresql(tmp_path: Path, image_bytes, postgres_url: str):
+    """Every answered prediction is committed in PostgreSQL too before its answer leaves."""
+    kill_restart_check(tmp_path, image_bytes, n=6, db=postgres_url)
 
 
 @pytest.mark.slow

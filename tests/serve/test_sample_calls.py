@@ -3,16 +3,16 @@ and does not count, the sample call leads with leukemia, reasons carry codes and
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
-import sqlite3
 
 from PIL import Image
 
-from leukoscope.serve.schema import MIGRATIONS
 from leukoscope.serve.store import Store
 from tests.serve.fakes import files
+from tests.serve.legacy_schema import legacy_database
 
 
 def solid(colour: tuple[int, int, int], size: int = 64) -> bytes:
@@ -72,10 +72,7 @@ def test_only_unusable_uploads_make_no_call(client):
 
 def test_rows_stored_before_status_and_codes_still_show(settings, make_client):
     """A database from the release before (schema 3) keeps its reasons; its rows read as status ok."""
-    settings.db.parent.mkdir(parents=True)
-    with Store(settings.db, migrations=MIGRATIONS[:3]):
-        pass
-    with sqlite3.connect(settings.db) as conn:
+    with contextlib.closing(legacy_database(settings.db, 3)) as conn:
         conn.execute("INSERT INTO images (sha256, data, size, created_at) VALUES ('a', x'00', 1, '2026-01-01')")
         conn.execute(
             "INSERT INTO predictions (created_at, sample_id, file_name, sha256, model_version, label, confidence, "

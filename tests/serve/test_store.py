@@ -1,4 +1,6 @@
-"""The SQLite store: schema versions and migrations, WAL, ordering, filters, concurrency, reopening."""
+"""The store on SQLite and PostgreSQL (the same tests on both): ordering, filters, images, transactions,
+concurrency, reopening, the retention purge, thumbnails; then what only SQLite has (WAL, secure_delete, the
+purge's index) and the schema's versions (tests/serve/test_migrations.py: upgrades from leukoscope 0.1)."""
 
 from __future__ import annotations
 
@@ -9,9 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
 from leukoscope.errors import DataError
-from leukoscope.serve.store import MIGRATIONS, Filters, NewPrediction, Store, schema_version
+from leukoscope.serve.store import Filters, NewPrediction, Store, schema_version
 
 
 def new(i: int, *, label: str = "Benign", review: bool = False, sample: str = "s1", sha: str | None = None):
@@ -27,16 +31,12 @@ def add(store: Store, *items: NewPrediction) -> list:
 
 
 @pytest.fixture
-def store(tmp_path: Path):
-    with Store(tmp_path / "sub" / "db.sqlite") as s:
-        yield s
+def store(any_store: Store) -> Store:
+    return any_store
 
 
-def test_new_database_has_schema_version_wal_and_folder(store: Store):
-    assert store.path.parent.is_dir()
-    assert store.version == schema_version() == len(MIGRATIONS)
-    mode = sqlite3.connect(store.path).execute("PRAGMA journal_mode").fetchone()[0]
-    assert mode == "wal"
+def test_a_new_database_has_the_current_schema_version(store: Store):
+    assert store.version == schema_version() == 6
 
 
 def test_rows_round_trip_newest_first_with_pagination(store: Store):
@@ -49,8 +49,8 @@ def test_rows_round_trip_newest_first_with_pagination(store: Store):
     assert store.page(9, 3).items == []
     row = store.get(stored[2].id)
     assert row is not None and row.probabilities == {"Benign": 0.9, "Pre-B": 0.1}
-    assert row.created_at.endswith("Z") and row.review is False
-    assert store.get(10_000) is None
+    assert row.created_at.endswith("Z") and row.review is False and row.confidence == 0.9  # a double, not a float4
+    assert store.get(10_000) is None and store.get(2**63) is None and store.get(0) is None
 
 
 def test_filters_by_class_review_and_sample(store: Store):
@@ -65,8 +65,7 @@ def test_filters_by_class_review_and_sample(store: Store):
 def test_images_are_content_addressed_and_stored_once(store: Store):
     add(store, new(1, sha="a" * 64), new(2, sha="a" * 64))
     assert store.image("a" * 64) == ("a" * 64).encode()
-    count = sqlite3.connect(store.path).execute("SELECT COUNT(*) FROM images").fetchone()[0]
-    assert count == 1
+    assert store.scalar("SELECT COUNT(*) FROM images") == 1
     with pytest.raises(ValueError, match="no image bytes"):
         store.add([new(3)], {})
 
@@ -78,7 +77,7 @@ def test_iter_all_reads_in_chunks_newest_first(store: Store):
 
 
 def test_failed_transaction_leaves_nothing(store: Store):
-    with pytest.raises(sqlite3.Error):
+    with pytest.raises(IntegrityError):
         broken = dataclasses.replace(new(2), width=None)  # NOT NULL fails (label None is stored as '': unusable)
         store.add([new(1), broken], {new(1).sha256: b"x", new(2).sha256: b"y"})
     assert store.count() == 0
@@ -86,13 +85,13 @@ def test_failed_transaction_leaves_nothing(store: Store):
 
 
 def test_concurrent_writers_never_lose_or_duplicate_rows(store: Store):
-    threads, per_thread = 8, 25
+    threads, per_thread = 8, 10
     errors: list[BaseException] = []
 
     def writer(t: int) -> None:
         try:
             for i in range(per_thread):
-                add(store, new(t * 1000 + i, sample=f"t{t}"))
+                add(store, new(t * 1000 + i, sample=f"t{t}"), new(99_999, sample=f"t{t}"))  # one image shared by all
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -103,71 +102,42 @@ def test_concurrent_writers_never_lose_or_duplicate_rows(store: Store):
         w.join()
     assert not errors
     rows = list(store.iter_all())
-    assert len(rows) == threads * per_thread
+    assert len(rows) == 2 * threads * per_thread
     assert len({r.id for r in rows}) == len(rows)
-    assert {r.file_name for r in rows} == {f"cell-{t * 1000 + i}.jpg" for t in range(threads) for i in range(per_thread)}
+    assert {r.file_name for r in rows} == {f"cell-{t * 1000 + i}.jpg" for t in range(threads)
+                                           for i in range(per_thread)} | {"cell-99999.jpg"}
 
 
-def test_reopen_keeps_rows_and_version(tmp_path: Path):
-    path = tmp_path / "db.sqlite"
-    with Store(path) as s:
+def test_reopen_keeps_rows_and_version(db_url: str):
+    with Store(db_url) as s:
         add(s, new(1), new(2))
-    with Store(path) as s:
+    with Store(db_url) as s:
         assert s.count() == 2 and s.version == schema_version()
 
 
-def test_migrations_run_in_order_from_any_older_version(tmp_path: Path):
-    path = tmp_path / "db.sqlite"
-    with Store(path) as s:  # a database of the first release
-        add(s, new(1))
-    extra = "ALTER TABLE predictions ADD COLUMN note TEXT; CREATE INDEX predictions_note ON predictions(note)"
-    with Store(path, migrations=[*MIGRATIONS, extra]) as s:
-        assert s.version == len(MIGRATIONS) + 1
-        assert s.count() == 1
-        columns = [r[1] for r in sqlite3.connect(path).execute("PRAGMA table_info(predictions)")]
-        assert "note" in columns
-
-
-def test_newer_database_is_refused_with_a_clear_message(tmp_path: Path):
-    path = tmp_path / "db.sqlite"
-    sqlite3.connect(path).execute(f"PRAGMA user_version = {schema_version() + 5}").connection.close()
-    with pytest.raises(DataError, match="newer than this leukoscope supports"):
-        Store(path).open()
-
-
-def test_not_a_database_is_a_clear_error(tmp_path: Path):
-    path = tmp_path / "db.sqlite"
-    path.write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(DataError, match="cannot open the prediction database"):
-        Store(path).open()
+def test_a_database_of_an_unknown_newer_revision_is_refused_in_one_line(db_url: str):
+    with Store(db_url) as s:
+        s.write(lambda conn: conn.execute(text("UPDATE alembic_version SET version_num = '0099'")))
+    with pytest.raises(DataError, match=r"schema version 0099, newer than this leukoscope supports \(0006\)") as info:
+        Store(db_url).open()
+    assert "\n" not in str(info.value)
 
 
 def test_purged_images_lose_their_bytes_but_keep_their_predictions(store: Store):
-    add(store, new(1, sha="a" * 64))
-    boundary = store.get(1).created_at
+    first = add(store, new(1, sha="a" * 64))[0]
+    boundary = first.created_at
     time.sleep(0.01)  # the times have millisecond resolution
-    add(store, new(2, sha="b" * 64))
-    later = store.get(2).created_at
+    second = add(store, new(2, sha="b" * 64))[0]
+    later = second.created_at
     assert store.purge_images(boundary) == 0  # "before" is strict
     assert store.purge_images(later) == 1  # only the image uploaded before the second one
     assert store.image("a" * 64) is None and store.image("b" * 64) == ("b" * 64).encode()
-    assert store.count() == 2 and store.get(1).file_name == "cell-1.jpg"
-    raw = sqlite3.connect(store.path).execute("SELECT size, length(data) FROM images WHERE sha256 = ?",
-                                              ("a" * 64,)).fetchone()
-    assert raw == (0, 0)
+    assert store.count() == 2 and store.get(first.id).file_name == "cell-1.jpg"
+    raw = store.query("SELECT size, data FROM images WHERE sha256 = :sha", {"sha": "a" * 64})[0]
+    assert raw["size"] == 0 and bytes(raw["data"]) == b""
     assert store.purge_images(later) == 0  # nothing left to purge
     add(store, new(3, sha="a" * 64))  # the same image uploaded again is kept anew
     assert store.image("a" * 64) == ("a" * 64).encode()
-
-
-def test_the_purge_finds_old_images_by_an_index(store: Store):
-    plan = " ".join(row[-1] for row in store._conn.execute(
-        "EXPLAIN QUERY PLAN UPDATE images SET size = 0 WHERE created_at < ? AND size > 0", ("x",)))
-    assert "USING INDEX images_created" in plan
-
-
-def test_the_database_overwrites_deleted_content(store: Store):
-    assert store._conn.execute("PRAGMA secure_delete").fetchone()[0] == 1  # set on every connection
 
 
 def test_thumbnails_are_stored_with_their_image_kept_on_reupload_and_purged_with_it(store: Store):
@@ -183,17 +153,39 @@ def test_thumbnails_are_stored_with_their_image_kept_on_reupload_and_purged_with
     assert store.thumbnail("c" * 64) is None
 
 
-def test_a_database_from_before_thumbnails_opens_and_gets_them_later(tmp_path: Path):
+# -- SQLite only ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path):
+    with Store(tmp_path / "sub" / "db.sqlite") as s:
+        yield s
+
+
+def test_a_new_sqlite_database_makes_its_folder_and_uses_wal(sqlite_store: Store):
+    assert sqlite_store.path is not None and sqlite_store.path.parent.is_dir()
+    assert sqlite3.connect(sqlite_store.path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_the_purge_finds_old_images_by_an_index(sqlite_store: Store):
+    plan = " ".join(str(row["detail"]) for row in sqlite_store.query(
+        "EXPLAIN QUERY PLAN UPDATE images SET size = 0 WHERE created_at < :x AND size > 0", {"x": "x"}))
+    assert "USING INDEX images_created" in plan
+
+
+def test_the_database_overwrites_deleted_content(sqlite_store: Store):
+    assert sqlite_store.scalar("PRAGMA secure_delete") == 1  # set on every connection
+    assert sqlite_store.scalar("PRAGMA foreign_keys") == 1
+
+
+def test_not_a_database_is_a_clear_error(tmp_path: Path):
     path = tmp_path / "db.sqlite"
-    with Store(path, migrations=MIGRATIONS[:2]) as old:  # schema 2, the release before thumbnails
-        conn = old._conn
-        conn.execute("INSERT INTO images VALUES (?, x'01', 1, '2026-01-01T00:00:00.000Z')", ("e" * 64,))
-        conn.execute("INSERT INTO predictions (created_at, sample_id, file_name, sha256, model_version, label, "
-                     "confidence, probabilities, review, review_reasons, ood_score, width, height) VALUES "
-                     "('2026-01-01T00:00:00.000Z', 's', 'old.png', ?, 'm@1', 'Benign', 0.9, '{}', 0, '[]', NULL, 64, 64)",
-                     ("e" * 64,))
-    with Store(path) as s:
-        assert s.version == schema_version() and s.count() == 1
-        assert s.thumbnail("e" * 64) is None and s.image("e" * 64) == b"\x01"
-        s.set_thumbnail("e" * 64, b"made-later")
-        assert s.thumbnail("e" * 64) == b"made-later"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(DataError, match="cannot open the prediction database"):
+        Store(path).open()
+
+
+def test_a_closed_store_says_so(tmp_path: Path):
+    store = Store(tmp_path / "db.sqlite").open()
+    store.close()
+    with pytest.raises(DataError, match="closed"):
+        store.count()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from argon2 import PasswordHasher
+from sqlalchemy import text
 
 from leukoscope.errors import DataError, UsageError
 from leukoscope.serve import users as users_module
@@ -20,15 +21,15 @@ GOOD = "correct horse battery"
 
 
 @pytest.fixture
-def store(tmp_path: Path):
-    with Store(tmp_path / "db.sqlite") as s:
-        yield s
+def store(any_store: Store) -> Store:
+    """On SQLite and PostgreSQL."""
+    return any_store
 
 
 def test_passwords_are_stored_as_argon2id_hashes_with_the_library_defaults(store: Store, monkeypatch):
     monkeypatch.setattr(users_module, "_hasher", PasswordHasher())  # the real parameters, once
     Users(store).add("alice", "technologist", GOOD)
-    (stored,) = sqlite3.connect(store.path).execute("SELECT password_hash FROM users").fetchone()
+    stored = store.scalar("SELECT password_hash FROM users")
     assert stored.startswith("$argon2id$") and GOOD not in stored
     defaults = PasswordHasher()
     assert f"m={defaults.memory_cost},t={defaults.time_cost},p={defaults.parallelism}" in stored
@@ -84,7 +85,7 @@ def test_a_hash_made_with_older_parameters_is_upgraded_at_login(store: Store, mo
     Users(store).add("alice", "technologist", GOOD)
     monkeypatch.setattr(users_module, "_hasher", PasswordHasher(time_cost=2, memory_cost=1024, parallelism=1))
     assert Users(store).authenticate("alice", GOOD)[1] is not None
-    (stored,) = sqlite3.connect(store.path).execute("SELECT password_hash FROM users").fetchone()
+    stored = store.scalar("SELECT password_hash FROM users")
     assert "m=1024,t=2,p=1" in stored
 
 
@@ -93,10 +94,10 @@ def test_accounts_say_whether_users_exist_and_whether_a_session_still_holds(stor
     assert not accounts.any_users() and not Accounts().any_users()
     users = Users(store)
     users.add("alice", "technologist", GOOD)
-    assert accounts.any_users() and users_exist(store.path)
+    assert accounts.any_users() and users_exist(store.path or store.url.render_as_string(hide_password=False))
     _, session = users.authenticate("alice", GOOD)
     assert accounts.current(session) == session
-    store.write(lambda conn: conn.execute("UPDATE users SET role = 'admin'"))
+    store.write(lambda conn: conn.execute(text("UPDATE users SET role = 'admin'")))
     assert accounts.current(session).is_admin  # the role as it is now
     users.set_password("alice", "another fine password")
     assert accounts.current(session) is None  # a new password ends the old sessions
@@ -115,8 +116,8 @@ def test_users_exist_reads_without_creating_or_migrating(tmp_path: Path):
     assert sqlite3.connect(old).execute("PRAGMA user_version").fetchone()[0] == 0
 
 
-def test_sessions_carry_their_principal_and_a_users_sessions_can_be_ended():
-    sessions = SessionStore(3600)
+def test_sessions_carry_their_principal_and_a_users_sessions_can_be_ended(store: Store):
+    sessions = SessionStore(3600, store=store)
     alice = Principal("alice", "technologist", "password", "s1")
     mine, other, token = sessions.create(alice), sessions.create(Principal("bob", "admin")), sessions.create()
     assert sessions.get(mine) == alice and sessions.get(token) == TOKEN_PRINCIPAL and TOKEN_PRINCIPAL.is_admin
@@ -124,8 +125,8 @@ def test_sessions_carry_their_principal_and_a_users_sessions_can_be_ended():
     assert sessions.get(mine) is None and sessions.is_valid(other) and sessions.is_valid(token)
 
 
-def test_password_guesses_are_counted_per_name_and_address():
-    lockout = Lockout(limit=3, window_s=60, clock=lambda: 1000.0)
+def test_password_guesses_are_counted_per_name_and_address(store: Store):
+    lockout = Lockout(limit=3, window_s=60, clock=lambda: 1000.0, store=store)
     key = password_key("10.0.0.5", "Alice")
     assert key == password_key("10.0.0.5", "alice") != password_key("10.0.0.6", "alice")
     for _ in range(3):

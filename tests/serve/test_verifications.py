@@ -3,10 +3,9 @@ supersedes; who verified is kept; the "disagrees with the model" filters; the wo
 
 from __future__ import annotations
 
-import sqlite3
-from pathlib import Path
-
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
 from leukoscope.serve import verifications
 from leukoscope.serve.store import Filters, NewPrediction, Store
@@ -27,9 +26,9 @@ def add(store: Store, *items: NewPrediction) -> list[int]:
 
 
 @pytest.fixture
-def store(tmp_path: Path):
-    with Store(tmp_path / "db.sqlite") as s:
-        yield s
+def store(any_store: Store) -> Store:
+    """On SQLite and PostgreSQL."""
+    return any_store
 
 
 @pytest.fixture
@@ -41,8 +40,7 @@ def days(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def raw(store: Store, sql: str) -> list[tuple]:
-    with sqlite3.connect(store.path) as conn:
-        return conn.execute(sql).fetchall()
+    return [tuple(row.values()) for row in store.query(sql)]
 
 
 def test_verifications_are_appended_and_the_model_call_is_never_touched(store: Store):
@@ -81,9 +79,9 @@ def test_a_verification_of_a_missing_prediction_writes_nothing(store: Store):
     assert verifications.add(store, 999, "alice", "Benign") is None
     assert verifications.add(store, 2**63, "alice", "Benign") is None  # beyond SQLite's INTEGER: no such row
     assert raw(store, "SELECT COUNT(*) FROM verifications") == [(0,)]
-    with pytest.raises(sqlite3.IntegrityError):  # and the database itself refuses an orphan
-        store.write(lambda conn: conn.execute("INSERT INTO verifications (prediction_id, created_at, user_name, "
-                                              "label) VALUES (999, 'now', 'x', 'Benign')"))
+    with pytest.raises(IntegrityError):  # and the database itself refuses an orphan
+        store.write(lambda conn: conn.execute(text("INSERT INTO verifications (prediction_id, created_at, user_name, "
+                                                   "label) VALUES (999, 'now', 'x', 'Benign')")))
     assert raw(store, "SELECT COUNT(*) FROM verifications") == [(0,)]
 
 

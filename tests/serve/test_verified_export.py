@@ -3,6 +3,7 @@ latest verification wins, an image once, unusable and purged images left out, re
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import sqlite3
 from pathlib import Path
@@ -22,6 +23,7 @@ from leukoscope.serve.verified_export import (
 )
 from tests.helpers.images import png_bytes
 from tests.helpers.modelfixtures import smear_image
+from tests.serve.legacy_schema import legacy_database
 
 CLASSES = ("Benign", "Early Pre-B", "Pre-B", "Pro-B")
 
@@ -41,7 +43,7 @@ def predict(store: Store, data: bytes, *, label: str = "Benign", name: str = "ce
 
 def verify(db: Path, prediction_id: int, label: str | None, *, user: str = "tech1", comment: str = "") -> None:
     """Append a verification with SQL (the append-only trail of schema 5)."""
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:  # closed: no reader left open behind the test
         conn.execute("INSERT INTO verifications (prediction_id, created_at, user_name, label, unusable, comment) "
                      "VALUES (?, ?, ?, ?, ?, ?)", (prediction_id, utc_now(), user, label, int(label is None), comment))
 
@@ -177,8 +179,11 @@ def test_the_database_is_only_read(db, tmp_path: Path) -> None:
     path, store = db
     verify(path, predict(store, image(0, 1)), "Benign")
     store.close()
-    def contents() -> dict[str, bytes]:  # -shm is shared memory: readers mark it, so it is not compared
-        return {p.name: b"" if p.name.endswith("-shm") else p.read_bytes() for p in path.parent.iterdir()}
+    def contents() -> dict[str, bytes]:
+        # -shm is shared memory: readers mark it, so it is not compared; and a reader of a WAL database whose
+        # last writer has gone makes an empty -wal and -shm (SQLite's read-only mode; empty: no change)
+        return {p.name: p.read_bytes() for p in path.parent.iterdir()
+                if not p.name.endswith("-shm") and not (p.name.endswith("-wal") and p.stat().st_size == 0)}
 
     before = contents()
     export_verified(path, tmp_path / "out")
@@ -198,10 +203,7 @@ def test_bad_databases_are_one_line_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="not a leukoscope database"):
         export_verified(other, tmp_path / "out")
     old = tmp_path / "old.db"
-    from leukoscope.serve.schema import MIGRATIONS
-
-    with Store(old, migrations=MIGRATIONS[:4]):
-        pass
+    legacy_database(old, 4).close()  # leukoscope 0.1 before verifications
     with pytest.raises(DataError, match="schema version 4, from before verifications"):
         export_verified(old, tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -215,3 +217,17 @@ def test_names_and_class_folders_are_safe() -> None:
     assert len(safe_name("n" * 300 + ".png", png)) == 84
     assert class_folder("Early Pre-B") == "Early Pre-B"
     assert class_folder("../x") is None and class_folder(".hidden") is None and class_folder(" ") is None
+
+
+def test_a_postgresql_database_exports_the_same_way(postgres_url: str, tmp_path: Path) -> None:
+    from leukoscope.serve import verifications
+
+    with Store(postgres_url) as store:
+        a, b = predict(store, image(0, 1), label="Benign"), predict(store, image(2, 2), label="Pre-B")
+        verifications.add(store, a, "ann", "Pre-B")
+        verifications.add(store, a, "bob", "Benign")
+        verifications.add(store, b, "ann", None)  # unusable: left out
+        summary = export_verified(postgres_url, tmp_path / "out")
+    assert summary.counts == {"Benign": 1} and summary.unusable == 1
+    (row,) = read_rows(tmp_path / "out" / "manifest.csv")
+    assert row["verifier"] == "bob" and (tmp_path / "out" / row["path"]).read_bytes() == image(0, 1)

@@ -169,7 +169,8 @@ def _write(path: Path, writer) -> None:
 
 @data_app.command("export-verified")
 def export_verified_command(
-    db: Path = typer.Option(..., "--db", help="The web app's database (leukoscope serve --db); read only."),
+    db: str = typer.Option(..., "--db", help="The web app's database (leukoscope serve --db: a SQLite file or a "
+                           "postgresql:// URL); read only."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write: one subfolder per class, manifest.csv."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier export at --out."),
 ) -> None:

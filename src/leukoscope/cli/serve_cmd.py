@@ -1,16 +1,21 @@
 """`leukoscope serve`: the web app and JSON API over one model, with uvicorn.
 
-The model is loaded here, before the server starts, so a missing or damaged package is one clear line
-and exit code 1 instead of a traceback from inside the server's start-up.
+The model is loaded and the database opened (and migrated) here, before the server starts, so a missing
+or damaged package, an unreachable database or one written by a newer leukoscope is one clear line and exit
+code 1 instead of a traceback from inside the server's start-up. `--processes N` runs N server processes
+(uvicorn's workers, one port), each loading the model and sharing the database (sessions and lockouts
+included). `leukoscope db upgrade` migrates a database without serving it.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
+from rich.markup import escape
 
 from leukoscope.cli.common import DISCLAIMER, console
+
+DB_HELP = ("The web app's database: a SQLite file, or postgresql://USER[:PASSWORD]@HOST[:PORT]/NAME (default: "
+           "$LEUKOSCOPE_DB_URL, else $LEUKOSCOPE_DB, else ./leukoscope-data/leukoscope.db).")
 
 
 def serve_command(
@@ -19,9 +24,12 @@ def serve_command(
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
     model: str | None = typer.Option(None, "--model", "-m", help="Model package folder, run folder or "
                                      "checkpoint (default: the bundled package)."),
-    db: Path | None = typer.Option(None, "--db", help="SQLite database of predictions (default: $LEUKOSCOPE_DB, "
-                                   "else ./leukoscope-data/leukoscope.db)."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Inference threads (requests predicted at once)."),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    workers: int = typer.Option(1, "--workers", min=1, help="Inference threads per process (requests predicted "
+                                "at once)."),
+    processes: int = typer.Option(1, "--processes", min=1, max=64, help="Server processes on the one port "
+                                  "(uvicorn workers; each loads the model). They share the database: SQLite on "
+                                  "one machine's local disk, or PostgreSQL."),
     queue: int = typer.Option(16, "--queue", min=0, help="Requests that may wait for a worker; beyond "
                               "workers + queue the server answers 503 with Retry-After."),
     backend: str = typer.Option("auto", "--backend", help="auto, onnx or torch."),
@@ -45,8 +53,9 @@ def serve_command(
 ) -> None:
     """Serve the upload page, the prediction history, the verify worklist and the JSON API (/api/v1, docs at /docs).
 
-    Every prediction is stored in SQLite before it is answered. With users in the database (`leukoscope users
-    add`) or LEUKOSCOPE_API_TOKEN set, every page needs a login. Research software, not a medical device.
+    Every prediction is stored in the database (SQLite, or PostgreSQL with --db postgresql://...) before it is
+    answered. With users in the database (`leukoscope users add`) or LEUKOSCOPE_API_TOKEN set, every page
+    needs a login. Research software, not a medical device.
     """
     from leukoscope.serve import Settings, check_exposure, create_app
     from leukoscope.serve.service import model_version
@@ -56,15 +65,15 @@ def serve_command(
         host=host, port=port, model=model, db=db, workers=workers, queue=queue, insecure=insecure,
         max_files=max_files, max_file_bytes=int(max_file_mb * MIB), max_request_bytes=int(max_request_mb * MIB),
         tta=tta, keep_images_days=keep_images_days, warmup=warmup, allowed_hosts=allowed_host or None,
-        session_hours=session_hours,
+        session_hours=session_hours, processes=processes, backend=backend,
     )
     from leukoscope.serve.users import users_exist
 
-    check_exposure(settings, has_users=users_exist(settings.db))  # before the (slow) model load: refuse at once
+    check_exposure(settings, has_users=users_exist(settings.database))  # before the (slow) model load
     from leukoscope.serve.store import Store
     from leukoscope.serve.users import Users
 
-    with Store(settings.db) as store:  # create / migrate the database now: a bad --db is one clear line
+    with Store(settings.database) as store:  # create / migrate the database now: a bad --db is one clear line
         users = Users(store).count()
 
     import uvicorn
@@ -75,20 +84,47 @@ def serve_command(
     app = create_app(settings, predictor)
     auth = ("token required" if settings.token else "no authentication") if not users else (
         f"login required ({users} user{'s' if users != 1 else ''}{' or the token' if settings.token else ''})")
+    many = f"; {settings.processes} processes" if settings.processes > 1 else ""
     console.print(f"leukoscope serving on [bold]{settings.url}[/] ({auth}; model {model_version(predictor.info)} "
-                  f"on {predictor.backend}{_model_file(predictor)}; database {settings.db}). Ctrl-C to stop.",
-                  highlight=False, soft_wrap=True)
+                  f"on {predictor.backend}{_model_file(predictor)}; database {escape(settings.database_shown)}"
+                  f"{many}). Ctrl-C to stop.", highlight=False, soft_wrap=True)
     console.print(DISCLAIMER, highlight=False, soft_wrap=True)
     if settings.host in ("0.0.0.0", "::") and not settings.allowed_hosts:
         console.print("Answering only Host names " + ", ".join(settings.trusted_hosts) + ": add the names clients "
                       "use with --allowed-host.", highlight=False, soft_wrap=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, server_header=False,
-                proxy_headers=False, timeout_graceful_shutdown=10)
+    options = {"host": settings.host, "port": settings.port, "log_level": log_level, "server_header": False,
+               "proxy_headers": False, "timeout_graceful_shutdown": 10}
+    if settings.processes == 1:
+        uvicorn.run(app, **options)
+        return
+    import os
+
+    from leukoscope.serve.app import ENV_SETTINGS
+
+    del app, predictor  # each process loads its own; this one only watches them
+    os.environ[ENV_SETTINGS] = settings.model_dump_json()  # inherited by the workers only (token included)
+    uvicorn.run("leukoscope.serve.app:app_from_environment", factory=True, workers=settings.processes, **options)
+
+
+db_app = typer.Typer(help="The web app's database: bring its schema up to date.", no_args_is_help=True)
+
+
+@db_app.command("upgrade")
+def db_upgrade(db: str | None = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """Migrate the database to this leukoscope's schema (the server does this at start-up too); refuses a
+    database written by a newer leukoscope. Safe to run while servers run, and again."""
+    from leukoscope.serve.settings import database_from_env
+    from leukoscope.serve.store import Store
+
+    with Store(database_from_env(db)) as store:
+        version = store.version
+    console.print(f"database {escape(store.where)} is at schema version {version}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
-    """Add `serve` to the leukoscope app."""
+    """Add `serve` and `db` to the leukoscope app."""
     app.command("serve")(serve_command)
+    app.add_typer(db_app, name="db")
 
 
 def _model_file(predictor: object) -> str:

@@ -1,13 +1,12 @@
 """`leukoscope users`: the web app's named users (technologists verify calls, admins manage users).
 
-Users live in the server's SQLite database (`--db`, as for `serve`), so a lab adds them before or while the
-server runs; passwords are typed twice at a prompt (never on the command line, where `ps` and the shell
-history would keep them) or read from the first line of `--password-file` ('-' for standard input).
+Users live in the server's database (`--db`, as for `serve`: a SQLite file or a postgresql:// URL), so a lab
+adds them before or while the server runs; passwords are typed twice at a prompt (never on the command line,
+where `ps` and the shell history would keep them) or read from the first line of `--password-file` ('-' for standard input).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -19,23 +18,24 @@ from leukoscope.errors import DataError, UsageError
 users_app = typer.Typer(help="Named users of the web app: add, list, disable, enable, set a password.",
                         no_args_is_help=True)
 
-DB_HELP = "SQLite database of the web app (default: $LEUKOSCOPE_DB, else ./leukoscope-data/leukoscope.db)."
+DB_HELP = ("The web app's database: a SQLite file, or postgresql://USER[:PASSWORD]@HOST[:PORT]/NAME (default: "
+           "$LEUKOSCOPE_DB_URL, else $LEUKOSCOPE_DB, else ./leukoscope-data/leukoscope.db).")
 
 
-def _db_path(db: Path | None) -> Path:
-    from leukoscope.serve.settings import DEFAULT_DB, ENV_DB
+def _database(db: str | None) -> str | Path:
+    from leukoscope.serve.settings import database_from_env
 
-    return Path(db or os.environ.get(ENV_DB) or DEFAULT_DB).expanduser()
+    return database_from_env(db)
 
 
-def _users(db: Path | None, *, create: bool = False):  # -> (Store, Users)
+def _users(db: str | None, *, create: bool = False):  # -> (Store, Users)
     from leukoscope.serve.store import Store
     from leukoscope.serve.users import Users
 
-    path = _db_path(db)
-    if not create and not path.exists():
-        raise DataError(f"no database at {path}: add a user first, or pass the server's --db")
-    store = Store(path).open()
+    target = _database(db)
+    if not create and isinstance(target, Path) and not target.exists():
+        raise DataError(f"no database at {target}: add a user first, or pass the server's --db")
+    store = Store(target).open()
     return store, Users(store)
 
 
@@ -61,7 +61,7 @@ def add(
                              "manages users)."),
     password_file: Path | None = typer.Option(None, "--password-file", help="Read the password from the first "
                                               "line of this file ('-': standard input) instead of prompting."),
-    db: Path | None = typer.Option(None, "--db", help=DB_HELP),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
 ) -> None:
     """Add a user. Refuses a taken name (exit 1) and a weak or empty password (exit 2)."""
     from leukoscope.serve.users import check_name, check_password, check_role
@@ -74,10 +74,10 @@ def add(
         user = users.add(name, role, password)
     finally:
         store.close()
-    console.print(f"added {user.role} {user.name} to {store.path}", highlight=False, soft_wrap=True)
+    console.print(f"added {user.role} {user.name} to {store.where}", highlight=False, soft_wrap=True)
 
 
-def list_users(db: Path | None = typer.Option(None, "--db", help=DB_HELP)) -> None:
+def list_users(db: str | None = typer.Option(None, "--db", help=DB_HELP)) -> None:
     """List the users: name, role, since when, enabled or disabled."""
     store, users = _users(db)
     try:
@@ -93,7 +93,7 @@ def list_users(db: Path | None = typer.Option(None, "--db", help=DB_HELP)) -> No
         console.print(f"{u.name:<{width}}  {u.role:<12}  {u.created_at}  {state}", highlight=False, soft_wrap=True)
 
 
-def _set_disabled(name: str, db: Path | None, disabled: bool) -> None:
+def _set_disabled(name: str, db: str | None, disabled: bool) -> None:
     store, users = _users(db)
     try:
         user = users.set_disabled(name, disabled)
@@ -105,13 +105,13 @@ def _set_disabled(name: str, db: Path | None, disabled: bool) -> None:
 
 
 def disable(name: str = typer.Argument(..., help="User name."),
-            db: Path | None = typer.Option(None, "--db", help=DB_HELP)) -> None:
+            db: str | None = typer.Option(None, "--db", help=DB_HELP)) -> None:
     """Disable a user: they can no longer log in. Users are never deleted (the verification trail names them)."""
     _set_disabled(name, db, True)
 
 
 def enable(name: str = typer.Argument(..., help="User name."),
-           db: Path | None = typer.Option(None, "--db", help=DB_HELP)) -> None:
+           db: str | None = typer.Option(None, "--db", help=DB_HELP)) -> None:
     """Enable a disabled user again."""
     _set_disabled(name, db, False)
 
@@ -120,7 +120,7 @@ def set_password(
     name: str = typer.Argument(..., help="User name."),
     password_file: Path | None = typer.Option(None, "--password-file", help="Read the password from the first "
                                               "line of this file ('-': standard input) instead of prompting."),
-    db: Path | None = typer.Option(None, "--db", help=DB_HELP),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
 ) -> None:
     """Give a user a new password (their current sessions end)."""
     store, users = _users(db)

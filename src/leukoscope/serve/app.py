@@ -1,17 +1,22 @@
 """The FastAPI application factory (FastAPI's "bigger applications" layout).
 
 `create_app(settings, predictor=None)` wires routers, middleware and error handlers; the lifespan loads
-the model once (unless a loaded predictor is injected, as tests and the CLI do), opens the SQLite store
-and starts the bounded inference pool, all kept in `app.state.ctx`.
+the model once (unless a loaded predictor is injected, as tests and the CLI do), opens the store (SQLite
+or PostgreSQL, migrated to this code's schema), binds the login sessions and lockouts to it, and starts
+the bounded inference pool, all kept in `app.state.ctx`. `app_from_environment` is the same app built in
+each process of `leukoscope serve --processes N` (uvicorn's workers), from settings the parent passes on.
 
 Error policy: every error a client sees is JSON `{"detail": "<one clear sentence>"}` with a 4xx status
 (5xx only for the server's own faults, whose details go to the server log, never to the client); the
-shape is declared in the OpenAPI schema for every route (`api_errors.ErrorBody`).
+shape is declared in the OpenAPI schema for every route (`api_errors.ErrorBody`). A database that goes away
+while the server runs answers 503 with Retry-After (a connection-level error) or 500, never a hang: the
+pool checks a connection before use, so service resumes by itself once the database is back.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -24,6 +29,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from fastapi_offline import FastAPIOffline
+from sqlalchemy.exc import DataError as SQLDataError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -31,6 +37,7 @@ from leukoscope import __version__
 from leukoscope.errors import ImageError, LeukoscopeError, ModelError, UsageError
 from leukoscope.serve.api_errors import http_error, validation_error
 from leukoscope.serve.context import ServerContext
+from leukoscope.serve.database import UNAVAILABLE_ANSWER, DatabaseUnavailable
 from leukoscope.serve.hosts import OriginCheckMiddleware, TrustedHosts
 from leukoscope.serve.limits import BodyLimitMiddleware, Gate, RequestRejected
 from leukoscope.serve.lockout import Lockout
@@ -69,10 +76,13 @@ session. The token acts as an admin; technologists get 403 on the admin routes (
 """
 
 
+ENV_SETTINGS = "LEUKOSCOPE_SERVE_SETTINGS"  # JSON settings for the processes of `serve --processes N`
+
+
 def _load_predictor(settings: Settings) -> Any:
     from leukoscope.inference.predictor import load_predictor  # lazy: importing inference pulls in numpy/onnxruntime
 
-    return load_predictor(settings.model)
+    return load_predictor(settings.model, backend=settings.backend)
 
 
 def _status_for(exc: LeukoscopeError) -> int:
@@ -88,9 +98,19 @@ def _status_for(exc: LeukoscopeError) -> int:
 
 
 async def _leukoscope_error(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, DatabaseUnavailable):
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse({"detail": UNAVAILABLE_ANSWER}, status_code=503, headers={"Retry-After": "2"})
     status = _status_for(exc) if isinstance(exc, LeukoscopeError) else 400
     headers = getattr(exc, "headers", None) or None
     return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
+
+
+async def _unstorable_value(request: Request, exc: Exception) -> JSONResponse:
+    """A value the database refuses to store or compare (PostgreSQL: a NUL character in text)."""
+    log.info("database refused a value on %s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse({"detail": "a value in this request cannot be stored or searched for (a control character "
+                                   "such as NUL?)"}, status_code=422)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
@@ -109,19 +129,22 @@ def create_app(settings: Settings, predictor: Any | None = None, *, gradcam: Gra
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loaded = predictor if predictor is not None else await run_in_threadpool(_load_predictor, settings)
-        store = await run_in_threadpool(Store(settings.db).open)
+        store = await run_in_threadpool(Store(settings.database).open)
         executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="leukoscope-inference")
         templates = Jinja2Templates(directory=str(HERE / "templates"), context_processors=[_who])
         service = PredictionService(loaded, store, settings, gradcam)
         templates.env.globals.update(version=__version__, model_version=service.model_version)
         app.state.accounts.store = store
+        app.state.sessions.bind(store)
+        app.state.lockout.bind(store)
         verifier = VerificationService(store, service.classes, app.state.sessions)
         app.state.ctx = ServerContext(settings, service, store, executor, Gate(settings.capacity), templates,
                                       verifier)
         await run_in_threadpool(service.purge_expired_images, force=True)
         if settings.warmup:
             await run_in_threadpool(service.warm_up)
-        log.info("leukoscope %s serving model %s, database %s", __version__, service.model_version, settings.db)
+        log.info("leukoscope %s serving model %s, database %s (pid %d)", __version__, service.model_version,
+                 settings.database_shown, os.getpid())
         try:
             yield
         finally:
@@ -145,12 +168,13 @@ def create_app(settings: Settings, predictor: Any | None = None, *, gradcam: Gra
     app.add_exception_handler(LeukoscopeError, _leukoscope_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(SQLDataError, _unstorable_value)
     app.add_exception_handler(Exception, _unexpected_error)
     # add_middleware: the last added runs first. Order on the way in:
     # headers -> trusted Host -> same-origin check -> auth -> body limit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
-    app.state.lockout = Lockout()  # shared by the API credentials check and the login form
-    app.state.sessions = SessionStore(settings.session_hours * 3600)  # login cookies, revoked on logout
+    app.state.lockout = Lockout()  # shared by the API credentials check and the login form (in the database)
+    app.state.sessions = SessionStore(settings.session_hours * 3600)  # login cookies, revoked on logout (ditto)
     app.state.accounts = Accounts()  # the users table, for the auth middleware (bound to the store at start-up)
     app.add_middleware(TokenAuthMiddleware, token=settings.token, lockout=app.state.lockout,
                        sessions=app.state.sessions, accounts=app.state.accounts)
@@ -163,3 +187,12 @@ def create_app(settings: Settings, predictor: Any | None = None, *, gradcam: Gra
     app.include_router(pages_router)
     app.include_router(review_pages_router)
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one process of `leukoscope serve --processes N`: uvicorn's workers import this factory,
+    each loads the model itself; the settings come from the parent in LEUKOSCOPE_SERVE_SETTINGS (JSON)."""
+    raw = os.environ.get(ENV_SETTINGS)
+    if not raw:
+        raise UsageError(f"{ENV_SETTINGS} is not set: start the server with `leukoscope serve`")
+    return create_app(Settings.model_validate_json(raw))

@@ -88,29 +88,30 @@ async def login(request: Request, ctx: Ctx) -> Response:
     lockout, address = request.app.state.lockout, client_address(request.scope)
     if token or not (name or password):  # the token form (an empty form is a wrong token)
         correct = bool(ctx.settings.token) and token_matches(token, ctx.settings.token or "")
-        wait = lockout.attempt(address, correct)
+        wait = await ctx.run_io(lockout.attempt, address, correct)
         if wait:
             return await _login_page(request, ctx, target, lockout_message(wait), 429, {"Retry-After": str(wait)})
         if not correct:
             return await _login_page(request, ctx, target, "wrong token", 401)
-        return _session(request, ctx, TOKEN_PRINCIPAL, target)
+        return await _session(request, ctx, TOKEN_PRINCIPAL, target)
     key = password_key(address, name)
-    wait = lockout.retry_after(key)
+    wait = await ctx.run_io(lockout.retry_after, key)
     if wait:
         return await _login_page(request, ctx, target, password_message(wait), 429, {"Retry-After": str(wait)}, name)
-    lockout.failed(key)  # counted before the (slow) hash check, so parallel guesses cannot pass the limit
+    await ctx.run_io(lockout.failed, key)  # counted before the (slow) hash check, so parallel guesses cannot pass the limit
     user, principal = await ctx.run_io(ctx.verifier.users.authenticate, name, password)
     if user is None:
         return await _login_page(request, ctx, target, "wrong name or password", 401, name=name)
-    lockout.succeeded(key)
+    await ctx.run_io(lockout.succeeded, key)
     if principal is None:
         return await _login_page(request, ctx, target, f"{user.name} is disabled: ask an admin", 403, name=name)
-    return _session(request, ctx, principal, target)
+    return await _session(request, ctx, principal, target)
 
 
-def _session(request: Request, ctx: ServerContext, principal: Principal, target: str) -> Response:
+async def _session(request: Request, ctx: ServerContext, principal: Principal, target: str) -> Response:
+    session = await ctx.run_io(request.app.state.sessions.create, principal)
     response = RedirectResponse(target, status_code=303)
-    response.set_cookie(COOKIE_NAME, request.app.state.sessions.create(principal), httponly=True, samesite="strict",
+    response.set_cookie(COOKIE_NAME, session, httponly=True, samesite="strict",
                         max_age=int(ctx.settings.session_hours * 3600), path="/",
                         # HTTPS here, or at a TLS proxy in front (the page the form was sent from says so)
                         secure=request.url.scheme == "https" or request.headers.get("origin", "").startswith("https:"))
@@ -118,9 +119,9 @@ def _session(request: Request, ctx: ServerContext, principal: Principal, target:
 
 
 @router.post("/logout")
-async def logout(request: Request) -> Response:
+async def logout(request: Request, ctx: Ctx) -> Response:
     """End the session on the server (the cookie's id stops working everywhere) and in this browser."""
-    request.app.state.sessions.revoke(session_id(request.scope))
+    await ctx.run_io(request.app.state.sessions.revoke, session_id(request.scope))
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(COOKIE_NAME, path="/")
     return response

@@ -19,6 +19,7 @@ by the login form): a stale session cookie is simply not a login.
 from __future__ import annotations
 
 import hmac
+import logging
 from http.cookies import SimpleCookie
 from urllib.parse import quote
 
@@ -26,12 +27,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from leukoscope.serve.database import UNAVAILABLE_ANSWER, DatabaseUnavailable
 from leukoscope.serve.limits import RequestRejected, send_json
 from leukoscope.serve.lockout import Lockout
 from leukoscope.serve.lockout import message as lockout_message
 from leukoscope.serve.sessions import TOKEN_PRINCIPAL, Principal, SessionStore
 from leukoscope.serve.users import Accounts
 
+log = logging.getLogger("leukoscope.serve")
 COOKIE_NAME = "leukoscope_session"
 DOCS_STATIC = "/docs-static"  # Swagger UI's own JS/CSS (fastapi-offline), served by the app, not a CDN
 PUBLIC_PREFIXES = ("/static/", DOCS_STATIC + "/")
@@ -146,33 +149,43 @@ class TokenAuthMiddleware:
         self.app = app
         self.token = token
         self.lockout = lockout or Lockout()
-        self.sessions = sessions if sessions is not None else SessionStore()  # (an empty store is falsy)
+        self.sessions = sessions or SessionStore()
         self.accounts = accounts if accounts is not None else Accounts()
 
-    async def _from_session(self, scope: Scope) -> Principal | None:
+    def _from_session(self, scope: Scope) -> Principal | None:
         principal = self.sessions.get(session_id(scope))
         if principal is None or principal.via == "token":
             return principal
-        return await run_in_threadpool(self.accounts.current, principal)  # disabled, or a new password: gone
+        return self.accounts.current(principal)  # disabled, or a new password: gone
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].startswith(PUBLIC_PREFIXES):
             await self.app(scope, receive, send)
             return
+        try:
+            admitted = await self._check(scope, send)
+        except DatabaseUnavailable as exc:  # sessions, lockouts and users are in the database
+            log.warning("database unavailable while checking credentials on %s: %s", scope["path"], exc)
+            await send_json(send, 503, {"detail": UNAVAILABLE_ANSWER}, headers={"Retry-After": "2"})
+            return
+        if admitted:  # errors of the app itself are the app's (500/503 JSON)
+            await self.app(scope, receive, send)
+
+    async def _check(self, scope: Scope, send: Send) -> bool:
+        """Whether the request goes on to the app (with its principal in the scope); otherwise answered here."""
         path = scope["path"]
-        principal = await self._from_session(scope)
+        principal = await run_in_threadpool(self._from_session, scope)
         if principal is None and self.token and path not in PUBLIC_PATHS and presents_token(scope):
             authorized = has_right_token(scope, self.token)
-            wait = self.lockout.attempt(client_address(scope), authorized)
+            wait = await run_in_threadpool(self.lockout.attempt, client_address(scope), authorized)
             if wait:
                 await send_json(send, 429, {"detail": lockout_message(wait)}, headers={"Retry-After": str(wait)})
-                return
+                return False
             principal = TOKEN_PRINCIPAL if authorized else None
         scope[PRINCIPAL_KEY] = principal
         if principal is not None or path in PUBLIC_PATHS or not (
                 self.token or await run_in_threadpool(self.accounts.any_users)):
-            await self.app(scope, receive, send)
-            return
+            return True
         wants_page = scope["method"] == "GET" and "text/html" in _headers(scope).get("accept", "")
         if wants_page and not path.startswith("/api/"):
             target = path + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else "")
@@ -180,8 +193,9 @@ class TokenAuthMiddleware:
             await send({"type": "http.response.start", "status": 303,
                         "headers": [(b"location", location.encode("latin-1")), (b"content-length", b"0")]})
             await send({"type": "http.response.body", "body": b""})
-            return
+            return False
         await send_json(send, 401, {"detail": AUTH_REQUIRED}, headers={"WWW-Authenticate": 'Bearer realm="leukoscope"'})
+        return False
 
 
 class SecurityHeadersMiddleware:

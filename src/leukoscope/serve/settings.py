@@ -20,12 +20,13 @@ from leukoscope.errors import UsageError
 
 ENV_TOKEN = "LEUKOSCOPE_API_TOKEN"
 ENV_DB = "LEUKOSCOPE_DB"
+ENV_DB_URL = "LEUKOSCOPE_DB_URL"  # postgresql://USER[:PASSWORD]@HOST[:PORT]/NAME (wins over LEUKOSCOPE_DB)
 ENV_ALLOWED_HOSTS = "LEUKOSCOPE_ALLOWED_HOSTS"  # comma-separated, added to the loopback names
 MIN_TOKEN_LENGTH = 16  # a shorter shared token could be guessed; refused at start-up
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 DEFAULT_DB = Path("leukoscope-data") / "leukoscope.db"
 MIB = 1024 * 1024
-SECRET_FIELDS = frozenset({"token"})  # their values never appear in an error message
+SECRET_FIELDS = frozenset({"token", "db_url"})  # their values never appear in an error message
 
 
 class Settings(BaseModel):
@@ -43,7 +44,10 @@ class Settings(BaseModel):
     port: int = Field(8000, ge=0, le=65535)
     model: str | None = None  # model package / run folder; None = the bundled package
     db: Path = DEFAULT_DB
+    db_url: str | None = Field(None, repr=False)  # a database server (PostgreSQL) instead of the SQLite file `db`
     workers: int = Field(1, ge=1)
+    processes: int = Field(1, ge=1, le=64)  # server processes (uvicorn workers), each with `workers` threads
+    backend: str = "auto"  # what each process loads the model with (auto, onnx or torch)
     queue: int = Field(16, ge=0)
     token: str | None = Field(None, repr=False)  # never printed or logged
     insecure: bool = False
@@ -60,6 +64,8 @@ class Settings(BaseModel):
     warmup: bool = True  # one prediction and one Grad-CAM at start-up, so the first click is not slow
 
     def __init__(self, **values: Any) -> None:
+        if isinstance(values.get("db"), str) and "://" in values["db"]:  # --db postgresql://...
+            values["db_url"] = values.pop("db")
         try:
             super().__init__(**values)
         except ValidationError as exc:
@@ -74,6 +80,15 @@ class Settings(BaseModel):
     @classmethod
     def _expand_db(cls, value: Any) -> Any:
         return Path(value).expanduser() if isinstance(value, str | os.PathLike) else value
+
+    @field_validator("db_url")
+    @classmethod
+    def _known_database(cls, value: str | None) -> str | None:
+        if value is not None:
+            from leukoscope.serve.database import database_url
+
+            database_url(value)  # UsageError (one line, no password) for a URL we cannot use
+        return value
 
     @field_validator("allowed_hosts", mode="before")
     @classmethod
@@ -92,6 +107,18 @@ class Settings(BaseModel):
                 f"{ENV_TOKEN} is too short ({len(value)} characters; at least {MIN_TOKEN_LENGTH}): make one with "
                 "python -c 'import secrets; print(secrets.token_urlsafe(24))'"))
         return value
+
+    @property
+    def database(self) -> str | Path:
+        """What the store opens: the database URL when one is set, else the SQLite file."""
+        return self.db_url or self.db
+
+    @property
+    def database_shown(self) -> str:
+        """The database as it may be printed or logged (a URL's password masked)."""
+        from leukoscope.serve.database import database_url, display
+
+        return display(database_url(self.database))
 
     @property
     def data_dir(self) -> Path:
@@ -124,17 +151,31 @@ class Settings(BaseModel):
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **options: Any) -> Settings:
-        """Settings from explicit options, then LEUKOSCOPE_API_TOKEN / LEUKOSCOPE_DB / LEUKOSCOPE_ALLOWED_HOSTS,
-        then defaults.
+        """Settings from explicit options, then LEUKOSCOPE_API_TOKEN / LEUKOSCOPE_DB_URL / LEUKOSCOPE_DB /
+        LEUKOSCOPE_ALLOWED_HOSTS, then defaults (an explicit --db wins over both database variables).
 
         Options passed as None are treated as "not given" so CLI defaults can stay None.
         """
         env = dict(os.environ if env is None else env)
         given = {key: value for key, value in options.items() if value is not None}
-        for name, variable in (("token", ENV_TOKEN), ("allowed_hosts", ENV_ALLOWED_HOSTS), ("db", ENV_DB)):
+        for name, variable in (("token", ENV_TOKEN), ("allowed_hosts", ENV_ALLOWED_HOSTS)):
             if name not in given and env.get(variable):
                 given[name] = env[variable]
+        if "db" not in given and "db_url" not in given:
+            if env.get(ENV_DB_URL):
+                given["db_url"] = env[ENV_DB_URL]
+            elif env.get(ENV_DB):
+                given["db"] = env[ENV_DB]
         return cls(**given)
+
+
+def database_from_env(db: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> str | Path:
+    """The database a command uses: --db, else LEUKOSCOPE_DB_URL, else LEUKOSCOPE_DB, else the default file
+    (a URL as text, a file as a Path), without reading any other setting."""
+    env = dict(os.environ if env is None else env)
+    value = db if db not in (None, "") else env.get(ENV_DB_URL) or env.get(ENV_DB) or DEFAULT_DB
+    text = os.fspath(value)
+    return text if "://" in text else Path(text).expanduser()
 
 
 def describe(exc: ValidationError) -> str:

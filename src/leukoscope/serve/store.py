@@ -1,40 +1,58 @@
-"""The prediction history: one SQLite file in WAL mode, versioned with PRAGMA user_version.
+"""The prediction history: SQLite by default (one file in WAL mode), PostgreSQL for several servers.
 
-Why SQLite: one file the lab can copy, no server to run, and transactions that survive `kill -9`. Every
-request writes its rows (and the uploaded bytes, needed to redraw Grad-CAM later) in one transaction that
-is committed before the HTTP answer leaves, so an answered prediction is always on disk, and a crashed
-request leaves nothing half-written.
+Why SQLite by default: one file the lab can copy, no server to run, and transactions that survive `kill -9`.
+PostgreSQL (`--db postgresql://...`) when one network runs several server processes on several machines.
+Both go through SQLAlchemy Core with portable SQL, and the schema is Alembic's (leukoscope.serve.migrate,
+run by `open`). Every request writes its rows (and the uploaded bytes, needed to redraw Grad-CAM later) in
+one transaction that is committed before the HTTP answer leaves, so an answered prediction is always on
+disk, and a crashed request leaves nothing half-written.
 
-Uploaded images are kept as BLOBs in the `images` table keyed by their sha256 (content-addressed, so the
-same image uploaded twice is stored once and no user-supplied file name ever becomes a path). With a
-retention period, `purge_images` empties the BLOBs of images not uploaded within it (the predictions stay);
-`secure_delete` makes SQLite overwrite the freed pages, so a purged image is gone from the file too.
+Uploaded images are kept in the `images` table keyed by their sha256 (content-addressed, so the same image
+uploaded twice is stored once and no user-supplied file name ever becomes a path), in the database rather
+than a folder so that every server process sees them without a shared filesystem and a backup of the
+database is a backup of everything. With a retention period, `purge_images` empties the bytes of images
+not uploaded within it (the predictions stay); SQLite's `secure_delete` overwrites the freed pages.
 
-Threads: each thread gets its own connection (SQLite connections must not be shared while in use);
-writes take `BEGIN IMMEDIATE` under a process-wide lock, so concurrent requests never interleave or lose
-a row, and `busy_timeout` covers other processes holding the database.
+Threads and processes: connections come from a pool; writes on SQLite take `BEGIN IMMEDIATE` (and a lock
+within the process), so concurrent writers queue instead of interleaving, and `busy_timeout` covers other
+processes; on PostgreSQL each write is one READ COMMITTED transaction.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
+import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy import TextClause, text
+from sqlalchemy.engine import Connection, Engine, RowMapping
+from sqlalchemy.exc import SQLAlchemyError
 
 from leukoscope.errors import DataError
-from leukoscope.serve.schema import MIGRATIONS
+from leukoscope.serve import migrate
+from leukoscope.serve.database import (
+    IMMEDIATE,
+    DatabaseUnavailable,
+    database_url,
+    display,
+    make_engine,
+    reason,
+    sqlite_path,
+    translated,
+)
 
 if TYPE_CHECKING:
     from leukoscope.serve.verifications import Verification
 
-MAX_ROW_ID = 2**63 - 1  # SQLite's INTEGER: larger ids cannot exist (and overflow when bound)
+T = TypeVar("T")
+MAX_ROW_ID = 2**63 - 1  # SQLite's INTEGER, PostgreSQL's BIGINT: larger ids cannot exist (and overflow when bound)
 MAX_PER_PAGE = 500
-MAX_PAGE = 10**9  # (MAX_PAGE - 1) * MAX_PER_PAGE stays far inside SQLite's OFFSET range
+MAX_PAGE = 10**9  # (MAX_PAGE - 1) * MAX_PER_PAGE stays far inside an OFFSET's range
 
 PREDICTION_COLUMNS = (
     "id, created_at, sample_id, file_name, sha256, model_version, label, confidence, probabilities, "
@@ -43,8 +61,8 @@ PREDICTION_COLUMNS = (
 
 
 def schema_version() -> int:
-    """The schema version this code writes (the number of migrations)."""
-    return len(MIGRATIONS)
+    """The schema version this code writes (the head Alembic revision, a number)."""
+    return migrate.schema_version()
 
 
 def utc_text(moment: datetime) -> str:
@@ -114,17 +132,18 @@ class Filters:
     verified: bool | None = None
     disagrees: bool | None = None
 
-    def where(self) -> tuple[str, list[Any]]:
-        clauses, params = [], []
+    def where(self) -> tuple[str, dict[str, Any]]:
+        clauses: list[str] = []
+        params: dict[str, Any] = {}
         if self.label is not None:
-            clauses.append("label = ?")
-            params.append(self.label)
+            clauses.append("label = :f_label")
+            params["f_label"] = self.label
         if self.review is not None:
-            clauses.append("review = ?")
-            params.append(int(self.review))
+            clauses.append("review = :f_review")
+            params["f_review"] = int(self.review)
         if self.sample_id is not None:
-            clauses.append("sample_id = ?")
-            params.append(self.sample_id)
+            clauses.append("sample_id = :f_sample")
+            params["f_sample"] = self.sample_id
         if self.verified is not None:
             clauses.append(f"{VERIFIED_CALL} IS {'NOT ' if self.verified else ''}NULL")
         if self.disagrees is not None:
@@ -147,7 +166,7 @@ class Page:
         return max(1, -(-self.total // self.per_page))
 
 
-def row_to_prediction(row: sqlite3.Row) -> StoredPrediction:
+def row_to_prediction(row: Mapping[str, Any]) -> StoredPrediction:
     return StoredPrediction(
         id=row["id"], created_at=row["created_at"], sample_id=row["sample_id"], file_name=row["file_name"],
         sha256=row["sha256"], model_version=row["model_version"], label=row["label"] or None,
@@ -158,60 +177,54 @@ def row_to_prediction(row: sqlite3.Row) -> StoredPrediction:
     )
 
 
-class Store:
-    """The SQLite prediction store. Open once per process; safe to use from many threads."""
 
-    def __init__(self, path: str | Path, *, migrations: Sequence[str] | None = None) -> None:
-        self.path = Path(path)
-        self._migrations = list(MIGRATIONS if migrations is None else migrations)
-        self._local = threading.local()
-        self._write_lock = threading.Lock()
-        self._connections: list[sqlite3.Connection] = []
-        self._connections_lock = threading.Lock()
+class Store:
+    """The prediction store on one database (a SQLite path or a URL). Open once per process; thread-safe."""
+
+    def __init__(self, target: str | os.PathLike[str]) -> None:
+        self.url = database_url(target)
+        self.path: Path | None = sqlite_path(self.url)  # the SQLite file; None on PostgreSQL
+        self.where = display(self.url)  # for messages and logs: never the password
+        self.dialect = self.url.get_backend_name()
+        self._engine: Engine | None = None
+        self._writer: Engine | None = None
+        self._write_lock = threading.Lock()  # SQLite: this process's writers queue here, not on busy_timeout
         self._closed = False
 
     # -- connections -------------------------------------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
-        # check_same_thread=False only so close() may run on the shutdown thread; each connection is
-        # otherwise used by the one thread that opened it.
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA busy_timeout = 30000")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")  # a committed answer survives power loss, not just -9
-        conn.execute("PRAGMA foreign_keys = ON")
-        conn.execute("PRAGMA secure_delete = ON")  # purged images are overwritten, not left in free pages
-        with self._connections_lock:
-            self._connections.append(conn)
-        return conn
-
     @property
-    def _conn(self) -> sqlite3.Connection:
+    def engine(self) -> Engine:
         if self._closed:
             raise DataError("the prediction store is closed")
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self._connect()
-        return conn
+        if self._engine is None:
+            self._engine = make_engine(self.url)
+            self._writer = self._engine.execution_options(**{IMMEDIATE: True})
+        return self._engine
 
     def open(self) -> Store:
-        """Create the folder and database if needed and bring the schema up to date."""
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise DataError(f"cannot create the data folder {self.path.parent}: {exc.strerror or exc}") from None
+        """Create the folder and database if needed and bring the schema up to date (or refuse a newer one)."""
+        if self.path is not None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DataError(f"cannot create the data folder {self.path.parent}: {exc.strerror or exc}") from None
         try:
             self.migrate()
-        except sqlite3.Error as exc:
-            raise DataError(f"cannot open the prediction database {self.path}: {exc}") from None
+        except DatabaseUnavailable as exc:
+            self.close()
+            raise DataError(f"cannot reach the database {self.where}: {reason(exc.__cause__ or exc)}") from None
+        except SQLAlchemyError as exc:
+            self.close()
+            raise DataError(f"cannot open the prediction database {self.where}: {reason(exc)}") from None
+        except DataError:
+            self.close()
+            raise
         return self
 
     def close(self) -> None:
-        with self._connections_lock:
-            self._closed = True
-            for conn in self._connections:
-                conn.close()
-            self._connections.clear()
+        self._closed = True
+        if self._engine is not None:
+            self._engine.dispose()
 
     def __enter__(self) -> Store:
         return self.open()
@@ -219,51 +232,37 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _write(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
-        """Run `work` in one IMMEDIATE transaction: all of it is committed, or none of it."""
-        conn = self._conn
-        with self._write_lock:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = work(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return result
+    def write(self, work: Callable[[Connection], T]) -> T:
+        """Run `work(connection)` in one transaction (BEGIN IMMEDIATE on SQLite): all of it is committed, or
+        none of it. Connection-level failures raise DatabaseUnavailable."""
+        engine = self.engine
+        assert self._writer is not None
+        with translated(self.where):
+            if self.dialect == "sqlite":
+                with self._write_lock, self._writer.begin() as conn:
+                    return work(conn)
+            with engine.begin() as conn:
+                return work(conn)
 
-    def write(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
-        """Run `work(connection)` in one IMMEDIATE transaction (users.py, verifications.py): all or nothing."""
-        return self._write(work)
+    def query(self, sql: str | TextClause, params: Mapping[str, Any] | None = None) -> list[RowMapping]:
+        """Rows of one read (SQL text with :named parameters), as mappings (row["column"])."""
+        with translated(self.where), self.engine.connect() as conn:
+            return list(conn.execute(text(sql) if isinstance(sql, str) else sql, dict(params or {})).mappings())
 
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        """Rows of one read on this thread's connection (users.py, verifications.py, agreement.py)."""
-        return self._conn.execute(sql, list(params)).fetchall()
+    def scalar(self, sql: str | TextClause, params: Mapping[str, Any] | None = None) -> Any:
+        """The first column of the first row of one read (None when there is no row)."""
+        with translated(self.where), self.engine.connect() as conn:
+            return conn.execute(text(sql) if isinstance(sql, str) else sql, dict(params or {})).scalar()
 
     # -- schema ------------------------------------------------------------------------------------------
     @property
     def version(self) -> int:
-        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+        with translated(self.where), self.engine.connect() as conn:
+            return migrate.version_of(conn)
 
     def migrate(self) -> int:
-        """Apply every migration newer than the database's user_version; returns the final version."""
-        target = len(self._migrations)
-
-        def work(conn: sqlite3.Connection) -> int:
-            current = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            if current > target:
-                raise DataError(
-                    f"{self.path} has schema version {current}, newer than this leukoscope supports "
-                    f"({target}): upgrade leukoscope or use another --db"
-                )
-            for version in range(current, target):
-                for statement in self._migrations[version].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {version + 1}")
-            return target
-
-        return self._write(work)
+        """Apply every revision newer than the database's (Alembic); returns the final schema version."""
+        return self.write(lambda conn: migrate.upgrade(conn, self.where))
 
     # -- writing -----------------------------------------------------------------------------------------
     def add(self, predictions: Sequence[NewPrediction], images: dict[str, bytes],
@@ -276,99 +275,95 @@ class Store:
             raise ValueError(f"no image bytes given for {sorted(missing)}")
         now = utc_now()
 
-        def work(conn: sqlite3.Connection) -> list[StoredPrediction]:
-            conn.executemany(  # an image uploaded again is kept anew (its retention restarts)
-                "INSERT INTO images (sha256, data, size, created_at, thumbnail) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT(sha256) DO UPDATE SET data = excluded.data, size = excluded.size, "
-                "created_at = excluded.created_at, thumbnail = COALESCE(excluded.thumbnail, thumbnail)",
-                [(sha, data, len(data), now, thumbnails.get(sha)) for sha, data in images.items()],
-            )
+        def work(conn: Connection) -> list[StoredPrediction]:
+            for sha, data in sorted(images.items()):  # sorted: concurrent writers lock rows in one order
+                conn.execute(text(  # an image uploaded again is kept anew (its retention restarts)
+                    "INSERT INTO images (sha256, data, size, created_at, thumbnail) "
+                    "VALUES (:sha, :data, :size, :now, :thumb) ON CONFLICT (sha256) DO UPDATE SET "
+                    "data = excluded.data, size = excluded.size, created_at = excluded.created_at, "
+                    "thumbnail = COALESCE(excluded.thumbnail, images.thumbnail)"),
+                    {"sha": sha, "data": data, "size": len(data), "now": now, "thumb": thumbnails.get(sha)})
             stored = []
             for p in predictions:
-                cursor = conn.execute(
+                new_id = conn.execute(text(
                     "INSERT INTO predictions (created_at, sample_id, file_name, sha256, model_version, label, "
                     "confidence, probabilities, review, review_reasons, ood_score, width, height, status, "
-                    "review_codes, review_details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (now, p.sample_id, p.file_name, p.sha256, p.model_version, p.label or "", float(p.confidence),
-                     json.dumps(p.probabilities), int(p.review), json.dumps(p.review_reasons),
-                     p.ood_score, p.width, p.height, p.status, json.dumps(p.review_codes),
-                     json.dumps(p.review_details)),
-                )
-                stored.append(StoredPrediction(**vars(p), id=int(cursor.lastrowid or 0), created_at=now))
+                    "review_codes, review_details) VALUES (:now, :sample, :file, :sha, :version, :label, :conf, "
+                    ":probs, :review, :reasons, :ood, :width, :height, :status, :codes, :details) RETURNING id"),
+                    {"now": now, "sample": p.sample_id, "file": p.file_name, "sha": p.sha256,
+                     "version": p.model_version, "label": p.label or "", "conf": float(p.confidence),
+                     "probs": json.dumps(p.probabilities), "review": int(p.review),
+                     "reasons": json.dumps(p.review_reasons), "ood": p.ood_score, "width": p.width,
+                     "height": p.height, "status": p.status, "codes": json.dumps(p.review_codes),
+                     "details": json.dumps(p.review_details)}).scalar_one()
+                stored.append(StoredPrediction(**vars(p), id=int(new_id), created_at=now))
             return stored
 
-        return self._write(work)
+        return self.write(work)
 
     def purge_images(self, uploaded_before: str) -> int:
         """Empty the stored bytes of images last uploaded before `uploaded_before` (a utc_now() string);
         their predictions stay. Returns how many images were purged."""
-        def work(conn: sqlite3.Connection) -> int:
-            cursor = conn.execute("UPDATE images SET data = zeroblob(0), size = 0, thumbnail = NULL "
-                                  "WHERE created_at < ? AND size > 0", (uploaded_before,))
-            return int(cursor.rowcount)
-
-        return self._write(work)
+        return self.write(lambda conn: int(conn.execute(text(
+            "UPDATE images SET data = :empty, size = 0, thumbnail = NULL WHERE created_at < :before AND size > 0"),
+            {"empty": b"", "before": uploaded_before}).rowcount))
 
     # -- reading -----------------------------------------------------------------------------------------
     def get(self, prediction_id: int) -> StoredPrediction | None:
-        if not 1 <= prediction_id <= MAX_ROW_ID:  # SQLite cannot even bind such a number: no such row
+        if not 1 <= prediction_id <= MAX_ROW_ID:  # the database cannot even bind such a number: no such row
             return None
-        row = self._conn.execute(f"SELECT {PREDICTION_COLUMNS} FROM predictions WHERE id = ?",
-                                 (prediction_id,)).fetchone()
-        return row_to_prediction(row) if row else None
+        rows = self.query(f"SELECT {PREDICTION_COLUMNS} FROM predictions WHERE id = :id", {"id": prediction_id})
+        return row_to_prediction(rows[0]) if rows else None
 
     def image(self, sha256: str) -> bytes | None:
         """The uploaded bytes, or None when unknown or purged by the retention period."""
-        row = self._conn.execute("SELECT data FROM images WHERE sha256 = ?", (sha256,)).fetchone()
-        return bytes(row["data"]) if row and row["data"] else None
+        data = self.scalar("SELECT data FROM images WHERE sha256 = :sha", {"sha": sha256})
+        return bytes(data) if data else None
 
     def thumbnail(self, sha256: str) -> bytes | None:
         """The stored thumbnail PNG, or None when not made yet (older databases) or purged."""
-        row = self._conn.execute("SELECT thumbnail FROM images WHERE sha256 = ? AND size > 0", (sha256,)).fetchone()
-        return bytes(row["thumbnail"]) if row and row["thumbnail"] else None
+        data = self.scalar("SELECT thumbnail FROM images WHERE sha256 = :sha AND size > 0", {"sha": sha256})
+        return bytes(data) if data else None
 
     def set_thumbnail(self, sha256: str, png: bytes) -> None:
         """Keep a thumbnail made later (for an image stored before thumbnails were)."""
-        self._write(lambda conn: conn.execute("UPDATE images SET thumbnail = ? WHERE sha256 = ? AND size > 0",
-                                              (png, sha256)))
+        self.write(lambda conn: conn.execute(text("UPDATE images SET thumbnail = :png WHERE sha256 = :sha AND size > 0"),
+                                             {"png": png, "sha": sha256}))
 
     def count(self, filters: Filters | None = None) -> int:
         where, params = (filters or Filters()).where()
-        return int(self._conn.execute(f"SELECT COUNT(*) FROM predictions{where}", params).fetchone()[0])
+        return int(self.scalar(f"SELECT COUNT(*) FROM predictions{where}", params))
 
     def page(self, page: int = 1, per_page: int = 50, filters: Filters | None = None) -> Page:
         """Newest first; `page` counts from 1 (a page past the end is simply empty)."""
         filters = filters or Filters()
         page, per_page = min(max(1, page), MAX_PAGE), min(max(1, per_page), MAX_PER_PAGE)
         where, params = filters.where()
-        rows = self._conn.execute(
-            f"SELECT {PREDICTION_COLUMNS} FROM predictions{where} ORDER BY id DESC LIMIT ? OFFSET ?",
-            [*params, per_page, (page - 1) * per_page],
-        ).fetchall()
+        rows = self.query(f"SELECT {PREDICTION_COLUMNS} FROM predictions{where} ORDER BY id DESC "
+                          "LIMIT :limit OFFSET :offset", {**params, "limit": per_page, "offset": (page - 1) * per_page})
         return Page([row_to_prediction(r) for r in rows], page, per_page, self.count(filters), filters)
 
     def iter_all(self, filters: Filters | None = None, *, chunk: int = 500) -> Iterator[StoredPrediction]:
         """Every matching row, newest first, read in keyset chunks.
 
         Each chunk is one complete query, so a streaming response may pull successive chunks from
-        different threads (each then uses its own connection).
+        different threads (each then takes its own pooled connection).
         """
         where, params = (filters or Filters()).where()
         joiner = " AND " if where else " WHERE "
         last_id: int | None = None
         while True:
-            keyset = "" if last_id is None else f"{joiner}id < {int(last_id)}"
-            rows = self._conn.execute(
-                f"SELECT {PREDICTION_COLUMNS} FROM predictions{where}{keyset} ORDER BY id DESC LIMIT ?",
-                [*params, chunk]
-            ).fetchall()
+            keyset = "" if last_id is None else f"{joiner}id < :last_id"
+            rows = self.query(f"SELECT {PREDICTION_COLUMNS} FROM predictions{where}{keyset} ORDER BY id DESC "
+                              "LIMIT :chunk", {**params, "chunk": chunk, "last_id": last_id})
             if not rows:
                 return
             for row in rows:
                 yield row_to_prediction(row)
-            last_id = rows[-1]["id"]
+            last_id = int(rows[-1]["id"])
 
     def labels(self) -> list[str]:
         """Every class name present in the history (for filter menus)."""
-        return [r[0] for r in self._conn.execute("SELECT DISTINCT label FROM predictions WHERE label != '' "
-                                                 "ORDER BY label")]
+        return [r["label"] for r in self.query("SELECT DISTINCT label FROM predictions WHERE label != '' "
+                                               "ORDER BY label")]
+

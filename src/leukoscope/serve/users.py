@@ -12,18 +12,21 @@ whether a logged-in user is still enabled, with the role and password they have 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
+import os
 import re
-import sqlite3
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from leukoscope.errors import DataError, UsageError
+from leukoscope.serve.database import database_url, display, make_engine, reason, sqlite_path
 from leukoscope.serve.sessions import ROLES, TOKEN_USER, Principal
 from leukoscope.serve.store import Store, utc_now
 
@@ -38,6 +41,8 @@ COMMON_PASSWORDS = frozenset({
     "welcome123", "admin12345", "administrator", "1q2w3e4r5t", "1qaz2wsx3edc", "zaq12wsxcde", "changeme123",
     "leukoscope", "leukoscope1", "leukoscope123", "technologist", "laboratory", "laboratory1",
 })
+# names compare without case (ASCII only, as names are; the unique index users_name_nocase says the same)
+SAME_NAME = "lower(name) = lower(:name)"
 _hasher = PasswordHasher()
 _dummy_hash: str | None = None
 
@@ -122,7 +127,7 @@ def _dummy() -> str:
     return _dummy_hash
 
 
-def _user(row: sqlite3.Row) -> User:
+def _user(row: Mapping[str, Any]) -> User:
     return User(id=row["id"], name=row["name"], role=row["role"], created_at=row["created_at"],
                 disabled=bool(row["disabled"]))
 
@@ -133,8 +138,8 @@ class Users:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def _row(self, name: str) -> sqlite3.Row | None:
-        rows = self.store.query("SELECT * FROM users WHERE name = ? COLLATE NOCASE", (name,))
+    def _row(self, name: str) -> Mapping[str, Any] | None:
+        rows = self.store.query(f"SELECT * FROM users WHERE {SAME_NAME}", {"name": name})
         return rows[0] if rows else None
 
     def get(self, name: str) -> User | None:
@@ -143,10 +148,10 @@ class Users:
         return _user(row) if row else None
 
     def all_users(self) -> list[User]:
-        return [_user(r) for r in self.store.query("SELECT * FROM users ORDER BY name COLLATE NOCASE")]
+        return [_user(r) for r in self.store.query("SELECT * FROM users ORDER BY lower(name), name")]
 
     def count(self) -> int:
-        return int(self.store.query("SELECT COUNT(*) FROM users")[0][0])
+        return int(self.store.scalar("SELECT COUNT(*) FROM users"))
 
     def add(self, name: str, role: str, password: str) -> User:
         """Create a user. UsageError for a bad name, role or a weak password; DataError when the name is taken."""
@@ -155,21 +160,26 @@ class Users:
         password_hash = hash_password(check_password(name, password))
         now = utc_now()
 
-        def work(conn: sqlite3.Connection) -> User:
-            taken = conn.execute("SELECT name FROM users WHERE name = ? COLLATE NOCASE", (name,)).fetchone()
+        def work(conn: Connection) -> User:
+            taken = conn.execute(text(f"SELECT name FROM users WHERE {SAME_NAME}"), {"name": name}).scalar()
             if taken is not None:
-                raise DataError(f"a user named {taken[0]!r} already exists")
-            cursor = conn.execute("INSERT INTO users (name, role, password_hash, created_at) VALUES (?, ?, ?, ?)",
-                                  (name, role, password_hash, now))
-            return User(int(cursor.lastrowid or 0), name, role, now, False)
+                raise DataError(f"a user named {taken!r} already exists")
+            new_id = conn.execute(text("INSERT INTO users (name, role, password_hash, created_at) "
+                                       "VALUES (:name, :role, :hash, :now) RETURNING id"),
+                                  {"name": name, "role": role, "hash": password_hash, "now": now}).scalar_one()
+            return User(int(new_id), name, role, now, False)
 
-        return self.store.write(work)
+        try:
+            return self.store.write(work)
+        except IntegrityError:  # another process added the name between the check and the insert
+            raise DataError(f"a user named {name!r} already exists") from None
 
     def set_disabled(self, name: str, disabled: bool) -> User:
         """Disable (their sessions end at their next request) or enable a user; DataError when unknown."""
-        def work(conn: sqlite3.Connection) -> User:
-            conn.execute("UPDATE users SET disabled = ? WHERE name = ? COLLATE NOCASE", (int(disabled), name))
-            row = conn.execute("SELECT * FROM users WHERE name = ? COLLATE NOCASE", (name,)).fetchone()
+        def work(conn: Connection) -> User:
+            conn.execute(text(f"UPDATE users SET disabled = :disabled WHERE {SAME_NAME}"),
+                         {"disabled": int(disabled), "name": name})
+            row = conn.execute(text(f"SELECT * FROM users WHERE {SAME_NAME}"), {"name": name}).mappings().first()
             if row is None:
                 raise DataError(f"no user named {name!r}")
             return _user(row)
@@ -182,8 +192,8 @@ class Users:
         if user is None:
             raise DataError(f"no user named {name!r}")
         password_hash = hash_password(check_password(user.name, password))
-        self.store.write(lambda conn: conn.execute("UPDATE users SET password_hash = ? WHERE id = ?",
-                                                   (password_hash, user.id)))
+        self.store.write(lambda conn: conn.execute(text("UPDATE users SET password_hash = :hash WHERE id = :id"),
+                                                   {"hash": password_hash, "id": user.id}))
         return user
 
     def authenticate(self, name: str, password: str) -> tuple[User | None, Principal | None]:
@@ -198,22 +208,32 @@ class Users:
         password_hash = row["password_hash"]
         if _hasher.check_needs_rehash(password_hash):  # made with older parameters: upgrade it now
             password_hash = hash_password(password)
-            self.store.write(lambda conn: conn.execute("UPDATE users SET password_hash = ? WHERE id = ?",
-                                                       (password_hash, row["id"])))
+            self.store.write(lambda conn: conn.execute(text("UPDATE users SET password_hash = :hash WHERE id = :id"),
+                                                       {"hash": password_hash, "id": row["id"]}))
         user = _user(row)
         return user, (None if user.disabled else Principal(user.name, user.role, "password", stamp(password_hash)))
 
 
-def users_exist(db: str | Path) -> bool:
+def users_exist(db: str | os.PathLike[str]) -> bool:
     """Whether the database at `db` has users, read without creating or migrating it (False when it does not
-    exist yet or predates users): `leukoscope serve` asks before it opens the store."""
-    path = Path(db)
-    if not path.is_file():
+    exist yet or predates users): `leukoscope serve` asks before it opens the store. DataError (one line) when
+    a database server cannot be reached."""
+    url = database_url(db)
+    path = sqlite_path(url)
+    if path is not None and not path.is_file():
         return False
-    with contextlib.suppress(sqlite3.Error), contextlib.closing(
-            sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)) as conn:
-        return bool(conn.execute("SELECT EXISTS (SELECT 1 FROM users)").fetchone()[0])
-    return False
+    engine = make_engine(url, read_only=True)
+    try:
+        with engine.connect() as conn:
+            if not inspect(conn).has_table("users"):
+                return False
+            return bool(conn.execute(text("SELECT EXISTS (SELECT 1 FROM users)")).scalar())
+    except SQLAlchemyError as exc:
+        if path is not None:
+            return False  # not a database: Store.open says so next, in its words
+        raise DataError(f"cannot reach the database {display(url)}: {reason(exc)}") from None
+    finally:
+        engine.dispose()
 
 
 class Accounts:
@@ -226,7 +246,7 @@ class Accounts:
     def any_users(self) -> bool:
         """Whether any user exists (then every page and route needs a login, token or no token)."""
         if not self._exist and self.store is not None:
-            self._exist = bool(self.store.query("SELECT EXISTS (SELECT 1 FROM users)")[0][0])
+            self._exist = bool(self.store.scalar("SELECT EXISTS (SELECT 1 FROM users)"))
         return self._exist
 
     def current(self, session: Principal) -> Principal | None:
@@ -234,7 +254,8 @@ class Accounts:
         a new password; the role as it is now."""
         if self.store is None:
             return None
-        rows = self.store.query("SELECT role, password_hash, disabled FROM users WHERE name = ?", (session.name,))
+        rows = self.store.query("SELECT role, password_hash, disabled FROM users WHERE name = :name",
+                                {"name": session.name})
         if not rows or rows[0]["disabled"] or stamp(rows[0]["password_hash"]) != session.stamp:
             return None
         return Principal(session.name, rows[0]["role"], "password", session.stamp)

@@ -9,10 +9,12 @@ checks the prediction exists, so a refused verification leaves nothing behind.
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+from sqlalchemy import bindparam, text
+from sqlalchemy.engine import Connection
 
 from leukoscope.serve.store import (
     MAX_PAGE,
@@ -30,6 +32,8 @@ UNUSABLE = "unusable"  # how an unusable verdict reads on pages and in CSV (neve
 _COLUMNS = "id, prediction_id, created_at, user_name, label, unusable, comment"
 # the latest verification of each verified prediction
 LATEST = "SELECT prediction_id, MAX(id) AS id FROM verifications GROUP BY prediction_id"
+_LATEST_OF = text(f"SELECT {_COLUMNS} FROM verifications WHERE id IN (SELECT MAX(id) FROM verifications "
+                  "WHERE prediction_id IN :ids GROUP BY prediction_id)").bindparams(bindparam("ids", expanding=True))
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,7 @@ class AuditEntry:
                 "agrees": self.verification.agrees_with(self.model_label), "latest": self.latest}
 
 
-def _verification(row: sqlite3.Row) -> Verification:
+def _verification(row: Mapping[str, Any]) -> Verification:
     return Verification(id=row["id"], prediction_id=row["prediction_id"], created_at=row["created_at"],
                         user_name=row["user_name"], label=row["label"], unusable=bool(row["unusable"]),
                         comment=row["comment"])
@@ -84,13 +88,15 @@ def add(store: Store, prediction_id: int, user_name: str, label: str | None, com
         return None
     now = utc_now()
 
-    def work(conn: sqlite3.Connection) -> Verification | None:
-        if conn.execute("SELECT 1 FROM predictions WHERE id = ?", (prediction_id,)).fetchone() is None:
+    def work(conn: Connection) -> Verification | None:
+        if conn.execute(text("SELECT 1 FROM predictions WHERE id = :id"), {"id": prediction_id}).first() is None:
             return None
-        cursor = conn.execute(
+        new_id = conn.execute(text(
             "INSERT INTO verifications (prediction_id, created_at, user_name, label, unusable, comment) "
-            "VALUES (?, ?, ?, ?, ?, ?)", (prediction_id, now, user_name, label, int(label is None), comment))
-        return Verification(int(cursor.lastrowid or 0), prediction_id, now, user_name, label, label is None, comment)
+            "VALUES (:pid, :now, :user, :label, :unusable, :comment) RETURNING id"),
+            {"pid": prediction_id, "now": now, "user": user_name, "label": label, "unusable": int(label is None),
+             "comment": comment}).scalar_one()
+        return Verification(int(new_id), prediction_id, now, user_name, label, label is None, comment)
 
     return store.write(work)
 
@@ -99,7 +105,8 @@ def trail(store: Store, prediction_id: int) -> list[Verification]:
     """Every verification of one prediction, oldest first (the last one is its verified class)."""
     if not 1 <= prediction_id <= MAX_ROW_ID:
         return []
-    rows = store.query(f"SELECT {_COLUMNS} FROM verifications WHERE prediction_id = ? ORDER BY id", (prediction_id,))
+    rows = store.query(f"SELECT {_COLUMNS} FROM verifications WHERE prediction_id = :pid ORDER BY id",
+                       {"pid": prediction_id})
     return [_verification(r) for r in rows]
 
 
@@ -109,10 +116,7 @@ def latest(store: Store, prediction_ids: Sequence[int]) -> dict[int, Verificatio
     ids = sorted(set(prediction_ids))
     for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
         chunk = ids[start:start + 500]
-        marks = ", ".join("?" * len(chunk))
-        rows = store.query(
-            f"SELECT {_COLUMNS} FROM verifications WHERE id IN (SELECT MAX(id) FROM verifications "
-            f"WHERE prediction_id IN ({marks}) GROUP BY prediction_id)", chunk)
+        rows = store.query(_LATEST_OF, {"ids": chunk})
         found.update({r["prediction_id"]: _verification(r) for r in rows})
     return found
 
@@ -145,22 +149,22 @@ class TrailFilters:
     disagrees: bool | None = None  # this verification's call differs from the model's
     latest: bool | None = None  # only verifications not superseded (True) or only superseded ones (False)
 
-    def where(self) -> tuple[str, list[Any]]:
+    def where(self) -> tuple[str, dict[str, Any]]:
         clauses: list[str] = []
-        params: list[Any] = []
+        params: dict[str, Any] = {}
         if self.since is not None:
-            clauses.append("v.created_at >= ?")
-            params.append(self.since)
+            clauses.append("v.created_at >= :since")
+            params["since"] = self.since
         if self.until is not None:
-            clauses.append("v.created_at < ?")
-            params.append(self.until)
+            clauses.append("v.created_at < :until")
+            params["until"] = self.until
         if self.user is not None:
-            clauses.append("v.user_name = ?")
-            params.append(self.user)
+            clauses.append("v.user_name = :user")
+            params["user"] = self.user
         if self.disagrees is not None:
             clauses.append(f"COALESCE(v.label, '') {'!=' if self.disagrees else '='} p.label")
         if self.latest is not None:
-            clauses.append(f"v.id {'' if self.latest else 'NOT '}IN (SELECT id FROM ({LATEST}))")
+            clauses.append(f"v.id {'' if self.latest else 'NOT '}IN (SELECT id FROM ({LATEST}) AS latest)")
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
@@ -185,12 +189,12 @@ def page(store: Store, page: int = 1, per_page: int = 50, filters: TrailFilters 
     page, per_page = min(max(1, page), MAX_PAGE), min(max(1, per_page), MAX_PER_PAGE)
     where, params = filters.where()
     source = f"FROM verifications AS v JOIN predictions AS p ON p.id = v.prediction_id{where}"
-    total = int(store.query(f"SELECT COUNT(*) {source}", params)[0][0])
+    total = int(store.scalar(f"SELECT COUNT(*) {source}", params))
     rows = store.query(
         f"SELECT v.id, v.prediction_id, v.created_at, v.user_name, v.label, v.unusable, v.comment, "
-        f"p.label AS model_label, p.model_version, v.id IN (SELECT id FROM ({LATEST}) WHERE prediction_id = "
-        f"v.prediction_id) AS is_latest {source} ORDER BY v.id DESC LIMIT ? OFFSET ?",
-        [*params, per_page, (page - 1) * per_page])
+        f"p.label AS model_label, p.model_version, v.id IN (SELECT id FROM ({LATEST}) AS latest WHERE "
+        f"prediction_id = v.prediction_id) AS is_latest {source} ORDER BY v.id DESC LIMIT :limit OFFSET :offset",
+        {**params, "limit": per_page, "offset": (page - 1) * per_page})
     items = [AuditEntry(_verification(r), r["model_label"] or None, r["model_version"], bool(r["is_latest"]))
              for r in rows]
     return TrailPage(items, page, per_page, total, filters)
@@ -204,16 +208,16 @@ def pending(store: Store, limit: int, *, after_id: int | None = None,
     source = ("FROM predictions WHERE NOT EXISTS (SELECT 1 FROM verifications AS v WHERE v.prediction_id = "
               "predictions.id) AND EXISTS (SELECT 1 FROM images AS i WHERE i.sha256 = predictions.sha256 "
               "AND i.size > 0)")
-    total = int(store.query(f"SELECT COUNT(*) {source}")[0][0])
-    cursor, params = "", []
+    total = int(store.scalar(f"SELECT COUNT(*) {source}"))
+    cursor, params = "", {}
     if after_id is not None:
-        cursor = " AND (review < ? OR (review = ? AND id < ?))"
-        params = [int(after_flagged), int(after_flagged), min(after_id, MAX_ROW_ID)]
-    rows = store.query(f"SELECT {PREDICTION_COLUMNS} {source}{cursor} ORDER BY review DESC, id DESC LIMIT ?",
-                       [*params, max(1, min(limit, MAX_PER_PAGE))])
+        cursor = " AND (review < :flag OR (review = :flag AND id < :after))"
+        params = {"flag": int(after_flagged), "after": min(after_id, MAX_ROW_ID)}
+    rows = store.query(f"SELECT {PREDICTION_COLUMNS} {source}{cursor} ORDER BY review DESC, id DESC LIMIT :limit",
+                       {**params, "limit": max(1, min(limit, MAX_PER_PAGE))})
     return [row_to_prediction(r) for r in rows], total
 
 
 def users_seen(store: Store) -> list[str]:
     """Everyone who has verified something (for filter menus)."""
-    return [r[0] for r in store.query("SELECT DISTINCT user_name FROM verifications ORDER BY user_name")]
+    return [r["user_name"] for r in store.query("SELECT DISTINCT user_name FROM verifications ORDER BY user_name")]

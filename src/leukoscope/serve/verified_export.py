@@ -7,7 +7,8 @@ image who verified it, when, and what the model had said, so an adapted model ca
 learned from. One image (sha256) is exported once; when several predictions of the same image end in
 different verdicts, the latest verification overall wins and the conflict is listed.
 
-The database is opened read-only (a running server keeps writing; the export reads one snapshot), and the
+The database (a SQLite file or a postgresql:// URL) is opened read-only (a running server keeps writing; the
+export reads one snapshot: a SQLite read transaction, or PostgreSQL's REPEATABLE READ), and the
 dataset is built in a temporary folder beside DIR and renamed into place, so an error never leaves half a
 dataset behind.
 """
@@ -16,17 +17,25 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 import shutil
-import sqlite3
 import tempfile
 from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
 from leukoscope.data.fileio import sha256_bytes
 from leukoscope.data.imaging import IMAGE_SUFFIXES, read_info
 from leukoscope.errors import DataError, ImageError, UsageError
+from leukoscope.serve import migrate
+from leukoscope.serve.database import database_url, display, make_engine, reason, sqlite_path
 
 MANIFEST = "manifest.csv"
 MISSING = "missing.csv"
@@ -100,40 +109,51 @@ class ExportSummary:
         return "; ".join(parts)
 
 
-def connect_read_only(db: str | Path) -> sqlite3.Connection:
-    """A read-only connection to a leukoscope database with verifications; one-line errors otherwise:
-    UsageError (exit 2) for a missing path, DataError (exit 1) for another file or a too-old schema."""
-    path = Path(db)
-    if not path.exists():
+@contextmanager
+def connect_read_only(db: str | os.PathLike[str]) -> Iterator[Connection]:
+    """A read-only connection, inside one snapshot transaction, to a leukoscope database with verifications;
+    one-line errors otherwise: UsageError (exit 2) for a missing path, DataError (exit 1) for another file,
+    an unreachable server or a too-old schema."""
+    url = database_url(db)
+    path, where = sqlite_path(url), display(url)
+    if path is not None and not path.exists():
         raise UsageError(f"database not found: {path}")
-    if not path.is_file():
+    if path is not None and not path.is_file():
         raise UsageError(f"not a database file: {path}")
+    engine = make_engine(url, read_only=True)
+    options = {"isolation_level": "REPEATABLE READ"} if url.get_backend_name() == "postgresql" else {}
     try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA busy_timeout = 30000")
-        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    except sqlite3.Error as exc:
-        raise DataError(f"{path} is not a leukoscope database ({exc})") from None
-    if not {"images", "predictions"} <= tables:
+        conn = engine.connect().execution_options(**options)
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        raise DataError(f"cannot open the database {where}: {reason(exc)}") from None
+    try:
+        try:
+            conn.begin()
+            tables = set(inspect(conn).get_table_names())
+            version = migrate.version_of(conn)
+        except SQLAlchemyError as exc:
+            raise DataError(f"{where} is not a leukoscope database ({reason(exc)})") from None
+        if not {"images", "predictions"} <= tables:
+            raise DataError(f"{where} is not a leukoscope database (no predictions table)")
+        if "verifications" not in tables:
+            raise DataError(f"{where} has schema version {version}, from before verifications: open it once "
+                            "with this version's `leukoscope serve --db` to upgrade it, then verify images in "
+                            "the web app")
+        yield conn
+    finally:
         conn.close()
-        raise DataError(f"{path} is not a leukoscope database (no predictions table)")
-    if "verifications" not in tables:
-        conn.close()
-        raise DataError(f"{path} has schema version {version}, from before verifications: open it once with "
-                        "this version's `leukoscope serve --db` to upgrade it, then verify images in the web app")
-    return conn
+        engine.dispose()
 
 
-def read_verdicts(conn: sqlite3.Connection) -> list[Verdict]:
+def read_verdicts(conn: Connection) -> list[Verdict]:
     """The latest verification of every verified prediction, oldest verification first."""
     return [Verdict(verification_id=int(r["verification_id"]), prediction_id=int(r["prediction_id"]),
                     verified_at=str(r["created_at"]), verifier=str(r["user_name"]),
                     label=None if r["unusable"] or r["label"] is None else str(r["label"]),
                     sha256=str(r["sha256"]), file_name=str(r["file_name"]), model_label=str(r["model_label"] or ""),
                     model_version=str(r["model_version"]))
-            for r in conn.execute(_LATEST)]
+            for r in conn.execute(text(_LATEST)).mappings()]
 
 
 def winners(verdicts: list[Verdict]) -> tuple[list[Verdict], list[tuple[Verdict, list[Verdict]]], int]:
@@ -179,11 +199,11 @@ def safe_name(file_name: str, data: bytes) -> str:
     return stem[:MAX_NAME] + ending
 
 
-def _image_bytes(conn: sqlite3.Connection, verdict: Verdict) -> tuple[bytes | None, str]:
-    row = conn.execute("SELECT data FROM images WHERE sha256 = ?", (verdict.sha256,)).fetchone()
+def _image_bytes(conn: Connection, verdict: Verdict) -> tuple[bytes | None, str]:
+    row = conn.execute(text("SELECT data FROM images WHERE sha256 = :sha"), {"sha": verdict.sha256}).first()
     if row is None:
         return None, "image not in the database"
-    data = bytes(row["data"] or b"")
+    data = bytes(row[0] or b"")
     if not data:
         return None, "image purged by the retention period"
     if sha256_bytes(data) != verdict.sha256:
@@ -227,13 +247,13 @@ def _place(staging: Path, out: Path) -> None:
         staging.rename(out)
 
 
-def export_verified(db: str | Path, out: str | Path, *, overwrite: bool = False) -> ExportSummary:
-    """Write the verified images of `db` as a folder-per-class dataset at `out` (see the module doc)."""
+def export_verified(db: str | os.PathLike[str], out: str | Path, *, overwrite: bool = False) -> ExportSummary:
+    """Write the verified images of `db` (a SQLite path or a database URL) as a folder-per-class dataset at
+    `out` (see the module doc)."""
     out = Path(out)
     check_out(out, overwrite=overwrite)
-    conn = connect_read_only(db)
-    try:
-        conn.execute("BEGIN")  # one snapshot, even while a server writes
+    shown = display(database_url(db))
+    with connect_read_only(db) as conn:  # one snapshot, even while a server writes
         verdicts = read_verdicts(conn)
         chosen, conflicts, repeats = winners(verdicts)
         summary = ExportSummary(out, verified_predictions=len(verdicts), conflicts=conflicts, duplicates=repeats)
@@ -246,7 +266,7 @@ def export_verified(db: str | Path, out: str | Path, *, overwrite: bool = False)
             else:
                 usable.append(verdict)
         if not usable:
-            raise DataError(f"no verified images to export from {db}: {len(verdicts)} verified prediction(s), "
+            raise DataError(f"no verified images to export from {shown}: {len(verdicts)} verified prediction(s), "
                             f"{summary.unusable} unusable")
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -263,12 +283,10 @@ def export_verified(db: str | Path, out: str | Path, *, overwrite: bool = False)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-    finally:
-        conn.close()
     return summary
 
 
-def _write_dataset(conn: sqlite3.Connection, folder: Path, usable: list[Verdict], summary: ExportSummary) -> None:
+def _write_dataset(conn: Connection, folder: Path, usable: list[Verdict], summary: ExportSummary) -> None:
     """The images, manifest.csv and (when needed) missing.csv and conflicts.csv, into `folder`."""
     rows, counts = [], Counter()
     for verdict in usable:

@@ -1,8 +1,5 @@
-"""The web app's database schema: SQLite migrations applied in order, one PRAGMA user_version step each.
-
-A released migration is never edited, only appended to, so every database a lab has ever written opens
-with the current code (`Store` applies the missing steps at start-up, each in one transaction).
-"""
+"""leukoscope 0.1's hand-written SQLite schema (src/leukoscope/serve/schema.py before Alembic), copied verbatim: the
+tests build databases exactly as that release wrote them and check that the Alembic upgrade keeps every row."""
 
 from __future__ import annotations
 
@@ -79,3 +76,23 @@ MIGRATIONS: list[str] = [
     CREATE INDEX verifications_created ON verifications(created_at, id);
     """,
 ]
+
+
+def legacy_database(path, version: int = len(MIGRATIONS)):  # -> sqlite3.Connection
+    """A SQLite database at schema `version` as leukoscope 0.1's Store made it (WAL, migrations 0..version in
+    one transaction each, PRAGMA user_version), open for the test to insert rows; close it when done."""
+    import sqlite3
+    from pathlib import Path
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    for step in range(version):
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in MIGRATIONS[step].split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {step + 1}")
+        conn.execute("COMMIT")
+    return conn
