@@ -21,6 +21,10 @@ fresh interpreter):
    `leukoscope adapt` on N = 25, 50, 100, 200 of its verified images (section `second-lab`; ~35 min).
 10. segmentation.py — white cells against the authors' ALL_segmented masks (IoU / Dice per class) and ms
    per field on one core (section `segmentation`).
+11. where_it_looks.py — Grad-CAM energy on the white cells and the pointing game per class (section
+   `where-it-looks`; ~10-15 min on 2 cores).
+12. occlusion.py — the test part with the white cells, as much background, or the scale-bar corner painted
+   out: what the calls depend on (section `occlusion`).
 
     .venv/bin/python -m benchmarks.run_all              # or: make bench
     .venv/bin/python -m benchmarks.run_all --full       # adds the CPU finetune run
@@ -45,7 +49,7 @@ from benchmarks import common
 TRAINED_RUNS = ("runs/gpu-mbv2-s0", "runs/gpu-mbv2-s1-b64", "runs/gpu-lite0-s0", "runs/cpu-bundled", "runs/student-mbv2")
 LOAD_ARGS = ("--requests", "2000", "--concurrency", "16")  # the issue's example load
 STEPS = ("speed", "load", "shift", "accuracy", "as-typed", "memory", "runs", "crossval", "ray-engine", "second-lab",
-         "segmentation")
+         "segmentation", "where-it-looks", "occlusion")
 
 
 @dataclass
@@ -102,6 +106,10 @@ def plan(args: argparse.Namespace, work: Path) -> list[Step]:
         steps.append(Step("second-lab", [*module("second_lab"), *results]))
     if "segmentation" in wanted:
         steps.append(Step("segmentation", [*module("segmentation"), *results]))
+    if "where-it-looks" in wanted:
+        steps.append(Step("where-it-looks", [*module("where_it_looks"), *results]))
+    if "occlusion" in wanted:
+        steps.append(Step("occlusion", [*module("occlusion"), *results]))
     return steps
 
 

@@ -108,3 +108,17 @@ def test_a_labs_folder_named_after_no_class_is_a_clear_error(tmp_path, capsys, m
     code, _, err = run(capsys, "evaluate", "default", "lab", "--bootstrap", "0", "--out", "eval")
     assert code == 1
     assert "['lymphocyte'] unknown to the model" in err and "Benign/ for normal lymphocytes" in err
+
+
+@pytest.mark.slow
+def test_evaluate_localisation_reports_where_the_model_looks(tiny_package, tmp_path, capsys):
+    from tests.helpers.modelfixtures import make_smear_dataset
+
+    data = make_smear_dataset(tmp_path / "lab", per_class=1, size=96)
+    code, out, err = run(capsys, "evaluate", tiny_package, data, "--localisation", "--bootstrap", "0",
+                         "--out", tmp_path / "eval", "--quiet")
+    assert code == 0, err
+    assert "where the model looks: Target (Grad-CAM peak inside a white cell" in out
+    assert "localisation.csv" in out and (tmp_path / "eval" / "localisation.csv").is_file()
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text(encoding="utf-8"))
+    assert saved["localisation"]["groups"]["all images"]["n_images"] == 4

@@ -233,3 +233,25 @@ def test_templates_are_package_data_and_only_html_is_escaped(synthetic_eval, tmp
     card = write_model_card(tmp_path / "MODEL_CARD.md", model_info=result["model"], metrics=result,
                             data_summary=result["data_summary"], config={}).read_text(encoding="utf-8")
     assert "# Model card: tiny <run> & co" in card  # Markdown is not HTML-escaped
+
+
+def test_where_the_model_looks_in_report_and_card_and_background_said_plainly(synthetic_eval, figures, tmp_path):
+    from leukoscope.evaluation.localisation import CORRECT_LEUKEMIA, Localisation, summarise
+
+    hit = Localisation("ok", 0.6, 0.1, (5, 5), 0.0, True)
+    miss = Localisation("ok", 0.05, 0.1, (200, 200), 40.0, False)
+    y, predicted = [0, 1, 2, 3], [0, 1, 2, 3]
+    for results, background in (([hit, hit, hit, hit], False), ([hit, miss, miss, hit], True)):
+        result = {**result_dict(synthetic_eval["metrics"]), "localisation": summarise(results, y, predicted, CLASSES)}
+        card = write_model_card(tmp_path / "card.md", model_info=result["model"], metrics=result,
+                                data_summary=result["data_summary"], config={}).read_text(encoding="utf-8")
+        html = write_report_html(tmp_path / "report.html", result=result, figures=figures).read_text(encoding="utf-8")
+        for text in (card, html):
+            assert "Where the model looks" in text and CORRECT_LEUKEMIA in text
+            assert ("not met" in text) == background and ("looks at the background" in text) == background
+        assert ("**The model looks at the background, not at the white cells**" in card) == background
+        assert "**" not in html
+    plain = result_dict(synthetic_eval["metrics"])
+    card = write_model_card(tmp_path / "plain.md", model_info=plain["model"], metrics=plain,
+                            data_summary=plain["data_summary"], config={}).read_text(encoding="utf-8")
+    assert "Where the model looks" not in card

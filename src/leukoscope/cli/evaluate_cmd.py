@@ -84,6 +84,10 @@ def _print_result(result: dict[str, Any], out: Path) -> None:
             line += (f"; benign called leukemia without a flag: "
                      f"[bold]{rate(rates['benign_called_leukemia_not_flagged'])}[/]")
         console.print(line, highlight=False)
+    where = result.get("localisation")
+    if where:
+        for line in where["findings"]:
+            console.print(escape("where the model looks: " + line.replace("**", "")), highlight=False)
     if cal.get("source") == "fitted":
         console.print(f"temperature {cal['temperature']:.3f} fitted on {cal['n_fit']} val images, saved to "
                       "the run's calibration.json", highlight=False)
@@ -92,7 +96,8 @@ def _print_result(result: dict[str, Any], out: Path) -> None:
             err_console.print(f"[bold red]warning: {escape(message)}[/]", highlight=False, soft_wrap=True)
         else:
             warn(message)
-    console.print(escape(f"wrote {out}/: metrics.json, predictions.csv, report.html, MODEL_CARD.md, figures/"),
+    extra = ", localisation.csv" if where else ""
+    console.print(escape(f"wrote {out}/: metrics.json, predictions.csv{extra}, report.html, MODEL_CARD.md, figures/"),
                   highlight=False)
     console.print(f"[bold]{DISCLAIMER}[/]")
 
@@ -120,6 +125,11 @@ def evaluate_command(
     calibrate: bool = typer.Option(
         True, "--calibrate/--no-calibrate", help="Fit a temperature on the run's val part (when it has one) and "
         "save it to <run>/calibration.json, so predicted probabilities are calibrated."),
+    localisation: bool = typer.Option(
+        False, "--localisation", help="Also measure where the model looks: the Grad-CAM of each image's call "
+        "against its segmented white cells (energy on the cells, is the peak on a cell?), per class, in "
+        "metrics.json, report.html, MODEL_CARD.md and localisation.csv. Needs the PyTorch weights; about a "
+        "second or more per image on a CPU."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars; print the summary only."),
 ) -> None:
     """Score a model on a dataset part: metrics with intervals, figures, an HTML report, a model card.
@@ -142,7 +152,8 @@ def evaluate_command(
     with warnings.catch_warnings(), phase_progress(quiet) as progress:
         warnings.simplefilter("ignore", LeakageWarning)  # printed below from result["warnings"]
         result = evaluate(model, data, out_dir=out, split_csv=split, part=part, root=root, n_bootstrap=bootstrap,
-                          seed=seed, batch_size=batch_size, calibrate_on_val=calibrate, progress=progress)
+                          seed=seed, batch_size=batch_size, calibrate_on_val=calibrate, localisation=localisation,
+                          progress=progress)
     _print_result(result, out)
 
 

@@ -5,7 +5,10 @@ images to score (a folder, a split file and part, or the run's own test part), c
 run's training part for leakage, predict, calibrate on the run's validation part, compute metrics with
 intervals (exact for proportions, bootstrap otherwise), and write metrics.json, predictions.csv,
 figures/*.png, report.html, MODEL_CARD.md. A run's network is scored by `leukoscope.models.scoring`, as
-training and export score it; a package by its Predictor, review flags included, as `predict` does.
+training and export score it; a package by its Predictor, review flags included, as `predict` does. With
+`localisation` (opt-in: a Grad-CAM per image, one forward and one backward pass, takes a second or
+more on a CPU), where the model looks: Grad-CAM energy on the segmented white cells and the pointing game
+(localisation.csv too).
 """
 
 from __future__ import annotations
@@ -214,6 +217,7 @@ def evaluate(
     seed: int = 0,
     batch_size: int = 64,
     calibrate_on_val: bool = True,
+    localisation: bool = False,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Evaluate a model on a part of a dataset; write the outputs into `out_dir` and return metrics.json.
@@ -256,6 +260,11 @@ def evaluate(
     if result["review"] is not None:
         result["review"]["unusable"] = sum(p.status == "unusable" for p in predictions)
         result["review"]["rates"] = review_rates(result["review"], level=result["bootstrap"]["level"])
+    where = None
+    if localisation:
+        where = where_it_looks(handle, data_set.part, y, probs.argmax(axis=1), level=result["bootstrap"]["level"],
+                               batch_size=batch_size, progress=progress)
+        result["localisation"] = where[0]
     handle.info["temperature"] = handle.info.get("temperature") or scaling.value
     history = read_history(handle.run_dir)
     result.update(model=handle.info, data_summary=data_summary(data_set, leakage), leakage=leakage.to_dict(),
@@ -263,16 +272,32 @@ def evaluate(
     result["timing"] = {"eval_seconds": time.perf_counter() - started,
                         "train_seconds": train_seconds(handle.run_dir, history)}
     write_outputs(Path(out_dir), result, data_set.part, y, (raw, probs), handle, history, seed=seed,
-                  predictions=predictions)
+                  predictions=predictions, localisation=None if where is None else where[1])
     return result
+
+
+def where_it_looks(handle: ModelHandle, part: Manifest, y: np.ndarray, predicted: np.ndarray, *,
+                   level: float = 0.95, batch_size: int = 16, progress: Progress | None = None
+                   ) -> tuple[dict[str, Any], list[Any]]:
+    """metrics.json's "localisation" section and the per-image results: the Grad-CAM of each image's
+    predicted class against its segmented white cells."""
+    from leukoscope.evaluation import localisation as loc
+
+    explainer = handle.predictor if handle.predictor is not None else loc.NetworkExplainer(
+        handle.network, handle.classes, handle.preprocess)
+    results, _ = loc.localise_paths(explainer, part.paths(), [int(p) for p in predicted],
+                                    batch_size=min(batch_size, 16), progress=progress)
+    return loc.summarise(results, y, predicted, handle.classes, level=level), results
 
 
 def write_outputs(out: Path, result: dict[str, Any], part: Manifest, y: np.ndarray,
                   probabilities: tuple[np.ndarray, np.ndarray], handle: ModelHandle,
                   history: list[dict[str, str]], *, seed: int = 0,
-                  predictions: Sequence[Any] | None = None) -> dict[str, str]:
+                  predictions: Sequence[Any] | None = None, localisation: Sequence[Any] | None = None
+                  ) -> dict[str, str]:
     """predictions.csv, figures/, metrics.json, report.html and MODEL_CARD.md in `out`; the file names
-    are also stored in result["files"]. `predictions` (a package's) add the review columns."""
+    are also stored in result["files"]. `predictions` (a package's) add the review columns; `localisation`
+    (per-image results of `where_it_looks`) writes localisation.csv."""
     from leukoscope.evaluation.plots import evaluation_figures
     from leukoscope.evaluation.report import write_model_card, write_report_html
 
@@ -290,6 +315,13 @@ def write_outputs(out: Path, result: dict[str, Any], part: Manifest, y: np.ndarr
     files = {"metrics": "metrics.json", "predictions": "predictions.csv", "report": "report.html",
              "model_card": "MODEL_CARD.md",
              **{f"figure_{Path(f['path']).stem}": f"figures/{Path(f['path']).name}" for f in figures}}
+    if localisation is not None:
+        from leukoscope.evaluation.localisation import write_rows
+
+        classes = handle.classes
+        write_rows(out / "localisation.csv", [str(r.path) for r in part.records], [r.label for r in part.records],
+                   [classes[i] for i in probs.argmax(axis=1)], localisation)
+        files["localisation"] = "localisation.csv"
     result["files"] = files
     write_json(out / "metrics.json", result)
     part_name = result["data_summary"]["part"]

@@ -195,6 +195,18 @@ def calibration_text(cal: dict[str, Any] | None) -> str:
     return "uncalibrated (temperature 1: no validation part to fit one on)."
 
 
+def localisation_context(summary: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The "where the model looks" section as the templates show it (None when it was not measured)."""
+    if not summary:
+        return None
+    from leukoscope.evaluation.localisation import TABLE_HEADER, table_rows
+
+    findings = list(summary.get("findings") or [])
+    return {"header": TABLE_HEADER, "rows": table_rows(summary), "findings": findings,
+            "findings_plain": [line.replace("**", "") for line in findings], "method": summary.get("method", ""),
+            "looks_at_background": summary.get("looks_at_background")}
+
+
 def write_report_html(
     path: str | Path,
     *,
@@ -216,7 +228,7 @@ def write_report_html(
     html = _ENV.get_template("report.html.j2").render(
         **_globals(), title=title or f"Evaluation of {model_info.get('name', 'model')}", m=result,
         on=summary, warnings=result.get("warnings", []), cal=_calibration_context(result.get("calibration")),
-        intervals_text=intervals_text(result),
+        intervals_text=intervals_text(result), where=localisation_context(result.get("localisation")),
         figures=embedded, data_rows=data_rows(summary), model_rows=model_rows(model_info),
         config_text=config_text,
     )
@@ -280,7 +292,7 @@ def write_model_card(
         headline_yaml=[(k, _yaml_number(h.get("value"))) for k, h in headline.items()
                        if h.get("value") is not None],
         per_class=list((metrics.get("per_class") or {}).items()),
-        command=config.get("command", ""),
+        command=config.get("command", ""), where=localisation_context(metrics.get("localisation")),
     )
     write_text(path, text)
     return Path(path)
