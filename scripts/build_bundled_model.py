@@ -6,7 +6,8 @@ Steps, each a plain leukoscope command so that every number can be traced to one
   2. evaluate the run on the test part (metrics with bootstrap intervals; fits the temperature on val);
   3. export  the run as a package (fp32 ONNX + fp16 model.pt + OOD statistics), parity-checked, with the
                review rules for other labs' images chosen on shifted copies of the val part (--shift-rules);
-  4. evaluate the package on the test part and write MODEL_CARD.md + report.html into bundle/.
+  4. evaluate the package on the test part (with where the model looks: --localisation) and write
+               MODEL_CARD.md + report.html into bundle/.
 
 `--skip-train RUN` reuses a trained run folder (the committed package was trained on one H100 with
 scripts/train_bundled_gpu.py, candidate mbv2-s1-b64, the same configuration as step 1).
@@ -80,7 +81,8 @@ def main() -> None:
     leukoscope("evaluate", str(run), args.data, "--split", args.split, "--part", "test", "--out", str(run))
     leukoscope("export", str(run), "--out", str(PACKAGE), "--data", args.data, "--name", NAME, "--shift-rules")
     evaluation = ROOT / "bundle" / "evaluation"
-    leukoscope("evaluate", str(PACKAGE), args.data, "--split", args.split, "--part", "test", "--out", str(evaluation))
+    leukoscope("evaluate", str(PACKAGE), args.data, "--split", args.split, "--part", "test", "--out", str(evaluation),
+               "--localisation")
     card = (evaluation / "MODEL_CARD.md").read_text(encoding="utf-8") + provenance(run)
     (PACKAGE / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     (ROOT / "bundle" / "MODEL_CARD.md").write_text(card, encoding="utf-8")
