@@ -36,15 +36,19 @@ SHIFT_RULES_KEY = "benign_confidence_threshold"  # in model.json's review: expor
 @dataclass(frozen=True)
 class AdaptOptions:
     """How to adapt. The defaults fine-tune a pretrained network gently: a low learning rate, few epochs,
-    as many replayed images as lab images in every epoch."""
+    four replayed images per lab image in every epoch."""
 
     epochs: int = 6
-    lr: float = 2e-4
+    # lr and replay_ratio: chosen by scripts/tune_adapt.py's rule, written before measuring, on the VAL part
+    # only (a shifted tuning lab B', forgetting judged on its originals): lr {5e-5, 1e-4} x replay {2, 4};
+    # every accepted candidate lost 1 of 181 lab-A' images (0.55 > 0.3 points), so its rule 3 chose: the
+    # smallest lab-A' drop, then the highest lab-B' accuracy (97.2%; lr 5e-5 with replay 2 was refused).
+    lr: float = 5e-5
     batch_size: int = 32
     seed: int = 0
     held_out: float = 0.3  # of the lab's images, never trained on: the refusal rule's test
     val: float = 0.15  # of the lab's images, for the temperature and review thresholds
-    replay_ratio: float = 1.0  # replayed images per lab image, each epoch
+    replay_ratio: float = 4.0  # replayed images per lab image, each epoch (scripts/tune_adapt.py, see lr)
     trainable: str = "all"
     augment: str | None = None  # None: the parent's own recipe (model.json training.config), else "paper"
     label_smoothing: float = 0.05

@@ -26,14 +26,16 @@ def adapt(
     split: Path | None = typer.Option(None, "--split", help="Which rows of --replay are train/val/test (the "
                                       "parent run's split.csv); default: the parent's split, recomputed."),
     epochs: int = typer.Option(6, "--epochs", help="Fine-tuning epochs."),
-    lr: float = typer.Option(2e-4, "--lr", help="Learning rate (AdamW, cosine schedule)."),
+    lr: float = typer.Option(5e-5, "--lr", help="Learning rate (AdamW, cosine schedule; default chosen on "
+                             "validation data by scripts/tune_adapt.py)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per step."),
     seed: int = typer.Option(0, "--seed", help="Seed of the lab's split, the replay samples and the training."),
     held_out: float = typer.Option(0.3, "--held-out", help="Share of the lab's images held out to judge the "
                                    "adapted model (never trained or calibrated on)."),
     val: float = typer.Option(0.15, "--val", help="Share of the lab's images for the temperature and review "
                               "thresholds."),
-    replay_ratio: float = typer.Option(1.0, "--replay-ratio", help="Replayed images per lab image, each epoch."),
+    replay_ratio: float = typer.Option(4.0, "--replay-ratio", help="Replayed images per lab image, each epoch "
+                                       "(more: less forgetting, slower; default chosen as --lr's)."),
     augment: str | None = typer.Option(None, "--augment", help="none, paper, strong or robust (default: the parent's "
                                        "training recipe)."),
     int8: bool = typer.Option(False, "--int8", help="Also write a static int8 ONNX model (as `leukoscope export`)."),

@@ -1,0 +1,206 @@
+"""Choose `leukoscope adapt`'s default learning rate and replay ratio on validation data, by a rule fixed in
+advance (this docstring was written before any candidate was measured). Research software, not a medical
+device.
+
+Why: with the old defaults (lr 2e-4, replay ratio 1) adapt refuses small labs (the model forgets), and the
+only run that looked better used the TEST part, which must not choose defaults. Nothing here reads a
+test-part figure to choose; the test part only appears inside adapt's own forgetting gate (part of the
+product), and a candidate that gate refuses is recorded as refused.
+
+Data (all from the VAL part of bundle/split.csv, 280 images of ../shared/data/ALL):
+- tuning lab B' = every val image through one fixed composite transform of `leukoscope.data.shifts`, other
+  than the second-lab benchmark's: hue -10 deg, stain H x1.25 E x0.85, magnification x1.7, blur 0.4 px,
+  white balance R x0.92 B x1.08, JPEG q75 (`SHIFT`), written as JPEG files. (Revision 2. Revision 1, hue
+  +12, stain H x0.9 E x1.1, x1.4, blur 0.3, R x0.93 B x1.07, JPEG q80, was too mild to tune on: the parent
+  scored 98.3% on its evaluation part and 100% on the 30 held-out images, so adapt refused the first
+  candidate as "not better" and would refuse every one. The shift was then replaced, before any candidate
+  was scored, by the first of two stronger ones tried on the parent alone whose parent lab-B' accuracy is in
+  the benchmark's regime (53% here, 64% there; the other, hue +20, x1.8, gave 81%).)
+- split duplicate-aware and stratified (`leukoscope.data.split.split`, seed 31, on the originals) into an
+  adaptation set of ~100 images and an evaluation part (the rest); the adaptation set is split by adapt's own
+  shares (held_out 0.3, val 0.15, seed 0) into adapt / calibrate / held out, as the benchmark does;
+- lab A' = the unshifted original files of the evaluation images;
+- replay = bundle/split.csv with the evaluation images' val rows taken out of every part (so neither the
+  fine-tuning nor the export's calibration sees lab A'); train is replayed, test feeds adapt's gate only.
+
+Candidates (epochs 6, everything else adapt's defaults, shift rules as the parent):
+lr in {5e-5, 1e-4} x replay_ratio in {2, 4}; each through `leukoscope.adaptation.adapt.adapt_manifests`,
+the adapted package scored by its Predictor on lab B' and lab A' (`benchmarks.second_lab.evaluate`).
+
+Rule:
+1. Eligible: not refused by adapt_manifests, and lab-A' accuracy not more than 0.3 points below the
+   parent's (with ~180 images: no net image lost).
+2. Among the eligible: the highest lab-B' accuracy; ties -> the lower lab-B' flagged share; then the lower
+   lr (gentler); then the larger replay ratio (more protection against forgetting).
+3. If none is eligible: among the non-refused, the smallest lab-A' drop, then rule 2's order. If every
+   candidate is refused: no change to the defaults.
+
+    nice -n 5 .venv/bin/python scripts/tune_adapt.py run lr5e-5_r2 lr1e-4_r2   # one or more candidates
+    .venv/bin/python scripts/tune_adapt.py choose                                # table + choice.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # the benchmarks package (lab files and scoring are shared with second_lab)
+
+from benchmarks.second_lab import evaluate, lab_b_files, pool_and_evaluation  # noqa: E402
+from leukoscope.adaptation.adapt import adapt_manifests  # noqa: E402
+from leukoscope.adaptation.data import load_parent, with_classes  # noqa: E402
+from leukoscope.adaptation.finetune import AdaptOptions  # noqa: E402
+from leukoscope.adaptation.scores import AdaptationRefused  # noqa: E402
+from leukoscope.data.fileio import write_json, write_text  # noqa: E402
+from leukoscope.data.manifest import Manifest, read_manifest_csv  # noqa: E402
+from leukoscope.data.shifts import Shift  # noqa: E402
+from leukoscope.data.split import split  # noqa: E402
+
+DATA = (ROOT / ".." / "shared" / "data" / "ALL").resolve()
+SPLIT = ROOT / "bundle" / "split.csv"
+OUT = Path("/work/scratch/tune_adapt")
+SHIFT = Shift(hue_degrees=-10.0, stain_h=1.25, stain_e=0.85, magnification=1.7, blur_sigma=0.4, gain_r=0.92,
+              gain_b=1.08, jpeg_quality=75)
+SEED, POOL, EPOCHS, LAB_A_TOLERANCE = 31, 100, 6, 0.003
+CANDIDATES = {f"lr{lr:g}_r{ratio:g}": {"lr": lr, "replay_ratio": ratio}
+              for lr in (5e-5, 1e-4) for ratio in (2.0, 4.0)}
+DISCLAIMER = "Research software, not a medical device."
+
+
+def tuning_data(work: Path) -> dict[str, Any]:
+    """Lab B' (adaptation set split as adapt splits it, evaluation part), lab A' and the replay split."""
+    full = read_manifest_csv(SPLIT, DATA)
+    original = full.part("val")
+    lab_b = lab_b_files(original, work / "lab-b-prime", SHIFT)
+    in_pool = pool_and_evaluation(original, POOL, SEED)
+    pool_b = lab_b.with_records(r for r, p in zip(lab_b.records, in_pool, strict=True) if p)
+    eval_b = lab_b.with_records(r for r, p in zip(lab_b.records, in_pool, strict=True) if not p)
+    lab_a = original.with_records(r for r, p in zip(original.records, in_pool, strict=True) if not p)
+    evaluated = {r.path for r in lab_a.records}
+    replay = full.with_records(replace(r, part="") if r.part == "val" and r.path in evaluated else r
+                               for r in full.records)
+    defaults = AdaptOptions()
+    lab = split(pool_b, test_size=defaults.held_out, val_size=defaults.val, seed=defaults.seed)
+    return {"lab": lab, "eval_b": eval_b, "lab_a": lab_a, "replay": replay}
+
+
+def scored(package: Path, name: str, eval_b: Manifest, lab_a: Manifest) -> dict[str, Any]:
+    return {key: row.__dict__ for key, row in evaluate(package, name, eval_b, lab_a).items()}
+
+
+def run(names: list[str], out: Path, threads: int | None) -> None:
+    """Adapt and score each named candidate; one JSON per candidate (and the parent's once)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    from leukoscope.inference.package import bundled_package_path
+
+    parent = load_parent(bundled_package_path())
+    for name in names:
+        if name not in CANDIDATES:
+            raise SystemExit(f"unknown candidate {name!r}; one of {', '.join(CANDIDATES)}")
+        work = out / "work" / name
+        data = tuning_data(work)
+        lab = with_classes(data["lab"], parent.classes, "lab B'")
+        replay = with_classes(data["replay"], parent.classes, "the replay split")
+        parent_file = out / "parent.json"
+        if not parent_file.exists():
+            write_json(parent_file, {"name": "parent", **scored(parent.path, "parent", data["eval_b"],
+                                                                 data["lab_a"])})
+        options = AdaptOptions(epochs=EPOCHS, threads=threads, **CANDIDATES[name])
+        entry: dict[str, Any] = {"name": name, **CANDIDATES[name], "epochs": EPOCHS, "shift": SHIFT.describe(),
+                                 "parts": {p: len(lab.part(p)) for p in ("train", "val", "test")},
+                                 "evaluation": len(data["eval_b"]), "options": asdict(options),
+                                 "command": f"nice -n 5 .venv/bin/python scripts/tune_adapt.py run {name}"}
+        started = time.perf_counter()
+        package = out / "packages" / name
+        try:
+            result = adapt_manifests(parent, lab, replay, package, options=options, log=print,
+                                     command=f"scripts/tune_adapt.py: candidate {name}")
+            entry["adapt_metrics"] = result.metrics  # includes the replay test gate's figures: never used to choose
+            entry.update(scored(package, name, data["eval_b"], data["lab_a"]))
+        except AdaptationRefused as exc:
+            entry["refused"] = str(exc)
+        entry["seconds"] = time.perf_counter() - started
+        write_json(out / "candidates" / f"{name}.json", entry)
+        print(f"{name}: {entry.get('refused') or _line(entry)} ({entry['seconds']:.0f} s)", flush=True)
+
+
+def _line(entry: dict[str, Any]) -> str:
+    b, a = entry["lab_b"], entry["lab_a"]
+    return f"lab B' {b['accuracy']:.2%}, flagged {b['flagged']:.1%}; lab A' {a['accuracy']:.2%}"
+
+
+def choose(entries: list[dict[str, Any]], parent: dict[str, Any]) -> dict[str, Any] | None:
+    """The docstring's rule."""
+    base = parent["lab_a"]["accuracy"]
+    done = [e for e in entries if "refused" not in e]
+    for e in done:
+        e["lab_a_drop_points"] = (base - e["lab_a"]["accuracy"]) * 100
+    eligible = [e for e in done if e["lab_a_drop_points"] <= LAB_A_TOLERANCE * 100 + 1e-9]
+
+    def order(e: dict[str, Any]) -> tuple[Any, ...]:
+        return -round(e["lab_b"]["accuracy"] * e["lab_b"]["n"]), e["lab_b"]["flagged"], e["lr"], -e["replay_ratio"]
+
+    if eligible:
+        return min(eligible, key=order)
+    if done:
+        return min(done, key=lambda e: (round(e["lab_a_drop_points"], 6), *order(e)))
+    return None
+
+
+def report(out: Path) -> None:
+    parent = json.loads((out / "parent.json").read_text())
+    entries = [json.loads(p.read_text()) for p in sorted((out / "candidates").glob("*.json"))]
+    chosen = choose(entries, parent)
+    lines = [f"# adapt defaults tuning ({DISCLAIMER})", "", f"lab B' = val part through {SHIFT.describe()}", "",
+             "| candidate | lab-B' accuracy | lab-B' flagged | leukemia->Benign unflagged | lab-A' accuracy | "
+             "lab-A' drop (points) | refused | time |", "|---|---|---|---|---|---|---|---|"]
+    pb, pa = parent["lab_b"], parent["lab_a"]
+    lines.append(f"| parent | {pb['accuracy']:.2%} | {pb['flagged']:.1%} | "
+                 f"{pb['leukemia_called_benign_not_flagged']} | {pa['accuracy']:.2%} | | | |")
+    for e in entries:
+        if "refused" in e:
+            lines.append(f"| {e['name']} | | | | | | {e['refused']} | {e['seconds']:.0f} s |")
+            continue
+        b, a = e["lab_b"], e["lab_a"]
+        lines.append(f"| {e['name']} | {b['accuracy']:.2%} ({b['n']}) | {b['flagged']:.1%} | "
+                     f"{b['leukemia_called_benign_not_flagged']} | {a['accuracy']:.2%} ({a['n']}) | "
+                     f"{e['lab_a_drop_points']:+.2f} | no | {e['seconds']:.0f} s |")
+    if chosen is None:
+        verdict = "none (every candidate refused: keep the defaults)"
+    else:
+        eligible = chosen["lab_a_drop_points"] <= LAB_A_TOLERANCE * 100 + 1e-9
+        verdict = f"{chosen['name']} ({'rule 2' if eligible else 'no candidate eligible: rule 3'})"
+    lines += ["", f"chosen: {verdict}"]
+    write_text(out / "TABLE.md", "\n".join(lines) + "\n")
+    write_json(out / "choice.json", {"chosen": chosen and {k: chosen[k] for k in ("name", "lr", "replay_ratio",
+                                                                                    "epochs")},
+                                     "disclaimer": DISCLAIMER})
+    print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=("run", "choose"))
+    parser.add_argument("candidates", nargs="*", default=list(CANDIDATES))
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--threads", type=int, default=None, help="torch / onnxruntime threads")
+    args = parser.parse_args()
+    print(DISCLAIMER, flush=True)
+    if args.action == "run":
+        run(args.candidates, args.out, args.threads)
+    else:
+        report(args.out)
+
+
+if __name__ == "__main__":
+    main()
