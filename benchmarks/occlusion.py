@@ -14,7 +14,6 @@ acquisition) keeps them either way.
 from __future__ import annotations
 
 import argparse
-import csv
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,6 @@ from scipy import ndimage as ndi
 from benchmarks.common import (
     DATA,
     RESULTS,
-    SPLIT,
     command_line,
     cpu_flags,
     display_path,
@@ -34,6 +32,7 @@ from benchmarks.common import (
     section_header,
     table,
 )
+from benchmarks.where_it_looks import test_records
 from leukoscope.data.imaging import load_rgb
 from leukoscope.segmentation.field import segment_field
 
@@ -42,21 +41,6 @@ SCALE_BAR = (0.88, 0.83)  # the bottom-right corner from these fractions of heig
 GROW_PX = 2
 VARIANTS = ("as is", "white cells painted out", "control: as many background pixels painted out",
             "scale-bar corner painted out")
-
-
-def test_records(split: Path = SPLIT, limit: int | None = None) -> list[dict[str, str]]:
-    """The test rows of the split, the first `limit` of each class when given."""
-    with split.open(newline="") as handle:
-        rows = [row for row in csv.DictReader(handle) if row["part"] == "test"]
-    if limit is None:
-        return rows
-    seen: dict[str, int] = {}
-    kept = []
-    for row in rows:
-        seen[row["label"]] = seen.get(row["label"], 0) + 1
-        if seen[row["label"]] <= limit:
-            kept.append(row)
-    return kept
 
 
 def variants(rgb: np.ndarray) -> tuple[list[np.ndarray], float]:
