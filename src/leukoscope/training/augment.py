@@ -68,14 +68,20 @@ def augment(batch: torch.Tensor, recipe: str, generator: torch.Generator) -> tor
 
 def _affine(x: torch.Tensor, angle: torch.Tensor, scale: torch.Tensor, hflip: torch.Tensor, vflip: torch.Tensor) -> torch.Tensor:
     """Per-image rotation, zoom (scale > 1 zooms in) and flips, reflecting at the borders."""
+    grid = _affine_grid(x, angle, scale, hflip, vflip)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def _affine_grid(x: torch.Tensor, angle: torch.Tensor, scale: torch.Tensor, hflip: torch.Tensor,
+                 vflip: torch.Tensor) -> torch.Tensor:
+    """The sampling grid of a per-image rotation, zoom and flips (shared by `_affine` and `zoom_padded`)."""
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     sx = torch.where(hflip, -1.0, 1.0)
     sy = torch.where(vflip, -1.0, 1.0)
     theta = torch.zeros(x.shape[0], 2, 3, device=x.device)
     theta[:, 0, 0], theta[:, 0, 1] = cos * sx, -sin * sy
     theta[:, 1, 0], theta[:, 1, 1] = sin * sx, cos * sy
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return F.affine_grid(theta, list(x.shape), align_corners=False)
 
 
 def _colour(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -137,13 +143,7 @@ def zoom_padded(x: torch.Tensor, angle: torch.Tensor, scale: torch.Tensor, hflip
     background colour, its per-channel median (most pixels of a field are plasma), so every cell is kept
     and none is mirrored in."""
     background = x.flatten(2).median(dim=2).values.view(x.shape[0], 3, 1, 1)
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    sx = torch.where(hflip, -1.0, 1.0)
-    sy = torch.where(vflip, -1.0, 1.0)
-    theta = torch.zeros(x.shape[0], 2, 3, device=x.device)
-    theta[:, 0, 0], theta[:, 0, 1] = cos * sx, -sin * sy
-    theta[:, 1, 0], theta[:, 1, 1] = sin * sx, cos * sy
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    grid = _affine_grid(x, angle, scale, hflip, vflip)
     return F.grid_sample(x - background, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + background
 
 
