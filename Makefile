@@ -7,6 +7,8 @@ DATA   ?= ../shared/data/ALL
 IMAGES ?= $(DATA)
 PORT   ?= 8000
 LIMIT  ?= 32
+# make test: pytest-xdist workers; --dist loadfile keeps each test file on one worker (its fixtures are shared)
+TEST_WORKERS ?= 2
 # glibc malloc settings: PyTorch on CPU reallocates large buffers every batch, and keeping them on the heap
 # instead of returning them to the kernel makes training ~1.5x faster on a 2-core machine. Every
 # leukoscope command also applies them itself (leukoscope.runtime, mallopt), so typed commands match;
@@ -42,13 +44,13 @@ test: $(STAMP)
 	bash scripts/ensure_postgres.sh || true
 	$(VENV)/bin/ruff check src tests benchmarks scripts examples
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 ## make test-fast: lint, then the suite without the tests marked slow (subprocess training, browser, fuzzing, the example notebook)
 test-fast: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks scripts examples
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/python -m pytest -q -m "not slow"
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all
