@@ -1,11 +1,14 @@
 """Load test of `leukoscope serve`: throughput, latency percentiles, errors, and one DB row per answer.
 
 Starts its own server (a subprocess of `python -m leukoscope serve`) on a free port of 127.0.0.1 — never
-anything but loopback — with a fresh database in a temporary folder, then sends `--requests` single-image
-prediction requests from `--concurrency` concurrent clients (httpx async). It is bounded in count and
-time (`--max-seconds`). It reports throughput, p50/p95/p99 latency, the error count (which must be 0;
+anything but loopback — with a fresh database in a temporary folder (or `--db`, e.g. a postgresql:// URL),
+then sends `--requests` single-image prediction requests from `--concurrency` concurrent clients (httpx
+async, benchmarks.netload's client, as network_load.py uses). It is bounded in count and time
+(`--max-seconds`). It reports throughput, p50/p95/p99 latency, the error count (which must be 0;
 deliberate 503 "busy" answers are counted apart), and checks that the database holds exactly one row per
-accepted request. Prints a markdown table row; `--out results.json` also writes the numbers as JSON.
+accepted request (the run's requests carry its own file-name prefix, and their rows are counted through the
+app's Store, so on SQLite and PostgreSQL alike). Prints a markdown table row; `--out results.json` also
+writes the numbers as JSON.
 
     python -m benchmarks.load_server                      # bundled model, 2000 requests, 16 clients
     python -m benchmarks.load_server --model runs/x/package --requests 2000 --concurrency 16 --out r.json
@@ -19,12 +22,13 @@ import io
 import json
 import os
 import platform
+import secrets
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,6 +36,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 from PIL import Image
+
+from benchmarks import netload
 
 HOST = "127.0.0.1"  # loopback only, by design
 WARMUP = 8
@@ -97,21 +103,31 @@ def folder_images(folder: Path, count: int) -> list[bytes]:
 
 
 class Server:
-    """`python -m leukoscope serve` on a free loopback port with a fresh database."""
+    """`python -m leukoscope serve` on a loopback port (free unless given) with a database: by default a fresh
+    SQLite file in `workdir`, or `db` (a path or a postgresql:// URL). `token`, when given, becomes the
+    server's LEUKOSCOPE_API_TOKEN; the readiness probe sends `probe_token` (e.g. a clinic's token the database
+    already holds), else `token`. `extra`: more `serve` options."""
 
-    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
-        self.port = free_port()
+    def __init__(self, args: argparse.Namespace, workdir: Path, *, db: str | Path | None = None,
+                 port: int | None = None, name: str = "server", token: str | None = None,
+                 probe_token: str | None = None, extra: Sequence[str] = ()) -> None:
+        self.port = port or free_port()
         self.url = f"http://{HOST}:{self.port}"
-        self.db = workdir / "leukoscope.db"
-        self.log = workdir / "server.log"
+        self.db = db if db is not None else workdir / "leukoscope.db"
+        self.log = workdir / f"{name}.log"
+        self.headers = {"Authorization": f"Bearer {probe_token or token}"} if (probe_token or token) else {}
         command = [sys.executable, "-m", "leukoscope", "serve", "--host", HOST, "--port", str(self.port),
                    "--db", str(self.db), "--workers", str(args.workers), "--queue", str(args.queue),
                    "--log-level", "warning"]
         if args.model:
             command += ["--model", str(args.model)]
+        command += list(extra)
         env = {**os.environ}
         env.pop("LEUKOSCOPE_API_TOKEN", None)
-        self._log = open(self.log, "wb")  # noqa: SIM115 (closed in stop)
+        env.pop("LEUKOSCOPE_DB_URL", None)  # --db decides
+        if token:
+            env["LEUKOSCOPE_API_TOKEN"] = token
+        self._log = open(self.log, "ab")  # noqa: SIM115 (closed in stop; appended to when a process restarts)
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env)
 
     def wait_ready(self, timeout: float) -> dict:
@@ -120,7 +136,7 @@ class Server:
             if self.process.poll() is not None:
                 raise SystemExit(f"server exited ({self.process.returncode}):\n{self.log.read_text()[-3000:]}")
             try:
-                response = httpx.get(f"{self.url}/api/v1/model", timeout=2)
+                response = httpx.get(f"{self.url}/api/v1/model", timeout=2, headers=self.headers)
                 if response.status_code == 200:
                     return response.json()
             except httpx.HTTPError:
@@ -129,6 +145,12 @@ class Server:
         self.stop()
         raise SystemExit(f"server not ready after {timeout:.0f} s:\n{self.log.read_text()[-3000:]}")
 
+    def kill9(self) -> None:
+        """SIGKILL: no shutdown handler, nothing flushed (the crash case)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -136,55 +158,31 @@ class Server:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+                self.process.wait(timeout=30)
         self._log.close()
 
 
-async def hammer(url: str, images: list[bytes], requests: int, concurrency: int,
-                 max_seconds: float) -> tuple[list[float], dict[int, int], int, float]:
-    """Send `requests` predictions from `concurrency` clients; returns latencies of 200s, status counts,
-    the number sent, and the wall time."""
-    latencies: list[float] = []
+async def hammer(url: str, images: list[bytes], requests: int, concurrency: int, max_seconds: float,
+                 prefix: str = "load") -> tuple[list[float], dict[int, int], int, float]:
+    """Send `requests` predictions from `concurrency` clients (netload.send, one backend); returns latencies
+    of 200s, status counts (-1: no answer), the number sent, and the wall time."""
+    run = await netload.send([netload.Backend("server", url)], [netload.Clinic("load", None)], images,
+                             requests=requests, concurrency=concurrency, prefix=prefix, timeout=120,
+                             max_seconds=max_seconds)
     statuses: dict[int, int] = {}
-    counter = iter(range(requests))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    start = time.perf_counter()
-    deadline = start + max_seconds
-    sent = 0
-
-    async def client_loop(client: httpx.AsyncClient) -> None:
-        nonlocal sent
-        for i in counter:
-            if time.perf_counter() > deadline:
-                return
-            data = images[i % len(images)]
-            t0 = time.perf_counter()
-            try:
-                response = await client.post("/api/v1/predict", files=[("files", (f"img-{i}.jpg", data, "image/jpeg"))])
-                status = response.status_code
-            except httpx.HTTPError:
-                status = -1
-            sent += 1
-            statuses[status] = statuses.get(status, 0) + 1
-            if status == 200:
-                latencies.append(time.perf_counter() - t0)
-
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
-        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
-    return latencies, statuses, sent, time.perf_counter() - start
+    for outcome in run.outcomes:
+        statuses[outcome.status or -1] = statuses.get(outcome.status or -1, 0) + 1
+    return [o.seconds for o in run.accepted()], statuses, len(run.outcomes), run.seconds
 
 
 def warm_up(url: str, images: list[bytes]) -> int:
-    ok = 0
-    for i in range(WARMUP):
-        response = httpx.post(f"{url}/api/v1/predict", timeout=120,
-                              files=[("files", (f"warm-{i}.jpg", images[i % len(images)], "image/jpeg"))])
-        ok += response.status_code == 200
-    return ok
+    return netload.warm_up(url, images, WARMUP)
 
 
-def count_rows(db: Path) -> int:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-        return int(conn.execute("SELECT COUNT(*) FROM predictions").fetchone()[0])
+def count_rows(db: str | Path, prefix: str | None = None) -> int:
+    """Predictions in the database (of requests named `prefix-...` when given), read through the app's Store
+    (SQLite or PostgreSQL)."""
+    return netload.count_rows(db, prefix)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=Path, help="folder of images to send (default: synthetic JPEGs)")
     parser.add_argument("--image-size", type=int, default=256, help="side of the synthetic images (default 256)")
     parser.add_argument("--max-seconds", type=float, default=100.0, help="stop sending after this long")
+    parser.add_argument("--db", help="database the server uses: a SQLite path or postgresql:// URL (default: a "
+                        "fresh SQLite file in a temporary folder)")
     parser.add_argument("--out", type=Path, help="also write the result as JSON here")
     args = parser.parse_args(argv)
     if args.requests < 1 or args.concurrency < 1 or args.requests > 100_000:
@@ -204,13 +204,14 @@ def main(argv: list[str] | None = None) -> int:
 
     images = folder_images(args.images, 64) if args.images else synthetic_images(32, args.image_size)
     with tempfile.TemporaryDirectory(prefix="leukoscope-load-") as tmp:
-        server = Server(args, Path(tmp))
+        server = Server(args, Path(tmp), db=args.db)
+        prefix = f"load{secrets.token_hex(4)}"  # this run's requests, told apart from any other rows
         try:
             card = server.wait_ready(timeout=180)
-            warm = warm_up(server.url, images)
+            warm_up(server.url, images)
             latencies, statuses, sent, seconds = asyncio.run(
-                hammer(server.url, images, args.requests, args.concurrency, args.max_seconds))
-            rows = count_rows(server.db)
+                hammer(server.url, images, args.requests, args.concurrency, args.max_seconds, prefix))
+            rows = count_rows(server.db, prefix)
         finally:
             server.stop()
         log_tail = server.log.read_text(errors="replace")[-2000:]
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         image_size=0 if args.images else args.image_size, sent=sent, accepted=accepted, busy_503=busy,
         errors=errors, seconds=round(seconds, 3), throughput_rps=round(accepted / seconds, 2),
         p50_ms=round(float(np.percentile(ms, 50)), 2), p95_ms=round(float(np.percentile(ms, 95)), 2),
-        p99_ms=round(float(np.percentile(ms, 99)), 2), db_rows=rows - warm, db_ok=rows - warm == accepted,
+        p99_ms=round(float(np.percentile(ms, 99)), 2), db_rows=rows, db_ok=rows == accepted,
         cpu=f"{platform.machine()} x{os.cpu_count()}",
     )
     print(Result.HEADER)

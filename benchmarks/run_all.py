@@ -49,7 +49,7 @@ from benchmarks import common
 TRAINED_RUNS = ("runs/gpu-mbv2-s0", "runs/gpu-mbv2-s1-b64", "runs/gpu-lite0-s0", "runs/cpu-bundled", "runs/student-mbv2")
 LOAD_ARGS = ("--requests", "2000", "--concurrency", "16")  # the example load
 STEPS = ("speed", "load", "shift", "accuracy", "as-typed", "memory", "runs", "crossval", "ray-engine", "second-lab",
-         "segmentation", "where-it-looks", "occlusion")
+         "segmentation", "where-it-looks", "occlusion", "network")
 
 
 @dataclass
@@ -110,6 +110,8 @@ def plan(args: argparse.Namespace, work: Path) -> list[Step]:
         steps.append(Step("where-it-looks", [*module("where_it_looks"), *results]))
     if "occlusion" in wanted:
         steps.append(Step("occlusion", [*module("occlusion"), *results]))
+    if "network" in wanted:  # two server processes on a throwaway PostgreSQL: load, kill -9, database restart
+        steps.append(Step("network", [*module("network_load"), *results]))
     return steps
 
 
