@@ -86,7 +86,7 @@ def test_a_taken_name_is_exit_1_and_bad_names_or_roles_exit_2(capsys, db, tmp_pa
     code, _, err = run(capsys, "users", "add", "ALICE", "--password-file", password_file, "--db", db)
     assert code == 1 and err == "error: a user named 'alice' already exists\n"
     code, _, err = run(capsys, "users", "add", "bob", "--role", "boss", "--password-file", password_file, "--db", db)
-    assert code == 2 and err == "error: unknown role 'boss': choose technologist or admin\n"
+    assert code == 2 and err == "error: unknown role 'boss': choose technologist, admin or network-admin\n"
     for name in ("api-token", "../bob", "bob smith"):
         code, _, err = run(capsys, "users", "add", name, "--password-file", password_file, "--db", db)
         assert code == 2 and err.count("\n") == 1, name

@@ -22,19 +22,19 @@ def store(any_store: Store) -> Store:
 
 
 def predict(store: Store, label: str | None, *, version: str = "m@1", review: bool = False,
-            day: str | None = None) -> int:
+            day: str | None = None) -> str:
     sha = f"{store.count() + 1:064x}"
     row = NewPrediction(sample_id="s", file_name="x.png", sha256=sha, model_version=version, label=label,
                         confidence=0.9, probabilities=dict.fromkeys(CLASSES, 0.25), review=review, review_reasons=[],
                         ood_score=None, width=64, height=64, status="ok" if label else "unusable")
     pid = store.add([row], {sha: b"x"})[0].id
     if day:
-        store.write(lambda conn: conn.execute(text("UPDATE predictions SET created_at = :at WHERE id = :id"),
+        store.write(lambda conn: conn.execute(text("UPDATE predictions SET created_at = :at WHERE uid = :id"),
                                               {"at": f"{day}T10:00:00.000Z", "id": pid}))
     return pid
 
 
-def verify(store: Store, pid: int, *labels: str | None) -> None:
+def verify(store: Store, pid: str, *labels: str | None) -> None:
     for label in labels:
         verifications.add(store, pid, "alice", label)
 

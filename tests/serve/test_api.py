@@ -206,8 +206,8 @@ def test_gradcam_and_thumbnail_png(client, image_bytes):
     assert client.get(result["links"]["gradcam"], params={"target": "Nope"}).status_code == 422
     thumb = client.get(result["links"]["thumbnail"])
     assert thumb.status_code == 200 and max(Image.open(io.BytesIO(thumb.content)).size) <= 160
-    assert client.get("/api/v1/predictions/999/gradcam").status_code == 404
-    assert client.get("/api/v1/predictions/999").status_code == 404
+    assert client.get("/api/v1/predictions/00000000-0000-4000-8000-000000000999/gradcam").status_code == 404
+    assert client.get("/api/v1/predictions/00000000-0000-4000-8000-000000000999").status_code == 404
 
 
 def test_saturated_server_answers_503_with_retry_after(make_client, image_bytes):

@@ -28,7 +28,8 @@ def test_a_page_far_past_the_end_is_422_and_an_unknown_id_404(client):
     assert client.get("/api/v1/predictions", params={"page": 200000000000000000}).status_code == 422
     assert client.get("/history", params={"page": 200000000000000000}).status_code == 422
     assert client.get("/api/v1/predictions", params={"page": 10**9}).json()["items"] == []
-    assert client.get("/api/v1/predictions/200000000000000000").status_code == 404
+    assert client.get("/api/v1/predictions/200000000000000000").status_code == 422  # integer ids are gone (UUIDs)
+    assert client.get("/api/v1/predictions/00000000-0000-4000-8000-000000000999").status_code == 404
 
 
 def test_the_store_never_binds_an_overflowing_number(tmp_path):
@@ -55,7 +56,7 @@ def test_every_error_has_the_one_documented_shape(client, image_bytes):
     answers = [
         client.get("/api/v1/predictions", params={"per_page": 0}),  # 422 from validation
         client.get("/api/v1/predictions", params={"review": "maybe"}),
-        client.get("/api/v1/predictions/5"),  # 404 from the service
+        client.get("/api/v1/predictions/00000000-0000-4000-8000-000000000999"),  # 404 from the service
         client.get("/api/v1/nowhere"),  # 404 from routing
         client.post("/api/v1/predict", content=b"x", headers={"Content-Type": "text/plain"}),  # 415
         client.post("/api/v1/predict", files=files(("a.txt", b"not an image"))),  # 422, per-file results kept
@@ -90,7 +91,7 @@ def test_the_schema_declares_the_error_shape_for_every_error_status(client):
 
 
 @pytest.mark.parametrize("method, path, allow", [
-    ("OPTIONS", "/api/v1/health", "GET, HEAD"), ("DELETE", "/api/v1/predictions/1", "GET"),
+    ("OPTIONS", "/api/v1/health", "GET, HEAD"), ("DELETE", "/api/v1/predictions/00000000-0000-4000-8000-000000000999", "GET"),
     ("PUT", "/api/v1/predict", "POST"), ("OPTIONS", "/api/v1/predictions", "GET"),
 ])
 def test_method_not_allowed_lists_the_methods_the_path_serves(client, method, path, allow):

@@ -70,7 +70,8 @@ def _collect(stream, failures: Counter, examples: dict) -> int:
 
 
 def seed_predictions(db: Path | str, n: int = 3) -> None:
-    """Predictions 1..n, so that the ids the fuzzer draws first find rows (verifications, Grad-CAM, ...)."""
+    """n stored predictions, so that the list, CSV, sample and worklist routes answer with rows (the by-id
+    routes take UUIDs, which the fuzzer draws at random: they answer 404, in the declared shape)."""
     images = {f"{i:064x}": noise_image_bytes(seed=i) for i in range(1, n + 1)}
     rows = [NewPrediction(sample_id="fuzz", file_name=f"{i}.jpg", sha256=sha, model_version="fake@0",
                           label=CLASSES[i % len(CLASSES)], confidence=0.9, probabilities=dict.fromkeys(CLASSES, 0.25),

@@ -109,7 +109,7 @@ def test_the_original_is_served_at_the_overlays_size(client):
     overlay = client.get(result["links"]["gradcam"])
     assert original.headers["content-type"] == "image/png"
     assert size_of(original.content) == size_of(overlay.content) == (150, 90)
-    assert client.get("/api/v1/predictions/999/image").status_code == 404
+    assert client.get("/api/v1/predictions/00000000-0000-4000-8000-000000000999/image").status_code == 404
 
 
 def test_the_upload_page_shows_gradcam_in_the_page_with_a_colour_scale(client):

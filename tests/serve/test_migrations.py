@@ -80,13 +80,14 @@ def test_a_database_of_every_earlier_schema_upgrades_keeping_every_row(tmp_path:
     for table, rows in before.items():  # every row and every old column as it was; new columns appended
         assert [row[:len(rows[0])] for row in after[table]] == rows, table
     if version == 3:  # rows from before status and codes read as status ok with no codes
-        assert {r[14:] for r in after["predictions"]} == {("ok", "[]", "{}")}
+        assert {r[14:17] for r in after["predictions"]} == {("ok", "[]", "{}")}
     reference = tmp_path / "reference.db"
-    legacy_database(reference).close()
-    assert schema_sql(path) == schema_sql(reference)  # exactly 0.1's last schema, whatever the way there
+    Store(reference).open().close()
+    assert schema_sql(path) == schema_sql(reference)  # exactly a new database's schema, whatever the way there
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0006",)]
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0007",)]
+        assert {r[0] for r in conn.execute("SELECT DISTINCT clinic_id FROM predictions")} <= {1}  # the implicit clinic
 
 
 def test_an_upgraded_database_is_used_like_a_new_one(tmp_path: Path):
@@ -94,24 +95,29 @@ def test_an_upgraded_database_is_used_like_a_new_one(tmp_path: Path):
     with contextlib.closing(legacy_database(path)) as conn:
         fill(conn, 5)
     with Store(path) as store:
-        assert [v.user_name for v in verifications.trail(store, 1)] == ["Alice", "bob"]
+        first = store.query("SELECT uid FROM predictions WHERE id = 1")[0]["uid"]
+        assert [v.user_name for v in verifications.trail(store, first)] == ["Alice", "bob"]
         assert verifications.latest(store, [1])[1].unusable
         users = Users(store)
         assert [u.name for u in users.all_users()] == ["Alice", "bob"] and users.get("alice").role == "admin"
         with pytest.raises(DataError, match="already exists"):
             users.add("ALICE", "technologist", "correct horse battery")
-        old = store.get(1)
+        old = store.get(first)
         again = NewPrediction(**{f.name: getattr(old, f.name) for f in dataclasses.fields(NewPrediction)})
         stored = store.add([again], {old.sha256: b"again"})
-        assert stored[0].id == 6  # ids continue after the old ones (AUTOINCREMENT kept)
+        assert stored[0].pk == 6  # ids continue after the old ones (AUTOINCREMENT kept)
 
 
-def test_a_new_sqlite_database_has_exactly_the_schema_of_leukoscope_0_1(tmp_path: Path):
+def test_a_new_sqlite_database_keeps_every_column_of_leukoscope_0_1_in_order(tmp_path: Path):
     with Store(tmp_path / "new.db"):
         pass
     reference = tmp_path / "reference.db"
     legacy_database(reference).close()
-    assert schema_sql(tmp_path / "new.db") == schema_sql(reference)
+    with contextlib.closing(sqlite3.connect(tmp_path / "new.db")) as new, \
+            contextlib.closing(sqlite3.connect(reference)) as old:
+        for table in LEGACY_TABLES:
+            before = old.execute(f"PRAGMA table_info({table})").fetchall()
+            assert new.execute(f"PRAGMA table_info({table})").fetchall()[:len(before)] == before, table
 
 
 @pytest.mark.filterwarnings("ignore:Skipped unsupported reflection")
@@ -123,7 +129,7 @@ def test_postgresql_gets_the_same_tables_and_columns(postgres_url: str, tmp_path
         for table in theirs.get_table_names():
             assert [c["name"] for c in ours.get_columns(table)] == [c["name"] for c in theirs.get_columns(table)]
             indexes = [{i["name"] for i in found.get_indexes(table) if not i.get("duplicates_constraint")}
-                       - {"users_name_nocase"}  # (an expression: SQLAlchemy reflects it on PostgreSQL only)
+                       - {"users_name_nocase", "clinics_name_nocase"}  # (expressions: reflected on PostgreSQL only)
                        for found in (ours, theirs)]  # (PostgreSQL lists a UNIQUE column's index too)
             assert indexes[0] == indexes[1], table
 
@@ -133,3 +139,66 @@ def test_a_legacy_database_of_a_newer_schema_is_refused(tmp_path: Path):
     sqlite3.connect(path).execute(f"PRAGMA user_version = {len(MIGRATIONS) + 5}").connection.close()
     with pytest.raises(DataError, match=r"schema version 10, newer than this leukoscope supports"):
         Store(path).open()
+
+
+def _upgrade_to(store: Store, target: str) -> None:
+    """Migrate `store` to revision `target` only (a database as the release of that revision left it)."""
+    from alembic.config import Config
+    from alembic.runtime.environment import EnvironmentContext
+
+    from leukoscope.serve import migrate
+
+    scripts = migrate.script()
+
+    def work(conn) -> None:
+        with EnvironmentContext(Config(), scripts, fn=lambda rev, _ctx: scripts._upgrade_revs(target, rev)) as env:
+            env.configure(connection=conn, target_metadata=None, render_as_batch=conn.dialect.name == "sqlite")
+            env.run_migrations()
+
+    store.write(work)
+
+
+def test_a_database_at_revision_0006_moves_every_row_into_the_implicit_clinic(db_url: str):
+    """Clinics (revision 0007) on SQLite and PostgreSQL: rows written before land in "default", none lost,
+    every prediction and verification gets a distinct UUID, and the old users still log in."""
+    from sqlalchemy import text as sql
+
+    from leukoscope.serve.clinics import Clinics
+    from leukoscope.serve.users import hash_password
+
+    store = Store(db_url)
+    if store.path is not None:
+        store.path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _upgrade_to(store, "0006")
+        store.write(lambda conn: [conn.execute(sql(statement), params) for statement, params in (
+            ("INSERT INTO images (sha256, data, size, created_at) VALUES ('ab', :data, 3, 'then')", {"data": b"abc"}),
+            ("INSERT INTO predictions (created_at, sample_id, file_name, sha256, model_version, label, confidence, "
+             "probabilities, review, review_reasons, width, height) VALUES ('then', 's1', 'a.png', 'ab', 'm@1', "
+             "'Benign', 0.5, '{}', 0, '[]', 8, 8)", {}),
+            ("INSERT INTO predictions (created_at, sample_id, file_name, sha256, model_version, label, confidence, "
+             "probabilities, review, review_reasons, width, height) VALUES ('then', 's1', 'b.png', 'ab', 'm@1', "
+             "'Pre-B', 0.5, '{}', 1, '[]', 8, 8)", {}),
+            ("INSERT INTO users (name, role, password_hash, created_at) VALUES ('Alice', 'admin', :h, 'then')",
+             {"h": hash_password("correct horse battery")}),
+            ("INSERT INTO verifications (prediction_id, created_at, user_name, label) VALUES (1, 'then', 'Alice', "
+             "'Benign')", {}),
+            ("INSERT INTO login_sessions (id_hash, name, role, via, expires_at) VALUES ('h', 'Alice', 'admin', "
+             "'password', 1e12)", {}),
+        )])
+        assert store.version == 6
+        store.migrate()
+        assert store.version == schema_version() == 7
+        rows = store.query("SELECT uid, clinic_id, file_name FROM predictions ORDER BY id")
+        assert [(r["clinic_id"], r["file_name"]) for r in rows] == [(1, "a.png"), (1, "b.png")]
+        assert len({r["uid"] for r in rows}) == 2 and all(len(r["uid"]) == 36 for r in rows)
+        assert store.scalar("SELECT clinic_id FROM users WHERE name = 'Alice'") == 1
+        assert store.scalar("SELECT clinic_id FROM login_sessions") == 1
+        (verification,) = verifications.trail(store, rows[0]["uid"], clinic=1)
+        assert verification.user_name == "Alice" and len(verification.id) == 36
+        assert [c.name for c in Clinics(store).all_clinics()] == ["default"]
+        user, principal = Users(store).authenticate("alice", "correct horse battery")
+        assert user is not None and user.clinic == "default" and principal.clinic_id == 1
+        assert store.get(rows[1]["uid"], 1).label == "Pre-B" and store.get(rows[1]["uid"], 2) is None
+    finally:
+        store.close()

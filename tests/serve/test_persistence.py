@@ -22,9 +22,9 @@ def post_one(url: str, name: str, data: bytes) -> httpx.Response:
 def rows_in(db: Path | str) -> list[tuple]:
     if isinstance(db, str):  # a database URL
         with Store(db) as store:
-            return [(r["id"], r["file_name"]) for r in store.query("SELECT id, file_name FROM predictions ORDER BY id")]
+            return [(r["uid"], r["file_name"]) for r in store.query("SELECT uid, file_name FROM predictions ORDER BY id")]
     with contextlib.closing(sqlite3.connect(db)) as conn:
-        return conn.execute("SELECT id, file_name FROM predictions ORDER BY id").fetchall()
+        return conn.execute("SELECT uid, file_name FROM predictions ORDER BY id").fetchall()
 
 
 def kill_restart_check(tmp_path: Path, image_bytes, *, n: int, db: Path | str | None = None, **server) -> None:

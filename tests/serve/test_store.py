@@ -36,12 +36,12 @@ def store(any_store: Store) -> Store:
 
 
 def test_a_new_database_has_the_current_schema_version(store: Store):
-    assert store.version == schema_version() == 6
+    assert store.version == schema_version() == 7
 
 
 def test_rows_round_trip_newest_first_with_pagination(store: Store):
     stored = add(store, *[new(i) for i in range(7)])
-    assert [s.id for s in stored] == sorted(s.id for s in stored)
+    assert [s.pk for s in stored] == sorted(s.pk for s in stored)
     first = store.page(1, 3)
     assert first.total == 7 and first.pages == 3
     assert [r.file_name for r in first.items] == ["cell-6.jpg", "cell-5.jpg", "cell-4.jpg"]
@@ -72,7 +72,7 @@ def test_images_are_content_addressed_and_stored_once(store: Store):
 
 def test_iter_all_reads_in_chunks_newest_first(store: Store):
     add(store, *[new(i) for i in range(12)])
-    ids = [r.id for r in store.iter_all(chunk=5)]
+    ids = [r.pk for r in store.iter_all(chunk=5)]
     assert ids == sorted(ids, reverse=True) and len(ids) == 12
 
 
@@ -118,7 +118,7 @@ def test_reopen_keeps_rows_and_version(db_url: str):
 def test_a_database_of_an_unknown_newer_revision_is_refused_in_one_line(db_url: str):
     with Store(db_url) as s:
         s.write(lambda conn: conn.execute(text("UPDATE alembic_version SET version_num = '0099'")))
-    with pytest.raises(DataError, match=r"schema version 0099, newer than this leukoscope supports \(0006\)") as info:
+    with pytest.raises(DataError, match=r"schema version 0099, newer than this leukoscope supports \(0007\)") as info:
         Store(db_url).open()
     assert "\n" not in str(info.value)
 

@@ -47,8 +47,9 @@ def test_verifications_are_appended_and_the_model_call_is_never_touched(store: S
     (pid,) = add(store, new(1, label="Pre-B"))
     first = verifications.add(store, pid, "alice", "Benign", "looks mature")
     second = verifications.add(store, pid, "bob", None)
-    assert first is not None and second is not None and second.id > first.id
-    rows = raw(store, "SELECT id, prediction_id, user_name, label, unusable, comment FROM verifications ORDER BY id")
+    assert first is not None and second is not None and second.pk > first.pk
+    rows = raw(store, "SELECT v.uid, p.uid, user_name, v.label, unusable, comment FROM verifications AS v "
+                      "JOIN predictions AS p ON p.id = v.prediction_id ORDER BY v.id")
     assert rows == [(first.id, pid, "alice", "Benign", 0, "looks mature"), (second.id, pid, "bob", None, 1, "")]
     assert store.get(pid).label == "Pre-B"  # the model's call stays what it was
     assert [v.user_name for v in verifications.trail(store, pid)] == ["alice", "bob"]  # both stay, oldest first
@@ -60,7 +61,8 @@ def test_the_latest_verification_supersedes_and_is_attached_to_its_prediction(st
     verifications.add(store, a, "alice", "Pre-B")
     verifications.add(store, a, "bob", "Benign")
     verifications.add(store, b, "alice", None)
-    latest = verifications.latest(store, [a, b, c])
+    pks = {store.get(x).pk: x for x in (a, b, c)}
+    latest = {pks[pk]: v for pk, v in verifications.latest(store, list(pks)).items()}
     assert set(latest) == {a, b}
     assert (latest[a].user_name, latest[a].label) == ("bob", "Benign")
     assert latest[b].unusable and latest[b].call == "unusable"
@@ -76,8 +78,8 @@ def test_the_latest_verification_supersedes_and_is_attached_to_its_prediction(st
 
 def test_a_verification_of_a_missing_prediction_writes_nothing(store: Store):
     add(store, new(1))
-    assert verifications.add(store, 999, "alice", "Benign") is None
-    assert verifications.add(store, 2**63, "alice", "Benign") is None  # beyond SQLite's INTEGER: no such row
+    assert verifications.add(store, "00000000-0000-4000-8000-000000000999", "alice", "Benign") is None
+    assert verifications.add(store, "1", "alice", "Benign") is None  # an integer is no id
     assert raw(store, "SELECT COUNT(*) FROM verifications") == [(0,)]
     with pytest.raises(IntegrityError):  # and the database itself refuses an orphan
         store.write(lambda conn: conn.execute(text("INSERT INTO verifications (prediction_id, created_at, user_name, "
@@ -94,8 +96,9 @@ def test_the_disagree_and_verified_filters_use_the_latest_verification(store: St
     verifications.add(store, fixed, "bob", "Pre-B")
     verifications.add(store, unusable_both, "bob", None)  # no class from the model, unusable to the technologist
 
-    def ids(**filters: object) -> list[int]:
-        return sorted(r.id for r in store.iter_all(Filters(**filters)))
+    def ids(**filters: object) -> list[str]:
+        order = [agree, disagree, fixed, unusable_both, unverified]
+        return sorted((r.id for r in store.iter_all(Filters(**filters))), key=order.index)
 
     assert ids(disagrees=True) == [disagree]
     assert ids(disagrees=False) == [agree, fixed, unusable_both]
@@ -143,7 +146,7 @@ def test_the_worklist_is_unverified_kept_images_flagged_first_newest_first(store
     rows, total = verifications.pending(store, 50)
     assert [r.id for r in rows] == [p9, p4, p2, p10, p8, p7, p3, p1] and total == 8
     first, _ = verifications.pending(store, 3)
-    rest, _ = verifications.pending(store, 50, after_id=first[-1].id, after_flagged=first[-1].review)
+    rest, _ = verifications.pending(store, 50, after_pk=first[-1].pk, after_flagged=first[-1].review)
     assert [r.id for r in first + rest] == [r.id for r in rows]  # the cursor continues without repeating
 
 

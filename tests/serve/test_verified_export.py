@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import sqlite3
+import uuid
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,7 @@ def image(cls: int, seed: int) -> bytes:
     return png_bytes(smear_image(cls, seed))
 
 
-def predict(store: Store, data: bytes, *, label: str = "Benign", name: str = "cell.png") -> int:
+def predict(store: Store, data: bytes, *, label: str = "Benign", name: str = "cell.png") -> str:
     """Store one prediction of `data`, as the web app does; returns its id."""
     sha = sha256_bytes(data)
     row = NewPrediction(sample_id="s1", file_name=name, sha256=sha, model_version="tiny@abc", label=label,
@@ -41,11 +42,12 @@ def predict(store: Store, data: bytes, *, label: str = "Benign", name: str = "ce
     return store.add([row], {sha: data})[0].id
 
 
-def verify(db: Path, prediction_id: int, label: str | None, *, user: str = "tech1", comment: str = "") -> None:
+def verify(db: Path, prediction_id: str, label: str | None, *, user: str = "tech1", comment: str = "") -> None:
     """Append a verification with SQL (the append-only trail of schema 5)."""
     with contextlib.closing(sqlite3.connect(db)) as conn, conn:  # closed: no reader left open behind the test
-        conn.execute("INSERT INTO verifications (prediction_id, created_at, user_name, label, unusable, comment) "
-                     "VALUES (?, ?, ?, ?, ?, ?)", (prediction_id, utc_now(), user, label, int(label is None), comment))
+        conn.execute("INSERT INTO verifications (uid, prediction_id, created_at, user_name, label, unusable, comment) "
+                     "VALUES (?, (SELECT id FROM predictions WHERE uid = ?), ?, ?, ?, ?, ?)",
+                     (str(uuid.uuid4()), prediction_id, utc_now(), user, label, int(label is None), comment))
 
 
 @pytest.fixture
@@ -231,3 +233,27 @@ def test_a_postgresql_database_exports_the_same_way(postgres_url: str, tmp_path:
     assert summary.counts == {"Benign": 1} and summary.unusable == 1
     (row,) = read_rows(tmp_path / "out" / "manifest.csv")
     assert row["verifier"] == "bob" and (tmp_path / "out" / row["path"]).read_bytes() == image(0, 1)
+
+
+def test_an_export_is_one_clinics(db, tmp_path: Path) -> None:
+    """Each clinic exports only its own verified images (the implicit one without `clinic`)."""
+    from leukoscope.serve import verifications
+    from leukoscope.serve.clinics import Clinics
+
+    path, store = db
+    north = Clinics(store).add("north")
+    here = predict(store, image(0, 1), label="Benign", name="default-cell.png")
+    data = image(2, 2)
+    sha = sha256_bytes(data)
+    there = store.add([NewPrediction(sample_id="n", file_name="north-cell.png", sha256=sha, model_version="m@1",
+                                     label="Pre-B", confidence=0.9, probabilities={}, review=False, review_reasons=[],
+                                     ood_score=None, width=8, height=8, clinic_id=north.id)], {sha: data})[0].id
+    verifications.add(store, here, "ann", "Benign")
+    verifications.add(store, there, "nora", "Pre-B")
+    assert verifications.add(store, there, "ann", "Benign", clinic=1) is None  # not in the default clinic
+    mine = export_verified(path, tmp_path / "default")
+    theirs = export_verified(path, tmp_path / "north", clinic="north")
+    assert (mine.counts, theirs.counts) == ({"Benign": 1}, {"Pre-B": 1})
+    assert [r["prediction_id"] for r in read_rows(tmp_path / "north" / "manifest.csv")] == [there]
+    with pytest.raises(UsageError, match="unknown clinic 'south'"):
+        export_verified(path, tmp_path / "south", clinic="south")

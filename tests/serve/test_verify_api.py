@@ -83,7 +83,7 @@ def test_a_technologist_verifies_and_a_later_verification_supersedes(alice, sett
     assert stored["label"] == "Benign" and stored["verification"] == second.json()  # the model's call stays
     trail = alice.get(url).json()["items"]
     assert [v["id"] for v in trail] == [body["id"], second.json()["id"]]  # both stay, oldest first
-    assert alice.get("/api/v1/predictions/99999/verifications").status_code == 404
+    assert alice.get("/api/v1/predictions/00000000-0000-4000-8000-000000000999/verifications").status_code == 404
 
 
 @pytest.mark.parametrize("body, status, says", [
@@ -115,10 +115,11 @@ def test_a_comment_that_is_not_text_is_refused(alice, settings):
 
 
 def test_a_missing_prediction_and_bad_ids_write_nothing(alice, settings):
-    assert alice.post("/api/v1/predictions/999/verifications", json={"label": "Benign"}).status_code == 404
-    for bad in ("0", "-1", "9223372036854775808", "x"):
+    missing = "/api/v1/predictions/00000000-0000-4000-8000-000000000999/verifications"
+    assert alice.post(missing, json={"label": "Benign"}).status_code == 404
+    for bad in ("0", "1", "-1", "9223372036854775808", "x"):
         assert alice.post(f"/api/v1/predictions/{bad}/verifications", json={"label": "Benign"}).status_code == 422
-    not_json = alice.post("/api/v1/predictions/1/verifications", content=b"label=Benign",
+    not_json = alice.post("/api/v1/predictions/00000000-0000-4000-8000-000000000999/verifications", content=b"label=Benign",
                           headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert not_json.status_code == 422
     assert verification_count(settings) == 0

@@ -38,7 +38,7 @@ def _register_optional() -> None:
     import importlib
 
     for name in ("train_cmd", "evaluate_cmd", "predict_cmd", "export_cmd", "serve_cmd", "adapt_cmd", "users_cmd",
-                 "segment_cmd"):
+                 "segment_cmd", "clinics_cmd", "tokens_cmd"):
         try:
             module = importlib.import_module(f"{__name__}.{name}")
         except ModuleNotFoundError as exc:

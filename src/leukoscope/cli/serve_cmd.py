@@ -75,6 +75,8 @@ def serve_command(
 
     with Store(settings.database) as store:  # create / migrate the database now: a bad --db is one clear line
         users = Users(store).count()
+        tokens = int(store.scalar("SELECT COUNT(*) FROM api_tokens WHERE revoked_at IS NULL"))
+        clinics = int(store.scalar("SELECT COUNT(*) FROM clinics WHERE deleted_at IS NULL"))
 
     import uvicorn
 
@@ -82,8 +84,11 @@ def serve_command(
 
     predictor = load_predictor(settings.model, backend=backend)
     app = create_app(settings, predictor)
-    auth = ("token required" if settings.token else "no authentication") if not users else (
-        f"login required ({users} user{'s' if users != 1 else ''}{' or the token' if settings.token else ''})")
+    auth = ("token required" if settings.token else "no authentication") if not (users or tokens) else (
+        f"login required ({users} user{'s' if users != 1 else ''}{' or the token' if settings.token else ''}"
+        f"{f', {tokens} clinic token(s)' if tokens else ''})")
+    if clinics > 1:
+        auth += f"; {clinics} clinics"
     many = f"; {settings.processes} processes" if settings.processes > 1 else ""
     console.print(f"leukoscope serving on [bold]{settings.url}[/] ({auth}; model {model_version(predictor.info)} "
                   f"on {predictor.backend}{_model_file(predictor)}; database {escape(settings.database_shown)}"

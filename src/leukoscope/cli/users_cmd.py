@@ -3,11 +3,15 @@
 Users live in the server's database (`--db`, as for `serve`: a SQLite file or a postgresql:// URL), so a lab
 adds them before or while the server runs; passwords are typed twice at a prompt (never on the command line,
 where `ps` and the shell history would keep them) or read from the first line of `--password-file` ('-' for standard input).
+Each user belongs to one clinic (`--clinic`, the implicit one by default, so a single workstation never names
+one); a network admin (`--role network-admin`) sees every clinic.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -39,6 +43,16 @@ def _users(db: str | None, *, create: bool = False):  # -> (Store, Users)
     return store, Users(store)
 
 
+@contextmanager
+def open_store(db: str | None, *, create: bool = False) -> Iterator:  # yields an open Store
+    """The web app's database, open (and migrated), closed afterwards (`clinics`, `tokens` use it too)."""
+    store, _ = _users(db, create=create)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
 def _read_password(password_file: Path | None) -> str:
     """The first line of the file ('-': standard input) without its line ending, or two matching prompts."""
     if password_file is not None:
@@ -57,31 +71,41 @@ def _read_password(password_file: Path | None) -> str:
 
 def add(
     name: str = typer.Argument(..., help="User name (letters, digits, '.', '_', '-')."),
-    role: str = typer.Option("technologist", "--role", help="technologist (predicts, verifies) or admin (also "
-                             "manages users)."),
+    role: str = typer.Option("technologist", "--role", help="technologist (predicts, verifies), admin (also "
+                             "manages the clinic's users) or network-admin (every clinic)."),
+    clinic: str | None = typer.Option(None, "--clinic", help="The user's clinic (default: the implicit one; "
+                                      "`leukoscope clinics add` makes others)."),
     password_file: Path | None = typer.Option(None, "--password-file", help="Read the password from the first "
                                               "line of this file ('-': standard input) instead of prompting."),
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
 ) -> None:
     """Add a user. Refuses a taken name (exit 1) and a weak or empty password (exit 2)."""
+    from leukoscope.serve.clinics import Clinics, check_clinic_name
     from leukoscope.serve.users import check_name, check_password, check_role
 
     check_name(name)
     check_role(role)
+    if clinic is not None:
+        check_clinic_name(clinic)
     password = check_password(name, _read_password(password_file))  # before a database is created
     store, users = _users(db, create=True)
     try:
-        user = users.add(name, role, password)
+        home = Clinics(store).require(clinic)  # an unknown clinic: exit 2, nothing written
+        user = users.add(name, role, password, home.id)
     finally:
         store.close()
-    console.print(f"added {user.role} {user.name} to {store.where}", highlight=False, soft_wrap=True)
+    where = f" of clinic {user.clinic}" if clinic is not None else ""
+    console.print(f"added {user.role} {user.name}{where} to {store.where}", highlight=False, soft_wrap=True)
 
 
-def list_users(db: str | None = typer.Option(None, "--db", help=DB_HELP)) -> None:
-    """List the users: name, role, since when, enabled or disabled."""
+def list_users(clinic: str | None = typer.Option(None, "--clinic", help="Only this clinic's users."),
+               db: str | None = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """List the users: name, role, since when, enabled or disabled, clinic."""
+    from leukoscope.serve.clinics import Clinics
+
     store, users = _users(db)
     try:
-        everyone = users.all_users()
+        everyone = users.all_users(Clinics(store).require(clinic).id if clinic is not None else None)
     finally:
         store.close()
     if not everyone:
@@ -90,7 +114,8 @@ def list_users(db: str | None = typer.Option(None, "--db", help=DB_HELP)) -> Non
     width = max(len(u.name) for u in everyone)
     for u in everyone:
         state = "disabled" if u.disabled else "enabled"
-        console.print(f"{u.name:<{width}}  {u.role:<12}  {u.created_at}  {state}", highlight=False, soft_wrap=True)
+        console.print(f"{u.name:<{width}}  {u.role:<13}  {u.created_at}  {u.clinic}  {state}", highlight=False,
+                      soft_wrap=True, markup=False)
 
 
 def _set_disabled(name: str, db: str | None, disabled: bool) -> None:

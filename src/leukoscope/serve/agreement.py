@@ -27,6 +27,7 @@ _CONFUSION = f"""
 SELECT p.model_version AS version, p.label AS model, COALESCE(v.label, '') AS verified, p.review AS review,
        COUNT(*) AS n
 FROM predictions AS p JOIN ({LATEST}) AS l ON l.prediction_id = p.id JOIN verifications AS v ON v.id = l.id
+WHERE {{clinic}}
 GROUP BY version, model, verified, review
 """
 _TIMELINE = f"""
@@ -34,6 +35,7 @@ SELECT p.model_version AS version, substr(p.created_at, 1, 10) AS day, COUNT(*) 
        COUNT(v.id) AS verified,
        SUM(CASE WHEN v.id IS NOT NULL AND COALESCE(v.label, '') = p.label THEN 1 ELSE 0 END) AS agreed
 FROM predictions AS p LEFT JOIN ({LATEST}) AS l ON l.prediction_id = p.id LEFT JOIN verifications AS v ON v.id = l.id
+WHERE {{clinic}}
 GROUP BY version, day ORDER BY day
 """
 
@@ -173,10 +175,13 @@ def chart(periods: Sequence[Period]) -> Chart:
                  [" ".join(s) for s in agreement if len(s) > 1], points, ticks, labels, bottom, left, right)
 
 
-def agreement_report(store: Store, classes: Sequence[str], serving: str | None = None) -> list[VersionReport]:
-    """One report per model version: the one `serving` now first, then the most recently used first."""
+def agreement_report(store: Store, classes: Sequence[str], serving: str | None = None, *,
+                     clinic: int | None = None) -> list[VersionReport]:
+    """One report per model version, of `clinic`'s predictions (None: every clinic's): the one `serving` now
+    first, then the most recently used first."""
     reports: dict[str, VersionReport] = {}
-    confusion = store.query(_CONFUSION)
+    mine, params = ("p.clinic_id = :clinic", {"clinic": clinic}) if clinic is not None else ("1 = 1", {})
+    confusion = store.query(_CONFUSION.format(clinic=mine), params)
     seen = {_category(r["model"]) for r in confusion} | {_category(r["verified"]) for r in confusion}
     categories = [*classes, *sorted(seen - {*classes, UNUSABLE}), UNUSABLE]
     index = {name: i for i, name in enumerate(categories)}
@@ -198,7 +203,7 @@ def agreement_report(store: Store, classes: Sequence[str], serving: str | None =
         if verified == BENIGN and model in leukemic:
             rep.benign_called_leukemia += n
     days: dict[str, dict[str, Period]] = defaultdict(dict)
-    for r in store.query(_TIMELINE):
+    for r in store.query(_TIMELINE.format(clinic=mine), params):
         rep = report(r["version"])
         rep.predictions += int(r["n"])
         rep.flagged += int(r["flagged"] or 0)

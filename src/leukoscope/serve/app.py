@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -70,9 +70,13 @@ When the server is saturated it answers 503 with `Retry-After`.
 Technologists verify the model's calls: `POST /api/v1/predictions/{id}/verifications` with `{"label": CLASS}`
 or `{"unusable": true}` (and an optional `comment`) appends a verification, named after the logged-in user or
 the token's holder; the latest one is the prediction's verified class, and every one stays in the audit
-trail (`GET /api/v1/verifications`). Authentication: with `LEUKOSCOPE_API_TOKEN` set or any user created
-(`leukoscope users add`), every route needs `Authorization: Bearer <token>`, `X-API-Token` or a login
-session. The token acts as an admin; technologists get 403 on the admin routes (`/api/v1/users`).
+trail (`GET /api/v1/verifications`). Authentication: with `LEUKOSCOPE_API_TOKEN` set, any user created
+(`leukoscope users add`) or any clinic token made (`leukoscope tokens create`), every route needs
+`Authorization: Bearer <token>`, `X-API-Token` or a login session. The shared token acts as an admin of the
+implicit clinic; technologists get 403 on the admin routes (`/api/v1/users`).
+
+Clinics: every user and token belongs to one clinic and sees only its rows; ids in URLs are UUIDs, and
+another clinic's prediction, sample or user answers 404 exactly like one that does not exist.
 """
 
 
@@ -123,21 +127,33 @@ def _who(request: Request) -> dict[str, Any]:
     return {"principal": principal_of(request)}
 
 
-def create_app(settings: Settings, predictor: Any | None = None, *, gradcam: GradcamFn | None = None) -> FastAPI:
-    """Build the app. `predictor` (already loaded) and `gradcam` (overlay function) may be injected;
-    otherwise the lifespan loads `settings.model` and uses leukoscope.inference.explain.gradcam_overlay."""
+def _package_loader(settings: Settings) -> Callable[[str], Any]:
+    """How the server loads a clinic's own package (`clinics set-model`): as it loads its own."""
+    def load(package: str) -> Any:
+        from leukoscope.inference.predictor import load_predictor
+
+        return load_predictor(package, backend=settings.backend)
+
+    return load
+
+
+def create_app(settings: Settings, predictor: Any | None = None, *, gradcam: GradcamFn | None = None,
+               loader: Callable[[str], Any] | None = None) -> FastAPI:
+    """Build the app. `predictor` (already loaded), `gradcam` (overlay function) and `loader` (package folder
+    -> predictor, for clinics' own packages) may be injected; otherwise the lifespan loads `settings.model`,
+    and uses leukoscope.inference.explain.gradcam_overlay and leukoscope.inference.predictor.load_predictor."""
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loaded = predictor if predictor is not None else await run_in_threadpool(_load_predictor, settings)
         store = await run_in_threadpool(Store(settings.database).open)
         executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="leukoscope-inference")
         templates = Jinja2Templates(directory=str(HERE / "templates"), context_processors=[_who])
-        service = PredictionService(loaded, store, settings, gradcam)
+        service = PredictionService(loaded, store, settings, gradcam, loader or _package_loader(settings))
         templates.env.globals.update(version=__version__, model_version=service.model_version)
         app.state.accounts.store = store
         app.state.sessions.bind(store)
         app.state.lockout.bind(store)
-        verifier = VerificationService(store, service.classes, app.state.sessions)
+        verifier = VerificationService(store, service.classes_for, app.state.sessions)
         app.state.ctx = ServerContext(settings, service, store, executor, Gate(settings.capacity), templates,
                                       verifier)
         await run_in_threadpool(service.purge_expired_images, force=True)

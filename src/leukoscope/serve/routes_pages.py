@@ -17,9 +17,17 @@ from leukoscope.serve.context import ServerContext, get_ctx
 from leukoscope.serve.limits import ALLOWED_FORMATS
 from leukoscope.serve.lockout import message as lockout_message
 from leukoscope.serve.lockout import password_key, password_message
-from leukoscope.serve.security import COOKIE_NAME, client_address, safe_next, session_id, token_matches
+from leukoscope.serve.security import (
+    COOKIE_NAME,
+    client_address,
+    clinic_scope,
+    safe_next,
+    session_id,
+    token_matches,
+)
 from leukoscope.serve.sessions import TOKEN_PRINCIPAL, Principal
 from leukoscope.serve.store import MAX_PAGE, Filters
+from leukoscope.serve.tokens import ApiTokens
 
 # The same sentence as leukoscope.cli.common.DISCLAIMER; not imported, so the server never loads the CLI.
 DISCLAIMER = "Research software, not a certified medical device: never use it alone for a diagnosis."
@@ -30,8 +38,9 @@ Ctx = Annotated[ServerContext, Depends(get_ctx)]
 @router.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
 async def index(request: Request, ctx: Ctx) -> Response:
     s = ctx.settings
+    classes = await ctx.run_io(ctx.service.classes_for, clinic_scope(request))
     return ctx.templates.TemplateResponse(request, "index.html", {
-        "disclaimer": DISCLAIMER, "classes": ctx.service.classes, "max_files": s.max_files,
+        "disclaimer": DISCLAIMER, "classes": classes, "max_files": s.max_files,
         "max_file_bytes": s.max_file_bytes, "max_request_bytes": s.max_request_bytes,
         "formats": sorted(ALLOWED_FORMATS),
     })
@@ -48,16 +57,18 @@ async def history(
 ) -> Response:
     checked = {"awaiting": {"verified": False}, "verified": {"verified": True}, "agrees": {"disagrees": False},
                "disagrees": {"disagrees": True}}.get(verified, {})
+    clinic = clinic_scope(request)
     filters = Filters(label=label or None, review={"yes": True, "no": False}.get(review),
-                      sample_id=sample_id or None, **checked)
+                      sample_id=sample_id or None, clinic=clinic, **checked)
     result = await ctx.run_io(ctx.service.history, page, ctx.settings.page_size, filters)
-    labels = sorted(set(ctx.service.classes) | set(await ctx.run_io(ctx.store.labels)))
+    classes = await ctx.run_io(ctx.service.classes_for, clinic)
+    labels = sorted(set(classes) | set(await ctx.run_io(ctx.store.labels, clinic)))
     query = {"label": label, "review": review, "sample_id": sample_id, "verified": verified}
     api_query = {"label": label, "review": {"yes": "true", "no": "false"}.get(review, ""), "sample_id": sample_id,
                  **{key: "true" if value else "false" for key, value in checked.items()}}
     return ctx.templates.TemplateResponse(request, "history.html", {
         "disclaimer": DISCLAIMER, "page": result, "labels": labels, "query": query,
-        "classes": ctx.service.classes, "csv_query": urlencode({k: v for k, v in api_query.items() if v}),
+        "classes": classes, "csv_query": urlencode({k: v for k, v in api_query.items() if v}),
     })
 
 
@@ -87,13 +98,17 @@ async def login(request: Request, ctx: Ctx) -> Response:
         return RedirectResponse(target, status_code=303)
     lockout, address = request.app.state.lockout, client_address(request.scope)
     if token or not (name or password):  # the token form (an empty form is a wrong token)
-        correct = bool(ctx.settings.token) and token_matches(token, ctx.settings.token or "")
-        wait = await ctx.run_io(lockout.attempt, address, correct)
+        holder: Principal | None = None
+        if ctx.settings.token and token_matches(token, ctx.settings.token):
+            holder = TOKEN_PRINCIPAL
+        elif token:  # a clinic's API token (serve/tokens.py)
+            holder = await ctx.run_io(ApiTokens(ctx.store).principal, token[:512])
+        wait = await ctx.run_io(lockout.attempt, address, holder is not None)
         if wait:
             return await _login_page(request, ctx, target, lockout_message(wait), 429, {"Retry-After": str(wait)})
-        if not correct:
+        if holder is None:
             return await _login_page(request, ctx, target, "wrong token", 401)
-        return await _session(request, ctx, TOKEN_PRINCIPAL, target)
+        return await _session(request, ctx, holder, target)
     key = password_key(address, name)
     wait = await ctx.run_io(lockout.retry_after, key)
     if wait:

@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse, Response
 from leukoscope.serve.agreement import agreement_report
 from leukoscope.serve.context import ServerContext, get_ctx
 from leukoscope.serve.routes_pages import DISCLAIMER
-from leukoscope.serve.security import principal_of
+from leukoscope.serve.security import clinic_scope, principal_of
 
 router = APIRouter(include_in_schema=False)
 Ctx = Annotated[ServerContext, Depends(get_ctx)]
@@ -26,14 +26,17 @@ async def verify_page(request: Request, ctx: Ctx) -> Response:
     principal = principal_of(request)
     has_users = await ctx.run_io(request.app.state.accounts.any_users)
     return ctx.templates.TemplateResponse(request, "verify.html", {
-        "disclaimer": DISCLAIMER, "classes": ctx.service.classes, "principal": principal,
+        "disclaimer": DISCLAIMER, "classes": await ctx.run_io(ctx.service.classes_for, clinic_scope(request)),
+        "principal": principal,
         "can_login": bool(ctx.settings.token) or has_users,
     })
 
 
 @router.get("/agreement", response_class=HTMLResponse)
 async def agreement_page(request: Request, ctx: Ctx) -> Response:
-    reports = await ctx.run_io(agreement_report, ctx.store, ctx.service.classes, ctx.service.model_version)
+    clinic = clinic_scope(request)
+    model = await ctx.run_io(ctx.service.model_for, clinic)
+    reports = await ctx.run_io(agreement_report, ctx.store, model.classes, model.version, clinic=clinic)
     return ctx.templates.TemplateResponse(request, "agreement.html", {
-        "disclaimer": DISCLAIMER, "reports": reports, "serving": ctx.service.model_version,
+        "disclaimer": DISCLAIMER, "reports": reports, "serving": model.version,
     })

@@ -3,13 +3,15 @@ the users (/api/v1/users). Handlers only translate HTTP to `VerificationService`
 
 Who verifies is who sent the request: the logged-in user, or the token's holder ("api-token", an admin).
 Without either the answer is 401 (also on an open server: a verification always names someone); a
-technologist on the user routes gets 403.
+technologist on the user routes gets 403. Everything is the caller's clinic's: another clinic's
+predictions and users answer 404.
 """
 
 from __future__ import annotations
 
 import calendar
 import re
+import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Literal
 
@@ -20,8 +22,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from leukoscope.serve.api_errors import error_responses
 from leukoscope.serve.context import ServerContext, get_ctx
 from leukoscope.serve.routes_api import PredictionId
-from leukoscope.serve.security import require_admin, require_user
-from leukoscope.serve.store import MAX_PAGE, MAX_PER_PAGE, MAX_ROW_ID, utc_text
+from leukoscope.serve.security import clinic_scope, require_admin, require_user
+from leukoscope.serve.store import MAX_PAGE, MAX_PER_PAGE, utc_text
 from leukoscope.serve.users import NAME_PATTERN
 from leukoscope.serve.verifications import MAX_COMMENT, TrailFilters
 
@@ -63,8 +65,8 @@ class VerifyUnusable(BaseModel):
 class VerificationOut(BaseModel):
     """One stored verification (`label` null when marked unusable)."""
 
-    id: int
-    prediction_id: int
+    id: str = Field(description="the verification's id (a UUID)")
+    prediction_id: str = Field(description="the prediction's id (a UUID)")
     created_at: str
     user: str
     label: str | None
@@ -100,6 +102,7 @@ class UserOut(BaseModel):
     role: str
     created_at: str
     disabled: bool
+    clinic: str
 
 
 class UsersOut(BaseModel):
@@ -144,6 +147,7 @@ def _valid(match: re.Match[str]) -> bool:
 
 
 def trail_filters(
+    request: Request,
     since: Annotated[str | None, Query(description="verified at or after (RFC 3339 date-time, or a date: UTC)",
                                        json_schema_extra=MOMENT_SCHEMA)] = None,
     until: Annotated[str | None, Query(description="verified before (RFC 3339 date-time, or a date: UTC)",
@@ -155,7 +159,7 @@ def trail_filters(
                                                     "(false)")] = None,
 ) -> TrailFilters:
     return TrailFilters(since=_moment("since", since), until=_moment("until", until), user=user or None,
-                        disagrees=disagrees, latest=latest)
+                        disagrees=disagrees, latest=latest, clinic=clinic_scope(request))
 
 
 @router.post("/predictions/{prediction_id}/verifications", status_code=201, response_model=VerificationOut,
@@ -168,15 +172,15 @@ async def verify(
     or an earlier verification (the latest one is the prediction's verified class). Needs a logged-in user or
     the token (401 otherwise); 404 for an unknown prediction, 422 for a class the model does not have."""
     principal = require_user(request)
-    stored = await ctx.run_io(ctx.verifier.record, prediction_id, principal, call.label, call.comment)
+    stored = await ctx.run_io(ctx.verifier.record, str(prediction_id), principal, call.label, call.comment)
     return stored.to_json()
 
 
 @router.get("/predictions/{prediction_id}/verifications", response_model=TrailOfOne,
             responses=error_responses(404, 422))
-async def verifications_of(ctx: Ctx, prediction_id: PredictionId) -> dict[str, Any]:
+async def verifications_of(request: Request, ctx: Ctx, prediction_id: PredictionId) -> dict[str, Any]:
     """The audit trail of one prediction: every verification, oldest first."""
-    items = await ctx.run_io(ctx.verifier.trail, prediction_id)
+    items = await ctx.run_io(ctx.verifier.trail, str(prediction_id), clinic_scope(request))
     return {"items": [v.to_json() for v in items]}
 
 
@@ -192,35 +196,36 @@ async def verifications(
             "per_page": result.per_page, "total": result.total, "pages": result.pages}
 
 
-@router.get("/worklist", responses=error_responses(422))
+@router.get("/worklist", responses=error_responses(404, 422))
 async def worklist(
-    ctx: Ctx, limit: Annotated[int, Query(ge=1, le=MAX_WORKLIST)] = 50,
-    after_id: Annotated[int | None, Query(ge=1, le=MAX_ROW_ID, description="continue after this prediction "
-                                                                         "(the last one of the previous call)")] = None,
+    request: Request, ctx: Ctx, limit: Annotated[int, Query(ge=1, le=MAX_WORKLIST)] = 50,
+    after_id: Annotated[uuid.UUID | None, Query(description="continue after this prediction (the last one of "
+                                                            "the previous call)")] = None,
     after_flagged: Annotated[bool, Query(description="whether the `after_id` prediction is flagged")] = True,
 ) -> dict[str, Any]:
     """Predictions awaiting verification (none yet) whose image is kept: flagged first, then the rest, newest
     first within each; `total` counts them all."""
-    rows, total = await ctx.run_io(ctx.verifier.worklist, limit, after_id, after_flagged)
+    rows, total = await ctx.run_io(ctx.verifier.worklist, limit, clinic_scope(request),
+                                   None if after_id is None else str(after_id), after_flagged)
     return {"items": [row.to_json() for row in rows], "total": total}
 
 
 @router.get("/users", response_model=UsersOut, responses=error_responses(403))
 async def users(request: Request, ctx: Ctx) -> dict[str, Any]:
-    """Every user (admins only; `leukoscope users add` creates them)."""
+    """Every user of the caller's clinic (admins only; `leukoscope users add` creates them)."""
     require_admin(request)
-    return {"items": [u.to_json() for u in await ctx.run_io(ctx.verifier.all_users)]}
+    return {"items": [u.to_json() for u in await ctx.run_io(ctx.verifier.all_users, clinic_scope(request))]}
 
 
 @router.post("/users/{name}/disable", response_model=UserOut, responses={**WRITE, **error_responses(404)})
 async def disable_user(request: Request, ctx: Ctx, name: UserName) -> dict[str, Any]:
     """Disable a user (admins only): their sessions end at once; their verifications stay."""
     require_admin(request)
-    return (await ctx.run_io(ctx.verifier.set_disabled, name, True)).to_json()
+    return (await ctx.run_io(ctx.verifier.set_disabled, name, True, clinic_scope(request))).to_json()
 
 
 @router.post("/users/{name}/enable", response_model=UserOut, responses={**WRITE, **error_responses(404)})
 async def enable_user(request: Request, ctx: Ctx, name: UserName) -> dict[str, Any]:
     """Enable a disabled user again (admins only)."""
     require_admin(request)
-    return (await ctx.run_io(ctx.verifier.set_disabled, name, False)).to_json()
+    return (await ctx.run_io(ctx.verifier.set_disabled, name, False, clinic_scope(request))).to_json()

@@ -6,9 +6,13 @@ Who may do what:
 - LEUKOSCOPE_API_TOKEN set, or any user in the database (`leukoscope users add`): every route but the login
   form and the static files needs credentials: `Authorization: Bearer <token>`, `X-API-Token: <token>`, or
   the session cookie the login form sets (after a name and password, or the token).
-- The token's holder acts as an admin (named "api-token" in the verification trail): machine clients and
-  the lab's administrator. Users are technologists (predict, verify, read everything) or admins (also the
-  user routes under /api/v1/users); a technologist on an admin route gets 403.
+- The token's holder acts as an admin (named "api-token" in the verification trail) of the implicit clinic:
+  machine clients and the lab's administrator. Users are technologists (predict, verify, read their
+  clinic's everything) or admins (also the user routes under /api/v1/users) of one clinic, or network admins
+  (every clinic); a technologist on an admin route gets 403. A clinic's API token (`leukoscope tokens
+  create`, serve/tokens.py) acts in its clinic with its role; revoked, or of a removed clinic: 401.
+- Whoever it is, `clinic_scope(request)` is the clinic whose rows the request may see (None: every clinic,
+  for a network admin); without any login (an open workstation) it is the implicit clinic.
 The cookie holds a random session id (`sessions.SessionStore`), never the token; it is HttpOnly and
 SameSite=Strict (so another site cannot make the browser post uploads with it), expires after
 `--session-hours` (12 by default) and stops working at once on logout, in every browser holding a copy, and
@@ -31,7 +35,8 @@ from leukoscope.serve.database import UNAVAILABLE_ANSWER, DatabaseUnavailable
 from leukoscope.serve.limits import RequestRejected, send_json
 from leukoscope.serve.lockout import Lockout
 from leukoscope.serve.lockout import message as lockout_message
-from leukoscope.serve.sessions import TOKEN_PRINCIPAL, Principal, SessionStore
+from leukoscope.serve.sessions import DEFAULT_CLINIC_ID, TOKEN_PRINCIPAL, Principal, SessionStore
+from leukoscope.serve.tokens import ApiTokens
 from leukoscope.serve.users import Accounts
 
 log = logging.getLogger("leukoscope.serve")
@@ -101,6 +106,15 @@ def has_right_token(scope: Scope, token: str) -> bool:
     return token_matches(headers.get("x-api-token"), token)
 
 
+def presented_token(scope: Scope) -> str | None:
+    """The token a request carries (the Bearer one first), or None."""
+    headers = _headers(scope)
+    auth = headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return headers.get("x-api-token")
+
+
 def session_id(scope: Scope) -> str | None:
     """The session id in the request's cookie, if any (a malformed Cookie header holds none)."""
     cookie = SimpleCookie()
@@ -115,6 +129,19 @@ def session_id(scope: Scope) -> str | None:
 def principal_of(connection: HTTPConnection) -> Principal | None:
     """Who sent this request: a logged-in user, the token's holder, or None (an open server, no login)."""
     return connection.scope.get(PRINCIPAL_KEY)
+
+
+def clinic_scope(connection: HTTPConnection) -> int | None:
+    """The clinic whose data this request may see: the principal's (None: every clinic, a network admin);
+    the implicit clinic on an open server with nobody logged in."""
+    principal = principal_of(connection)
+    return DEFAULT_CLINIC_ID if principal is None else principal.scope
+
+
+def home_clinic(connection: HTTPConnection) -> int:
+    """The clinic new rows (uploads) of this request belong to: the principal's own, even a network admin's."""
+    principal = principal_of(connection)
+    return DEFAULT_CLINIC_ID if principal is None else principal.clinic_id
 
 
 def require_user(connection: HTTPConnection) -> Principal:
@@ -156,7 +183,21 @@ class TokenAuthMiddleware:
         principal = self.sessions.get(session_id(scope))
         if principal is None or principal.via == "token":
             return principal
-        return self.accounts.current(principal)  # disabled, or a new password: gone
+        if principal.via == "clinic-token":  # revoked, or its clinic removed: gone
+            return self._tokens().still_valid(principal) if self.accounts.store is not None else None
+        return self.accounts.current(principal)  # disabled, a new password, or the clinic removed: gone
+
+    def _tokens(self) -> ApiTokens:
+        assert self.accounts.store is not None
+        return ApiTokens(self.accounts.store)
+
+    def _from_token(self, scope: Scope) -> Principal | None:
+        """The shared token's holder, a live clinic token's principal, or None (a wrong token)."""
+        if self.token and has_right_token(scope, self.token):
+            return TOKEN_PRINCIPAL
+        if self.accounts.store is None:
+            return None
+        return self._tokens().principal(presented_token(scope))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].startswith(PUBLIC_PREFIXES):
@@ -175,13 +216,13 @@ class TokenAuthMiddleware:
         """Whether the request goes on to the app (with its principal in the scope); otherwise answered here."""
         path = scope["path"]
         principal = await run_in_threadpool(self._from_session, scope)
-        if principal is None and self.token and path not in PUBLIC_PATHS and presents_token(scope):
-            authorized = has_right_token(scope, self.token)
-            wait = await run_in_threadpool(self.lockout.attempt, client_address(scope), authorized)
+        if principal is None and path not in PUBLIC_PATHS and presents_token(scope) and (
+                self.token or await run_in_threadpool(self.accounts.any_users)):
+            principal = await run_in_threadpool(self._from_token, scope)
+            wait = await run_in_threadpool(self.lockout.attempt, client_address(scope), principal is not None)
             if wait:
                 await send_json(send, 429, {"detail": lockout_message(wait)}, headers={"Retry-After": str(wait)})
                 return False
-            principal = TOKEN_PRINCIPAL if authorized else None
         scope[PRINCIPAL_KEY] = principal
         if principal is not None or path in PUBLIC_PATHS or not (
                 self.token or await run_in_threadpool(self.accounts.any_users)):

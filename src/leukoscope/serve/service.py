@@ -4,22 +4,26 @@
 in one batch, store them (rows + image bytes) in one transaction, and return one `UploadResult` per file in
 upload order, with the sample's call (`SampleSummary`, from the stored rows themselves). It runs in the
 inference thread pool, never on the event loop; the routes turn the results into JSON with `to_json`.
+
+Clinics: every method takes the caller's clinic (`security.clinic_scope`: None for a network admin) and
+reads only that clinic's rows, so another clinic's prediction is a 404, exactly like one that never
+existed. Uploads are stored in the caller's own clinic and predicted with that clinic's model
+(serve/models.py); each row records the package and the exact weights it came from.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import io
 import json
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, Protocol
 
 from PIL import Image
@@ -32,8 +36,11 @@ from leukoscope.inference.explain import WORKING_SIDE
 from leukoscope.review.samples import SampleCall, sample_call
 from leukoscope.serve import verifications
 from leukoscope.serve.limits import RequestRejected, Upload, sniff
+from leukoscope.serve.models import DEFAULT_PACKAGE, LoadedModel, Loader, ModelRegistry, model_version
 from leukoscope.serve.settings import Settings
-from leukoscope.serve.store import Filters, NewPrediction, Page, Store, StoredPrediction, utc_text
+from leukoscope.serve.store import DEFAULT_CLINIC_ID, Filters, NewPrediction, Page, Store, StoredPrediction, utc_text
+
+__all__ = ["BatchResult", "PredictionService", "SampleSummary", "UploadResult", "csv_lines", "model_version"]
 
 THUMBNAIL_SIDE = 160
 WARMUP_SOURCE = "leukoscope-warm-up.png"  # the name warm_up predicts under (fakes in tests recognise it)
@@ -60,20 +67,7 @@ def default_gradcam(predictor: Any, image: bytes, *, target: str | None = None) 
     return gradcam_overlay(predictor, image, target=target)
 
 
-def model_version(info: dict[str, Any]) -> str:
-    """A short, stable name for the exact weights: `<name>@<12 hex of the weight hashes>`.
-
-    Stored with every prediction so history rows stay attributable after the model is replaced.
-    """
-    name = str(info.get("name") or info.get("backbone") or "model")
-    if info.get("version"):
-        name = f"{name}-{info['version']}"
-    basis = info.get("files") or info
-    digest = hashlib.sha256(json.dumps(basis, sort_keys=True, default=str).encode()).hexdigest()
-    return f"{name}@{digest[:12]}"
-
-
-def links(prediction_id: int) -> dict[str, str]:
+def links(prediction_id: str) -> dict[str, str]:
     base = f"/api/v1/predictions/{prediction_id}"
     return {"self": base, "gradcam": f"{base}/gradcam", "thumbnail": f"{base}/thumbnail", "image": f"{base}/image"}
 
@@ -148,19 +142,23 @@ class PredictionService:
     """Predictor + store + settings, behind the methods the routes call."""
 
     def __init__(self, predictor: PredictorLike, store: Store, settings: Settings,
-                 gradcam: GradcamFn | None = None) -> None:
-        self.predictor = predictor
+                 gradcam: GradcamFn | None = None, loader: Loader | None = None) -> None:
         self.store = store
         self.settings = settings
         self.gradcam = gradcam or default_gradcam
-        self.classes = list(predictor.classes)
-        self.model_version = model_version(predictor.info)
-        # Grad-CAM hooks the PyTorch network: two overlays at once (or an overlay during a PyTorch-backend
-        # prediction, which runs the same network) would mix their activations. ONNX predictions run freely.
-        self._gradcam_lock = threading.Lock()
-        torch_backend = getattr(predictor, "backend", None) == "torch"
-        self._predict_lock: Any = self._gradcam_lock if torch_backend else contextlib.nullcontext()
+        package = str(Path(settings.model).expanduser().resolve()) if settings.model else DEFAULT_PACKAGE
+        self.models = ModelRegistry(LoadedModel(predictor, package), store, loader, default_path=_bundled_path())
+        self.predictor = predictor  # the server's own model (clinics without one of their own use it)
+        self.classes = self.models.default.classes
+        self.model_version = self.models.default.version
         self._last_purge: float | None = None
+
+    def model_for(self, clinic: int | None) -> LoadedModel:
+        """The model of a clinic (None, every clinic: the server's own)."""
+        return self.models.for_clinic(clinic)
+
+    def classes_for(self, clinic: int | None) -> list[str]:
+        return self.model_for(clinic).classes
 
     # -- retention ---------------------------------------------------------------------------------------
     def purge_expired_images(self, *, force: bool = False) -> int:
@@ -177,9 +175,12 @@ class PredictionService:
         return purged
 
     # -- predicting --------------------------------------------------------------------------------------
-    def predict_uploads(self, uploads: Sequence[Upload], sample_id: str | None = None) -> BatchResult:
-        """Predict and store every readable upload; one entry per upload, in order."""
+    def predict_uploads(self, uploads: Sequence[Upload], sample_id: str | None = None,
+                        clinic: int = DEFAULT_CLINIC_ID) -> BatchResult:
+        """Predict (with the clinic's model) and store (in the clinic) every readable upload; one entry per
+        upload, in order."""
         sample_id = sample_id or uuid.uuid4().hex
+        model = self.model_for(clinic)
         entries: list[UploadResult | None] = [None] * len(uploads)
         readable: list[int] = []
         for index, upload in enumerate(uploads):
@@ -191,8 +192,8 @@ class PredictionService:
         items = [(uploads[i].name, uploads[i].data) for i in readable]
         predictions = []
         if items:
-            with self._predict_lock:
-                predictions = self.predictor.predict_bytes(items, tta=self.settings.tta)
+            with model.predict_lock:
+                predictions = model.predictor.predict_bytes(items, tta=self.settings.tta)
         rows, images, thumbnails, order = [], {}, {}, []
         for index, p in zip(readable, predictions, strict=True):
             upload = uploads[index]
@@ -206,38 +207,39 @@ class PredictionService:
                     thumbnails[sha] = _thumbnail(upload.data)
             order.append(index)
             rows.append(NewPrediction(
-                sample_id=sample_id, file_name=upload.name, sha256=sha, model_version=self.model_version,
+                sample_id=sample_id, file_name=upload.name, sha256=sha, model_version=model.version,
                 label=p.label, confidence=float(p.confidence),
                 probabilities={k: float(v) for k, v in p.probabilities.items()}, review=bool(p.review),
                 review_reasons=list(p.review_reasons),
                 ood_score=None if p.ood_score is None else float(p.ood_score), width=int(p.width),
                 height=int(p.height), status=p.status, review_codes=list(p.review_codes),
-                review_details=dict(p.review_details)))
+                review_details=dict(p.review_details), clinic_id=clinic, model_package=model.package))
         stored = self.store.add(rows, images, thumbnails) if rows else []
         self.purge_expired_images()
         for index, row in zip(order, stored, strict=True):
             entries[index] = UploadResult(row.file_name, row)
         failed = len(uploads) - len(stored)
-        summary = SampleSummary.of(stored, self.classes, sample_id=sample_id, failed=failed)
-        return BatchResult(sample_id, [e for e in entries if e is not None], summary, self.model_version)
+        summary = SampleSummary.of(stored, model.classes, sample_id=sample_id, failed=failed)
+        return BatchResult(sample_id, [e for e in entries if e is not None], summary, model.version)
 
-    def sample_summary(self, sample_id: str) -> SampleSummary:
-        rows = list(self.store.iter_all(Filters(sample_id=sample_id)))
+    def sample_summary(self, sample_id: str, clinic: int | None) -> SampleSummary:
+        rows = list(self.store.iter_all(Filters(sample_id=sample_id, clinic=clinic)))
         if not rows:
             raise RequestRejected(f"no predictions stored for sample {sample_id!r}", 404)
-        return SampleSummary.of(rows[::-1], self.classes, sample_id=sample_id)
+        return SampleSummary.of(rows[::-1], self.classes_for(clinic), sample_id=sample_id)
 
     # -- images ------------------------------------------------------------------------------------------
-    def _stored(self, prediction_id: int) -> tuple[StoredPrediction, bytes]:
-        row = self.prediction(prediction_id)
+    def _stored(self, prediction_id: str, clinic: int | None) -> tuple[StoredPrediction, bytes]:
+        row = self.prediction(prediction_id, clinic)
         data = self.store.image(row.sha256)
         if data is None:
             raise RequestRejected(f"the image of prediction {prediction_id} is not kept (retention period over)", 404)
         return row, data
 
-    def prediction(self, prediction_id: int) -> StoredPrediction:
-        """One stored prediction with its latest verification; 404 when there is none with this id."""
-        row = self.store.get(prediction_id)
+    def prediction(self, prediction_id: str, clinic: int | None) -> StoredPrediction:
+        """One stored prediction of `clinic` with its latest verification; 404 when there is none with this id
+        there (another clinic's prediction does not exist for the caller)."""
+        row = self.store.get(prediction_id, clinic)
         if row is None:
             raise RequestRejected(f"no prediction with id {prediction_id}", 404)
         return verifications.attach(self.store, [row])[0]
@@ -247,33 +249,34 @@ class PredictionService:
         result = self.store.page(page, per_page, filters)
         return replace(result, items=verifications.attach(self.store, result.items))
 
-    def gradcam_png(self, prediction_id: int, target: str | None = None) -> bytes:
-        """Grad-CAM overlay of a stored prediction's image, computed now with the loaded model at the image's
+    def gradcam_png(self, prediction_id: str, clinic: int | None, target: str | None = None) -> bytes:
+        """Grad-CAM overlay of a stored prediction's image, computed now with its clinic's model at the image's
         own size up to WORKING_SIDE a side (run it in the inference pool: it decodes and runs the network)."""
-        row, data = self._stored(prediction_id)
-        if target is not None and target not in self.classes:
-            raise RequestRejected(f"unknown class {target!r}; choose from {self.classes}", 422)
+        row, data = self._stored(prediction_id, clinic)
+        model = self.model_for(row.clinic_id)
+        if target is not None and target not in model.classes:
+            raise RequestRejected(f"unknown class {target!r}; choose from {model.classes}", 422)
         try:
-            with self._gradcam_lock:
-                overlay = self.gradcam(self.predictor, data, target=target or row.label)
+            with model.gradcam_lock:
+                overlay = self.gradcam(model.predictor, data, target=target or row.label)
         except ModelError as exc:
             raise RequestRejected(f"Grad-CAM is not available for this model: {exc}", 501) from None
         return _png(overlay, WORKING_SIDE)
 
-    def image_png(self, prediction_id: int) -> bytes:
+    def image_png(self, prediction_id: str, clinic: int | None) -> bytes:
         """The uploaded image as PNG at the size the Grad-CAM overlay has, to show the two side by side
         (decodes, so run it in the inference pool)."""
-        _, data = self._stored(prediction_id)
+        _, data = self._stored(prediction_id, clinic)
         return _png(load_rgb(data, max_side=WORKING_SIDE), WORKING_SIDE)
 
-    def stored_thumbnail(self, prediction_id: int) -> bytes | None:
+    def stored_thumbnail(self, prediction_id: str, clinic: int | None) -> bytes | None:
         """The thumbnail made at upload (a database read, no decoding); None when there is none yet."""
-        return self.store.thumbnail(self.prediction(prediction_id).sha256)
+        return self.store.thumbnail(self.prediction(prediction_id, clinic).sha256)
 
-    def thumbnail_png(self, prediction_id: int) -> bytes:
+    def thumbnail_png(self, prediction_id: str, clinic: int | None) -> bytes:
         """Make, keep and return the thumbnail of an image stored before thumbnails were made at upload
         (decodes, so run it in the inference pool); 404 when the image is no longer kept."""
-        row, data = self._stored(prediction_id)
+        row, data = self._stored(prediction_id, clinic)
         png = _thumbnail(data)
         self.store.set_thumbnail(row.sha256, png)
         return png
@@ -286,32 +289,38 @@ class PredictionService:
         buffer = io.BytesIO()
         Image.effect_noise((224, 224), 64).convert("RGB").save(buffer, "PNG")
         sample = buffer.getvalue()
+        model = self.models.default
         try:
-            with self._predict_lock:
-                self.predictor.predict_bytes([(WARMUP_SOURCE, sample)], tta=False)
-            with self._gradcam_lock:
-                self.gradcam(self.predictor, sample, target=None)
+            with model.predict_lock:
+                model.predictor.predict_bytes([(WARMUP_SOURCE, sample)], tta=False)
+            with model.gradcam_lock:
+                self.gradcam(model.predictor, sample, target=None)
         except Exception as exc:  # e.g. a package without model.pt: Grad-CAM then answers 501 when asked
             log.warning("model warm-up incomplete (%s: %s); the first request may be slow", type(exc).__name__, exc)
             return
         log.info("model warmed up in %.1f s (one prediction and one Grad-CAM)", time.perf_counter() - started)
 
     # -- reading -----------------------------------------------------------------------------------------
-    def model_card(self) -> dict[str, Any]:
-        info = self.predictor.info
-        return {"model_version": self.model_version, "classes": self.classes,
-                "backend": getattr(self.predictor, "backend", None),
-                "model_file": getattr(self.predictor, "onnx_file", None), "card": info}
+    def model_card(self, clinic: int | None) -> dict[str, Any]:
+        """The card of the model the clinic predicts with (a network admin: the server's own)."""
+        model = self.model_for(clinic)
+        return {"model_version": model.version, "model_package": model.package, "classes": model.classes,
+                "backend": getattr(model.predictor, "backend", None),
+                "model_file": getattr(model.predictor, "onnx_file", None), "card": model.predictor.info}
 
-    def health(self, in_flight: int) -> dict[str, Any]:
-        return {"status": "ok", "leukoscope": __version__, "model_version": self.model_version,
-                "backend": getattr(self.predictor, "backend", None),
-                "model_file": getattr(self.predictor, "onnx_file", None), "schema_version": self.store.version,
-                "predictions": self.store.count(), "in_flight": in_flight, "capacity": self.settings.capacity}
+    def health(self, in_flight: int, clinic: int | None) -> dict[str, Any]:
+        """Liveness and readiness; the model and the count of predictions are the caller's clinic's."""
+        model = self.model_for(clinic)
+        return {"status": "ok", "leukoscope": __version__, "model_version": model.version,
+                "backend": getattr(model.predictor, "backend", None),
+                "model_file": getattr(model.predictor, "onnx_file", None), "schema_version": self.store.version,
+                "predictions": self.store.count(Filters(clinic=clinic)), "in_flight": in_flight,
+                "capacity": self.settings.capacity}
 
     def csv_rows(self, filters: Filters) -> Iterator[str]:
-        """The history as CSV lines (pandas-readable; one p_<class> column per class of the loaded model)."""
-        return csv_lines(verifications.attach_all(self.store, self.store.iter_all(filters)), self.classes)
+        """The history as CSV lines (pandas-readable; one p_<class> column per class of the clinic's model)."""
+        return csv_lines(verifications.attach_all(self.store, self.store.iter_all(filters)),
+                         self.classes_for(filters.clinic))
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -358,6 +367,16 @@ def _verified_cells(row: StoredPrediction) -> list[Any]:
         return [""] * len(VERIFIED_COLUMNS)
     return [v.label or "", int(v.unusable), _cell(v.user_name), v.created_at, _cell(v.comment),
             int(v.agrees_with(row.label))]
+
+
+def _bundled_path() -> str | None:
+    """The bundled package's folder (what `clinics set-model NAME <that folder>` would name), if installed."""
+    try:
+        from leukoscope.inference.package import bundled_package_path
+
+        return str(bundled_package_path().resolve())
+    except Exception:  # the bundled package is optional to this comparison, never to serving
+        return None
 
 
 def _thumbnail(data: bytes) -> bytes:

@@ -31,23 +31,31 @@ if TYPE_CHECKING:
 
 DEFAULT_HOURS = 12.0
 MAX_SESSIONS = 10_000
-TECHNOLOGIST, ADMIN = "technologist", "admin"
-ROLES = (TECHNOLOGIST, ADMIN)
+TECHNOLOGIST, ADMIN, NETWORK_ADMIN = "technologist", "admin", "network-admin"
+ROLES = (TECHNOLOGIST, ADMIN, NETWORK_ADMIN)
+DEFAULT_CLINIC_ID = 1  # the implicit clinic (revision 0007; store.DEFAULT_CLINIC_ID)
 TOKEN_USER = "api-token"  # who the shared token's holder is in the verification trail (no user may take the name)
 
 
 @dataclass(frozen=True)
 class Principal:
-    """Who a request comes from: a named user (`via` "password") or the shared token's holder ("token")."""
+    """Who a request comes from: a named user (`via` "password"), the shared token's holder ("token") or a
+    clinic's API token ("clinic-token"), and the clinic they act in."""
 
     name: str
     role: str
     via: str = "password"
-    stamp: str = ""  # password sessions: a fingerprint of the password hash at login (a new password ends them)
+    stamp: str = ""  # password: a fingerprint of the password hash at login; clinic-token: the token's id
+    clinic_id: int = DEFAULT_CLINIC_ID
 
     @property
     def is_admin(self) -> bool:
-        return self.role == ADMIN
+        return self.role in (ADMIN, NETWORK_ADMIN)
+
+    @property
+    def scope(self) -> int | None:
+        """The clinic whose data this principal sees; None for a network admin (every clinic)."""
+        return None if self.role == NETWORK_ADMIN else self.clinic_id
 
 
 TOKEN_PRINCIPAL = Principal(TOKEN_USER, ADMIN, "token")
@@ -86,9 +94,10 @@ class SessionStore:
 
         def work(conn: Connection) -> None:
             conn.execute(text("DELETE FROM login_sessions WHERE expires_at <= :now"), {"now": now})
-            conn.execute(text("INSERT INTO login_sessions (id_hash, name, role, via, stamp, expires_at) "
-                              "VALUES (:id, :name, :role, :via, :stamp, :expires)"),
+            conn.execute(text("INSERT INTO login_sessions (id_hash, name, role, via, stamp, expires_at, clinic_id) "
+                              "VALUES (:id, :name, :role, :via, :stamp, :expires, :clinic)"),
                          {"id": _digest(session_id), "name": principal.name, "role": principal.role,
+                          "clinic": principal.clinic_id,
                           "via": principal.via, "stamp": principal.stamp, "expires": now + self.lifetime_s})
             conn.execute(text("DELETE FROM login_sessions WHERE seq <= (SELECT seq FROM login_sessions "
                               "ORDER BY seq DESC LIMIT 1 OFFSET :keep)"), {"keep": self.max_sessions})
@@ -100,7 +109,8 @@ class SessionStore:
         """The principal of a session issued here, not revoked and not expired (an expired one is forgotten)."""
         if not session_id or len(session_id) > 256:
             return None
-        rows = self._store.query("SELECT name, role, via, stamp, expires_at FROM login_sessions WHERE id_hash = :id",
+        rows = self._store.query("SELECT name, role, via, stamp, expires_at, clinic_id FROM login_sessions "
+                                 "WHERE id_hash = :id",
                                  {"id": _digest(session_id)})  # an indexed lookup of a hash: nothing to time
         if not rows:
             return None
@@ -108,7 +118,7 @@ class SessionStore:
         if row["expires_at"] <= self.clock():
             self.revoke(session_id)
             return None
-        return Principal(row["name"], row["role"], row["via"], row["stamp"])
+        return Principal(row["name"], row["role"], row["via"], row["stamp"], int(row["clinic_id"]))
 
     def is_valid(self, session_id: str | None) -> bool:
         """Whether `session_id` was issued here, not revoked and not expired."""

@@ -13,6 +13,12 @@ than a folder so that every server process sees them without a shared filesystem
 database is a backup of everything. With a retention period, `purge_images` empties the bytes of images
 not uploaded within it (the predictions stay); SQLite's `secure_delete` overwrites the freed pages.
 
+Clinics (revision 0007): every prediction belongs to one clinic (`clinic_id`; 1, "default", on a single
+workstation) and has a public `uid` (a UUID: the id in URLs and JSON, not guessable); reads take the caller's
+clinic (`Filters.clinic`, `get(uid, clinic)`; None only for a network admin) so another clinic's rows do not
+exist for them. Images stay shared by content (one row per sha256): they are reached only through a
+prediction, never by hash from outside.
+
 Threads and processes: connections come from a pool; writes on SQLite take `BEGIN IMMEDIATE` (and a lock
 within the process), so concurrent writers queue instead of interleaving, and `busy_timeout` covers other
 processes; on PostgreSQL each write is one READ COMMITTED transaction.
@@ -23,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -55,9 +62,10 @@ MAX_PER_PAGE = 500
 MAX_PAGE = 10**9  # (MAX_PAGE - 1) * MAX_PER_PAGE stays far inside an OFFSET's range
 
 PREDICTION_COLUMNS = (
-    "id, created_at, sample_id, file_name, sha256, model_version, label, confidence, probabilities, "
-    "review, review_reasons, ood_score, width, height, status, review_codes, review_details"
+    "id, uid, clinic_id, created_at, sample_id, file_name, sha256, model_version, model_package, label, confidence, "
+    "probabilities, review, review_reasons, ood_score, width, height, status, review_codes, review_details"
 )
+DEFAULT_CLINIC_ID = 1  # the implicit clinic (revision 0007): a single workstation's everything
 
 
 def schema_version() -> int:
@@ -93,13 +101,17 @@ class NewPrediction:
     status: str = "ok"  # ok | unusable (unreadable uploads are never stored)
     review_codes: list[str] = field(default_factory=list)
     review_details: dict[str, dict[str, Any]] = field(default_factory=dict)
+    clinic_id: int = DEFAULT_CLINIC_ID  # whose prediction it is
+    model_package: str = ""  # which package made it ("" : the server's own, before per-clinic models)
 
 
 @dataclass(frozen=True)
 class StoredPrediction(NewPrediction):
-    """A stored prediction: a NewPrediction plus its id and time."""
+    """A stored prediction: a NewPrediction plus its ids and time. `id` is the public one (a UUID, in URLs and
+    JSON: not guessable); `pk` the internal integer key (joins, keyset paging), never shown."""
 
-    id: int = 0
+    id: str = ""
+    pk: int = 0
     created_at: str = ""
     verification: Verification | None = None  # the latest verification, when read with it (verifications.attach)
 
@@ -107,7 +119,8 @@ class StoredPrediction(NewPrediction):
         return {
             "id": self.id, "created_at": self.created_at, "sample_id": self.sample_id,
             "file_name": self.file_name, "sha256": self.sha256, "model_version": self.model_version,
-            "label": self.label, "confidence": self.confidence, "probabilities": self.probabilities,
+            "model_package": self.model_package, "label": self.label, "confidence": self.confidence,
+            "probabilities": self.probabilities,
             "review": self.review, "review_reasons": self.review_reasons, "ood_score": self.ood_score,
             "width": self.width, "height": self.height, "status": self.status, "review_codes": self.review_codes,
             "review_details": self.review_details,
@@ -131,10 +144,14 @@ class Filters:
     sample_id: str | None = None
     verified: bool | None = None
     disagrees: bool | None = None
+    clinic: int | None = None  # the caller's clinic; None only for a network admin (every clinic)
 
     def where(self) -> tuple[str, dict[str, Any]]:
         clauses: list[str] = []
         params: dict[str, Any] = {}
+        if self.clinic is not None:
+            clauses.append("clinic_id = :f_clinic")
+            params["f_clinic"] = self.clinic
         if self.label is not None:
             clauses.append("label = :f_label")
             params["f_label"] = self.label
@@ -168,7 +185,8 @@ class Page:
 
 def row_to_prediction(row: Mapping[str, Any]) -> StoredPrediction:
     return StoredPrediction(
-        id=row["id"], created_at=row["created_at"], sample_id=row["sample_id"], file_name=row["file_name"],
+        id=row["uid"], pk=row["id"], clinic_id=row["clinic_id"], model_package=row["model_package"],
+        created_at=row["created_at"], sample_id=row["sample_id"], file_name=row["file_name"],
         sha256=row["sha256"], model_version=row["model_version"], label=row["label"] or None,
         confidence=row["confidence"], probabilities=json.loads(row["probabilities"]),
         review=bool(row["review"]), review_reasons=json.loads(row["review_reasons"]),
@@ -285,18 +303,21 @@ class Store:
                     {"sha": sha, "data": data, "size": len(data), "now": now, "thumb": thumbnails.get(sha)})
             stored = []
             for p in predictions:
+                uid = str(uuid.uuid4())
                 new_id = conn.execute(text(
-                    "INSERT INTO predictions (created_at, sample_id, file_name, sha256, model_version, label, "
-                    "confidence, probabilities, review, review_reasons, ood_score, width, height, status, "
-                    "review_codes, review_details) VALUES (:now, :sample, :file, :sha, :version, :label, :conf, "
-                    ":probs, :review, :reasons, :ood, :width, :height, :status, :codes, :details) RETURNING id"),
-                    {"now": now, "sample": p.sample_id, "file": p.file_name, "sha": p.sha256,
+                    "INSERT INTO predictions (uid, clinic_id, created_at, sample_id, file_name, sha256, model_version, "
+                    "model_package, label, confidence, probabilities, review, review_reasons, ood_score, width, "
+                    "height, status, review_codes, review_details) VALUES (:uid, :clinic, :now, :sample, :file, "
+                    ":sha, :version, :package, :label, :conf, :probs, :review, :reasons, :ood, :width, :height, "
+                    ":status, :codes, :details) RETURNING id"),
+                    {"uid": uid, "clinic": p.clinic_id, "package": p.model_package, "now": now,
+                     "sample": p.sample_id, "file": p.file_name, "sha": p.sha256,
                      "version": p.model_version, "label": p.label or "", "conf": float(p.confidence),
                      "probs": json.dumps(p.probabilities), "review": int(p.review),
                      "reasons": json.dumps(p.review_reasons), "ood": p.ood_score, "width": p.width,
                      "height": p.height, "status": p.status, "codes": json.dumps(p.review_codes),
                      "details": json.dumps(p.review_details)}).scalar_one()
-                stored.append(StoredPrediction(**vars(p), id=int(new_id), created_at=now))
+                stored.append(StoredPrediction(**vars(p), id=uid, pk=int(new_id), created_at=now))
             return stored
 
         return self.write(work)
@@ -309,10 +330,13 @@ class Store:
             {"empty": b"", "before": uploaded_before}).rowcount))
 
     # -- reading -----------------------------------------------------------------------------------------
-    def get(self, prediction_id: int) -> StoredPrediction | None:
-        if not 1 <= prediction_id <= MAX_ROW_ID:  # the database cannot even bind such a number: no such row
-            return None
-        rows = self.query(f"SELECT {PREDICTION_COLUMNS} FROM predictions WHERE id = :id", {"id": prediction_id})
+    def get(self, prediction_id: str, clinic: int | None = None) -> StoredPrediction | None:
+        """The prediction with this public id in `clinic` (None: any clinic, for a network admin); None when
+        there is none there (another clinic's prediction does not exist for the caller)."""
+        where, params = Filters(clinic=clinic).where()
+        joiner = " AND " if where else " WHERE "
+        rows = self.query(f"SELECT {PREDICTION_COLUMNS} FROM predictions{where}{joiner}uid = :uid",
+                          {**params, "uid": str(prediction_id)})
         return row_to_prediction(rows[0]) if rows else None
 
     def image(self, sha256: str) -> bytes | None:
@@ -362,8 +386,10 @@ class Store:
                 yield row_to_prediction(row)
             last_id = int(rows[-1]["id"])
 
-    def labels(self) -> list[str]:
-        """Every class name present in the history (for filter menus)."""
-        return [r["label"] for r in self.query("SELECT DISTINCT label FROM predictions WHERE label != '' "
-                                               "ORDER BY label")]
+    def labels(self, clinic: int | None = None) -> list[str]:
+        """Every class name present in the clinic's history (for filter menus)."""
+        where, params = Filters(clinic=clinic).where()
+        joiner = " AND " if where else " WHERE "
+        return [r["label"] for r in self.query(f"SELECT DISTINCT label FROM predictions{where}{joiner}label != '' "
+                                               "ORDER BY label", params)]
 

@@ -8,6 +8,10 @@ which names exist. Users are never deleted (the verification trail names them): 
 `Users` is the table's API (the `leukoscope users` command and the login form use it); `Accounts` is what
 the auth middleware asks on every request: whether any user exists (then the whole app needs a login) and
 whether a logged-in user is still enabled, with the role and password they have now.
+
+Every user belongs to one clinic (the implicit one unless `users add --clinic`); names are unique across the
+network (the verification trail names users). A removed clinic's users can no longer log in, and their
+sessions end at their next request. `network-admin` users see every clinic.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from leukoscope.errors import DataError, UsageError
 from leukoscope.serve.database import database_url, display, make_engine, reason, sqlite_path
 from leukoscope.serve.sessions import ROLES, TOKEN_USER, Principal
-from leukoscope.serve.store import Store, utc_now
+from leukoscope.serve.store import DEFAULT_CLINIC_ID, Store, utc_now
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _NAME_RE = re.compile(NAME_PATTERN)
@@ -56,9 +60,12 @@ class User:
     role: str
     created_at: str
     disabled: bool
+    clinic_id: int = DEFAULT_CLINIC_ID
+    clinic: str = "default"
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "role": self.role, "created_at": self.created_at, "disabled": self.disabled}
+        return {"name": self.name, "role": self.role, "created_at": self.created_at, "disabled": self.disabled,
+                "clinic": self.clinic}
 
 
 def check_name(name: str) -> str:
@@ -73,7 +80,7 @@ def check_name(name: str) -> str:
 
 def check_role(role: str) -> str:
     if role not in ROLES:
-        raise UsageError(f"unknown role {role!r}: choose {' or '.join(ROLES)}")
+        raise UsageError(f"unknown role {role[:40]!r}: choose {', '.join(ROLES[:-1])} or {ROLES[-1]}")
     return role
 
 
@@ -129,7 +136,13 @@ def _dummy() -> str:
 
 def _user(row: Mapping[str, Any]) -> User:
     return User(id=row["id"], name=row["name"], role=row["role"], created_at=row["created_at"],
-                disabled=bool(row["disabled"]))
+                disabled=bool(row["disabled"]), clinic_id=int(row["clinic_id"]), clinic=row["clinic"])
+
+
+# users with their clinic's name and whether it was removed (a removed clinic's users cannot log in)
+_USERS = ("SELECT users.*, clinics.name AS clinic, clinics.deleted_at AS clinic_deleted FROM users "
+          "JOIN clinics ON clinics.id = users.clinic_id")
+_SAME_USER = "lower(users.name) = lower(:name)"
 
 
 class Users:
@@ -139,22 +152,28 @@ class Users:
         self.store = store
 
     def _row(self, name: str) -> Mapping[str, Any] | None:
-        rows = self.store.query(f"SELECT * FROM users WHERE {SAME_NAME}", {"name": name})
+        rows = self.store.query(f"{_USERS} WHERE {_SAME_USER}", {"name": name})
         return rows[0] if rows else None
 
-    def get(self, name: str) -> User | None:
-        """The user called `name` (names compare without case), or None."""
+    def get(self, name: str, clinic: int | None = None) -> User | None:
+        """The user called `name` (names compare without case) in `clinic` (None: any clinic), or None."""
         row = self._row(name)
-        return _user(row) if row else None
+        if row is None or (clinic is not None and int(row["clinic_id"]) != clinic):
+            return None
+        return _user(row)
 
-    def all_users(self) -> list[User]:
-        return [_user(r) for r in self.store.query("SELECT * FROM users ORDER BY lower(name), name")]
+    def all_users(self, clinic: int | None = None) -> list[User]:
+        """Every user of `clinic` (None: of every clinic)."""
+        where, params = (" WHERE users.clinic_id = :clinic", {"clinic": clinic}) if clinic is not None else ("", {})
+        return [_user(r) for r in self.store.query(f"{_USERS}{where} ORDER BY lower(users.name), users.name",
+                                                   params)]
 
     def count(self) -> int:
         return int(self.store.scalar("SELECT COUNT(*) FROM users"))
 
-    def add(self, name: str, role: str, password: str) -> User:
-        """Create a user. UsageError for a bad name, role or a weak password; DataError when the name is taken."""
+    def add(self, name: str, role: str, password: str, clinic_id: int = DEFAULT_CLINIC_ID) -> User:
+        """Create a user in a clinic (the implicit one by default). UsageError for a bad name, role or a weak
+        password; DataError when the name is taken (in any clinic: names are unique across the network)."""
         check_name(name)
         check_role(role)
         password_hash = hash_password(check_password(name, password))
@@ -164,10 +183,15 @@ class Users:
             taken = conn.execute(text(f"SELECT name FROM users WHERE {SAME_NAME}"), {"name": name}).scalar()
             if taken is not None:
                 raise DataError(f"a user named {taken!r} already exists")
-            new_id = conn.execute(text("INSERT INTO users (name, role, password_hash, created_at) "
-                                       "VALUES (:name, :role, :hash, :now) RETURNING id"),
-                                  {"name": name, "role": role, "hash": password_hash, "now": now}).scalar_one()
-            return User(int(new_id), name, role, now, False)
+            clinic = conn.execute(text("SELECT name FROM clinics WHERE id = :id AND deleted_at IS NULL"),
+                                  {"id": clinic_id}).scalar()
+            if clinic is None:
+                raise UsageError(f"unknown clinic (id {clinic_id})")
+            new_id = conn.execute(text("INSERT INTO users (name, role, password_hash, created_at, clinic_id) "
+                                       "VALUES (:name, :role, :hash, :now, :clinic) RETURNING id"),
+                                  {"name": name, "role": role, "hash": password_hash, "now": now,
+                                   "clinic": clinic_id}).scalar_one()
+            return User(int(new_id), name, role, now, False, clinic_id, clinic)
 
         try:
             return self.store.write(work)
@@ -179,7 +203,7 @@ class Users:
         def work(conn: Connection) -> User:
             conn.execute(text(f"UPDATE users SET disabled = :disabled WHERE {SAME_NAME}"),
                          {"disabled": int(disabled), "name": name})
-            row = conn.execute(text(f"SELECT * FROM users WHERE {SAME_NAME}"), {"name": name}).mappings().first()
+            row = conn.execute(text(f"{_USERS} WHERE {_SAME_USER}"), {"name": name}).mappings().first()
             if row is None:
                 raise DataError(f"no user named {name!r}")
             return _user(row)
@@ -211,7 +235,9 @@ class Users:
             self.store.write(lambda conn: conn.execute(text("UPDATE users SET password_hash = :hash WHERE id = :id"),
                                                        {"hash": password_hash, "id": row["id"]}))
         user = _user(row)
-        return user, (None if user.disabled else Principal(user.name, user.role, "password", stamp(password_hash)))
+        refused = user.disabled or row["clinic_deleted"] is not None
+        return user, (None if refused else Principal(user.name, user.role, "password", stamp(password_hash),
+                                                     user.clinic_id))
 
 
 def users_exist(db: str | os.PathLike[str]) -> bool:
@@ -227,7 +253,8 @@ def users_exist(db: str | os.PathLike[str]) -> bool:
         with engine.connect() as conn:
             if not inspect(conn).has_table("users"):
                 return False
-            return bool(conn.execute(text("SELECT EXISTS (SELECT 1 FROM users)")).scalar())
+            tokens = " OR EXISTS (SELECT 1 FROM api_tokens)" if inspect(conn).has_table("api_tokens") else ""
+            return bool(conn.execute(text(f"SELECT EXISTS (SELECT 1 FROM users){tokens}")).scalar())
     except SQLAlchemyError as exc:
         if path is not None:
             return False  # not a database: Store.open says so next, in its words
@@ -244,9 +271,11 @@ class Accounts:
         self._exist = False  # users are never deleted: once some exist, they always will
 
     def any_users(self) -> bool:
-        """Whether any user exists (then every page and route needs a login, token or no token)."""
+        """Whether any user or clinic API token exists (then every page and route needs a login, token or no
+        token; tokens are never deleted either, only revoked)."""
         if not self._exist and self.store is not None:
-            self._exist = bool(self.store.scalar("SELECT EXISTS (SELECT 1 FROM users)"))
+            self._exist = bool(self.store.scalar("SELECT EXISTS (SELECT 1 FROM users) OR "
+                                                 "EXISTS (SELECT 1 FROM api_tokens)"))
         return self._exist
 
     def current(self, session: Principal) -> Principal | None:
@@ -254,8 +283,8 @@ class Accounts:
         a new password; the role as it is now."""
         if self.store is None:
             return None
-        rows = self.store.query("SELECT role, password_hash, disabled FROM users WHERE name = :name",
-                                {"name": session.name})
-        if not rows or rows[0]["disabled"] or stamp(rows[0]["password_hash"]) != session.stamp:
+        rows = self.store.query(f"{_USERS} WHERE users.name = :name", {"name": session.name})
+        if not rows or rows[0]["disabled"] or rows[0]["clinic_deleted"] is not None or \
+                stamp(rows[0]["password_hash"]) != session.stamp:
             return None
-        return Principal(session.name, rows[0]["role"], "password", session.stamp)
+        return Principal(session.name, rows[0]["role"], "password", session.stamp, int(rows[0]["clinic_id"]))

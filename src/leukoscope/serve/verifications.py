@@ -5,10 +5,15 @@ A verification says who looked at a prediction, when, and what they saw: one of 
 supersedes an earlier one without erasing it: the latest (highest id) is the prediction's verified class,
 and every one stays for the audit (schema.py, migration 5). Each is written in one transaction that first
 checks the prediction exists, so a refused verification leaves nothing behind.
+
+A verification belongs to its prediction's clinic: every function takes the caller's `clinic` (None: every
+clinic, for a network admin, and for the library's own callers) and sees nothing of another. `id` and
+`prediction_id` in JSON are the public UUIDs; the integer keys (`pk`) stay inside.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -19,7 +24,6 @@ from sqlalchemy.engine import Connection
 from leukoscope.serve.store import (
     MAX_PAGE,
     MAX_PER_PAGE,
-    MAX_ROW_ID,
     PREDICTION_COLUMNS,
     Store,
     StoredPrediction,
@@ -29,24 +33,40 @@ from leukoscope.serve.store import (
 
 MAX_COMMENT = 1000
 UNUSABLE = "unusable"  # how an unusable verdict reads on pages and in CSV (never a class name)
-_COLUMNS = "id, prediction_id, created_at, user_name, label, unusable, comment"
+_COLUMNS = ("v.id, v.uid, v.prediction_id, p.uid AS prediction_uid, v.created_at, v.user_name, v.label, v.unusable, "
+            "v.comment")
+_FROM = "FROM verifications AS v JOIN predictions AS p ON p.id = v.prediction_id"
 # the latest verification of each verified prediction
 LATEST = "SELECT prediction_id, MAX(id) AS id FROM verifications GROUP BY prediction_id"
-_LATEST_OF = text(f"SELECT {_COLUMNS} FROM verifications WHERE id IN (SELECT MAX(id) FROM verifications "
+_LATEST_OF = text(f"SELECT {_COLUMNS} {_FROM} WHERE v.id IN (SELECT MAX(id) FROM verifications "
                   "WHERE prediction_id IN :ids GROUP BY prediction_id)").bindparams(bindparam("ids", expanding=True))
+
+
+def clinic_clause(clinic: int | None, column: str = "p.clinic_id") -> tuple[str, dict[str, Any]]:
+    """" AND <column> = :clinic" for one clinic; nothing for every clinic (None)."""
+    return ("", {}) if clinic is None else (f" AND {column} = :clinic", {"clinic": clinic})
+
+
+def pk_of(store: Store, prediction_id: str, clinic: int | None) -> int | None:
+    """The internal key of the prediction with this public id in `clinic`, or None (no such prediction there)."""
+    where, params = clinic_clause(clinic, "clinic_id")
+    found = store.scalar(f"SELECT id FROM predictions WHERE uid = :uid{where}", {**params, "uid": str(prediction_id)})
+    return None if found is None else int(found)
 
 
 @dataclass(frozen=True)
 class Verification:
     """One stored verification."""
 
-    id: int
-    prediction_id: int
+    id: str  # public (a UUID)
+    prediction_id: str  # the prediction's public id
     created_at: str
     user_name: str
     label: str | None  # None when marked unusable
     unusable: bool
     comment: str = ""
+    pk: int = 0  # internal keys, never shown
+    prediction_pk: int = 0
 
     @property
     def call(self) -> str:
@@ -77,41 +97,45 @@ class AuditEntry:
 
 
 def _verification(row: Mapping[str, Any]) -> Verification:
-    return Verification(id=row["id"], prediction_id=row["prediction_id"], created_at=row["created_at"],
+    return Verification(id=row["uid"], prediction_id=row["prediction_uid"], created_at=row["created_at"],
                         user_name=row["user_name"], label=row["label"], unusable=bool(row["unusable"]),
-                        comment=row["comment"])
+                        comment=row["comment"], pk=int(row["id"]), prediction_pk=int(row["prediction_id"]))
 
 
-def add(store: Store, prediction_id: int, user_name: str, label: str | None, comment: str = "") -> Verification | None:
-    """Append a verification (label None: unusable) in one transaction; None when there is no such prediction."""
-    if not 1 <= prediction_id <= MAX_ROW_ID:
-        return None
-    now = utc_now()
+def add(store: Store, prediction_id: str, user_name: str, label: str | None, comment: str = "", *,
+        clinic: int | None = None) -> Verification | None:
+    """Append a verification (label None: unusable) in one transaction; None when there is no such prediction
+    in `clinic` (None: in any clinic)."""
+    now, uid = utc_now(), str(uuid.uuid4())
+    where, params = clinic_clause(clinic, "clinic_id")
 
     def work(conn: Connection) -> Verification | None:
-        if conn.execute(text("SELECT 1 FROM predictions WHERE id = :id"), {"id": prediction_id}).first() is None:
+        pk = conn.execute(text(f"SELECT id FROM predictions WHERE uid = :uid{where}"),
+                          {**params, "uid": str(prediction_id)}).scalar()
+        if pk is None:
             return None
         new_id = conn.execute(text(
-            "INSERT INTO verifications (prediction_id, created_at, user_name, label, unusable, comment) "
-            "VALUES (:pid, :now, :user, :label, :unusable, :comment) RETURNING id"),
-            {"pid": prediction_id, "now": now, "user": user_name, "label": label, "unusable": int(label is None),
+            "INSERT INTO verifications (uid, prediction_id, created_at, user_name, label, unusable, comment) "
+            "VALUES (:uid, :pid, :now, :user, :label, :unusable, :comment) RETURNING id"),
+            {"uid": uid, "pid": pk, "now": now, "user": user_name, "label": label, "unusable": int(label is None),
              "comment": comment}).scalar_one()
-        return Verification(int(new_id), prediction_id, now, user_name, label, label is None, comment)
+        return Verification(uid, str(prediction_id), now, user_name, label, label is None, comment, int(new_id),
+                            int(pk))
 
     return store.write(work)
 
 
-def trail(store: Store, prediction_id: int) -> list[Verification]:
-    """Every verification of one prediction, oldest first (the last one is its verified class)."""
-    if not 1 <= prediction_id <= MAX_ROW_ID:
-        return []
-    rows = store.query(f"SELECT {_COLUMNS} FROM verifications WHERE prediction_id = :pid ORDER BY id",
-                       {"pid": prediction_id})
+def trail(store: Store, prediction_id: str, *, clinic: int | None = None) -> list[Verification]:
+    """Every verification of one prediction (public id, in `clinic`), oldest first (the last one is its
+    verified class)."""
+    where, params = clinic_clause(clinic)
+    rows = store.query(f"SELECT {_COLUMNS} {_FROM} WHERE p.uid = :uid{where} ORDER BY v.id",
+                       {**params, "uid": str(prediction_id)})
     return [_verification(r) for r in rows]
 
 
 def latest(store: Store, prediction_ids: Sequence[int]) -> dict[int, Verification]:
-    """The latest verification of each of these predictions that has one."""
+    """The latest verification of each of these predictions (internal keys, `pk`) that has one."""
     found: dict[int, Verification] = {}
     ids = sorted(set(prediction_ids))
     for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
@@ -123,8 +147,8 @@ def latest(store: Store, prediction_ids: Sequence[int]) -> dict[int, Verificatio
 
 def attach(store: Store, rows: Sequence[StoredPrediction]) -> list[StoredPrediction]:
     """The rows with their latest verification (`StoredPrediction.verification`, None when not verified)."""
-    found = latest(store, [r.id for r in rows])
-    return [replace(r, verification=found.get(r.id)) for r in rows]
+    found = latest(store, [r.pk for r in rows])
+    return [replace(r, verification=found.get(r.pk)) for r in rows]
 
 
 def attach_all(store: Store, rows: Iterable[StoredPrediction], *, chunk: int = 200) -> Iterator[StoredPrediction]:
@@ -148,10 +172,14 @@ class TrailFilters:
     user: str | None = None
     disagrees: bool | None = None  # this verification's call differs from the model's
     latest: bool | None = None  # only verifications not superseded (True) or only superseded ones (False)
+    clinic: int | None = None  # the caller's clinic (None: every clinic, a network admin)
 
     def where(self) -> tuple[str, dict[str, Any]]:
         clauses: list[str] = []
         params: dict[str, Any] = {}
+        if self.clinic is not None:
+            clauses.append("p.clinic_id = :clinic")
+            params["clinic"] = self.clinic
         if self.since is not None:
             clauses.append("v.created_at >= :since")
             params["since"] = self.since
@@ -191,8 +219,7 @@ def page(store: Store, page: int = 1, per_page: int = 50, filters: TrailFilters 
     source = f"FROM verifications AS v JOIN predictions AS p ON p.id = v.prediction_id{where}"
     total = int(store.scalar(f"SELECT COUNT(*) {source}", params))
     rows = store.query(
-        f"SELECT v.id, v.prediction_id, v.created_at, v.user_name, v.label, v.unusable, v.comment, "
-        f"p.label AS model_label, p.model_version, v.id IN (SELECT id FROM ({LATEST}) AS latest WHERE "
+        f"SELECT {_COLUMNS}, p.label AS model_label, p.model_version, v.id IN (SELECT id FROM ({LATEST}) AS latest WHERE "
         f"prediction_id = v.prediction_id) AS is_latest {source} ORDER BY v.id DESC LIMIT :limit OFFSET :offset",
         {**params, "limit": per_page, "offset": (page - 1) * per_page})
     items = [AuditEntry(_verification(r), r["model_label"] or None, r["model_version"], bool(r["is_latest"]))
@@ -200,24 +227,27 @@ def page(store: Store, page: int = 1, per_page: int = 50, filters: TrailFilters 
     return TrailPage(items, page, per_page, total, filters)
 
 
-def pending(store: Store, limit: int, *, after_id: int | None = None,
+def pending(store: Store, limit: int, *, clinic: int | None = None, after_pk: int | None = None,
             after_flagged: bool = True) -> tuple[list[StoredPrediction], int]:
-    """Predictions awaiting verification (none yet) whose image is still kept: flagged first, then the rest,
-    newest first within each; at most `limit`, from after the item `after_id` (whose flag is `after_flagged`)
-    when given, with how many await in all."""
+    """Predictions of `clinic` awaiting verification (none yet) whose image is still kept: flagged first, then
+    the rest, newest first within each; at most `limit`, from after the item `after_pk` (internal key; whose
+    flag is `after_flagged`) when given, with how many await in all."""
+    mine, params = clinic_clause(clinic, "clinic_id")
     source = ("FROM predictions WHERE NOT EXISTS (SELECT 1 FROM verifications AS v WHERE v.prediction_id = "
               "predictions.id) AND EXISTS (SELECT 1 FROM images AS i WHERE i.sha256 = predictions.sha256 "
-              "AND i.size > 0)")
-    total = int(store.scalar(f"SELECT COUNT(*) {source}"))
-    cursor, params = "", {}
-    if after_id is not None:
+              f"AND i.size > 0){mine}")
+    total = int(store.scalar(f"SELECT COUNT(*) {source}", params))
+    cursor = ""
+    if after_pk is not None:
         cursor = " AND (review < :flag OR (review = :flag AND id < :after))"
-        params = {"flag": int(after_flagged), "after": min(after_id, MAX_ROW_ID)}
+        params = {**params, "flag": int(after_flagged), "after": after_pk}
     rows = store.query(f"SELECT {PREDICTION_COLUMNS} {source}{cursor} ORDER BY review DESC, id DESC LIMIT :limit",
                        {**params, "limit": max(1, min(limit, MAX_PER_PAGE))})
     return [row_to_prediction(r) for r in rows], total
 
 
-def users_seen(store: Store) -> list[str]:
-    """Everyone who has verified something (for filter menus)."""
-    return [r["user_name"] for r in store.query("SELECT DISTINCT user_name FROM verifications ORDER BY user_name")]
+def users_seen(store: Store, clinic: int | None = None) -> list[str]:
+    """Everyone who has verified something in `clinic` (for filter menus)."""
+    where, params = clinic_clause(clinic)
+    return [r["user_name"] for r in store.query(f"SELECT DISTINCT v.user_name {_FROM} WHERE 1 = 1{where} "
+                                                "ORDER BY v.user_name", params)]

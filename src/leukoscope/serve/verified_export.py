@@ -11,6 +11,9 @@ The database (a SQLite file or a postgresql:// URL) is opened read-only (a runni
 export reads one snapshot: a SQLite read transaction, or PostgreSQL's REPEATABLE READ), and the
 dataset is built in a temporary folder beside DIR and renamed into place, so an error never leaves half a
 dataset behind.
+
+An export is one clinic's (`clinic=NAME`; the implicit clinic by default): its verified images only, and
+`prediction_id` in the manifest is the prediction's public id (a UUID), as the web app shows it.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from leukoscope.data.imaging import IMAGE_SUFFIXES, read_info
 from leukoscope.errors import DataError, ImageError, UsageError
 from leukoscope.serve import migrate
 from leukoscope.serve.database import database_url, display, make_engine, reason, sqlite_path
+from leukoscope.serve.store import DEFAULT_CLINIC_ID
 
 MANIFEST = "manifest.csv"
 MISSING = "missing.csv"
@@ -49,11 +53,12 @@ MAX_NAME = 80
 _FORMAT_SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp", "MPO": ".jpg"}
 
 _LATEST = """
-SELECT v.id AS verification_id, v.prediction_id, v.created_at, v.user_name, v.label, v.unusable,
+SELECT v.id AS verification_id, p.uid AS prediction_id, v.created_at, v.user_name, v.label, v.unusable,
        p.sha256, p.file_name, p.label AS model_label, p.model_version
 FROM verifications AS v
 JOIN (SELECT prediction_id, MAX(id) AS id FROM verifications GROUP BY prediction_id) AS latest ON latest.id = v.id
 JOIN predictions AS p ON p.id = v.prediction_id
+WHERE p.clinic_id = :clinic
 ORDER BY v.id
 """
 
@@ -63,7 +68,7 @@ class Verdict:
     """The latest verification of one prediction, with what the model had said about its image."""
 
     verification_id: int
-    prediction_id: int
+    prediction_id: str  # public (a UUID)
     verified_at: str
     verifier: str
     label: str | None  # None when marked unusable
@@ -140,20 +145,34 @@ def connect_read_only(db: str | os.PathLike[str]) -> Iterator[Connection]:
             raise DataError(f"{where} has schema version {version}, from before verifications: open it once "
                             "with this version's `leukoscope serve --db` to upgrade it, then verify images in "
                             "the web app")
+        if "clinics" not in tables:  # read-only: a database from before clinics cannot be migrated here
+            raise DataError(f"{where} has schema version {version}, from before clinics: open it once with this "
+                            "version's `leukoscope serve --db` or `leukoscope db upgrade --db` to upgrade it")
         yield conn
     finally:
         conn.close()
         engine.dispose()
 
 
-def read_verdicts(conn: Connection) -> list[Verdict]:
-    """The latest verification of every verified prediction, oldest verification first."""
-    return [Verdict(verification_id=int(r["verification_id"]), prediction_id=int(r["prediction_id"]),
+def clinic_id(conn: Connection, name: str | None) -> int:
+    """The id of the live clinic `name` (None: the implicit clinic); UsageError (one line) when unknown."""
+    if name is None:
+        return DEFAULT_CLINIC_ID
+    found = conn.execute(text("SELECT id FROM clinics WHERE lower(name) = lower(:name) AND deleted_at IS NULL"),
+                         {"name": name}).scalar()
+    if found is None:
+        raise UsageError(f"unknown clinic {name[:80]!r} (`leukoscope clinics list`)")
+    return int(found)
+
+
+def read_verdicts(conn: Connection, clinic: int = 1) -> list[Verdict]:
+    """The latest verification of every verified prediction of `clinic`, oldest verification first."""
+    return [Verdict(verification_id=int(r["verification_id"]), prediction_id=str(r["prediction_id"]),
                     verified_at=str(r["created_at"]), verifier=str(r["user_name"]),
                     label=None if r["unusable"] or r["label"] is None else str(r["label"]),
                     sha256=str(r["sha256"]), file_name=str(r["file_name"]), model_label=str(r["model_label"] or ""),
                     model_version=str(r["model_version"]))
-            for r in conn.execute(text(_LATEST)).mappings()]
+            for r in conn.execute(text(_LATEST), {"clinic": clinic}).mappings()]
 
 
 def winners(verdicts: list[Verdict]) -> tuple[list[Verdict], list[tuple[Verdict, list[Verdict]]], int]:
@@ -247,14 +266,15 @@ def _place(staging: Path, out: Path) -> None:
         staging.rename(out)
 
 
-def export_verified(db: str | os.PathLike[str], out: str | Path, *, overwrite: bool = False) -> ExportSummary:
-    """Write the verified images of `db` (a SQLite path or a database URL) as a folder-per-class dataset at
-    `out` (see the module doc)."""
+def export_verified(db: str | os.PathLike[str], out: str | Path, *, overwrite: bool = False,
+                    clinic: str | None = None) -> ExportSummary:
+    """Write the verified images of one clinic (`clinic`, a name; None: the implicit clinic) of `db` (a SQLite
+    path or a database URL) as a folder-per-class dataset at `out` (see the module doc)."""
     out = Path(out)
     check_out(out, overwrite=overwrite)
     shown = display(database_url(db))
     with connect_read_only(db) as conn:  # one snapshot, even while a server writes
-        verdicts = read_verdicts(conn)
+        verdicts = read_verdicts(conn, clinic_id(conn, clinic))
         chosen, conflicts, repeats = winners(verdicts)
         summary = ExportSummary(out, verified_predictions=len(verdicts), conflicts=conflicts, duplicates=repeats)
         usable = []
