@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.netload import Clinic, LoadRun, columns, store_query, stored_names
+from benchmarks.netload import Clinic, LoadRun, store_query, stored_names
 
-TOKEN_RE = re.compile(r"[A-Za-z0-9_\-.~+/=]{20,}")  # what a printed API token looks like (the last such word)
+TOKEN_RE = re.compile(r"[A-Za-z0-9_\-.~+/=]{20,}")  # what a printed API token looks like
 
 
 def _leukoscope(*args: str, db: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -37,11 +37,12 @@ def clinics_supported(db: str) -> bool:
 
 
 def parse_token(output: str) -> str:
-    """The token `leukoscope tokens create` printed (shown once): the last token-like word of its output."""
-    words = [w for line in output.splitlines() for w in TOKEN_RE.findall(line) if not w.startswith(("http", "/"))]
-    if not words:
+    """The token `leukoscope tokens create` printed (shown once): the whole first line of its output, so that a
+    script can read it (`TOKEN=$(leukoscope tokens create --clinic C | head -1)`); the rest is for people."""
+    first = output.strip().splitlines()[0].strip() if output.strip() else ""
+    if not TOKEN_RE.fullmatch(first):
         raise SystemExit(f"could not find the new token in the output of `leukoscope tokens create`: {output[-300:]!r}")
-    return words[-1]
+    return first
 
 
 def create_clinics(db: str, names: Sequence[str]) -> list[Clinic]:
@@ -91,33 +92,23 @@ class ClinicCheck:
 
 
 def check_clinics(target: str | Path, prefix: str, run: LoadRun, *, real_clinics: bool) -> ClinicCheck:
-    """Every row of a clinic's request is in that clinic (by clinics.name where the schema has it, else one
-    clinic_id per sender and a different one for each), and each clinic holds as many rows as it got 200s."""
+    """Every row of a clinic's request is in that clinic (predictions.clinic_id joined to clinics.name), and each
+    clinic holds as many rows as it got 200s."""
     if not real_clinics:
         return ClinicCheck("n/a", "clinic check: not available (this leukoscope has no `clinics` command: the 3 "
                                   "clinics shared the server's one token)")
-    if "clinic_id" not in columns(target, "predictions"):
-        return ClinicCheck("n/a", "clinic check: not available on this schema (predictions has no clinic_id)")
     sender = {o.file_name: o.clinic for o in run.outcomes}
-    rows = store_query(target, "SELECT file_name, CAST(clinic_id AS TEXT) AS clinic FROM predictions "
-                               "WHERE file_name LIKE :p", {"p": f"{prefix}-%"})
-    named = {"id", "name"} <= columns(target, "clinics")
-    names = {r["id"]: r["name"] for r in store_query(target, "SELECT CAST(id AS TEXT) AS id, name FROM clinics")} \
-        if named else {}
+    rows = store_query(target, "SELECT p.file_name, c.name AS clinic FROM predictions p JOIN clinics c "
+                               "ON c.id = p.clinic_id WHERE p.file_name LIKE :p", {"p": f"{prefix}-%"})
     by_sender: dict[str, Counter] = {}
     for row in rows:
         by_sender.setdefault(sender.get(row["file_name"], "?"), Counter())[row["clinic"]] += 1
-    if named:
-        expected = {clinic: next((i for i, n in names.items() if n == clinic), None) for clinic in by_sender}
-    else:  # the id most of a sender's rows carry; two senders on one id is itself a failure
-        expected = {clinic: ids.most_common(1)[0][0] for clinic, ids in by_sender.items()}
+    expected = {clinic: clinic for clinic in by_sender}  # a row belongs in the clinic whose token sent it
     wrong = sum(n for clinic, ids in by_sender.items() for cid, n in ids.items() if cid != expected[clinic])
-    shared = len(set(expected.values())) < len(expected)
     per_clinic = {clinic: sum(ids.values()) for clinic, ids in sorted(by_sender.items())}
     accepted = Counter(o.clinic for o in run.accepted())
     counts_ok = all(per_clinic.get(c, 0) == n for c, n in accepted.items())
-    ok = wrong == 0 and not shared and "?" not in by_sender and counts_ok
-    how = "by clinics.name" if named else "by clinic_id (the clinics table has no name column)"
+    ok = wrong == 0 and "?" not in by_sender and counts_ok
     return ClinicCheck("PASS" if ok else "FAIL",
-                       f"clinic check ({how}): rows in the wrong clinic {wrong}; rows per clinic {per_clinic} "
-                       f"vs 200s {dict(sorted(accepted.items()))}{'; two clinics share one clinic_id' if shared else ''}")
+                       f"clinic check: rows in the wrong clinic {wrong}; rows per clinic {per_clinic} "
+                       f"vs 200s {dict(sorted(accepted.items()))}")

@@ -211,20 +211,6 @@ def count_rows(target: str | Path, prefix: str | None = None) -> int:
     return int(store_query(target, f"SELECT COUNT(*) AS n FROM predictions{where}", params)[0]["n"])
 
 
-def columns(target: str | Path, table: str) -> set[str]:
-    """The columns of `table` (empty when there is no such table): what this schema can be asked."""
-    from sqlalchemy import inspect
-
-    from leukoscope.serve.store import Store
-
-    store = Store(target)
-    try:
-        inspector = inspect(store.engine)
-        return {c["name"] for c in inspector.get_columns(table)} if inspector.has_table(table) else set()
-    finally:
-        store.close()
-
-
 def stored_names(target: str | Path, prefix: str) -> list[str]:
     """File names of the rows left by requests named `prefix-...` (one per row, duplicates kept)."""
     rows = store_query(target, "SELECT file_name FROM predictions WHERE file_name LIKE :p", {"p": f"{prefix}-%"})

@@ -71,38 +71,34 @@ def _outcome(name: str, clinic: str, status: int = 200) -> Outcome:
 
 
 def test_rows_and_clinics_are_checked_in_the_database_and_the_check_can_fail(tmp_path: Path) -> None:
+    from leukoscope.serve.clinics import Clinics
     from leukoscope.serve.store import NewPrediction, Store
 
     db = tmp_path / "leukoscope.db"
     names = {"p-x-00000.jpg": "x", "p-x-00001.jpg": "x", "p-y-00002.jpg": "y"}
     with Store(db) as store:
-        store.add([NewPrediction("", name, "ab", "m", "Benign", 0.9, {"Benign": 0.9}, False, [], None, 8, 8)
-                   for name in names], {"ab": b"img"})
+        clinic_ids = {name: Clinics(store).add(name).id for name in ("x", "y")}
+        store.add([NewPrediction("", name, "ab", "m", "Benign", 0.9, {"Benign": 0.9}, False, [], None, 8, 8,
+                                 clinic_id=clinic_ids[clinic]) for name, clinic in names.items()], {"ab": b"img"})
     run = LoadRun([_outcome(n, c) for n, c in names.items()] + [_outcome("p-y-00003.jpg", "y")])
     check = netclinics.check_rows(db, "p", run)
     assert (check.rows, check.accepted, check.missing, check.exact) == (3, 4, 1, False)  # one 200 without its row
     assert netclinics.check_rows(db, "p", LoadRun(run.outcomes[:3])).exact
     assert netclinics.check_clinics(db, "p", run, real_clinics=False).verdict == "n/a"
-    no_column = netclinics.check_clinics(db, "p", run, real_clinics=True)
-    assert no_column.verdict == "n/a" and "not available on this schema" in no_column.line
-    with Store(db) as store:  # what a clinic schema looks like to the check (r0007 adds clinic_id)
-        store.write(lambda conn: [conn.exec_driver_sql(sql) for sql in (
-            "CREATE TABLE clinics (id INTEGER PRIMARY KEY, name TEXT)",
-            "INSERT INTO clinics VALUES (1, 'x'), (2, 'y')",
-            "ALTER TABLE predictions ADD COLUMN clinic_id INTEGER",
-            "UPDATE predictions SET clinic_id = CASE WHEN file_name LIKE 'p-x-%' THEN 1 ELSE 2 END")])
+    assert netclinics.check_clinics(db, "p", run, real_clinics=True).verdict == "FAIL"  # y: 2 200s, 1 row
     good = LoadRun(run.outcomes[:3])
     assert netclinics.check_clinics(db, "p", good, real_clinics=True).verdict == "PASS"
     with Store(db) as store:
-        store.write(lambda conn: conn.exec_driver_sql("UPDATE predictions SET clinic_id = 2 "
+        store.write(lambda conn: conn.exec_driver_sql(f"UPDATE predictions SET clinic_id = {clinic_ids['y']} "
                                                       "WHERE file_name = 'p-x-00000.jpg'"))
     wrong = netclinics.check_clinics(db, "p", good, real_clinics=True)
     assert wrong.verdict == "FAIL" and "wrong clinic 1" in wrong.line
 
 
 def test_the_printed_token_is_found() -> None:
-    assert netclinics.parse_token("Token for clinic-a (shown once):\n  lk_AbC123-xyz_0987654321QQ\n") == \
-        "lk_AbC123-xyz_0987654321QQ"
+    printed = ("lks_AbC123-xyz_0987654321QQ\ntoken c1-8f2208 (id e61283eb-37a0-4b1d-ad2d-860d8f9175bb, admin of clinic "
+               "c1): shown only now\n")
+    assert netclinics.parse_token(printed) == "lks_AbC123-xyz_0987654321QQ"
     with pytest.raises(SystemExit):
         netclinics.parse_token("no token here")
 

@@ -264,7 +264,7 @@ def test_check_shared_all(capsys, shared_all: Path, tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------- export-verified
 
 
-def _verified_db(tmp_path: Path) -> tuple[Path, list[int]]:
+def _verified_db(tmp_path: Path) -> tuple[Path, list]:
     """A web-app database with three predictions: verified Pre-B, verified unusable, and unverified."""
     import sqlite3
 
@@ -280,11 +280,11 @@ def _verified_db(tmp_path: Path) -> tuple[Path, list[int]]:
             row = NewPrediction(sample_id="s", file_name=f"cell {seed}.png", sha256=sha256_bytes(data),
                                 model_version="m@1", label="Benign", confidence=0.9, probabilities={"Benign": 0.9},
                                 review=False, review_reasons=[], ood_score=None, width=64, height=64)
-            ids.append(store.add([row], {row.sha256: data})[0].id)
+            ids.append(store.add([row], {row.sha256: data})[0])  # the stored rows: .pk inside, .id (a UUID) outside
     with sqlite3.connect(db) as conn:
         for prediction, label in ((ids[0], "Pre-B"), (ids[1], None)):
             conn.execute("INSERT INTO verifications (prediction_id, created_at, user_name, label, unusable) "
-                         "VALUES (?, ?, 'tech', ?, ?)", (prediction, utc_now(), label, int(label is None)))
+                         "VALUES (?, ?, 'tech', ?, ?)", (prediction.pk, utc_now(), label, int(label is None)))
     return db, ids
 
 
@@ -296,7 +296,7 @@ def test_export_verified_writes_a_dataset_and_one_summary_line(capsys, tmp_path:
     assert stdout.strip() == f"exported 1 verified image(s) (Pre-B 1) to {out}; 1 verified unusable, left out"
     rows = read_csv(out / "manifest.csv")
     assert [(r["label"], r["model_label"], r["verifier"], r["prediction_id"]) for r in rows] == [
-        ("Pre-B", "Benign", "tech", str(ids[0]))]
+        ("Pre-B", "Benign", "tech", str(ids[0].id))]
     code, stdout, _ = run(capsys, "data", "check", out, "-q")  # a dataset like any other
     assert "1 usable images" in " ".join(stdout.split())
     code, _, err = run(capsys, "data", "export-verified", "--db", db, "--out", out)
@@ -318,3 +318,11 @@ def test_export_verified_bad_databases_are_one_line(capsys, tmp_path: Path) -> N
     code, _, err = run(capsys, "data", "export-verified", "--db", tmp_path / "old.db", "--out", tmp_path / "o")
     assert code == 1 and "from before verifications" in one_error_line(err)
     assert not (tmp_path / "o").exists()
+
+
+def test_export_verified_of_one_clinic(capsys, tmp_path: Path) -> None:
+    db, _ = _verified_db(tmp_path)
+    code, stdout, err = run(capsys, "data", "export-verified", "--db", db, "--out", tmp_path / "a", "--clinic", "default")
+    assert code == 0 and "exported 1 verified image(s)" in stdout, err
+    code, _, err = run(capsys, "data", "export-verified", "--db", db, "--out", tmp_path / "b", "--clinic", "nowhere")
+    assert code != 0 and "nowhere" in one_error_line(err)

@@ -173,6 +173,8 @@ def export_verified_command(
                            "postgresql:// URL); read only."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write: one subfolder per class, manifest.csv."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier export at --out."),
+    clinic: str | None = typer.Option(None, "--clinic", help="Export this clinic's verified images (default: the "
+                                      "implicit clinic of a single-workstation server)."),
 ) -> None:
     """The technologists' verified images as a folder-per-class dataset, with manifest.csv (sha256, verifier,
     time, the model's call). The latest verification of a prediction wins; an image is exported once;
@@ -180,5 +182,5 @@ def export_verified_command(
     """
     from leukoscope.serve.verified_export import export_verified
 
-    summary = export_verified(db, out, overwrite=overwrite)
+    summary = export_verified(db, out, overwrite=overwrite, clinic=clinic)
     console.print(escape(summary.line()), highlight=False, soft_wrap=True)
