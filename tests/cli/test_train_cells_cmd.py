@@ -24,7 +24,6 @@ def test_a_cell_recipe_refuses_training_the_whole_network(capsys, tmp_path: Path
     assert code == 2 and "unit must be one of fields, cells" in err
 
 
-@pytest.mark.slow
 def test_train_unit_cells_writes_a_cell_run(capsys, tmp_path: Path) -> None:
     data = make_field_dataset(tmp_path / "data")
     code, out, err = run(capsys, "train", data, "--unit", "cells", "--out-dir", tmp_path / "runs", "--name", "c", "-q",

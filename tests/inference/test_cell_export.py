@@ -16,8 +16,6 @@ from tests.helpers.modelfixtures import shared_tiny_run
 from tests.segmentation.synthetic import field
 from tests.training.cellfixtures import shared_cell_package
 
-pytestmark = pytest.mark.slow  # trains and exports a tiny cell run (~10-40 s on 2 cores)
-
 
 def test_a_cell_package_says_cells_and_fits_its_rules_on_crops(tmp_path_factory) -> None:
     package = shared_cell_package(tmp_path_factory)

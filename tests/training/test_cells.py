@@ -25,7 +25,6 @@ def test_unit_is_checked_and_cells_need_a_head_only_recipe() -> None:
     assert TrainConfig(unit="cells", trainable="frozen", cells_per_field="8").cells_per_field == 8
 
 
-@pytest.mark.slow  # trains a tiny cell run (~10-40 s on 2 cores)
 def test_a_cell_run_folder_holds_what_a_run_needs_and_its_crops(tmp_path_factory) -> None:
     run = shared_cell_run(tmp_path_factory)
     for name in ("config.yaml", "manifest.csv", "split.csv", "env.json", "metrics.csv", "best.pt", "last.pt",
@@ -41,7 +40,6 @@ def test_a_cell_run_folder_holds_what_a_run_needs_and_its_crops(tmp_path_factory
     assert "test" not in (run / "metrics.csv").read_text().splitlines()[0]
 
 
-@pytest.mark.slow
 def test_a_cell_run_cannot_be_resumed_or_overwritten(tmp_path_factory, tmp_path: Path) -> None:
     run = shared_cell_run(tmp_path_factory)
     config = cell_config(run.parent.parent / "data", run.parent, name=run.name)
