@@ -10,16 +10,11 @@ import pytest
 
 import leukoscope
 from tests.adaptation.fixtures import make_lab, shared_parent
-from tests.helpers.cli import run
+from tests.helpers.cli import one_error_line, run
 from tests.helpers.modelfixtures import shared_tiny_package
 
 pytestmark = pytest.mark.usefixtures("wide_console")
 
-
-def one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

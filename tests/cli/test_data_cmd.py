@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from leukoscope.cli.common import console, err_console
-from tests.helpers.cli import run
+from tests.helpers.cli import one_error_line, run
 
 
 @pytest.fixture(autouse=True)
@@ -25,11 +25,6 @@ def wide_console():
     yield
     console._width, err_console._width = saved
 
-
-def one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

@@ -19,3 +19,10 @@ def run(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str
     out, err = capsys.readouterr()
     assert "Traceback" not in out + err
     return code, out, err
+
+
+def one_error_line(err: str) -> str:
+    """The CLI's one `error: ...` line of a failed command (exactly one, or the test fails)."""
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]

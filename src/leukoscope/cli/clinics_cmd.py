@@ -14,6 +14,7 @@ from rich.markup import escape
 
 from leukoscope.cli.common import console
 from leukoscope.cli.users_cmd import DB_HELP, open_store
+from leukoscope.errors import UsageError
 
 clinics_app = typer.Typer(help="Clinics of a hospital network's server: add, list, remove, set a model.",
                           no_args_is_help=True)
@@ -60,9 +61,12 @@ def set_model(name: str = typer.Argument(..., help="Clinic name."),
                                             "or 'default' for the server's own."),
               db: str | None = typer.Option(None, "--db", help=DB_HELP)) -> None:
     """Choose the package a clinic predicts with; running servers use it within seconds (each loads it once)."""
+    from leukoscope.inference.cells import UNIT_CELLS, unit_of_model
     from leukoscope.serve.clinics import DEFAULT_CLINIC_MODEL, Clinics, package_value
 
     value = package_value(package)  # a folder without a package: exit 2 before the database is opened
+    if value is not None and unit_of_model(value) == UNIT_CELLS:
+        raise UsageError(f"{package} is a cell model (it classifies cell crops): a clinic needs a field model")
     with open_store(db) as store:
         clinic = Clinics(store).set_model(name, package if value is None else value)
     console.print(f"clinic {escape(clinic.name)} predicts with {escape(clinic.model or DEFAULT_CLINIC_MODEL)}",

@@ -45,8 +45,17 @@ def export(
         if not quiet:
             console.print(escape(message), highlight=False)
 
-    path = export_run(run, out, int8=int8, int8_only=int8_only, data_root=data, name=name, log=log,
-                      shift_rules=shift_rules)
+    from leukoscope.inference.cells import UNIT_CELLS, unit_of_model
+
+    if unit_of_model(run) == UNIT_CELLS:  # calibrated, flagged and OOD-fitted on crops, not on whole fields
+        if int8 or int8_only or shift_rules:
+            raise UsageError("--int8, --int8-only and --shift-rules are for field models; this is a cell run")
+        from leukoscope.inference.cell_export import export_cell_run
+
+        path = export_cell_run(run, out, data_root=data, name=name, log=log)
+    else:
+        path = export_run(run, out, int8=int8, int8_only=int8_only, data_root=data, name=name, log=log,
+                          shift_rules=shift_rules)
     info = read_package_json(path)
     files = ", ".join(f"{n} ({(path / n).stat().st_size / 1e6:.1f} MB)" for n in info["files"])
     console.print(escape(f"wrote {path} ({package_size(path) / 1e6:.1f} MB): {files}"), highlight=False)

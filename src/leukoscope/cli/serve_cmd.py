@@ -13,6 +13,7 @@ import typer
 from rich.markup import escape
 
 from leukoscope.cli.common import DISCLAIMER, console
+from leukoscope.errors import UsageError
 
 DB_HELP = ("The web app's database: a SQLite file, or postgresql://USER[:PASSWORD]@HOST[:PORT]/NAME (default: "
            "$LEUKOSCOPE_DB_URL, else $LEUKOSCOPE_DB, else ./leukoscope-data/leukoscope.db).")
@@ -73,6 +74,7 @@ def serve_command(
     from leukoscope.serve.store import Store
     from leukoscope.serve.users import Users
 
+    _refuse_cell_model(settings.model)
     with Store(settings.database) as store:  # create / migrate the database now: a bad --db is one clear line
         users = Users(store).count()
         tokens = int(store.scalar("SELECT COUNT(*) FROM api_tokens WHERE revoked_at IS NULL"))
@@ -130,6 +132,16 @@ def register(app: typer.Typer) -> None:
     """Add `serve` and `db` to the leukoscope app."""
     app.command("serve")(serve_command)
     app.add_typer(db_app, name="db")
+
+
+def _refuse_cell_model(model: object) -> None:
+    """The web app predicts whole fields: a cell package (model.json `unit: cells`) would score crops' network
+    on fields, so it is refused before anything starts (cells are read with `leukoscope predict --cells`)."""
+    from leukoscope.inference.cells import UNIT_CELLS, unit_of_model
+
+    if model is not None and unit_of_model(str(model)) == UNIT_CELLS:
+        raise UsageError(f"{model} is a cell model (it classifies cell crops): the web app needs a field model; "
+                         "read cells with `leukoscope predict --cells`")
 
 
 def _model_file(predictor: object) -> str:
