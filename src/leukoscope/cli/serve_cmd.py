@@ -9,6 +9,8 @@ included). `leukoscope db upgrade` migrates a database without serving it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 from rich.markup import escape
 
@@ -25,6 +27,9 @@ def serve_command(
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
     model: str | None = typer.Option(None, "--model", "-m", help="Model package folder, run folder or "
                                      "checkpoint (default: the bundled package)."),
+    models_dir: Path | None = typer.Option(None, "--models-dir", help="A folder of model packages (one per "
+                                           "subfolder, e.g. made by `leukoscope adapt`) that each clinic's admin "
+                                           "may choose from in the web app (default: only --model)."),
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
     workers: int = typer.Option(1, "--workers", min=1, help="Inference threads per process (requests predicted "
                                 "at once)."),
@@ -67,7 +72,10 @@ def serve_command(
         max_files=max_files, max_file_bytes=int(max_file_mb * MIB), max_request_bytes=int(max_request_mb * MIB),
         tta=tta, keep_images_days=keep_images_days, warmup=warmup, allowed_hosts=allowed_host or None,
         session_hours=session_hours, processes=processes, backend=backend,
+        models_dir=None if models_dir is None else str(models_dir.resolve()),
     )
+    if models_dir is not None and not models_dir.is_dir():
+        raise UsageError(f"--models-dir {models_dir} is not a folder")
     from leukoscope.serve.users import users_exist
 
     check_exposure(settings, has_users=users_exist(settings.database))  # before the (slow) model load

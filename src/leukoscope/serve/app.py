@@ -43,6 +43,7 @@ from leukoscope.serve.limits import BodyLimitMiddleware, Gate, RequestRejected
 from leukoscope.serve.lockout import Lockout
 from leukoscope.serve.routes_api import router as api_router
 from leukoscope.serve.routes_api import with_class_names
+from leukoscope.serve.routes_models import router as models_router
 from leukoscope.serve.routes_pages import router as pages_router
 from leukoscope.serve.routes_review import router as review_pages_router
 from leukoscope.serve.routes_verify import router as verify_router
@@ -200,6 +201,7 @@ def create_app(settings: Settings, predictor: Any | None = None, *, gradcam: Gra
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.include_router(api_router, prefix="/api/v1")
     app.include_router(verify_router, prefix="/api/v1")
+    app.include_router(models_router, prefix="/api/v1")
     app.include_router(pages_router)
     app.include_router(review_pages_router)
     return app

@@ -87,6 +87,10 @@ class ModelRegistry:
         self._choice[clinic_id] = (now, package or None)
         return package or None
 
+    def forget_choice(self, clinic_id: int) -> None:
+        """Read the clinic's choice again on its next request (this process changed it just now)."""
+        self._choice.pop(clinic_id, None)
+
     def for_clinic(self, clinic_id: int | None) -> LoadedModel:
         """The model `clinic_id` predicts with (None, a network admin's view of every clinic: the default)."""
         package = None if clinic_id is None else self.package_of(clinic_id)

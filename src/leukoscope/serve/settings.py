@@ -43,6 +43,7 @@ class Settings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     model: str | None = None  # model package / run folder; None = the bundled package
+    models_dir: str | None = None  # packages a clinic's admin may choose in the web app (one folder each)
     db: Path = DEFAULT_DB
     db_url: str | None = Field(None, repr=False)  # a database server (PostgreSQL) instead of the SQLite file `db`
     workers: int = Field(1, ge=1)
