@@ -25,6 +25,9 @@ fresh interpreter):
    `where-it-looks`; ~10-15 min on 2 cores).
 12. occlusion.py — the test part with the white cells, as much background, or the scale-bar corner painted
    out: what the calls depend on (section `occlusion`).
+13. cell_model.py — the cell model (scripts/train_cells.py's package in runs/cells-package) against the
+   bundled field model per field on the test part, the shift family and lab B, with its written decision
+   rule (section `cell-model`; when that package exists, or with --only cell-model; ~15-40 min on 2 cores).
 
     .venv/bin/python -m benchmarks.run_all              # or: make bench
     .venv/bin/python -m benchmarks.run_all --full       # adds the CPU finetune run
@@ -49,7 +52,8 @@ from benchmarks import common
 TRAINED_RUNS = ("runs/gpu-mbv2-s0", "runs/gpu-mbv2-s1-b64", "runs/gpu-lite0-s0", "runs/cpu-bundled", "runs/student-mbv2")
 LOAD_ARGS = ("--requests", "2000", "--concurrency", "16")  # the example load
 STEPS = ("speed", "load", "shift", "accuracy", "as-typed", "memory", "runs", "crossval", "ray-engine", "second-lab",
-         "segmentation", "where-it-looks", "occlusion", "network")
+         "segmentation", "where-it-looks", "occlusion", "cell-model", "network")
+CELL_PACKAGE = "runs/cells-package"  # scripts/train_cells.py's default output
 
 
 @dataclass
@@ -110,6 +114,8 @@ def plan(args: argparse.Namespace, work: Path) -> list[Step]:
         steps.append(Step("where-it-looks", [*module("where_it_looks"), *results]))
     if "occlusion" in wanted:
         steps.append(Step("occlusion", [*module("occlusion"), *results]))
+    if "cell-model" in wanted and ((common.REPO / CELL_PACKAGE).is_dir() or args.only):
+        steps.append(Step("cell-model", [*module("cell_model"), "--cell-model", CELL_PACKAGE, *results]))
     if "network" in wanted:  # two server processes on a throwaway PostgreSQL: load, kill -9, database restart
         steps.append(Step("network", [*module("network_load"), *results]))
     return steps

@@ -181,6 +181,10 @@ def predict(
                                        "(host:port, ray://host:port or auto; default: a local Ray runtime)."),
     actors: int | None = typer.Option(None, "--actors", help="--engine ray: model actors (default: the "
                                       "cluster's CPUs / --threads, which is per actor there, default 1)."),
+    cells: bool = typer.Option(False, "--cells", help="Find the white cells of each field and classify each one; "
+                               "the field's and the sample's call come from their cells (leukemia as soon as one "
+                               "cell looks leukemic), with counts per class. The sample is every image given, or "
+                               "each folder with --group-by folder. Works with a field or a cell model package."),
 ) -> None:
     """Predict the class of blood smear images, with calibrated probabilities and a review flag.
 
@@ -191,6 +195,8 @@ def predict(
     from leukoscope.inference.predictor import load_predictor
     from leukoscope.review.samples import group_by_folder
 
+    if cells and (engine is Engine.ray or gradcam is not None):
+        raise UsageError(f"--cells does not go with {'--engine ray' if engine is Engine.ray else '--gradcam'}")
     if engine is Engine.ray:
         given = {"--format": fmt is not None, "--gradcam": gradcam is not None,
                  "--group-by": group_by is not GroupBy.none}
@@ -225,6 +231,11 @@ def predict(
     files = files[:limit] if limit is not None else files
     predictor = load_predictor(model, backend=backend.value, threads=threads,
                                confidence_threshold=review_threshold)
+    if cells:
+        return _predict_cells(predictor, files, problems, tta=tta, batch_size=batch_size, out=out,
+                              output_format=output_format, by_folder=group_by is GroupBy.folder, quiet=quiet)
+    if predictor.info.get("unit") == "cells":
+        raise UsageError("this is a cell model (it classifies single-cell crops): add --cells")
     if gradcam is not None:
         predictor.torch_model()  # fail once, up front, when the package cannot run Grad-CAM
     predictions, cams = _run(predictor, files, tta=tta, batch_size=batch_size, gradcam=gradcam, quiet=quiet)
@@ -248,6 +259,46 @@ def predict(
                       f"class), {failed} failed"
                       + (f" -> {escape(str(out))}" if out is not None else ""), highlight=False)
         console.print(f"[bold]{DISCLAIMER}[/]")
+    if failed:
+        raise ImageError(f"{failed} input(s) failed (listed above); the others were processed")
+
+
+def _predict_cells(predictor: Any, files: list[Path], problems: list[str], *, tta: bool, batch_size: int,
+                   out: Path | None, output_format: str, by_folder: bool, quiet: bool) -> None:
+    """`predict --cells`: rows per sample, field and cell (leukoscope.inference.cells, .cell_rows)."""
+    from leukoscope.inference import cell_rows
+    from leukoscope.inference.cells import predict_cells_paths, unit_of
+
+    results = []
+    with progress_bar("cells", len(files), quiet=quiet or not err_console.is_terminal) as update:
+        for done, result in enumerate(predict_cells_paths(predictor, files, tta=tta, batch_size=batch_size), 1):
+            if result.status == "error":
+                error(f"{result.source}: {result.reason}")
+            results.append(result)
+            update(done, len(files))
+    benign = predictor.classes[predictor.benign_index] if predictor.benign_index is not None else "Benign"
+    rows = cell_rows.flat_rows(results, predictor.classes, by_folder=by_folder, benign_class=benign)
+    text = (cell_rows.render_json(cell_rows.nested_document(results, predictor.classes, by_folder=by_folder,
+                                                            model_unit=unit_of(predictor.info), benign_class=benign))
+            if output_format == "json" else cell_rows.render_csv(rows))
+    if out is not None:
+        write_text(out, text)
+    elif output_format != "table":
+        sys.stdout.write(text)
+    if output_format == "table" or (out is not None and not quiet):
+        if out is None:
+            table = Table()
+            for name in ("level", "path", "status", "cells", "call", *(f"n {c}" for c in predictor.classes), "review"):
+                table.add_column(name, overflow="fold")
+            for row in (r for r in rows if r["level"] != "cell"):
+                review = f"[yellow]REVIEW[/]: {escape(row['review_codes'])}" if row["review"] else escape(row["reason"])
+                table.add_row(row["level"], escape(row["path"]), escape(row["status"]), str(row["cells"]),
+                              escape(row["headline"]), *(str(row[f"n_{c}"]) for c in predictor.classes), review)
+            console.print(table)
+        console.print(escape(cell_rows.summary_line(results) + (f" -> {out}" if out is not None else "")),
+                      highlight=False)
+        console.print(f"[bold]{DISCLAIMER}[/]")
+    failed = sum(r.status == "error" for r in results) + len(problems)
     if failed:
         raise ImageError(f"{failed} input(s) failed (listed above); the others were processed")
 

@@ -35,6 +35,8 @@ def train(
     split_csv: str | None = typer.Option(None, "--split",
         help="Use this split CSV (from `leukoscope data split`) instead of splitting."),
     device: str | None = typer.Option(None, help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
+    unit: str | None = typer.Option(None, "--unit", help="fields (default: whole images) or cells: classify the "
+        "segmented white-cell crops, each labelled with its field's label (a head on frozen-backbone features)."),
     set_values: list[str] = typer.Option([], "--set", help="Override any other option: --set label_smoothing=0.1 (repeatable)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output (for scripts and CI)."),
 ) -> None:
@@ -63,7 +65,17 @@ def train(
         "protocol": protocol,  # None (not given): the --config file's, the resumed run's, or finetune
         **parse_set_options(set_values),
     }
+    if (unit or yaml_values.get("unit")) == "cells":  # the cell recipe trains the head only, unless told otherwise
+        cell_defaults = {k: v for k, v in (("trainable", "head"), ("warmup_epochs", 0)) if k not in yaml_values}
+        overrides = {**cell_defaults, **{k: v for k, v in overrides.items() if v is not None}}
+    overrides["unit"] = unit
     resolved = resolve_config("finetune", yaml_values, overrides)
+    if resolved.unit == "cells":
+        from leukoscope.training.cells import fit_cells
+
+        run_dir = fit_cells(resolved, resume=resume is not None, quiet=quiet)
+        console.print(f"run folder: {run_dir} (cell model; its val scores in summary.json)")
+        return
     with labelled_progress(quiet=quiet) as progress:  # one bar per epoch, as fit reports them
         run_dir = fit(resolved, resume=resume is not None, quiet=quiet, progress=progress)
     if os.environ.get("RANK", "0") != "0":

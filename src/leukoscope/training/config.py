@@ -41,6 +41,10 @@ class TrainConfig(BaseModel):
     test_size: float = Field(0.3, ge=0, lt=1)
     val_size: float = Field(0.1, ge=0, lt=1)
     near_duplicate_distance: int = 4  # below 0: near-copies are not grouped
+    # unit "cells": train on the segmented cell crops of each field, each with its field's label
+    # (leukoscope.training.cells: a head on frozen-backbone features of the crops)
+    unit: Literal["fields", "cells"] = "fields"
+    cells_per_field: int = Field(0, ge=0)  # unit cells: at most this many crops per training field (0: all)
     # model
     backbone: str = "mobilenetv2_100"
     weights: str = "imagenet"
@@ -110,6 +114,9 @@ class TrainConfig(BaseModel):
     def _consistent(self) -> TrainConfig:
         if self.epochs + self.warmup_epochs == 0:
             raise _text_error("nothing to train: epochs and warmup_epochs are both 0")
+        if self.unit == "cells" and self.soft_targets:
+            raise _text_error("unit cells trains a head on frozen-backbone features of the cell crops: soft_targets "
+                              "do not apply to it")
         if self.soft_targets and self.frozen_views:
             raise _text_error("soft_targets train the whole network; they do not work with frozen_views "
                               "(the cached-feature head training of the paper protocol)")
