@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from leukoscope.serve import Settings, create_app
-from tests.serve.fakes import FakePredictor, fake_gradcam
+from tests.serve.fakes import FakeCells, FakePredictor, fake_gradcam
 
 
 @pytest.fixture(autouse=True)
@@ -35,13 +35,15 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def make_client(settings: Settings) -> Iterator[Callable[..., TestClient]]:
-    """Factory: make_client(predictor=None, gradcam=fake_gradcam, raise_server_exceptions=True, **settings)
-    -> a started TestClient (lifespan run) on the fake predictor unless one is given."""
+    """Factory: make_client(predictor=None, gradcam=fake_gradcam, raise_server_exceptions=True, cells=None,
+    **settings) -> a started TestClient (lifespan run) on the fake predictor unless one is given, and fake cells
+    (tests/serve/fakes.py FakeCells) unless a cells function is given."""
     with ExitStack() as stack:
 
         def make(predictor: Any = None, gradcam: Any = fake_gradcam, raise_server_exceptions: bool = True,
-                 **changes: Any) -> TestClient:
-            app = create_app(settings.with_(**changes), predictor or FakePredictor(), gradcam=gradcam)
+                 cells: Any = None, **changes: Any) -> TestClient:
+            app = create_app(settings.with_(**changes), predictor or FakePredictor(), gradcam=gradcam,
+                             cells=cells or FakeCells())
             client = TestClient(app, raise_server_exceptions=raise_server_exceptions)
             return stack.enter_context(client)
 

@@ -14,7 +14,7 @@ import importlib.util
 import uvicorn
 
 from leukoscope.serve import Settings, create_app
-from tests.serve.fakes import FakePredictor, fake_gradcam
+from tests.serve.fakes import FakeCells, FakePredictor, fake_gradcam
 
 
 def main() -> None:
@@ -35,7 +35,7 @@ def main() -> None:
         gradcam = None if importlib.util.find_spec("leukoscope.inference.explain") else fake_gradcam
     else:
         predictor, gradcam = FakePredictor(), fake_gradcam
-    app = create_app(settings, predictor, gradcam=gradcam)
+    app = create_app(settings, predictor, gradcam=gradcam, cells=None if args.model else FakeCells())
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 

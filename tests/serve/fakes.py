@@ -5,6 +5,7 @@ Also imported by `fake_server.py`, which runs the app on them in a real uvicorn 
 
 from __future__ import annotations
 
+import io
 import struct
 import threading
 import zlib
@@ -116,3 +117,40 @@ def png_bomb(width: int = 30000, height: int = 30000) -> bytes:
 def files(*items: tuple[str, bytes], content_type: str = "application/octet-stream") -> list[tuple]:
     """httpx multipart `files=` for the predict endpoint."""
     return [("files", (name, data, content_type)) for name, data in items]
+
+
+class FakeCells:
+    """A fake `predict_cells_bytes` (leukoscope.inference.cells): instant and deterministic, without segmenting.
+
+    A field under 8 px a side is unusable, a near-white one has no cell ("no cell found"); any other has two
+    cells, its top-left and bottom-right quarters, each classified by the fake predictor on its crop. `calls`
+    lists the file names of every call (to check the server computes a sample's cells once).
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def __call__(self, predictor: Any, items: Sequence[tuple[str, bytes]]) -> list[Any]:
+        from leukoscope.inference.cells import CellResult, FieldResult
+
+        self.calls.append([name for name, _ in items])
+        results = []
+        for name, data in items:
+            image = load_rgb(data)
+            w, h = image.size
+            result = FieldResult(name, sha256_bytes(data), "ok", width=w, height=h)
+            if min(w, h) < 8:  # like the real library (and the fake predictor): no cells in a few pixels
+                result.status, result.reason = "unusable", too_small(w, h, 8).message
+                results.append(result)
+                continue
+            if np.asarray(image, dtype=np.float64).mean() > 240:
+                result.status, result.reason = "no cell found", "no white cell in the field"
+                results.append(result)
+                continue
+            for index, box in enumerate(((0, 0, w // 2, h // 2), (w // 2, h // 2, w, h)), start=1):
+                crop = io.BytesIO()
+                image.crop(box).save(crop, "PNG")
+                result.cells.append(CellResult(index, box, (box[2] - box[0]) * (box[3] - box[1]), 0.5,
+                                               predictor._one(f"{name}#cell{index}", crop.getvalue())))
+            results.append(result)
+        return results

@@ -27,7 +27,7 @@ from leukoscope.serve.store import Store
 from leukoscope.serve.tokens import ApiTokens
 from leukoscope.serve.users import Users
 from tests.serve.conftest import PASSWORD
-from tests.serve.fakes import FakePredictor, fake_gradcam, files
+from tests.serve.fakes import FakeCells, FakePredictor, fake_gradcam, files
 
 SHARED = "shared-token-for-clinic-tests"
 
@@ -66,7 +66,7 @@ def network(db_url: str, tmp_path: Path) -> dict[str, Any]:
         _, a_token = tokens.create(north, "north-lims")
         _, b_token = tokens.create(south, "south-lims")
     settings = Settings(db=db_url, warmup=False, allowed_hosts=("testserver",), token=SHARED)
-    app = create_app(settings, FakePredictor(), gradcam=fake_gradcam, loader=ClinicModel)
+    app = create_app(settings, FakePredictor(), gradcam=fake_gradcam, loader=ClinicModel, cells=FakeCells())
     with TestClient(app) as client:
         yield {"app": app, "client": client, "a_token": a_token, "b_token": b_token, "db": db_url,
                "package": str(package.resolve())}
@@ -84,13 +84,22 @@ def seed_south(client: TestClient, b_token: str) -> dict[str, Any]:
     verified = client.post(f"/api/v1/predictions/{rows[0]['id']}/verifications", json={"label": "Benign",
                            "comment": "south-comment-x"}, headers=bearer(b_token))
     assert verified.status_code == 201, verified.text
-    return {"prediction_id": rows[0]["id"], "sample_id": sample, "name": "samuel.south", "rows": rows,
+    cells = client.get(f"/api/v1/samples/{sample}/cells", headers=bearer(b_token))  # computed as B, with B's model
+    assert cells.status_code == 200 and cells.json()["n_cells"] == 4, cells.text
+    assert all(c["model_version"].startswith("model-of-south-adapted@") for c in cells.json()["cells"])
+    cell_ids = [c["id"] for c in cells.json()["cells"]]
+    cell_verified = client.post(f"/api/v1/cells/{cell_ids[0]}/verifications", json={"label": "Pre-B",
+                                "comment": "south-cell-comment"}, headers=bearer(b_token))
+    assert cell_verified.status_code == 201, cell_verified.text
+    return {"prediction_id": rows[0]["id"], "cell_id": cell_ids[0], "sample_id": sample, "name": "samuel.south",
+            "rows": rows, "cell_ids": cell_ids,
             "secrets": {rows[0]["id"], rows[1]["id"], verified.json()["id"], sample, "south-secret-1",
                         "south-secret-2", rows[0]["sha256"], rows[1]["sha256"], "south-comment-x", "south-lims",
-                        "samuel.south", rows[0]["model_version"], "model-of-south-adapted"}}
+                        "samuel.south", rows[0]["model_version"], "model-of-south-adapted", *cell_ids,
+                        cell_verified.json()["id"], "south-cell-comment"}}
 
 
-PATH_VALUES = ("prediction_id", "sample_id", "name")  # every path parameter a route may have, filled with B's
+PATH_VALUES = ("prediction_id", "sample_id", "name", "cell_id")  # every path parameter a route may have, filled with B's
 QUERY_VALUES = {"sample_id": "sample_id", "user": "name", "after_id": "prediction_id"}
 JSON_BODIES = {"/api/v1/clinic/model": {"id": "default"}}  # other JSON routes take a verification
 
@@ -140,7 +149,7 @@ def pages(app: Any) -> list[str]:
     schema_paths = set(app.openapi()["paths"])
     found = [path for path, methods in all_routes(app.routes)
              if "GET" in methods and path not in schema_paths and "{" not in path]
-    assert {"/", "/history", "/verify", "/agreement"} <= set(found), found
+    assert {"/", "/history", "/verify", "/agreement", "/cells"} <= set(found), found
     return found
 
 
@@ -183,6 +192,8 @@ def test_clinic_a_sees_nothing_of_clinic_b_on_any_route_or_page(network: dict[st
     assert walked >= 40
     with Store(network["db"]) as store:  # nothing of B's was changed by A's attempts
         assert store.scalar("SELECT COUNT(*) FROM verifications") == 1
+        assert store.scalar("SELECT COUNT(*) FROM cell_verifications") == 1
+        assert store.scalar("SELECT COUNT(*) FROM cells WHERE clinic_id = :c", {"c": Clinics(store).get("south").id}) == 4
         assert not Users(store).get("samuel.south").disabled
         assert store.scalar("SELECT COUNT(*) FROM predictions WHERE clinic_id = :c",
                             {"c": Clinics(store).get("south").id}) == 2

@@ -70,7 +70,7 @@ def test_serve_with_an_unreachable_database_exits_1_with_one_line(tmp_path: Path
 def test_db_upgrade_migrates_and_says_the_version(tmp_path: Path):
     result = CliRunner().invoke(cli_app, ["db", "upgrade", "--db", str(tmp_path / "new.db")])
     assert result.exit_code == 0, result.output
-    assert "schema version 7" in result.output and (tmp_path / "new.db").is_file()
+    assert "schema version 8" in result.output and (tmp_path / "new.db").is_file()
 
 
 TOKEN = "pg-outage-token-0123456789"

@@ -17,7 +17,7 @@ import pytest
 from leukoscope.serve import Settings, create_app
 from leukoscope.serve.store import NewPrediction, Store
 from tests.helpers.images import noise_image_bytes
-from tests.serve.fakes import CLASSES, FakePredictor, fake_gradcam
+from tests.serve.fakes import CLASSES, FakeCells, FakePredictor, fake_gradcam
 
 schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is a dev dependency (pip install -e .[dev])")
 from schemathesis.config import SchemathesisConfig  # noqa: E402
@@ -87,7 +87,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(db_url: str)
     # "testserver" is the Host schemathesis' in-process client sends; a real server gets --allowed-host.
     settings = Settings(db=db_url, allowed_hosts=("testserver",), warmup=False, token=TOKEN)
     seed_predictions(settings.database)
-    app = create_app(settings, FakePredictor(), gradcam=fake_gradcam)
+    app = create_app(settings, FakePredictor(), gradcam=fake_gradcam, cells=FakeCells())
     cases, failures, examples = run_schemathesis(app)
     assert cases > 100, f"schemathesis ran only {cases} cases"
     report = "\n".join(f"{n} x {key}: {examples.get(key, '')[:300]}" for key, n in failures.most_common())

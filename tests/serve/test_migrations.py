@@ -86,7 +86,7 @@ def test_a_database_of_every_earlier_schema_upgrades_keeping_every_row(tmp_path:
     assert schema_sql(path) == schema_sql(reference)  # exactly a new database's schema, whatever the way there
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0007",)]
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0008",)]
         assert {r[0] for r in conn.execute("SELECT DISTINCT clinic_id FROM predictions")} <= {1}  # the implicit clinic
 
 
@@ -188,7 +188,7 @@ def test_a_database_at_revision_0006_moves_every_row_into_the_implicit_clinic(db
         )])
         assert store.version == 6
         store.migrate()
-        assert store.version == schema_version() == 7
+        assert store.version == schema_version() == 8
         rows = store.query("SELECT uid, clinic_id, file_name FROM predictions ORDER BY id")
         assert [(r["clinic_id"], r["file_name"]) for r in rows] == [(1, "a.png"), (1, "b.png")]
         assert len({r["uid"] for r in rows}) == 2 and all(len(r["uid"]) == 36 for r in rows)
@@ -200,5 +200,46 @@ def test_a_database_at_revision_0006_moves_every_row_into_the_implicit_clinic(db
         user, principal = Users(store).authenticate("alice", "correct horse battery")
         assert user is not None and user.clinic == "default" and principal.clinic_id == 1
         assert store.get(rows[1]["uid"], 1).label == "Pre-B" and store.get(rows[1]["uid"], 2) is None
+    finally:
+        store.close()
+
+
+def test_a_database_at_revision_0007_gets_cells_keeping_every_row(db_url: str):
+    """Cells (revision 0008) on SQLite and PostgreSQL: the rows of 0007 stay as they were, field verifications
+    read as before, and the new tables take a field's cells and a cell verification."""
+    from sqlalchemy import text as sql
+
+    from leukoscope.serve import cell_store
+
+    store = Store(db_url)
+    if store.path is not None:
+        store.path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _upgrade_to(store, "0007")
+        store.write(lambda conn: [conn.execute(sql(statement), params) for statement, params in (
+            ("INSERT INTO images (sha256, data, size, created_at) VALUES ('ab', :data, 3, 'then')", {"data": b"abc"}),
+            ("INSERT INTO predictions (uid, clinic_id, created_at, sample_id, file_name, sha256, model_version, "
+             "label, confidence, probabilities, review, review_reasons, width, height) VALUES "
+             "('00000000-0000-4000-8000-000000000001', 1, 'then', 's1', 'a.png', 'ab', 'm@1', 'Benign', 0.5, "
+             "'{}', 0, '[]', 8, 8)", {}),
+            ("INSERT INTO verifications (uid, prediction_id, created_at, user_name, label) VALUES "
+             "('00000000-0000-4000-8000-0000000000v1', 1, 'then', 'Alice', 'Pre-B')", {}),
+        )])
+        before = store.query("SELECT * FROM predictions")
+        assert store.version == 7
+        store.migrate()
+        assert store.version == schema_version() == 8
+        assert store.query("SELECT * FROM predictions") == before
+        row = store.get("00000000-0000-4000-8000-000000000001")
+        assert verifications.latest(store, [row.pk])[row.pk].label == "Pre-B"
+        cell = cell_store.NewCell(0, (1, 2, 5, 6), "Pro-B", 0.8, {"Pro-B": 0.8}, False, [], b"png")
+        assert cell_store.save_field(store, row, "ok", "", "m@1", [cell])
+        assert not cell_store.save_field(store, row, "ok", "", "m@1", [cell])  # a field is stored once
+        (stored,) = cell_store.cells_of(store, [row.pk])
+        assert stored.bbox == (1, 2, 5, 6) and stored.prediction_id == row.id and stored.clinic_id == 1
+        assert cell_store.add_verification(store, stored.id, "Alice", None, clinic=1).unusable
+        assert cell_store.get(store, stored.id, 1).verification.call == "unusable"
+        assert cell_store.get(store, stored.id, 2) is None  # another clinic's cell does not exist for it
+        assert store.scalar("SELECT COUNT(*) FROM verifications") == 1
     finally:
         store.close()

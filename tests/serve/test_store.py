@@ -36,7 +36,7 @@ def store(any_store: Store) -> Store:
 
 
 def test_a_new_database_has_the_current_schema_version(store: Store):
-    assert store.version == schema_version() == 7
+    assert store.version == schema_version() == 8
 
 
 def test_rows_round_trip_newest_first_with_pagination(store: Store):
@@ -118,7 +118,7 @@ def test_reopen_keeps_rows_and_version(db_url: str):
 def test_a_database_of_an_unknown_newer_revision_is_refused_in_one_line(db_url: str):
     with Store(db_url) as s:
         s.write(lambda conn: conn.execute(text("UPDATE alembic_version SET version_num = '0099'")))
-    with pytest.raises(DataError, match=r"schema version 0099, newer than this leukoscope supports \(0007\)") as info:
+    with pytest.raises(DataError, match=r"schema version 0099, newer than this leukoscope supports \(0008\)") as info:
         Store(db_url).open()
     assert "\n" not in str(info.value)
 

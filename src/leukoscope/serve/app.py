@@ -36,6 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from leukoscope import __version__
 from leukoscope.errors import ImageError, LeukoscopeError, ModelError, UsageError
 from leukoscope.serve.api_errors import http_error, validation_error
+from leukoscope.serve.cell_service import CellService, CellsFn
 from leukoscope.serve.context import ServerContext
 from leukoscope.serve.database import UNAVAILABLE_ANSWER, DatabaseUnavailable
 from leukoscope.serve.hosts import OriginCheckMiddleware, TrustedHosts
@@ -43,6 +44,8 @@ from leukoscope.serve.limits import BodyLimitMiddleware, Gate, RequestRejected
 from leukoscope.serve.lockout import Lockout
 from leukoscope.serve.routes_api import router as api_router
 from leukoscope.serve.routes_api import with_class_names
+from leukoscope.serve.routes_cells import pages as cell_pages_router
+from leukoscope.serve.routes_cells import router as cells_router
 from leukoscope.serve.routes_models import router as models_router
 from leukoscope.serve.routes_pages import router as pages_router
 from leukoscope.serve.routes_review import router as review_pages_router
@@ -139,10 +142,11 @@ def _package_loader(settings: Settings) -> Callable[[str], Any]:
 
 
 def create_app(settings: Settings, predictor: Any | None = None, *, gradcam: GradcamFn | None = None,
-               loader: Callable[[str], Any] | None = None) -> FastAPI:
+               loader: Callable[[str], Any] | None = None, cells: CellsFn | None = None) -> FastAPI:
     """Build the app. `predictor` (already loaded), `gradcam` (overlay function) and `loader` (package folder
-    -> predictor, for clinics' own packages) may be injected; otherwise the lifespan loads `settings.model`,
-    and uses leukoscope.inference.explain.gradcam_overlay and leukoscope.inference.predictor.load_predictor."""
+    -> predictor, for clinics' own packages) and `cells` ((predictor, [(name, bytes)]) -> field results) may be
+    injected; otherwise the lifespan loads `settings.model`, and uses leukoscope.inference.explain.gradcam_overlay,
+    leukoscope.inference.predictor.load_predictor and leukoscope.inference.cells.predict_cells_bytes."""
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loaded = predictor if predictor is not None else await run_in_threadpool(_load_predictor, settings)
@@ -155,8 +159,9 @@ def create_app(settings: Settings, predictor: Any | None = None, *, gradcam: Gra
         app.state.sessions.bind(store)
         app.state.lockout.bind(store)
         verifier = VerificationService(store, service.classes_for, app.state.sessions)
+        cell_service = CellService(store, service.model_for, cells, service.classes_for)
         app.state.ctx = ServerContext(settings, service, store, executor, Gate(settings.capacity), templates,
-                                      verifier)
+                                      verifier, cell_service)
         await run_in_threadpool(service.purge_expired_images, force=True)
         if settings.warmup:
             await run_in_threadpool(service.warm_up)
@@ -201,9 +206,11 @@ def create_app(settings: Settings, predictor: Any | None = None, *, gradcam: Gra
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.include_router(api_router, prefix="/api/v1")
     app.include_router(verify_router, prefix="/api/v1")
+    app.include_router(cells_router, prefix="/api/v1")
     app.include_router(models_router, prefix="/api/v1")
     app.include_router(pages_router)
     app.include_router(review_pages_router)
+    app.include_router(cell_pages_router)
     return app
 
 

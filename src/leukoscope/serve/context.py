@@ -14,6 +14,7 @@ from fastapi import Request
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
+from leukoscope.serve.cell_service import CellService
 from leukoscope.serve.limits import Gate, RequestRejected
 from leukoscope.serve.service import PredictionService
 from leukoscope.serve.settings import Settings
@@ -34,6 +35,7 @@ class ServerContext:
     gate: Gate
     templates: Jinja2Templates
     verifier: VerificationService
+    cells: CellService  # a sample's cells, computed lazily (serve/cell_service.py)
 
     @asynccontextmanager
     async def admitted(self) -> AsyncIterator[Slot]:

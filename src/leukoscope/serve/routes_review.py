@@ -1,7 +1,8 @@
 """Server-rendered pages for verifying: the keyboard worklist (/verify) and the agreement page (/agreement).
 
-The worklist page is a shell: static/verify.js reads the worklist from /api/v1/worklist and posts each
-verification to the JSON API (same origin, so the Origin check and the SameSite=Strict cookie keep other
+The worklist page is a shell: static/verify.js reads the worklist from /api/v1/worklist (fields) or
+/api/v1/worklist/cells (`?unit=cells`: cells, shown as their crop and their field with the cell outlined)
+and posts each verification to the JSON API (same origin, so the Origin check and the SameSite=Strict cookie keep other
 sites out, as for the upload form). No inline script: the classes travel in a data- attribute.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
 from leukoscope.serve.agreement import agreement_report
@@ -22,13 +23,15 @@ Ctx = Annotated[ServerContext, Depends(get_ctx)]
 
 
 @router.get("/verify", response_class=HTMLResponse)
-async def verify_page(request: Request, ctx: Ctx) -> Response:
+async def verify_page(request: Request, ctx: Ctx,
+                      unit: Annotated[str, Query(pattern="^(fields|cells)$")] = "fields") -> Response:
+    """The worklist of fields (predictions) or of cells (found already, in a sample's gallery)."""
     principal = principal_of(request)
     has_users = await ctx.run_io(request.app.state.accounts.any_users)
     return ctx.templates.TemplateResponse(request, "verify.html", {
         "disclaimer": DISCLAIMER, "classes": await ctx.run_io(ctx.service.classes_for, clinic_scope(request)),
         "principal": principal,
-        "can_login": bool(ctx.settings.token) or has_users,
+        "can_login": bool(ctx.settings.token) or has_users, "unit": unit,
     })
 
 

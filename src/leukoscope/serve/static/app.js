@@ -14,6 +14,7 @@
   const tbody = document.querySelector("#results tbody"), resultsSection = $("results-section");
   const summary = $("summary"), summaryText = $("summary-text"), summaryBody = document.querySelector("#summary-table tbody");
   const csvLink = $("csv-link");
+  const cellsLink = $("cells-link");  // the sample's cell gallery (cells are found when it is first opened)
   let busy = false;
 
   const pct = (p) => `${(100 * p).toFixed(1)}%`;
@@ -207,6 +208,8 @@
       resultsSection.hidden = false;
       csvLink.href = `/api/v1/predictions.csv?sample_id=${sampleId}`;
       csvLink.hidden = true;
+      cellsLink.href = `/cells?sample_id=${encodeURIComponent(sampleId)}`;
+      cellsLink.hidden = true;
       let failed = 0, predicted = 0, unusable = 0, done = 0;
       const sendable = [];
       for (const file of files) {
@@ -226,6 +229,7 @@
         done += batch.length;
       }
       csvLink.hidden = predicted + unusable === 0;
+      cellsLink.hidden = csvLink.hidden;
       if (files.length > 1 && predicted + unusable > 0) await showSummary(sampleId, failed);
       setStatus(`${predicted} of ${files.length} image${files.length === 1 ? "" : "s"} predicted` +
                 (unusable ? `, ${unusable} unusable (no class)` : "") + (failed ? `, ${failed} failed.` : "."),

@@ -3,18 +3,42 @@
 // unusable, arrows move without verifying. Typing in the comment field never triggers a key; Esc or Enter
 // leaves it. A verification is posted in the background and the next item shows at once, its image and
 // Grad-CAM fetched while the current one is on screen. Every user-supplied string is written with textContent.
+// With data-unit="cells" (/verify?unit=cells) the items are cells: the same keys, each shown as its crop and its
+// field with the cell outlined, verified through /api/v1/cells/{id}/verifications.
 "use strict";
 
 (() => {
   const root = document.getElementById("verify");
   if (!root) return;
   const classes = JSON.parse(root.dataset.classes || "[]");
+  const cells = root.dataset.unit === "cells";
+  const noun = cells ? "cell" : "prediction";
   const $ = (id) => document.getElementById(id);
   const status = $("verify-status"), empty = $("verify-empty"), itemBox = $("verify-item");
   const position = $("verify-position"), fileName = $("verify-file"), flag = $("verify-flag");
   const call = $("verify-call"), probs = document.querySelector("#verify-probs tbody");
   const reasons = $("verify-reasons"), doneNote = $("verify-done"), comment = $("verify-comment");
-  const viewer = window.leukoscopeGradcam;
+  // A cell: its crop, and its field (the stored image) with an SVG rectangle over the cell's bounding box.
+  const cellViewer = {
+    open(item) {
+      const crop = $("cell-crop"), svg = $("cell-field"), image = $("cell-field-image"), rect = $("cell-field-outline");
+      const [x0, y0, x1, y1] = item.bbox, w = item.field_width, h = item.field_height;
+      crop.src = item.crop;
+      crop.alt = `cell ${item.index + 1} of ${item.file_name}`;
+      svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
+      svg.setAttribute("aria-label", `field ${item.file_name} with cell ${item.index + 1} outlined`);
+      image.setAttribute("href", `/api/v1/predictions/${encodeURIComponent(item.prediction_id)}/image`);
+      image.setAttribute("width", String(w));
+      image.setAttribute("height", String(h));
+      rect.setAttribute("x", String(x0));
+      rect.setAttribute("y", String(y0));
+      rect.setAttribute("width", String(x1 - x0));
+      rect.setAttribute("height", String(y1 - y0));
+      rect.setAttribute("stroke-width", String(Math.max(2, Math.floor(Math.max(w, h) / 150))));
+    },
+    prefetch(item) { new Image().src = item.crop; },
+  };
+  const viewer = cells ? cellViewer : window.leukoscopeGradcam;
   const BATCH = 50, AHEAD = 5;
   const items = [], seen = new Set(), verdicts = new Map(), pending = new Set(), inflight = new Set();
   let index = 0, verifiedHere = 0, awaiting = 0, exhausted = false, loading = null;
@@ -34,7 +58,7 @@
   }
 
   function toLogin() {
-    window.location.assign("/login?next=%2Fverify");
+    window.location.assign(cells ? "/login?next=%2Fverify%3Funit%3Dcells" : "/login?next=%2Fverify");
   }
 
   // Load the next items of the worklist (after the last one loaded); `fresh` starts from the top again (new uploads).
@@ -48,7 +72,7 @@
     }
     loading = (async () => {
       try {
-        const response = await fetch(`/api/v1/worklist?${query}`, {
+        const response = await fetch(`/api/v1/worklist${cells ? "/cells" : ""}?${query}`, {
           credentials: "same-origin", headers: { Accept: "application/json" },
         });
         if (response.status === 401) { toLogin(); return 0; }
@@ -96,7 +120,7 @@
     itemBox.hidden = false;
     empty.hidden = true;
     updatePosition();
-    fileName.textContent = item.file_name;
+    fileName.textContent = cells ? `${item.file_name} · cell ${item.index + 1}` : item.file_name;
     flag.replaceChildren(item.review ? el("span", "flag", "flagged for review") : el("span", "ok", "not flagged"));
     call.replaceChildren();
     if (item.status === "unusable" || !item.label) {
@@ -148,7 +172,7 @@
     const body = { ...choice, comment: comment.value.trim() };
     comment.value = "";
     pending.add(item.id);
-    const request = fetch(`/api/v1/predictions/${encodeURIComponent(item.id)}/verifications`, {
+    const request = fetch(`/api/v1/${cells ? "cells" : "predictions"}/${encodeURIComponent(item.id)}/verifications`, {
       method: "POST", credentials: "same-origin",
       headers: { "Content-Type": "application/json", Accept: "application/json" }, body: JSON.stringify(body),
     }).then(async (response) => {
@@ -213,7 +237,7 @@
 
   (async () => {
     await load();
-    setStatus(awaiting ? `${awaiting} prediction${awaiting === 1 ? "" : "s"} await verification.` : "");
+    setStatus(awaiting ? `${awaiting} ${noun}${awaiting === 1 ? "" : "s"} await verification.` : "");
     render();
   })();
 })();
