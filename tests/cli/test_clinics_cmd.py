@@ -8,9 +8,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from argon2 import PasswordHasher
 
-from leukoscope.serve import users as users_module
 from leukoscope.serve.store import Store
 from leukoscope.serve.tokens import ApiTokens
 from leukoscope.serve.users import Users
@@ -18,13 +16,7 @@ from tests.helpers.cli import run
 
 GOOD = "correct horse battery"
 UNREACHABLE = "postgresql://leuko:pw@127.0.0.1:1/leukoscope"
-pytestmark = pytest.mark.usefixtures("wide_console")
-
-
-@pytest.fixture(autouse=True)
-def fast_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(users_module, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
-    monkeypatch.setattr(users_module, "_dummy_hash", None)
+pytestmark = pytest.mark.usefixtures("wide_console", "fast_hashing")
 
 
 @pytest.fixture

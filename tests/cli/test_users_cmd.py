@@ -9,21 +9,13 @@ from pathlib import Path
 
 import pytest
 import typer
-from argon2 import PasswordHasher
 
-from leukoscope.serve import users as users_module
 from leukoscope.serve.store import Store
 from leukoscope.serve.users import Users
 from tests.helpers.cli import run
 
 GOOD = "correct horse battery"
-pytestmark = pytest.mark.usefixtures("wide_console")
-
-
-@pytest.fixture(autouse=True)
-def fast_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(users_module, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
-    monkeypatch.setattr(users_module, "_dummy_hash", None)
+pytestmark = pytest.mark.usefixtures("wide_console", "fast_hashing")
 
 
 @pytest.fixture

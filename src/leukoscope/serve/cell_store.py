@@ -20,7 +20,7 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Connection
 
 from leukoscope.serve.store import MAX_PER_PAGE, Store, StoredPrediction, utc_now
-from leukoscope.serve.verifications import UNUSABLE, clinic_clause
+from leukoscope.serve.verifications import Verdict, clinic_clause
 
 CELL_COLUMNS = ("c.id, c.uid, c.clinic_id, c.prediction_id, c.cell_index, c.x0, c.y0, c.x1, c.y1, c.label, "
                 "c.confidence, c.probabilities, c.review, c.review_reasons, c.model_version, c.created_at, "
@@ -43,7 +43,7 @@ class NewCell:
 
 
 @dataclass(frozen=True)
-class CellVerification:
+class CellVerification(Verdict):
     """One stored verification of a cell (label None: unusable)."""
 
     id: str
@@ -53,13 +53,6 @@ class CellVerification:
     label: str | None
     unusable: bool
     comment: str = ""
-
-    @property
-    def call(self) -> str:
-        return UNUSABLE if self.label is None else self.label
-
-    def agrees_with(self, model_label: str | None) -> bool:
-        return (self.label or "") == (model_label or "")
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "cell_id": self.cell_id, "created_at": self.created_at, "user": self.user_name,

@@ -54,8 +54,23 @@ def pk_of(store: Store, prediction_id: str, clinic: int | None) -> int | None:
     return None if found is None else int(found)
 
 
+class Verdict:
+    """What a verification says, for a field's or a cell's: its `label` (None: marked unusable)."""
+
+    label: str | None
+
+    @property
+    def call(self) -> str:
+        """The verified class, or "unusable"."""
+        return UNUSABLE if self.label is None else self.label
+
+    def agrees_with(self, model_label: str | None) -> bool:
+        """Same call as the model's (an unusable verdict agrees with a model that gave no class)."""
+        return (self.label or "") == (model_label or "")
+
+
 @dataclass(frozen=True)
-class Verification:
+class Verification(Verdict):
     """One stored verification."""
 
     id: str  # public (a UUID)
@@ -67,15 +82,6 @@ class Verification:
     comment: str = ""
     pk: int = 0  # internal keys, never shown
     prediction_pk: int = 0
-
-    @property
-    def call(self) -> str:
-        """The verified class, or "unusable"."""
-        return UNUSABLE if self.label is None else self.label
-
-    def agrees_with(self, model_label: str | None) -> bool:
-        """Same call as the model's (an unusable verdict agrees with a model that gave no class)."""
-        return (self.label or "") == (model_label or "")
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "prediction_id": self.prediction_id, "created_at": self.created_at,
