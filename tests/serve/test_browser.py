@@ -236,3 +236,43 @@ def test_a_technologist_verifies_four_items_with_the_keyboard_in_chromium(tmp_pa
             assert problems == [], problems  # CSP violations and script errors show up here
         finally:
             browser.close()
+
+
+@pytest.mark.slow
+def test_the_cell_gallery_and_a_cell_verified_with_the_keyboard_in_chromium(tmp_path: Path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    db = tmp_path / "data" / "leukoscope.db"
+    seed_worklist(db, tmp_path)  # five fields of sample s1; the fake cells function finds two cells in each
+    with ServerProcess(db, tmp_path / "server.log") as server, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
+                                    headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            problems: list[str] = []
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.goto(server.url + "/cells?sample_id=s1", wait_until="networkidle", timeout=WAIT_MS)
+            page.fill("input[name=name]", "alice")
+            page.fill("input[name=password]", "correct horse battery")
+            page.click("#password-login button[type=submit]")
+            page.wait_for_url("**/cells?sample_id=s1", timeout=WAIT_MS)
+            counts = {row.get_attribute("data-class"): int(row.locator("td").inner_text())
+                      for row in page.locator("#cell-counts tr[data-class]").all()}
+            assert sum(counts.values()) == 10 and page.locator("a[data-cell-id]").count() == 10, counts
+            page.locator("a[data-cell-id]").first.click()  # its field, with the cell outlined
+            page.wait_for_selector("#cell-field rect[data-cell-outline]", timeout=WAIT_MS)
+
+            page.goto(server.url + "/verify?unit=cells", wait_until="networkidle", timeout=WAIT_MS)
+            page.wait_for_function("() => !document.getElementById('verify-item').hidden", timeout=WAIT_MS)
+            first = page.inner_text("#verify-file")
+            assert "cell" in first
+            page.keyboard.press("1")
+            page.wait_for_function(f"() => document.getElementById('verify-file').textContent !== {first!r}",
+                                   timeout=WAIT_MS)
+            page.wait_for_function("() => document.getElementById('verify-status').textContent"
+                                   ".startsWith('1 verified on this page')", timeout=WAIT_MS)
+            page.goto(server.url + "/cells?sample_id=s1", wait_until="networkidle", timeout=WAIT_MS)
+            assert page.locator(".cell-grid .verified").count() == 1  # the verification shows in the gallery
+            assert problems == [], problems
+        finally:
+            browser.close()
