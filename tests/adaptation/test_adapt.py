@@ -169,7 +169,7 @@ def test_images_verified_in_the_web_app_teach_the_model(parent: Path, stained_la
             stored = store.add([row], {row.sha256: data})[0]
             with sqlite3.connect(db) as conn:
                 conn.execute("INSERT INTO verifications (prediction_id, created_at, user_name, label) "
-                             "VALUES (?, ?, 'tech', ?)", (stored.id, utc_now(), record.label))
+                             "VALUES (?, ?, 'tech', ?)", (stored.pk, utc_now(), record.label))
     exported = export_verified(db, tmp_path / "verified")
     assert exported.exported == 80 and exported.counts == {name: 20 for name in lab.classes}
     result = adapt(parent, tmp_path / "verified", tmp_path / "adapted", options=GOOD)
