@@ -22,7 +22,7 @@ from PIL import Image
 
 from leukoscope.data.imaging import load_rgb, original_size
 from leukoscope.errors import ImageError
-from leukoscope.serve import cell_store
+from leukoscope.serve import cell_store, verifications
 from leukoscope.serve.cell_store import CellVerification, FieldState, NewCell, StoredCell
 from leukoscope.serve.limits import RequestRejected
 from leukoscope.serve.sessions import Principal
@@ -183,7 +183,7 @@ class CellService:
         """Computed cells awaiting verification (flagged first, newest first); 404 for an unknown `after_id`."""
         after_pk = None
         if after_id is not None:
-            after_pk = cell_store.pk_of(self.store, after_id, clinic)
+            after_pk = verifications.pk_of(self.store, after_id, clinic, table="cells")
             if after_pk is None:
                 raise RequestRejected(f"no cell with id {after_id}", 404)
         return cell_store.pending(self.store, limit, clinic=clinic, after_pk=after_pk, after_flagged=after_flagged)

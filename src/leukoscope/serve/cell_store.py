@@ -235,12 +235,6 @@ def attach(store: Store, cells: Sequence[StoredCell]) -> list[StoredCell]:
     return [replace(c, verification=latest.get(c.id)) for c in cells]
 
 
-def pk_of(store: Store, cell_id: str, clinic: int | None) -> int | None:
-    where, params = clinic_clause(clinic, "clinic_id")
-    found = store.scalar(f"SELECT id FROM cells WHERE uid = :uid{where}", {**params, "uid": str(cell_id)})
-    return None if found is None else int(found)
-
-
 @dataclass(frozen=True)
 class Pending:
     """Cells awaiting verification and how many await in all."""

@@ -47,10 +47,11 @@ def clinic_clause(clinic: int | None, column: str = "p.clinic_id") -> tuple[str,
     return ("", {}) if clinic is None else (f" AND {column} = :clinic", {"clinic": clinic})
 
 
-def pk_of(store: Store, prediction_id: str, clinic: int | None) -> int | None:
-    """The internal key of the prediction with this public id in `clinic`, or None (no such prediction there)."""
+def pk_of(store: Store, public_id: str, clinic: int | None, *, table: str = "predictions") -> int | None:
+    """The internal key of the row of `table` (predictions, or cells) with this public id in `clinic`, or None
+    (no such row there)."""
     where, params = clinic_clause(clinic, "clinic_id")
-    found = store.scalar(f"SELECT id FROM predictions WHERE uid = :uid{where}", {**params, "uid": str(prediction_id)})
+    found = store.scalar(f"SELECT id FROM {table} WHERE uid = :uid{where}", {**params, "uid": str(public_id)})
     return None if found is None else int(found)
 
 
