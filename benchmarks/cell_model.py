@@ -158,7 +158,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     args = parser.parse_args()
     import leukoscope
-    from leukoscope.inference.cells import unit_of
+    from leukoscope.inference.package import unit_of
 
     field_model, cell_model = leukoscope.load_model(args.field_model), leukoscope.load_model(args.cell_model)
     if unit_of(cell_model.info) != "cells":

@@ -9,7 +9,8 @@ import pytest
 
 from leukoscope.errors import ModelError
 from leukoscope.inference.cell_export import export_cell_run
-from leukoscope.inference.cells import predict_cells, unit_of
+from leukoscope.inference.cells import predict_cells
+from leukoscope.inference.package import unit_of
 from leukoscope.inference.predictor import load_predictor
 from tests.helpers.images import png_bytes
 from tests.helpers.modelfixtures import shared_tiny_run

@@ -22,8 +22,8 @@ from leukoscope.inference.cells import (
     predict_cells_bytes,
     predict_cells_paths,
     sample_of,
-    unit_of,
 )
+from leukoscope.inference.package import unit_of
 from leukoscope.inference.prediction import Prediction
 from leukoscope.inference.predictor import load_predictor
 from leukoscope.models.preprocessing import Preprocess

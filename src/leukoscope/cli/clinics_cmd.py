@@ -61,7 +61,7 @@ def set_model(name: str = typer.Argument(..., help="Clinic name."),
                                             "or 'default' for the server's own."),
               db: str | None = typer.Option(None, "--db", help=DB_HELP)) -> None:
     """Choose the package a clinic predicts with; running servers use it within seconds (each loads it once)."""
-    from leukoscope.inference.cells import UNIT_CELLS, unit_of_model
+    from leukoscope.inference.package import UNIT_CELLS, unit_of_model
     from leukoscope.serve.clinics import DEFAULT_CLINIC_MODEL, Clinics, package_value
 
     value = package_value(package)  # a folder without a package: exit 2 before the database is opened

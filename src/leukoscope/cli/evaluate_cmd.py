@@ -146,7 +146,7 @@ def evaluate_command(
         raise UsageError(f"--bootstrap must be >= 0, got {bootstrap}")
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
-    from leukoscope.inference.cells import UNIT_CELLS, unit_of_model
+    from leukoscope.inference.package import UNIT_CELLS, unit_of_model
 
     if unit_of_model(model) == UNIT_CELLS:
         raise UsageError(f"{model} is a cell model (it classifies cell crops, not whole fields): score it with "

@@ -45,7 +45,7 @@ def export(
         if not quiet:
             console.print(escape(message), highlight=False)
 
-    from leukoscope.inference.cells import UNIT_CELLS, unit_of_model
+    from leukoscope.inference.package import UNIT_CELLS, unit_of_model
 
     if unit_of_model(run) == UNIT_CELLS:  # calibrated, flagged and OOD-fitted on crops, not on whole fields
         if int8 or int8_only or shift_rules:

@@ -267,7 +267,8 @@ def _predict_cells(predictor: Any, files: list[Path], problems: list[str], *, tt
                    out: Path | None, output_format: str, by_folder: bool, quiet: bool) -> None:
     """`predict --cells`: rows per sample, field and cell (leukoscope.inference.cells, .cell_rows)."""
     from leukoscope.inference import cell_rows
-    from leukoscope.inference.cells import predict_cells_paths, unit_of
+    from leukoscope.inference.cells import predict_cells_paths
+    from leukoscope.inference.package import unit_of
 
     results = []
     with progress_bar("cells", len(files), quiet=quiet or not err_console.is_terminal) as update:

@@ -145,7 +145,7 @@ def register(app: typer.Typer) -> None:
 def _refuse_cell_model(model: object) -> None:
     """The web app predicts whole fields: a cell package (model.json `unit: cells`) would score crops' network
     on fields, so it is refused before anything starts (cells are read with `leukoscope predict --cells`)."""
-    from leukoscope.inference.cells import UNIT_CELLS, unit_of_model
+    from leukoscope.inference.package import UNIT_CELLS, unit_of_model
 
     if model is not None and unit_of_model(str(model)) == UNIT_CELLS:
         raise UsageError(f"{model} is a cell model (it classifies cell crops): the web app needs a field model; "

@@ -19,7 +19,7 @@ import numpy as np
 
 from leukoscope.errors import DataError, ModelError
 from leukoscope.inference.backends import OnnxBackend
-from leukoscope.inference.cells import UNIT_CELLS, crop_inputs
+from leukoscope.inference.cells import crop_inputs
 from leukoscope.inference.export import (
     Images,
     _check_fp32,
@@ -32,7 +32,7 @@ from leukoscope.inference.export import (
     export_onnx,
     run_backend,
 )
-from leukoscope.inference.package import ONNX_FP32, OOD_FILE, TORCH_FILE, write_package
+from leukoscope.inference.package import ONNX_FP32, OOD_FILE, TORCH_FILE, UNIT_CELLS, write_package
 from leukoscope.models.preprocessing import Preprocess, normalize_numpy
 from leukoscope.review.calibration import read_temperature
 from leukoscope.review.rules import fit_review

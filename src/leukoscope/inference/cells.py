@@ -37,35 +37,8 @@ from leukoscope.review.samples import SampleCall, sample_call
 from leukoscope.segmentation.crops import DECODE_MAX_SIDE
 from leukoscope.segmentation.field import NO_CELL, OK, PARAMS, SegmentationParams, segment_field
 
-UNIT_FIELDS, UNIT_CELLS = "fields", "cells"
 UNUSABLE, ERROR = "unusable", "error"
 FIELD_STATUSES = (OK, NO_CELL, UNUSABLE, ERROR)
-
-
-def unit_of(info: dict[str, Any]) -> str:
-    """What a package's network was trained on: "cells" (crops) or "fields" (whole images; older packages)."""
-    return UNIT_CELLS if info.get("unit") == UNIT_CELLS else UNIT_FIELDS
-
-
-def unit_of_model(path: str | Path) -> str:
-    """"cells" or "fields" for a package folder (model.json), a run folder or one of its checkpoints
-    (config.yaml beside it): what the network was trained on, so commands that score whole fields can refuse a
-    cell model instead of scoring crops' network on fields. Unknown layouts read as "fields"."""
-    import json
-
-    import yaml
-
-    path = Path(path)
-    folder = path.parent if path.is_file() else path
-    try:
-        if (folder / "model.json").is_file():
-            return unit_of(json.loads((folder / "model.json").read_text(encoding="utf-8")))
-        if (folder / "config.yaml").is_file():
-            config = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")) or {}
-            return UNIT_CELLS if isinstance(config, dict) and config.get("unit") == UNIT_CELLS else UNIT_FIELDS
-    except (OSError, ValueError, yaml.YAMLError):
-        pass  # the command's own loading reports an unreadable model in its words
-    return UNIT_FIELDS
 
 
 def crop_inputs(crops: Sequence[np.ndarray] | np.ndarray, preprocess: Preprocess) -> np.ndarray:

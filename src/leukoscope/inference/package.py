@@ -144,3 +144,30 @@ def write_package(out: str | Path, info: dict[str, Any], files: Mapping[str, byt
 def package_size(path: str | Path) -> int:
     """Bytes of all files in a package folder."""
     return sum(p.stat().st_size for p in Path(path).iterdir() if p.is_file())
+
+
+UNIT_FIELDS, UNIT_CELLS = "fields", "cells"  # what a package's network was trained on (model.json `unit`)
+
+
+def unit_of(info: dict[str, Any]) -> str:
+    """What a package's network was trained on: "cells" (crops) or "fields" (whole images; older packages)."""
+    return UNIT_CELLS if info.get("unit") == UNIT_CELLS else UNIT_FIELDS
+
+
+def unit_of_model(path: str | Path) -> str:
+    """"cells" or "fields" for a package folder (model.json), a run folder or one of its checkpoints
+    (config.yaml beside it): what the network was trained on, so commands that score whole fields can refuse a
+    cell model instead of scoring crops' network on fields. Unknown layouts read as "fields"."""
+    import yaml
+
+    path = Path(path)
+    folder = path.parent if path.is_file() else path
+    try:
+        if (folder / "model.json").is_file():
+            return unit_of(json.loads((folder / "model.json").read_text(encoding="utf-8")))
+        if (folder / "config.yaml").is_file():
+            config = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")) or {}
+            return UNIT_CELLS if isinstance(config, dict) and config.get("unit") == UNIT_CELLS else UNIT_FIELDS
+    except (OSError, ValueError, yaml.YAMLError):
+        pass  # the command's own loading reports an unreadable model in its words
+    return UNIT_FIELDS

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from leukoscope.inference.package import UNIT_FIELDS, unit_of
 from leukoscope.serve.api_errors import error_responses
 from leukoscope.serve.clinics import Clinics
 from leukoscope.serve.context import ServerContext, get_ctx
@@ -59,7 +60,7 @@ def offered(models_dir: str | None) -> dict[str, Path]:
     found = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
         info = _info(folder)
-        if info is not None and info.get("unit", "fields") != "cells":
+        if info is not None and unit_of(info) == UNIT_FIELDS:
             found[folder.name] = folder.resolve()
     return found
 
