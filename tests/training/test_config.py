@@ -62,7 +62,7 @@ def test_protocol_comes_from_the_overrides_then_the_yaml():
 # A non-default value of each kind, and for options with a fixed set of values.
 _OTHER = {int: 7, float: 0.125, bool: False, str: "other"}
 _OTHER_CHOICE = {"trainable": "last", "optimizer": "sgd", "schedule": "onecycle", "class_balance": "sampler",
-                 "augment": "none", "select": "last", "unit": "cells"}
+                 "augment": "none", "select": "last", "unit": "cells", "frozen_engine": "torch"}
 
 
 def test_every_option_can_be_overridden_with_set():
@@ -236,7 +236,7 @@ def test_a_config_yaml_written_before_still_loads_and_is_written_back_the_same(t
     file = tmp_path / "config.yaml"
     file.write_text(_SAVED_BEFORE)
     config = resolve_config("finetune", load_yaml(file), {})
-    added = {"unit": "fields", "cells_per_field": 0}  # options added since, at their defaults
+    added = {"unit": "fields", "cells_per_field": 0, "frozen_engine": "auto"}  # options added since, at defaults
     assert {k: config.to_dict()[k] for k in added} == added
     kept = {k: v for k, v in config.to_dict().items() if k not in added}
     written = yaml.safe_dump({**kept, "eval_part": "val"}, sort_keys=False)

@@ -16,6 +16,7 @@ import yaml
 from leukoscope.errors import ConfigError, DataError, ModelError
 from leukoscope.models.checkpoint import load_trained, read_checkpoint
 from leukoscope.models.factory import ModelSpec, create_model
+from leukoscope.training import frozen_body
 from leukoscope.training import loop as training
 from leukoscope.training import steps
 from leukoscope.training.config import TrainConfig, resolve_config
@@ -163,7 +164,7 @@ def test_last_blocks_policy_trains_only_the_last_stage_and_the_head(tmp_path, da
 
 
 def test_paper_protocol_trains_the_head_on_cached_views(tmp_path, data, monkeypatch):
-    calls = {"views": 0, "images": 0}
+    calls = {"views": 0, "images": 0, "onnx": 0}
 
     def count(name, function):
         def counted(*args, **kwargs):
@@ -173,10 +174,13 @@ def test_paper_protocol_trains_the_head_on_cached_views(tmp_path, data, monkeypa
 
     monkeypatch.setattr(training, "frozen_view_features", count("views", training.frozen_view_features))
     monkeypatch.setattr(training, "train_one_epoch", count("images", training.train_one_epoch))
+    monkeypatch.setattr(frozen_body, "onnx_frozen", count("onnx", frozen_body.onnx_frozen))
     config = tiny(data, tmp_path, "paper", warmup_epochs=0, epochs=2)
     assert config.frozen_views == 3 and config.trainable == "head" and config.pad_type == "same"
     run = fit(config, quiet=True)
-    assert calls == {"views": 1, "images": 0}  # features cached once, every epoch runs the head only
+    # features cached once, every epoch runs the head only; the frozen passes (views, the scored part, the
+    # summary's) ran in ONNX Runtime on this CPU
+    assert calls == {"views": 1, "images": 0, "onnx": 3}
     state, start = last_state(run), initial_state(config)
     for key in state:
         assert torch.equal(state[key], start[key]) != key.startswith("classifier."), key

@@ -79,6 +79,8 @@ class TrainConfig(BaseModel):
     device: str = "auto"
     amp: StrictBool = True
     channels_last: StrictBool = True
+    # what runs a frozen backbone (leukoscope.training.frozen_body): auto = ONNX Runtime on the CPU, else PyTorch
+    frozen_engine: Literal["auto", "torch", "onnxruntime"] = "auto"
     workers: int = Field(2, ge=0)
     extra: dict[str, Any] = Field(default_factory=dict)
 

@@ -23,7 +23,8 @@ from leukoscope.training.augment import augment
 from leukoscope.training.config import TrainConfig
 from leukoscope.training.dataset import TensorSet
 from leukoscope.training.distributed import DistContext
-from leukoscope.training.network import Classifier, PooledFeatures
+from leukoscope.training.frozen_body import frozen_body
+from leukoscope.training.network import Classifier
 
 __all__ = [  # predict_logits and classification_scores: from models.scoring, importable here as before
     "EpochMeans", "EvalSet", "Tick", "classification_scores", "epoch_order", "frozen_view_features", "predict_logits",
@@ -107,7 +108,7 @@ def frozen_view_features(net: Classifier, data: TensorSet, config: TrainConfig, 
     others augmented once), computed once. With a frozen backbone this trains the head on augmented data
     for a fraction of the cost of running the backbone on every augmented batch of every epoch."""
     generator = torch.Generator().manual_seed(config.seed * 31 + 17)
-    body = PooledFeatures(net.model)
+    body = frozen_body(net.model, config, data.images.device, preprocess.input_size)
     views = []
     for view in range(config.frozen_views):
         batches = []
@@ -159,7 +160,7 @@ class EvalSet:
                                   self.config.amp, self.config.channels_last)
         net.eval()
         if self._features is None:
-            body = PooledFeatures(net.model)
+            body = frozen_body(net.model, self.config, self.data.images.device, self.preprocess.input_size)
             self._features = predict_logits(body, self.data.images, self.preprocess, self.config.eval_batch_size,
                                             self.config.amp, self.config.channels_last)
         head = net.model.get_classifier()

@@ -2,7 +2,8 @@
 timings) and predictions_test.csv (per-image probabilities), both atomically.
 
 Scored with `leukoscope.models.scoring.score_model`, as evaluate and the accuracy benchmark score, with the
-run's own batch size, mixed precision and memory format.
+run's own batch size, mixed precision and memory format; a run that only trained its head is scored through
+ONNX Runtime on the CPU (leukoscope.training.frozen_body), as its epochs were.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from leukoscope.models.factory import ModelSpec, create_model
 from leukoscope.models.preprocessing import Preprocess
 from leukoscope.models.scoring import score_model
 from leukoscope.training.config import TrainConfig
+from leukoscope.training.frozen_body import frozen_module
+from leukoscope.training.stages import stages_of
 
 
 def predictions_csv(test: Manifest, classes: tuple[str, ...], probs: np.ndarray) -> str:
@@ -48,6 +51,8 @@ def write_run_summary(run_dir: Path, parted: Manifest, preprocess: Preprocess, d
                                "seconds_per_epoch": float(np.mean([h["seconds"] for h in history])) if history else None,
                                "train_images": sum(1 for r in parted.records if r.part == "train")}
     if len(test):
+        if all(stage.trainable == "head" for stage in stages_of(config)):  # the backbone never changed
+            model = frozen_module(model, config, device, preprocess.input_size)
         scores = score_model(model, test.paths(), preprocess, labels=test.labels,
                              batch_size=config.eval_batch_size, device=device, amp=config.amp,
                              channels_last=config.channels_last, workers=config.workers)

@@ -1,0 +1,96 @@
+"""The frozen backbone on the CPU through ONNX Runtime: the same pooled features, about 2.5x sooner.
+
+While the backbone is frozen (the paper protocol, head warm-ups, cell heads) training spends nearly all of its
+time running that one fixed network forward: the paper protocol's 3 cached views of 1,958 training images and
+its 838 scored images were ~125 of its ~150 s on 2 cores in PyTorch eager, where every BatchNorm is a separate
+pass over memory and every "same" padding a copy. ONNX Runtime folds the BatchNorms into the convolutions and
+runs the graph in one optimised pass: the network is exported once per run (~2 s) and its features agree with
+PyTorch's to ~1e-5. Only the frozen, inference-mode part goes through it; everything that learns stays in
+PyTorch. `frozen_engine: torch` (or a failed export, with one warning line) keeps the PyTorch path.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from leukoscope.training.config import TrainConfig
+from leukoscope.training.network import PooledFeatures
+
+ENGINES = ("auto", "torch", "onnxruntime")
+
+
+class OnnxFrozen(nn.Module):
+    """A frozen nn.Module (normalised N x 3 x S x S in, a float tensor out) run by ONNX Runtime on the CPU.
+
+    Drop-in where the PyTorch module was called in inference mode (`predict_logits`, `score_model`): it
+    takes and returns torch tensors. It holds no trainable parameters: it must never be trained through.
+    """
+
+    def __init__(self, session: Any, input_name: str) -> None:
+        super().__init__()
+        self.session, self.input_name = session, input_name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(x.detach().float().cpu().numpy())
+        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+
+
+def use_onnxruntime(config: TrainConfig, device: torch.device) -> bool:
+    """ONNX Runtime for frozen passes: asked for, or `auto` on the CPU (on GPUs PyTorch is already fast)."""
+    if config.frozen_engine == "torch" or device.type != "cpu":
+        return False
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def onnx_frozen(module: nn.Module, input_size: int, threads: int | None = None) -> OnnxFrozen:
+    """Export `module` (in eval mode, as it is now) to ONNX in memory and open it in ONNX Runtime.
+
+    Raises RuntimeError when the export or the session fails (the caller falls back to PyTorch)."""
+    import onnxruntime as ort
+
+    module = module.eval()
+    dummy = torch.zeros(1, 3, input_size, input_size)
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (dummy,), buffer, opset_version=17, dynamo=False, input_names=["input"],
+                              output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as in inference.backends
+        session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # any exporter or runtime failure: PyTorch still works
+        raise RuntimeError(f"{type(exc).__name__}: {exc}") from None
+    return OnnxFrozen(session, session.get_inputs()[0].name)
+
+
+def frozen_module(module: nn.Module, config: TrainConfig, device: torch.device, input_size: int) -> nn.Module:
+    """`module` itself, or the same network through ONNX Runtime where `use_onnxruntime` says so."""
+    if not use_onnxruntime(config, device):
+        return module
+    try:
+        return onnx_frozen(module, input_size)
+    except RuntimeError as exc:
+        if config.frozen_engine == "onnxruntime":
+            raise
+        print(f"warning: frozen backbone stays in PyTorch (ONNX export failed: {exc})", file=sys.stderr)
+        return module
+
+
+def frozen_body(model: nn.Module, config: TrainConfig, device: torch.device, input_size: int) -> nn.Module:
+    """The pooled features of the frozen backbone of `model`, as fast as this machine allows."""
+    return frozen_module(PooledFeatures(model), config, device, input_size)
