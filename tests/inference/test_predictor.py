@@ -114,6 +114,34 @@ def test_predict_paths_keeps_order_across_batches(predictor, tmp_path: Path) -> 
     assert "cannot read file" in results[-1].error
 
 
+@pytest.mark.parametrize("streams", [2, 3])
+def test_streams_give_the_same_predictions_in_the_same_order(tiny_package: Path, tmp_path: Path, streams) -> None:
+    paths = []
+    for i in range(11):
+        path = tmp_path / f"img{i}.png"
+        path.write_bytes(encode(smear_image(i % 4, 100 + i)) if i != 4 else b"not an image")
+        paths.append(path)
+    one = list(load_predictor(tiny_package, threads=2).predict_paths(paths, batch_size=2))
+    streamed = load_predictor(tiny_package, streams=streams)
+    assert streamed.streams == streams
+    assert streamed._backend.session.get_session_options().intra_op_num_threads == 1  # one thread per batch
+    many = list(streamed.predict_paths(paths, batch_size=2))
+    assert [p.source for p in many] == [str(p) for p in paths]
+    assert [(p.label, p.review_codes, p.error) for p in many] == [(p.label, p.review_codes, p.error) for p in one]
+    for a, b in zip(one, many, strict=True):
+        assert a.probabilities == pytest.approx(b.probabilities, abs=1e-5)
+    first = streamed.predict_paths(paths, batch_size=2)
+    assert next(first).source == str(paths[0])
+    first.close()  # a consumer that stops early: the workers finish and nothing hangs
+
+
+def test_streams_are_for_onnx_runtime_only(tiny_package: Path) -> None:
+    assert load_predictor(tiny_package, backend="torch", threads=1, streams=2).streams == 1
+    assert load_predictor(tiny_package).streams == 1
+    with pytest.raises(Exception, match="streams must be at least 1"):
+        load_predictor(tiny_package, streams=0)
+
+
 def test_tta_uses_8_views_and_is_rotation_invariant(predictor) -> None:
     batch = held_out(1)
     views = list(tta_views(batch))

@@ -169,3 +169,23 @@ def test_size_reasons(width: int, height: int, codes: list[str]) -> None:
     assert [r.code for r in reasons] == codes
     assert all(r.details["width"] == width and r.details["height"] == height for r in reasons)
     assert size_reasons(100, 100, 224, (0.25, 4.0)) == []
+
+
+@pytest.mark.parametrize("kind", ["uint8", "view", "rgba", "float"])
+def test_grey_image_is_the_plain_float32_luma_to_the_bit(kind: str) -> None:
+    """The grey image is made from contiguous channel planes: the same float32 products and sums, in the
+    same order, as the plain per-channel formula, so every statistic is unchanged."""
+    from leukoscope.review.quality import _gray
+
+    rng = np.random.default_rng(5)
+    rgb = rng.integers(0, 256, (67, 91, 4 if kind == "rgba" else 3), dtype=np.uint8)
+    if kind == "view":
+        rgb = rng.integers(0, 256, (140, 95, 3), dtype=np.uint8)[::2, 3:, ::-1]
+    if kind == "float":
+        rgb = rgb.astype(np.float32) * np.float32(0.9)
+    f = rgb.astype(np.float32)
+    expected = f[..., 0] * np.float32(0.299) + f[..., 1] * np.float32(0.587)
+    expected += f[..., 2] * np.float32(0.114)
+    assert np.array_equal(_gray(rgb), expected)
+    out, spare = np.empty(rgb.shape[:2], np.float32), np.empty(rgb.shape[:2], np.float32)
+    assert _gray(rgb, out, spare) is out and np.array_equal(out, expected)

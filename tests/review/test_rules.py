@@ -169,6 +169,29 @@ def test_cell_scale_follows_the_magnification() -> None:
     assert cell_scale(_discs(3, size=48)) > 0  # small images are measured without the 2x reduction
 
 
+def _plain_cell_scale(rgb: np.ndarray) -> float:
+    """cell_scale by its definition, in float64 with numpy's 2-D FFT: LoG energy per sigma from the power
+    spectrum of the windowed grey image (Pillow's luma, reduced 2x by block means)."""
+    from leukoscope.review.rules import SCALE_SIGMAS, _scale_tables
+
+    step = 2 if min(rgb.shape[:2]) >= 64 else 1
+    grey = np.asarray(Image.fromarray(rgb).convert("L").reduce(step), np.float64)
+    _, weights, window = _scale_tables(*grey.shape, step)
+    full = np.abs(np.fft.fft2((grey - grey.mean()) * window)) ** 2  # the whole plane, no half-plane doubling
+    radius = np.hypot(*np.meshgrid(np.fft.fftfreq(grey.shape[0]), np.fft.fftfreq(grey.shape[1]), indexing="ij"))
+    n = max(grey.shape)
+    per_bin = np.bincount(np.minimum((radius * 2 * n).astype(int), n).ravel(), weights=full.ravel(), minlength=n + 1)
+    return float(SCALE_SIGMAS[int(np.argmax(weights @ per_bin))])
+
+
+@pytest.mark.parametrize(("radius", "size"), [(3, 224), (6, 224), (12, 224), (6, 201), (3, 48), (8, 130)])
+def test_cell_scale_is_its_plain_definition(radius: float, size: int) -> None:
+    """The fast path (float32 half-plane FFT, in place) finds the same sigma as the plain full-plane one."""
+    rgb = _discs(radius, size=size, seed=radius)
+    assert cell_scale(rgb) == _plain_cell_scale(rgb)
+    assert cell_scale(Image.fromarray(rgb)) == cell_scale(rgb)  # the PIL image the pixels came from
+
+
 def test_scale_range_and_reasons() -> None:
     low, high = fit_scale_range(np.linspace(4, 12, 201))
     assert low == pytest.approx(4.04) and high == pytest.approx(11.96)

@@ -172,7 +172,8 @@ def predict(
                                                   "package's, chosen on validation data)."),
     limit: int | None = typer.Option(None, "--limit", help="Process only the first N images found."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per inference batch."),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads for inference (default: all)."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads for inference (default: all). With "
+                                       "ONNX Runtime that many batches run at once, one thread each."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     engine: Engine = typer.Option(Engine.local, "--engine", help="local: this process. ray: archive scale on "
                                   "Ray Data (pip install 'leukoscope[ray]'): also takes manifests (CSV/Parquet "
@@ -192,6 +193,7 @@ def predict(
     and no class. Exit code 0 when every image was read, 1 when any failed, 2 for bad arguments or no images.
     With --engine ray, unreadable files are error rows and the exit code is 0 when the job finished.
     """
+    from leukoscope.inference.backends import cpu_count
     from leukoscope.inference.predictor import load_predictor
     from leukoscope.review.samples import group_by_folder
 
@@ -229,8 +231,12 @@ def predict(
     if not files:
         raise UsageError("no images found in " + ", ".join(paths))
     files = files[:limit] if limit is not None else files
-    predictor = load_predictor(model, backend=backend.value, threads=threads,
-                               confidence_threshold=review_threshold)
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {threads}")
+    # A folder of images: batches side by side on one thread each (Predictor._streamed); --cells scores
+    # its crops batch by batch, so it keeps one batch on every thread.
+    predictor = load_predictor(model, backend=backend.value, threads=threads, confidence_threshold=review_threshold,
+                               streams=None if cells else (threads or cpu_count()))
     if cells:
         return _predict_cells(predictor, files, problems, tta=tta, batch_size=batch_size, out=out,
                               output_format=output_format, by_folder=group_by is GroupBy.folder, quiet=quiet)

@@ -59,9 +59,10 @@ def open_model(path: str | Path) -> ModelHandle:
     if path.name == "model.json":
         path = path.parent
     if path.is_dir() and (path / "model.json").is_file():
-        from leukoscope.inference.predictor import load_predictor  # imported only when a package is used
+        from leukoscope.inference.backends import cpu_count  # imported only when a package is used
+        from leukoscope.inference.predictor import load_predictor
 
-        predictor = load_predictor(path)
+        predictor = load_predictor(path, streams=cpu_count())  # folders of images, as `predict` scores them
         info = dict(predictor.info)
         model_info = {"name": info.get("name", path.name), "kind": "package", "source": _shown_path(path),
                       "backbone": info.get("backbone"), "classes": list(predictor.classes),

@@ -71,15 +71,29 @@ def _work_images(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     return work
 
 
+def _planes(rgb: np.ndarray) -> np.ndarray:
+    """The first three channels of an HxWxC uint8 image as contiguous planes, in this thread's kept buffer.
+    One transposing copy costs about what one strided cast of a single channel to float32 does, and all
+    the arithmetic after it runs on contiguous data."""
+    shape = (3, *rgb.shape[:2])
+    planes = getattr(_WORK, "planes", None)
+    if planes is None or planes.shape != shape:
+        planes = _WORK.planes = np.empty(shape, np.uint8)
+    np.copyto(planes, np.moveaxis(rgb[..., :3], 2, 0))
+    return planes
+
+
 def _gray(rgb: np.ndarray, out: np.ndarray | None = None, spare: np.ndarray | None = None) -> np.ndarray:
     """ITU-R 601 luma as float32 (into `out`, using `spare`, when given), one channel at a time and in
-    place: 2-3x faster than mixed uint8/float arithmetic on the interleaved image, the same values to the bit."""
+    place, from contiguous channel planes: ~3x faster than mixed uint8/float arithmetic on the interleaved
+    image, and the same values to the bit (the same float32 products and sums, in the same order)."""
     g = np.empty(rgb.shape[:2], np.float32) if out is None else out
     part = np.empty_like(g) if spare is None else spare
-    np.copyto(g, rgb[..., 0])
+    planes = _planes(rgb) if rgb.dtype == np.uint8 else np.moveaxis(rgb[..., :3], 2, 0)
+    np.copyto(g, planes[0])
     g *= np.float32(0.299)
     for channel, weight in ((1, 0.587), (2, 0.114)):
-        np.copyto(part, rgb[..., channel])
+        np.copyto(part, planes[channel])
         part *= np.float32(weight)
         g += part
     return g
@@ -162,7 +176,7 @@ def _lag_correlation(c: np.ndarray, total: float, squares: float) -> float:
         var_b = squares - _dot(last, last) - sum_b * sum_b / pairs
         if var_a > tolerance and var_b > tolerance:
             values.append((products - sum_a * sum_b / pairs) / float(np.sqrt(var_a * var_b)))
-    return float(np.mean(values)) if values else 1.0
+    return sum(values) / len(values) if values else 1.0  # np.mean of a short list costs more than the dots
 
 
 def neighbour_correlation(rgb: np.ndarray) -> float:

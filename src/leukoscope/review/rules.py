@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,6 +35,9 @@ from leukoscope.review.quality import (
     neighbour_correlation,
 )
 from leukoscope.review.reasons import Reason
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 DEFAULT_BENIGN_CLASS = "Benign"
 BENIGN_MARGIN = 2.0  # the Benign threshold's residual 1 - t is at most half the smallest one of a missed leukemia
@@ -139,21 +142,27 @@ def _scale_tables(height: int, width: int, step: int) -> tuple[np.ndarray, np.nd
     return _SCALE_TABLES[key]
 
 
-def cell_scale(rgb: np.ndarray) -> float:
+def cell_scale(rgb: np.ndarray | Image.Image) -> float:
     """The image's dominant blob size (px at the model input): the sigma at which the scale-normalised
     Laplacian of Gaussian has the most energy, from one FFT of the grey image (reduced 2x by block means
     when at least 64 px a side: the smallest sigmas that matter are several px). In a smear field the red
-    cells dominate, so it follows the magnification (x2 doubles it). Well under a millisecond at 224 px."""
-    from PIL import Image
-    from scipy.fft import rfft2  # float32 FFT, twice numpy's speed; imported here to keep start-up quick
+    cells dominate, so it follows the magnification (x2 doubles it). Well under a millisecond at 224 px.
 
-    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-    step = 2 if min(rgb.shape[:2]) >= 64 else 1
-    grey = np.asarray(Image.fromarray(rgb).convert("L").reduce(step), np.float32)  # ITU-R 601 luma, box means
+    `rgb` may also be the RGB PIL image the array came from (the same result, without copying the pixels
+    back into Pillow)."""
+    from PIL import Image
+    from scipy.fft import fft, rfft  # float32 FFTs, twice numpy's speed; imported here to keep start-up quick
+
+    image = rgb if isinstance(rgb, Image.Image) else Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8))
+    step = 2 if min(image.size) >= 64 else 1
+    grey = np.array(image.convert("L").reduce(step), np.float32)  # ITU-R 601 luma, box means
     bins, weights, window = _scale_tables(*grey.shape, step)
-    spectrum = rfft2((grey - grey.mean()) * window)
+    grey -= grey.mean()  # in place: the same float32 values as (grey - mean) * window, without temporaries
+    grey *= window
+    # rfft2 as its two passes (real rows, then complex columns in place): the same numbers, less overhead
+    spectrum = fft(rfft(grey, axis=1, overwrite_x=True), axis=0, overwrite_x=True)
     power = spectrum.real ** 2 + spectrum.imag ** 2
-    power[:, 1:(grey.shape[1] + 1) // 2] *= 2  # the half-plane rfft2 leaves out
+    power[:, 1:(grey.shape[1] + 1) // 2] *= 2  # the half-plane the real FFT leaves out
     energy = weights @ np.bincount(bins, weights=power.ravel(), minlength=weights.shape[1])
     return float(SCALE_SIGMAS[int(np.argmax(energy))])
 
@@ -164,7 +173,7 @@ def fit_scale_range(scales: np.ndarray) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def scale_reasons(rgb: np.ndarray, scale_range: tuple[float, float] | None) -> list[Reason]:
+def scale_reasons(rgb: np.ndarray | Image.Image, scale_range: tuple[float, float] | None) -> list[Reason]:
     """[cell_scale reason] when the image's cell scale lies outside `scale_range` (None: no check)."""
     if scale_range is None:
         return []
