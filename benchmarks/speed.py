@@ -240,16 +240,35 @@ def test_scores(fp32: Any, int8: Any, test: Any, preprocess: Any) -> dict[str, A
 
 
 def time_onnx(paths: dict[str, Path], singles: np.ndarray, batches: list[np.ndarray], repeats: int) -> list[Timing]:
-    """ONNX Runtime sessions (as the Predictor builds them), rounds interleaved between the models."""
-    from leukoscope.inference.backends import OnnxBackend
+    """ONNX Runtime sessions (as the Predictor builds them), rounds interleaved between the models: one run at a
+    time on all cores (a single request), and one run per core side by side on one thread each (how `predict`
+    and `evaluate` run folders: Predictor.streams), the model alone either way."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    backends = {name: OnnxBackend(path) for name, path in paths.items()}
-    rounds: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in paths}
+    from leukoscope.inference.backends import OnnxBackend, cpu_count
+
+    streams = cpu_count()
+    ways = {name: OnnxBackend(path) for name, path in paths.items()}
+    singles_1 = {f"{name}, {streams} streams of 1 thread": OnnxBackend(path, 1) for name, path in paths.items()}
+    pool = ThreadPoolExecutor(max_workers=streams)
+
+    def side_by_side(backend: Any) -> Any:
+        def run(x: np.ndarray) -> None:
+            if len(x) == 1:
+                backend.run(x)  # batch-1 latency: one request on one thread
+            else:  # the round's batches split across the streams, each stream running whole batches
+                list(pool.map(backend.run, np.array_split(x, streams)))
+        return run
+
+    runs = {**{name: b.run for name, b in ways.items()}, **{name: side_by_side(b) for name, b in singles_1.items()}}
+    rounds: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in runs}
+    wide = [np.concatenate(batches[i:i + streams]) for i in range(0, len(batches), streams)]
     for _ in range(repeats):
-        for name, backend in backends.items():
-            b1, b32 = measure(backend.run, singles, batches, repeats=1, inner=50)
+        for name, run in runs.items():
+            b1, b32 = measure(run, singles, wide if name in singles_1 else batches, repeats=1, inner=50)
             rounds[name][0].extend(b1)
             rounds[name][1].extend(b32)
+    pool.shutdown()
     return [Timing(name, common.median(b1), common.median(b32), b1, b32) for name, (b1, b32) in rounds.items()]
 
 
@@ -277,6 +296,7 @@ def measure_e2e(packages: dict[str, Path], bundled: str, split: Any, work: Path,
                 log: Any) -> dict[str, Any]:
     """The command line and predict_paths on the same 1,000 files, for the package with fp32 and with int8
     as its default; `bundled` ("fp32" or "int8") is the one that ships, run without --model as a user does."""
+    from leukoscope.inference.backends import cpu_count
     from leukoscope.inference.predictor import load_predictor
 
     folder, files = e2e_folder(split, work, args.e2e_images)
@@ -286,11 +306,14 @@ def measure_e2e(packages: dict[str, Path], bundled: str, split: Any, work: Path,
         model = None if key == bundled and args.model is None else packages[key]
         log(f"`leukoscope predict` on {len(files)} images ({key}) ...")
         out[f"cli_{key}"] = time_cli(folder, len(files), model, work, args.e2e_repeats)
-        predictor = load_predictor(packages[key])
-        out[f"predict_paths_{key}"] = time_predict_paths(predictor, files, args.e2e_repeats)
+        streamed = load_predictor(packages[key], streams=cpu_count())  # as `predict` loads it for a folder
+        out[f"predict_paths_{key}"] = time_predict_paths(streamed, files, args.e2e_repeats)
         if key == "fp32":
+            predictor = load_predictor(packages[key])  # one batch at a time on every core
+            out["predict_paths_fp32_one_stream"] = time_predict_paths(predictor, files, args.e2e_repeats)
             out["decode"] = decode_timing(predictor, files[: args.decode_images], args.repeats)
-            out["overlap"] = overlap_check(predictor, files, out["predict_paths_fp32"]["seconds"], args.e2e_repeats)
+            out["overlap"] = overlap_check(predictor, files, out["predict_paths_fp32_one_stream"]["seconds"],
+                                           args.e2e_repeats)
     for key in ("cli_fp32", "cli_int8"):  # readable commands: placeholders for the temporary paths
         for path, name in ((folder, f"FOLDER_OF_{len(files)}_IMAGES"), (work / "predict.csv", "OUT.csv"),
                            (variant, f"{'INT8' if bundled == 'fp32' else 'FP32'}_PACKAGE")):

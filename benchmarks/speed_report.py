@@ -68,8 +68,12 @@ def render_e2e(results: dict[str, Any]) -> str:
     rows = []
     for key, label in (("cli_fp32", f"`leukoscope predict`, {_package_label(results, 'fp32')}"),
                        ("cli_int8", f"`leukoscope predict`, {_package_label(results, 'int8')}"),
-                       ("predict_paths_fp32", "Predictor.predict_paths in-process, ONNX fp32"),
-                       ("predict_paths_int8", "Predictor.predict_paths in-process, ONNX int8")):
+                       ("predict_paths_fp32", "Predictor.predict_paths in-process, ONNX fp32 (streams, as predict)"),
+                       ("predict_paths_fp32_one_stream", "Predictor.predict_paths in-process, ONNX fp32, one batch "
+                        "at a time on every core"),
+                       ("predict_paths_int8", "Predictor.predict_paths in-process, ONNX int8 (streams, as predict)")):
+        if key not in e2e:  # results written before streams existed
+            continue
         r = e2e[key]
         rows.append([label, f"{r['seconds']:.2f} ({common.spread(r['rounds_s'])})", f"{r['ips']:.0f}",
                      f"{r['ips'] / eager:.1f}x", f"{r['ips'] / eager_plain:.1f}x"])
@@ -86,8 +90,8 @@ def render_e2e(results: dict[str, Any]) -> str:
              f"Decode and inference in Predictor.predict_paths (1,000 files, ONNX fp32): decode alone with its "
              f"thread pool {o['decode_s']:.2f} s, the rest (normalise, network, calibration, OOD score, results) "
              f"alone {o['inference_s']:.2f} s; the same work without overlap (decode a batch, wait, run it) "
-             f"{o['no_overlap_s']:.2f} s; predict_paths, which decodes batch k+1 in threads while batch k runs, "
-             f"{o['predict_paths_s']:.2f} s: {overlap_verdict(o)}\n")
+             f"{o['no_overlap_s']:.2f} s; predict_paths with one stream (decoding batch k+1 in threads while batch k "
+             f"runs) {o['predict_paths_s']:.2f} s: {overlap_verdict(o)}\n")
     return text
 
 
@@ -212,12 +216,15 @@ def item13_rows(results: dict[str, Any], verdict: Callable[[bool], str]) -> list
     best PyTorch a user could write (channels_last + malloc settings, batch 32: >= 2x)."""
     e2e = results["e2e"]
     shipped = results.get("bundled_default", "fp32")
-    model = _find(results, "ONNX Runtime int8" if shipped == "int8" else "ONNX Runtime fp32").b32_ips
+    prefix = "ONNX Runtime int8" if shipped == "int8" else "ONNX Runtime fp32"
+    best = max((t for t in _timings(results) if t.name.startswith(prefix)), key=lambda t: t.b32_ips)
+    model = best.b32_ips  # the default model alone the fastest way measured here (one run, or streams)
     tuned = _find(results, "PyTorch eager fp32, channels_last (malloc env)").b32_ips
     ips = e2e[f"cli_{shipped}"]["ips"]
     other = "int8" if shipped == "fp32" else "fp32"
-    return [[f"`leukoscope predict` end to end >= 0.85x its default model alone (ONNX {shipped}, batch 32)",
-             f"{ips:.0f} vs {model:.0f} img/s = {ips / model:.2f}x", verdict(ips >= 0.85 * model)],
+    return [[f"`leukoscope predict` end to end >= 0.85x its default model alone (ONNX {shipped}, batch 32, the "
+             "faster of one run on all cores and one run per core)",
+             f"{ips:.0f} vs {model:.0f} img/s ({best.name}) = {ips / model:.2f}x", verdict(ips >= 0.85 * model)],
             ["`leukoscope predict` end to end >= 2x tuned PyTorch eager (channels_last + malloc, batch 32)",
              f"{ips:.0f} vs {tuned:.0f} img/s = {ips / tuned:.2f}x (with the {other} model as default: "
              f"{e2e[f'cli_{other}']['ips'] / tuned:.2f}x)", verdict(ips >= 2 * tuned)]]

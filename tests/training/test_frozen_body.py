@@ -22,15 +22,18 @@ def _model(pad_type: str = "") -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("pad_type", ["", "same"])  # "same": the paper protocol's Keras padding
-def test_onnx_features_match_pytorch(pad_type):
+@pytest.mark.parametrize(("n", "threads"), [(5, 1), (2, 1), (9, 2), (0, 2)])  # short, longer than a chunk, empty
+def test_onnx_features_match_pytorch(pad_type, n, threads):
     model = _model(pad_type)
-    x = torch.randn(5, 3, 32, 32)
+    x = torch.randn(n, 3, 32, 32)
     with torch.no_grad():
         expected = PooledFeatures(model)(x)
-    got = fb.onnx_frozen(PooledFeatures(model), 32, threads=1)(x)
+    frozen = fb.onnx_frozen(PooledFeatures(model), 32, batch=4, threads=threads)
+    assert (frozen.batch, frozen.streams) == (4, threads)
+    got = frozen(x)
     assert got.shape == expected.shape and got.dtype == torch.float32
     assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
-    assert not list(fb.onnx_frozen(model, 32, threads=1).parameters())  # nothing in it can ever be trained
+    assert not list(frozen.parameters())  # nothing in it can ever be trained
 
 
 def test_cached_views_are_the_same_with_either_engine(monkeypatch):
@@ -57,7 +60,7 @@ def test_which_engine_runs_a_frozen_pass():
 
 
 def test_a_failed_export_keeps_pytorch_with_one_warning_unless_onnxruntime_was_asked_for(monkeypatch, capsys):
-    def broken(module, input_size, threads=None):
+    def broken(module, input_size, batch, threads=None):
         raise RuntimeError("UnsupportedOperatorError: no symbolic for foo")
 
     monkeypatch.setattr(fb, "onnx_frozen", broken)

@@ -16,9 +16,8 @@ import yaml
 from leukoscope.errors import ConfigError, DataError, ModelError
 from leukoscope.models.checkpoint import load_trained, read_checkpoint
 from leukoscope.models.factory import ModelSpec, create_model
-from leukoscope.training import frozen_body
+from leukoscope.training import frozen_body, steps
 from leukoscope.training import loop as training
-from leukoscope.training import steps
 from leukoscope.training.config import TrainConfig, resolve_config
 from leukoscope.training.distributed import DistContext
 from leukoscope.training.loop import TrainingInterrupted, fit

@@ -4,8 +4,8 @@ While the backbone is frozen (the paper protocol, head warm-ups, cell heads) tra
 time running that one fixed network forward: the paper protocol's 3 cached views of 1,958 training images and
 its 838 scored images were ~125 of its ~150 s on 2 cores in PyTorch eager, where every BatchNorm is a separate
 pass over memory and every "same" padding a copy. ONNX Runtime folds the BatchNorms into the convolutions and
-runs the graph in one optimised pass: the network is exported once per run (~2 s) and its features agree with
-PyTorch's to ~1e-5. Only the frozen, inference-mode part goes through it; everything that learns stays in
+runs the graph in one optimised pass: the network is exported once per pass (~2 s) and its features agree
+with PyTorch's to ~1e-5. Only the frozen, inference-mode part goes through it; everything that learns stays in
 PyTorch. `frozen_engine: torch` (or a failed export, with one warning line) keeps the PyTorch path.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import sys
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -30,16 +31,32 @@ class OnnxFrozen(nn.Module):
     """A frozen nn.Module (normalised N x 3 x S x S in, a float tensor out) run by ONNX Runtime on the CPU.
 
     Drop-in where the PyTorch module was called in inference mode (`predict_logits`, `score_model`): it
-    takes and returns torch tensors. It holds no trainable parameters: it must never be trained through.
+    takes and returns torch tensors. The graph has a fixed batch size (`batch`): with every shape known,
+    ONNX Runtime folds the "same" paddings' shape arithmetic and fuses each padding into its convolution
+    (1.5x faster on the paper protocol's network); a short batch is padded with zeros and cut back. The
+    chunks of one call run `streams` at a time, each on one thread (one run on two threads waits at a
+    barrier after every operator: ~1.25x slower on 2 cores). It holds no trainable parameters.
     """
 
-    def __init__(self, session: Any, input_name: str) -> None:
+    def __init__(self, session: Any, input_name: str, batch: int, streams: int = 1) -> None:
         super().__init__()
-        self.session, self.input_name = session, input_name
+        self.session, self.input_name, self.batch, self.streams = session, input_name, batch, streams
+
+    def _run(self, chunk: np.ndarray) -> np.ndarray:
+        short = self.batch - len(chunk)
+        if short:
+            chunk = np.concatenate([chunk, np.zeros((short, *chunk.shape[1:]), chunk.dtype)])
+        return self.session.run(None, {self.input_name: chunk})[0][: self.batch - short]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(x.detach().float().cpu().numpy())
-        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+        chunks = [array[i:i + self.batch] for i in range(0, len(array), self.batch)] or [array]
+        if self.streams > 1 and len(chunks) > 1:
+            with ThreadPoolExecutor(max_workers=self.streams) as pool:
+                outputs = list(pool.map(self._run, chunks))
+        else:
+            outputs = [self._run(chunk) for chunk in chunks]
+        return torch.from_numpy(np.concatenate(outputs))
 
 
 def use_onnxruntime(config: TrainConfig, device: torch.device) -> bool:
@@ -53,37 +70,40 @@ def use_onnxruntime(config: TrainConfig, device: torch.device) -> bool:
     return True
 
 
-def onnx_frozen(module: nn.Module, input_size: int, threads: int | None = None) -> OnnxFrozen:
-    """Export `module` (in eval mode, as it is now) to ONNX in memory and open it in ONNX Runtime.
+def onnx_frozen(module: nn.Module, input_size: int, batch: int, threads: int | None = None) -> OnnxFrozen:
+    """Export `module` (in eval mode, as it is now) for batches of `batch` images to ONNX in memory and open it
+    in ONNX Runtime: one single-threaded session run by `threads` (default: torch's) streams side by side.
 
     Raises RuntimeError when the export or the session fails (the caller falls back to PyTorch)."""
     import onnxruntime as ort
 
     module = module.eval()
-    dummy = torch.zeros(1, 3, input_size, input_size)
+    streams = max(1, threads or torch.get_num_threads())
+    dummy = torch.zeros(max(1, batch), 3, input_size, input_size)
     buffer = io.BytesIO()
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(module, (dummy,), buffer, opset_version=17, dynamo=False, input_names=["input"],
-                              output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+                              output_names=["output"])
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as in inference.backends
         session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # any exporter or runtime failure: PyTorch still works
         raise RuntimeError(f"{type(exc).__name__}: {exc}") from None
-    return OnnxFrozen(session, session.get_inputs()[0].name)
+    return OnnxFrozen(session, session.get_inputs()[0].name, max(1, batch), streams)
 
 
 def frozen_module(module: nn.Module, config: TrainConfig, device: torch.device, input_size: int) -> nn.Module:
     """`module` itself, or the same network through ONNX Runtime where `use_onnxruntime` says so."""
     if not use_onnxruntime(config, device):
         return module
-    try:
-        return onnx_frozen(module, input_size)
+    streams = max(1, torch.get_num_threads())
+    try:  # the callers pass eval_batch_size images at a time: one chunk per stream
+        return onnx_frozen(module, input_size, -(-config.eval_batch_size // streams), streams)
     except RuntimeError as exc:
         if config.frozen_engine == "onnxruntime":
             raise
