@@ -114,8 +114,8 @@ def test_predict_paths_keeps_order_across_batches(predictor, tmp_path: Path) -> 
     assert "cannot read file" in results[-1].error
 
 
-@pytest.mark.parametrize("streams", [2, 3])
-def test_streams_give_the_same_predictions_in_the_same_order(tiny_package: Path, tmp_path: Path, streams) -> None:
+def test_streams_give_the_same_predictions_in_the_same_order(tiny_package: Path, tmp_path: Path) -> None:
+    streams = 3  # more streams than cores here: order still kept
     paths = []
     for i in range(11):
         path = tmp_path / f"img{i}.png"

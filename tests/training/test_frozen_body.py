@@ -21,8 +21,8 @@ def _model(pad_type: str = "") -> torch.nn.Module:
     return create_model(ModelSpec("test_efficientnet", 4, 0.0, pad_type), weights="none").eval()
 
 
-@pytest.mark.parametrize("pad_type", ["", "same"])  # "same": the paper protocol's Keras padding
-@pytest.mark.parametrize(("n", "threads"), [(5, 1), (2, 1), (9, 2), (0, 2)])  # short, longer than a chunk, empty
+# "same": the paper protocol's Keras padding; batches of 4: one chunk, a short one, several side by side, none
+@pytest.mark.parametrize(("pad_type", "n", "threads"), [("same", 4, 1), ("same", 9, 2), ("", 2, 1), ("", 0, 2)])
 def test_onnx_features_match_pytorch(pad_type, n, threads):
     model = _model(pad_type)
     x = torch.randn(n, 3, 32, 32)
@@ -52,9 +52,12 @@ def test_cached_views_are_the_same_with_either_engine(monkeypatch):
 
 
 def test_which_engine_runs_a_frozen_pass():
-    assert fb.use_onnxruntime(TrainConfig(data="x"), CPU)  # auto on the CPU
-    assert not fb.use_onnxruntime(TrainConfig(data="x", frozen_engine="torch"), CPU)
-    assert not fb.use_onnxruntime(TrainConfig(data="x"), torch.device("cuda"))  # GPUs keep PyTorch
+    big = fb.MIN_IMAGES
+    assert fb.use_onnxruntime(TrainConfig(data="x"), CPU, big)  # auto on the CPU, a pass worth an export
+    assert not fb.use_onnxruntime(TrainConfig(data="x"), CPU, big - 1)  # too small to repay the export
+    assert fb.use_onnxruntime(TrainConfig(data="x", frozen_engine="onnxruntime"), CPU, 1)  # asked for: always
+    assert not fb.use_onnxruntime(TrainConfig(data="x", frozen_engine="torch"), CPU, big)
+    assert not fb.use_onnxruntime(TrainConfig(data="x"), torch.device("cuda"), big)  # GPUs keep PyTorch
     with pytest.raises(Exception, match="frozen_engine"):
         TrainConfig(data="x", frozen_engine="tensorrt")
 
@@ -65,8 +68,8 @@ def test_a_failed_export_keeps_pytorch_with_one_warning_unless_onnxruntime_was_a
 
     monkeypatch.setattr(fb, "onnx_frozen", broken)
     model = _model()
-    assert fb.frozen_module(model, TrainConfig(data="x"), CPU, 32) is model
+    assert fb.frozen_module(model, TrainConfig(data="x"), CPU, 32, fb.MIN_IMAGES) is model
     assert capsys.readouterr().err.strip().splitlines() == [
         "warning: frozen backbone stays in PyTorch (ONNX export failed: UnsupportedOperatorError: no symbolic for foo)"]
     with pytest.raises(RuntimeError, match="no symbolic for foo"):
-        fb.frozen_module(model, TrainConfig(data="x", frozen_engine="onnxruntime"), CPU, 32)
+        fb.frozen_module(model, TrainConfig(data="x", frozen_engine="onnxruntime"), CPU, 32, 1)

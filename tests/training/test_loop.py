@@ -174,7 +174,7 @@ def test_paper_protocol_trains_the_head_on_cached_views(tmp_path, data, monkeypa
     monkeypatch.setattr(training, "frozen_view_features", count("views", training.frozen_view_features))
     monkeypatch.setattr(training, "train_one_epoch", count("images", training.train_one_epoch))
     monkeypatch.setattr(frozen_body, "onnx_frozen", count("onnx", frozen_body.onnx_frozen))
-    config = tiny(data, tmp_path, "paper", warmup_epochs=0, epochs=2)
+    config = tiny(data, tmp_path, "paper", warmup_epochs=0, epochs=2, frozen_engine="onnxruntime")  # as on real data
     assert config.frozen_views == 3 and config.trainable == "head" and config.pad_type == "same"
     run = fit(config, quiet=True)
     # features cached once, every epoch runs the head only; the frozen passes (views, the scored part, the

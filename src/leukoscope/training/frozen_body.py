@@ -6,7 +6,8 @@ its 838 scored images were ~125 of its ~150 s on 2 cores in PyTorch eager, where
 pass over memory and every "same" padding a copy. ONNX Runtime folds the BatchNorms into the convolutions and
 runs the graph in one optimised pass: the network is exported once per pass (~2 s) and its features agree
 with PyTorch's to ~1e-5. Only the frozen, inference-mode part goes through it; everything that learns stays in
-PyTorch. `frozen_engine: torch` (or a failed export, with one warning line) keeps the PyTorch path.
+PyTorch. `frozen_engine: torch` (or a failed export, with one warning line) keeps the PyTorch path, and so
+does `auto` for passes of fewer than MIN_IMAGES images.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from leukoscope.training.config import TrainConfig
 from leukoscope.training.network import PooledFeatures
 
 ENGINES = ("auto", "torch", "onnxruntime")
+MIN_IMAGES = 256  # `auto`: smaller frozen passes stay in PyTorch (the export would cost what it saves)
 
 
 class OnnxFrozen(nn.Module):
@@ -59,9 +61,13 @@ class OnnxFrozen(nn.Module):
         return torch.from_numpy(np.concatenate(outputs))
 
 
-def use_onnxruntime(config: TrainConfig, device: torch.device) -> bool:
-    """ONNX Runtime for frozen passes: asked for, or `auto` on the CPU (on GPUs PyTorch is already fast)."""
+def use_onnxruntime(config: TrainConfig, device: torch.device, images: int) -> bool:
+    """ONNX Runtime for a frozen pass over `images` images: asked for, or `auto` on the CPU for a pass large
+    enough to repay the export (~1-2 s, about what it saves on MIN_IMAGES images at 224 px); on GPUs PyTorch
+    is already fast."""
     if config.frozen_engine == "torch" or device.type != "cpu":
+        return False
+    if config.frozen_engine == "auto" and images < MIN_IMAGES:
         return False
     try:
         import onnxruntime  # noqa: F401
@@ -97,9 +103,11 @@ def onnx_frozen(module: nn.Module, input_size: int, batch: int, threads: int | N
     return OnnxFrozen(session, session.get_inputs()[0].name, max(1, batch), streams)
 
 
-def frozen_module(module: nn.Module, config: TrainConfig, device: torch.device, input_size: int) -> nn.Module:
-    """`module` itself, or the same network through ONNX Runtime where `use_onnxruntime` says so."""
-    if not use_onnxruntime(config, device):
+def frozen_module(module: nn.Module, config: TrainConfig, device: torch.device, input_size: int,
+                  images: int) -> nn.Module:
+    """`module` itself, or the same network through ONNX Runtime for a pass over `images` images where
+    `use_onnxruntime` says so."""
+    if not use_onnxruntime(config, device, images):
         return module
     streams = max(1, torch.get_num_threads())
     try:  # the callers pass eval_batch_size images at a time: one chunk per stream
@@ -111,6 +119,8 @@ def frozen_module(module: nn.Module, config: TrainConfig, device: torch.device, 
         return module
 
 
-def frozen_body(model: nn.Module, config: TrainConfig, device: torch.device, input_size: int) -> nn.Module:
-    """The pooled features of the frozen backbone of `model`, as fast as this machine allows."""
-    return frozen_module(PooledFeatures(model), config, device, input_size)
+def frozen_body(model: nn.Module, config: TrainConfig, device: torch.device, input_size: int,
+                images: int) -> nn.Module:
+    """The pooled features of the frozen backbone of `model` for a pass over `images` images, as fast as this
+    machine allows."""
+    return frozen_module(PooledFeatures(model), config, device, input_size, images)

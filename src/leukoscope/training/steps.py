@@ -108,7 +108,8 @@ def frozen_view_features(net: Classifier, data: TensorSet, config: TrainConfig, 
     others augmented once), computed once. With a frozen backbone this trains the head on augmented data
     for a fraction of the cost of running the backbone on every augmented batch of every epoch."""
     generator = torch.Generator().manual_seed(config.seed * 31 + 17)
-    body = frozen_body(net.model, config, data.images.device, preprocess.input_size)
+    body = frozen_body(net.model, config, data.images.device, preprocess.input_size,
+                       len(data) * config.frozen_views)
     views = []
     for view in range(config.frozen_views):
         batches = []
@@ -160,7 +161,8 @@ class EvalSet:
                                   self.config.amp, self.config.channels_last)
         net.eval()
         if self._features is None:
-            body = frozen_body(net.model, self.config, self.data.images.device, self.preprocess.input_size)
+            body = frozen_body(net.model, self.config, self.data.images.device, self.preprocess.input_size,
+                               len(self.data))
             self._features = predict_logits(body, self.data.images, self.preprocess, self.config.eval_batch_size,
                                             self.config.amp, self.config.channels_last)
         head = net.model.get_classifier()

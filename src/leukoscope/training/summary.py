@@ -52,7 +52,7 @@ def write_run_summary(run_dir: Path, parted: Manifest, preprocess: Preprocess, d
                                "train_images": sum(1 for r in parted.records if r.part == "train")}
     if len(test):
         if all(stage.trainable == "head" for stage in stages_of(config)):  # the backbone never changed
-            model = frozen_module(model, config, device, preprocess.input_size)
+            model = frozen_module(model, config, device, preprocess.input_size, len(test))
         scores = score_model(model, test.paths(), preprocess, labels=test.labels,
                              batch_size=config.eval_batch_size, device=device, amp=config.amp,
                              channels_last=config.channels_last, workers=config.workers)
