@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from leukoscope.errors import ModelError
+from leukoscope.models.onnx_session import cpu_session_options
 
 
 def cpu_count() -> int:
@@ -36,15 +37,7 @@ class OnnxBackend:
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or cpu_count()
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Worker threads sleep between operators instead of spinning. While `predict` decodes the next
-        # batch (or anything else runs) on the same cores, spinning threads take CPU from the decoder and
-        # from each other: on 2 busy cores, 15-17 instead of 20-22 CPU-ms/image for the model and 26-29
-        # instead of 30-34 end to end, batch-1 and batch-32 wall time no worse (benchmarks/speed_e2e.py).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options = cpu_session_options(threads or cpu_count())
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:

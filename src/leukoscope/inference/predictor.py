@@ -13,6 +13,7 @@ instead of exceptions, so one bad file never stops a folder of thousands.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -299,7 +300,7 @@ class Predictor:
         pool = ThreadPoolExecutor(max_workers=self.streams)
         waiting = iter(batches)
         try:
-            running = deque(pool.submit(score, batch) for _, batch in zip(range(self.streams), waiting, strict=False))
+            running = deque(pool.submit(score, batch) for batch in itertools.islice(waiting, self.streams))
             while running:
                 done = running.popleft().result()
                 nxt = next(waiting, None)

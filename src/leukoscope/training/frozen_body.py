@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from leukoscope.models.onnx_session import cpu_session_options
 from leukoscope.training.config import TrainConfig
 from leukoscope.training.network import PooledFeatures
 
-ENGINES = ("auto", "torch", "onnxruntime")
 MIN_IMAGES = 256  # `auto`: smaller frozen passes stay in PyTorch (the export would cost what it saves)
 
 
@@ -92,12 +92,7 @@ def onnx_frozen(module: nn.Module, input_size: int, batch: int, threads: int | N
             warnings.simplefilter("ignore")
             torch.onnx.export(module, (dummy,), buffer, opset_version=17, dynamo=False, input_names=["input"],
                               output_names=["output"])
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as in inference.backends
-        session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(buffer.getvalue(), cpu_session_options(1), providers=["CPUExecutionProvider"])
     except Exception as exc:  # any exporter or runtime failure: PyTorch still works
         raise RuntimeError(f"{type(exc).__name__}: {exc}") from None
     return OnnxFrozen(session, session.get_inputs()[0].name, max(1, batch), streams)
