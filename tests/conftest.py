@@ -29,6 +29,18 @@ from tests.helpers.images import (
 )
 
 
+@pytest.hookimpl(trylast=True)  # after examples/conftest.py has marked the notebooks slow
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Test files with slow tests first, each file's tests in their own order.
+
+    `make test` hands whole files to 2 xdist workers (--dist loadfile) in collection order. A slow file
+    collected last (the example notebook, ~40 s) ran alone at the end while the other worker idled; started
+    first, the short files fill in around the long ones. Only the order changes, never what runs.
+    """
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: the order within each group stays
+
+
 @pytest.fixture
 def make_dataset(tmp_path: Path) -> Callable[..., Path]:
     """Factory: make_dataset(name="data", folders=ALL_FOLDERS, per_class=6, size=64, seed=0) -> root."""

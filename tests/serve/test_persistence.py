@@ -56,8 +56,10 @@ def test_kill_9_loses_nothing_on_postgresql(tmp_path: Path, image_bytes, postgre
 
 @pytest.mark.slow
 def test_kill_9_loses_nothing_real_cli(tmp_path: Path, image_bytes, tiny_package: Path):
-    """The same through the real `leukoscope serve` command on a real tiny model package."""
-    kill_restart_check(tmp_path, image_bytes, n=4, model=tiny_package, cli=True)
+    """The same through the real `leukoscope serve` command on a real tiny model package. Without the
+    Grad-CAM warm-up (it imports PyTorch, ~10 s of each start here): durability does not depend on it, and
+    tests/serve/test_gradcam_view.py covers the warm-up."""
+    kill_restart_check(tmp_path, image_bytes, n=4, model=tiny_package, cli=True, extra=["--no-warmup"])
 
 
 def test_concurrent_clients_one_row_per_accepted_request(tmp_path: Path, image_bytes):
