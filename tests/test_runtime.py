@@ -123,3 +123,15 @@ def test_the_prediction_path_starts_without_scipy_or_torch() -> None:
             "print(sorted(m for m in ('scipy', 'torch', 'sklearn', 'matplotlib') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_the_per_image_checks_run_without_scipy() -> None:
+    """The checks every predicted image goes through: cell_scale used scipy.fft, imported on the first image,
+    which cost `leukoscope predict` 0.5-0.9 s (issue #11 item 13)."""
+    code = ("import sys, numpy as np; from leukoscope.review.rules import cell_scale; "
+            "from leukoscope.review.quality import QualityThresholds, quality_reasons; "
+            "rgb = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8); "
+            "cell_scale(rgb); quality_reasons(rgb, QualityThresholds(1.0, 1.0, 0.0, 0.0)); "
+            "print(sorted(m for m in ('scipy', 'torch') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]"
