@@ -5,6 +5,7 @@ stored hashed; a removed clinic's token stops working; without `--clinic` everyt
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from leukoscope.serve.store import Store
 from leukoscope.serve.tokens import ApiTokens
 from leukoscope.serve.users import Users
 from tests.helpers.cli import run
+from tests.helpers.modelfixtures import shared_tiny_package
 
 GOOD = "correct horse battery"
 UNREACHABLE = "postgresql://leuko:pw@127.0.0.1:1/leukoscope"
@@ -33,7 +35,7 @@ def password_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_clinics_add_list_set_model_remove(capsys, db, tmp_path):
+def test_clinics_add_list_set_model_remove(capsys, db, tmp_path, tmp_path_factory):
     assert run(capsys, "clinics", "add", "north", "--db", db)[0] == 0
     code, _, err = run(capsys, "clinics", "add", "NORTH", "--db", db)
     assert code == 1 and err == "error: a clinic named 'north' already exists\n"
@@ -43,7 +45,16 @@ def test_clinics_add_list_set_model_remove(capsys, db, tmp_path):
     package.mkdir()
     code, _, err = run(capsys, "clinics", "set-model", "north", package, "--db", db)
     assert code == 2 and "not a model package" in err and err.count("\n") == 1
-    (package / "model.json").write_text("{}")
+    (package / "model.json").write_text("{}")  # a damaged package is refused now, not at each prediction
+    code, _, err = run(capsys, "clinics", "set-model", "north", package, "--db", db)
+    assert code == 1 and "is not a leukoscope model description" in err and err.count("\n") == 1
+    shutil.rmtree(package)
+    shutil.copytree(shared_tiny_package(tmp_path_factory), package)
+    (package / "model.onnx").write_bytes(b"garbage")
+    code, _, err = run(capsys, "clinics", "set-model", "north", package, "--db", db)
+    assert code == 1 and "model.onnx does not match its sha256" in err and err.count("\n") == 1
+    shutil.rmtree(package)
+    shutil.copytree(shared_tiny_package(tmp_path_factory), package)
     code, out, _ = run(capsys, "clinics", "set-model", "north", package, "--db", db)
     assert code == 0 and str(package.resolve()) in out
     code, _, err = run(capsys, "clinics", "set-model", "south", package, "--db", db)

@@ -210,6 +210,7 @@ def test_split_refuses_a_class_too_small(capsys, tiny_dataset: Path, tmp_path: P
         ("--test-size", "1.5", "--test-size must be a fraction"),
         ("--val-size", "-0.1", "--val-size must be a fraction"),
         ("--near-duplicates", "40", "--near-duplicates must be between"),
+        ("--seed", "-1", "--seed must be 0 or more"),
     ],
 )
 def test_split_bad_option_values_exit_2(capsys, tiny_dataset: Path, tmp_path: Path, option, value, message):

@@ -46,6 +46,8 @@ def test_evaluate_warns_about_leakage_with_the_count(run_folder, tmp_path, capsy
     [
         (["--part", "holdout"], 2, "--part must be one of"),
         (["--bootstrap", "-1"], 2, "--bootstrap must be >= 0"),
+        (["--bootstrap", "99999999999999999999"], 2, "at most 100000"),  # ran for ever
+        (["--seed", "-1"], 2, "--seed must be 0 or more"),  # numpy refused it after the model was scored
         (["--batch-size", "0"], 2, "--batch-size must be at least 1"),
     ],
 )
@@ -60,6 +62,11 @@ def test_evaluate_errors_are_one_line(run_folder, tmp_path, capsys):
     (tmp_path / "empty-run").mkdir()
     code, _, err = run(capsys, "evaluate", tmp_path / "empty-run", run_folder.parent / "ALL")
     assert code == 1 and "no checkpoint" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "empty.csv").write_text("path,label,sha256\n")  # a manifest without rows
+    code, _, err = run(capsys, "evaluate", run_folder, tmp_path / "empty.csv", "--root", run_folder.parent / "ALL",
+                       "--out", tmp_path / "e", "-q")
+    assert code == 1 and err == f"error: {tmp_path / 'empty.csv'} lists no images\n"
+    assert not (tmp_path / "e").exists()
 
 
 def test_compare_writes_markdown_and_html(run_folder, tmp_path, capsys):

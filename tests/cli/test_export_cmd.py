@@ -32,3 +32,12 @@ def test_export_shift_rules_option(tmp_path_factory: pytest.TempPathFactory, tmp
     assert review["benign_confidence_threshold"] >= review["confidence_threshold"]
     low, high = review["cell_scale_range"]
     assert 0 < low <= high
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_the_export(tmp_path_factory, tmp_path: Path, capsys) -> None:
+    run_dir = shared_tiny_run(tmp_path_factory)
+    (tmp_path / "a-file").write_text("x")
+    out = tmp_path / "a-file" / "pkg"  # no folder can be made under a file
+    code, stdout, err = run(capsys, "export", run_dir, "--out", out)
+    assert code == 2 and "parity" not in stdout.lower()  # refused before the (slow) parity checks
+    assert err.startswith(f"error: cannot write --out {out}: ") and err.count("\n") == 1

@@ -47,6 +47,18 @@ def failing_app(monkeypatch: pytest.MonkeyPatch) -> typer.Typer:
     def boom() -> None:
         raise RuntimeError("boom")
 
+    @app.command("long-name")
+    def long_name() -> None:
+        raise OSError(36, "File name too long", "/tmp/" + "x" * 300)
+
+    @app.command("no-memory")
+    def no_memory() -> None:
+        raise MemoryError()
+
+    @app.command("two-lines")
+    def two_lines() -> None:
+        raise DataError("cannot read config c.yaml: while parsing a flow node\n  in line 2, column 1")
+
     monkeypatch.setattr(cli, "app", app)
     monkeypatch.delenv("LEUKOSCOPE_DEBUG", raising=False)
     return app
@@ -57,6 +69,9 @@ def failing_app(monkeypatch: pytest.MonkeyPatch) -> typer.Typer:
     ("exit", 3, ""),
     ("data-error", 1, "error: the folder has no images\n"),
     ("boom", 1, "error: unexpected error: RuntimeError: boom (set LEUKOSCOPE_DEBUG=1 for a traceback)\n"),
+    ("long-name", 1, f"error: /tmp/{'x' * 300}: File name too long\n"),  # a path the file system refused
+    ("no-memory", 1, "error: out of memory: lower --batch-size (or the input size) and try again\n"),
+    ("two-lines", 1, "error: cannot read config c.yaml: while parsing a flow node in line 2, column 1\n"),
 ])
 def test_failures_are_one_line_and_an_exit_code(failing_app, capsys, command, expected_code, expected_err) -> None:
     code, out, err = run(capsys, command)

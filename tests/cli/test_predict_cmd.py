@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from leukoscope.cli.common import DISCLAIMER
-from tests.helpers.cli import run
+from tests.helpers.cli import one_error_line, run
 from tests.helpers.modelfixtures import shared_tiny_package, smear_image
 
 pytestmark = pytest.mark.usefixtures("wide_console")
@@ -159,6 +159,42 @@ def test_damaged_package_is_one_clear_error(package, images, tmp_path, capsys) -
     (copy / "model.onnx").write_bytes(b"garbage")
     code, _, err = run(capsys, "predict", images / "patient1", "-m", copy)
     assert code == 1 and "model.onnx does not match its sha256" in err
+
+
+def test_nothing_to_predict_is_one_line(package, images, tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(images / "patient1")  # an empty argument must not predict the current folder
+    code, out, err = run(capsys, "predict", "", "-m", package)
+    assert code == 2 and not out and err == "error: no images found: '': empty path\n"
+    code, _, err = run(capsys, "predict", tmp_path / "nope.png", "-m", package)
+    assert code == 2 and err == f"error: no images found: {tmp_path / 'nope.png'}: no such file or folder\n"
+
+
+@pytest.mark.parametrize("threads", ["0", "100000", "99999999999999999999"])
+def test_threads_out_of_range_exit_2(package, images, capsys, threads) -> None:
+    code, _, err = run(capsys, "predict", images / "patient1", "-m", package, "--threads", threads)
+    assert code == 2 and one_error_line(err) == f"error: --threads must be between 1 and 1024, got {threads}"
+
+
+@pytest.mark.parametrize("option", ["--out", "--gradcam"])
+def test_an_output_that_cannot_be_written_is_refused_before_predicting(package, images, tmp_path, capsys,
+                                                                       option) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    target = blocker / "sub" / "p.csv"  # a folder cannot be made under a file
+    code, out, err = run(capsys, "predict", images / "patient1", "-m", package, option, target)
+    assert code == 2 and not out and one_error_line(err).startswith(f"error: cannot write {option} {target}: ")
+
+
+def test_a_file_name_that_is_not_utf8_is_written_to_csv(package, images, tmp_path, capsys) -> None:
+    name = b"smear-\xff.png"
+    try:
+        with open(bytes(tmp_path) + b"/" + name, "wb") as handle:
+            handle.write((images / "patient1" / "img0.png").read_bytes())
+    except OSError:
+        pytest.skip("this file system refuses file names that are not UTF-8")
+    code, _, err = run(capsys, "predict", tmp_path, "-m", package, "--out", tmp_path / "p.csv", "--threads", "1")
+    assert code == 0, err
+    assert name in (tmp_path / "p.csv").read_bytes()  # the row names the file on disk, byte for byte
 
 
 # ------------------------------------------------------------------------------------------- --engine ray

@@ -111,3 +111,14 @@ def test_segment_reports_grayscale_fields(tmp_path: Path, capsys) -> None:
     assert "grayscale" in err
     (row,) = _rows(tmp_path / "out")
     assert row["status"] == "grayscale" and "colour" in row["reason"]
+
+
+def test_segment_a_file_name_that_is_not_utf8(tmp_path: Path, capsys) -> None:
+    (tmp_path / "in").mkdir()
+    try:
+        Image.fromarray(field([(112, 112, 18)])[0]).save(bytes(tmp_path / "in") + b"/smear-\xff.png", format="PNG")
+    except OSError:
+        pytest.skip("this file system refuses file names that are not UTF-8")
+    code, _, err = run(capsys, "segment", tmp_path / "in", "--out", tmp_path / "out", "--quiet")
+    assert code == 0, err  # cells.csv used to fail after the masks and crops were written
+    assert b"smear-\xff.png" in (tmp_path / "out" / "cells.csv").read_bytes()

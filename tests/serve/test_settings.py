@@ -21,6 +21,7 @@ TOKEN = "a-token-of-24-characters"
     ({"port": "http"}, "port must be a valid integer, unable to parse string as an integer (got 'http')"),
     ({"keep_images_days": 0}, "keep_images_days must be more than 0 (got 0)"),
     ({"session_hours": float("nan")}, "session_hours must be a finite number (got nan)"),
+    ({"keep_images_days": 1e300}, "keep_images_days must be at most 36500 (got 1e+300)"),  # overflowed at start-up
     ({"max_file_bytes": 0}, "max_file_bytes must be at least 1 (got 0)"),
     ({"colour": "red"}, "unknown setting 'colour'"),
 ])

@@ -134,6 +134,10 @@ def test_values_are_coerced_as_the_options_types_say():
     ({"extra": [1]}, r"extra must be a mapping; got \[1\]"),
     ({"name": ["a"]}, r"name must be text; got \['a'\]"),
     ({"epoch": 3}, r"unknown config key 'epoch'; did you mean epochs\?"),
+    ({"lr": float("inf")}, "lr must be a finite number; got inf"),  # trained "fine" into a useless model
+    ({"weight_decay": float("nan")}, "weight_decay must be a finite number; got nan"),
+    ({"seed": -1}, "seed must be 0 or more; got -1"),  # numpy's split generator refuses it mid-run
+    ({"name": "../../elsewhere"}, "name must be a folder name"),  # the run would be written outside out_dir
 ])
 def test_bad_values_are_one_line_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message) as info:
@@ -166,8 +170,12 @@ def test_load_yaml_reads_a_mapping_and_refuses_anything_else(tmp_path):
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_yaml(tmp_path / "list.yaml")
     (tmp_path / "bad.yaml").write_text("epochs: [\n")
-    with pytest.raises(ConfigError, match="cannot read config"):
+    with pytest.raises(ConfigError, match="cannot read config") as info:
         load_yaml(tmp_path / "bad.yaml")
+    assert "\n" not in str(info.value)  # YAML's own message spans lines
+    (tmp_path / "binary.yaml").write_bytes(b"\xff\xd8\xff\xe0 a JPEG")
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_yaml(tmp_path / "binary.yaml")
     with pytest.raises(ConfigError, match="config file not found"):
         load_yaml(tmp_path / "absent.yaml")
 

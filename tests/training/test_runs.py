@@ -64,6 +64,17 @@ def test_config_round_trip_drops_the_run_only_keys(tmp_path):
         read_config(tmp_path / "nothing")
 
 
+@pytest.mark.parametrize(("text", "message"), [
+    ("data: [unclosed\n  :", "cannot read .*config.yaml: "),
+    ("- 1\n- 2\n", "config.yaml must be a mapping"),
+])
+def test_a_damaged_config_yaml_is_one_line_config_error(tmp_path, text, message):
+    (tmp_path / "config.yaml").write_text(text)  # what `train --resume` reads first
+    with pytest.raises(ConfigError, match=message) as info:
+        read_config(tmp_path)
+    assert "\n" not in str(info.value)
+
+
 def test_manifests_hold_every_image_and_the_split_holds_parts(tiny_dataset, tmp_path):
     full = discover(tiny_dataset, workers=1)
     parted = split(full, test_size=0.25, val_size=0.0, seed=0, near_duplicate_distance=None)

@@ -67,11 +67,13 @@ class AdaptOptions:
         if not 0 < self.held_out < 1 or not 0 <= self.val < 1 or self.held_out + self.val >= 1:
             raise ConfigError(f"--held-out must be in (0, 1) and --val in [0, 1), together below 1; got "
                               f"{self.held_out:g} and {self.val:g}")
-        if not self.lr > 0 or self.batch_size < 1:
-            raise ConfigError(f"--lr must be above 0 and --batch-size at least 1; got {self.lr:g} and "
+        if not 0 < self.lr < math.inf or self.batch_size < 1:
+            raise ConfigError(f"--lr must be above 0 and finite and --batch-size at least 1; got {self.lr:g} and "
                               f"{self.batch_size}")
-        if self.replay_ratio < 0:
-            raise ConfigError(f"--replay-ratio must be 0 or more, got {self.replay_ratio:g}")
+        if not 0 <= self.replay_ratio < math.inf:  # NaN and inf passed "not below 0" and trained
+            raise ConfigError(f"--replay-ratio must be a finite number, 0 or more, got {self.replay_ratio:g}")
+        if self.seed < 0:  # numpy's generators (the lab's split) take only non-negative seeds
+            raise ConfigError(f"--seed must be 0 or more, got {self.seed}")
         if self.augment is not None and self.augment not in RECIPES:
             raise ConfigError(f"--augment must be one of {', '.join(RECIPES)}; got {self.augment!r}")
         if not 0 <= self.max_replay_drop < 1:

@@ -2,7 +2,8 @@
 
 Every expected failure is a LeukoscopeError; `main` turns it into one red line on stderr and the error's
 exit code (2 for usage errors, 1 otherwise), so users never see a traceback. Bad arguments are click's
-own usage errors, shown as click shows them (exit code 2).
+own usage errors, shown as click shows them (exit code 2). An OSError that no command caught is a path the
+file system refused (name too long, no such folder, read-only, disk full): one line naming it, exit code 1.
 """
 
 from __future__ import annotations
@@ -51,6 +52,12 @@ def _register_optional() -> None:
 _register_optional()
 
 
+def _os_error_line(exc: OSError) -> str:
+    """`PATH: reason` as the file system gave them, without Python's "[Errno N]" decoration."""
+    reason = exc.strerror or str(exc)
+    return f"{exc.filename}: {reason}" if exc.filename is not None else f"file system error: {reason}"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (also `python -m leukoscope`); tunes the process before any command runs."""
     tune_process()  # glibc malloc settings, before torch allocates: `leukoscope train` as typed runs as under make
@@ -72,6 +79,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except SystemExit:
         raise
+    except MemoryError:  # e.g. a huge --batch-size or input size: what to change, not an "unexpected error"
+        common.error("out of memory: lower --batch-size (or the input size) and try again")
+        sys.exit(1)
+    except OSError as exc:
+        common.error(_os_error_line(exc))
+        if common.debug_enabled():
+            raise
+        sys.exit(1)
     except Exception as exc:  # anything unexpected: one line, no traceback
         common.error(f"unexpected error: {type(exc).__name__}: {exc} (set LEUKOSCOPE_DEBUG=1 for a traceback)")
         if common.debug_enabled():

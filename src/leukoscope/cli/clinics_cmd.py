@@ -61,11 +61,12 @@ def set_model(name: str = typer.Argument(..., help="Clinic name."),
                                             "or 'default' for the server's own."),
               db: str | None = typer.Option(None, "--db", help=DB_HELP)) -> None:
     """Choose the package a clinic predicts with; running servers use it within seconds (each loads it once)."""
-    from leukoscope.inference.package import UNIT_CELLS, unit_of_model
+    from leukoscope.inference.package import UNIT_CELLS, unit_of, verify_package
     from leukoscope.serve.clinics import DEFAULT_CLINIC_MODEL, Clinics, package_value
 
     value = package_value(package)  # a folder without a package: exit 2 before the database is opened
-    if value is not None and unit_of_model(value) == UNIT_CELLS:
+    # A damaged model.json or file is refused here, once, instead of failing the clinic's every prediction.
+    if value is not None and unit_of(verify_package(value)) == UNIT_CELLS:
         raise UsageError(f"{package} is a cell model (it classifies cell crops): a clinic needs a field model")
     with open_store(db) as store:
         clinic = Clinics(store).set_model(name, package if value is None else value)

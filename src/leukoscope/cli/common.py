@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from leukoscope.errors import UsageError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -20,8 +24,24 @@ def debug_enabled() -> bool:
     return os.environ.get("LEUKOSCOPE_DEBUG", "") not in ("", "0")
 
 
+def one_line(message: str) -> str:
+    """A message whose lines (a YAML or SQL error's own, say) are joined, so an error is always one line."""
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
 def error(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(one_line(message))}", highlight=False, soft_wrap=True)
+
+
+def prepare_output_folder(option: str, given: Path, folder: Path) -> None:
+    """Make `folder` (where `option` writes `given`) and try a file in it, so a location that cannot be written
+    (under a file, /proc, read-only) is one usage error before the work instead of a failure after it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write {option} {given}: {exc.strerror or exc}") from None
 
 
 def warn(message: str) -> None:

@@ -109,6 +109,8 @@ def split_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Stratified, duplicate-aware train/val/test split written as CSV (or K cross-validation folds)."""
+    if seed < 0:  # numpy's generators take only non-negative seeds
+        raise UsageError(f"--seed must be 0 or more, got {seed}")
     if near_duplicates < -1 or near_duplicates > 32:
         raise UsageError(f"--near-duplicates must be between -1 and 32, got {near_duplicates}")
     for option, value in (("--test-size", test_size), ("--val-size", val_size)):

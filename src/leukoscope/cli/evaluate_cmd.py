@@ -18,6 +18,8 @@ from leukoscope.cli.common import DISCLAIMER, console, err_console, warn
 from leukoscope.data.manifest import PARTS
 from leukoscope.errors import UsageError
 
+MAX_BOOTSTRAP = 100_000
+
 
 @contextmanager
 def phase_progress(quiet: bool) -> Iterator:
@@ -142,8 +144,10 @@ def evaluate_command(
 
     if part not in PARTS:
         raise UsageError(f"--part must be one of {', '.join(PARTS)}, got {part!r}")
-    if bootstrap < 0:
-        raise UsageError(f"--bootstrap must be >= 0, got {bootstrap}")
+    if not 0 <= bootstrap <= MAX_BOOTSTRAP:  # more resamples change no interval, they only never finish
+        raise UsageError(f"--bootstrap must be >= 0 and at most {MAX_BOOTSTRAP}, got {bootstrap}")
+    if seed < 0:  # numpy's generators take only non-negative seeds
+        raise UsageError(f"--seed must be 0 or more, got {seed}")
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
     from leukoscope.inference.package import UNIT_CELLS, unit_of_model

@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from leukoscope.cli.common import console
+from leukoscope.cli.common import console, prepare_output_folder
 from leukoscope.errors import UsageError
 
 
@@ -40,6 +40,7 @@ def export(
 
     if not run.exists():
         raise UsageError(f"run folder not found: {run}")
+    prepare_output_folder("--out", out, out.parent)  # now, not after the parity checks
 
     def log(message: str) -> None:
         if not quiet:

@@ -2,13 +2,12 @@
 
 A thin shell over leukoscope.inference.predictor (one batch stream), leukoscope.review.samples
 (`--group-by folder`) and leukoscope.inference.archive (`--engine ray`: archives on Ray Data, Parquet out);
-only finding the files, the output formats and the progress bar live here.
+only the output formats and the progress bar live here (finding the files: leukoscope.cli.image_paths).
 """
 
 from __future__ import annotations
 
 import csv
-import glob
 import io
 import json
 import os
@@ -21,12 +20,13 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from leukoscope.cli.common import DISCLAIMER, console, err_console, error, progress_bar, warn
+from leukoscope.cli.common import DISCLAIMER, console, err_console, error, prepare_output_folder, progress_bar, warn
+from leukoscope.cli.image_paths import collect_images
 from leukoscope.data.fileio import write_text
-from leukoscope.data.imaging import is_image_path
 from leukoscope.errors import ImageError, UsageError
 
 SHOWN_ERRORS = 20  # --engine ray: error lines printed; the rest are rows of the output
+MAX_THREADS = 1024  # --threads: each is a thread (and with ONNX Runtime a batch in memory) at once
 
 
 class OutputFormat(str, Enum):
@@ -49,43 +49,6 @@ class GroupBy(str, Enum):
 class Engine(str, Enum):
     local = "local"
     ray = "ray"
-
-
-def collect_images(args: list[str]) -> tuple[list[Path], list[str], list[str]]:
-    """Image files named by files, folders (recursive) and globs, in order, without duplicates; the
-    arguments that name nothing (errors), and the folders without images (warnings)."""
-    found: list[Path] = []
-    problems: list[str] = []
-    empty: list[str] = []
-    for arg in args:
-        path = Path(arg)
-        if path.is_dir():
-            files = _folder_images(path)
-            if not files:
-                empty.append(f"{arg}: folder has no images")
-            found.extend(files)
-        elif path.is_file():
-            found.append(path)  # named explicitly: decoding decides whether it is an image
-        elif glob.has_magic(arg):
-            matches = [Path(m) for m in sorted(glob.glob(arg, recursive=True))]
-            files = [m for m in matches if m.is_file() and is_image_path(m)]
-            for folder in (m for m in matches if m.is_dir()):
-                files.extend(_folder_images(folder))
-            if not files:
-                problems.append(f"{arg}: no images match")
-            found.extend(files)
-        else:
-            problems.append(f"{arg}: no such file or folder")
-    return list(dict.fromkeys(found)), problems, empty
-
-
-def _folder_images(folder: Path) -> list[Path]:
-    files = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        files.extend(Path(dirpath) / n for n in sorted(filenames)
-                     if not n.startswith(".") and is_image_path(Path(n)))
-    return files
 
 
 def _resolve_format(fmt: OutputFormat | None, out: Path | None) -> str:
@@ -222,17 +185,21 @@ def predict(
         raise UsageError(f"--gradcam {gradcam} is a file; give a folder")
     if out is not None and out.is_dir():
         raise UsageError(f"--out {out} is a folder; give a file name")
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise UsageError(f"--threads must be between 1 and {MAX_THREADS}, got {threads}")
     output_format = _resolve_format(fmt, out)
     files, problems, empty = collect_images(paths)
+    if not files:  # one line, naming what each argument lacked
+        raise UsageError("no images found: " + "; ".join(problems + empty))
+    if out is not None:  # both before any image is read
+        prepare_output_folder("--out", out, out.parent)
+    if gradcam is not None:
+        prepare_output_folder("--gradcam", gradcam, gradcam)
     for message in empty:
         warn(message)
     for message in problems:
         error(message)
-    if not files:
-        raise UsageError("no images found in " + ", ".join(paths))
     files = files[:limit] if limit is not None else files
-    if threads is not None and threads < 1:
-        raise UsageError(f"--threads must be at least 1, got {threads}")
     # A folder of images: batches side by side on one thread each (Predictor._streamed); --cells scores
     # its crops batch by batch, so it keeps one batch on every thread.
     predictor = load_predictor(model, backend=backend.value, threads=threads, confidence_threshold=review_threshold,
@@ -373,6 +340,8 @@ def _predict_ray(paths: list[str], *, model: str | None, out: Path | None, tta: 
     for name, value in (("--limit", limit), ("--batch-size", batch_size), ("--threads", threads), ("--actors", actors)):
         if value is not None and value < 1:
             raise UsageError(f"{name} must be at least 1, got {value}")
+    if threads is not None and threads > MAX_THREADS:
+        raise UsageError(f"--threads must be between 1 and {MAX_THREADS}, got {threads}")
     if review_threshold is not None and not 0.0 <= review_threshold <= 1.0:
         raise UsageError(f"--review-threshold must be in [0, 1], got {review_threshold}")
     archive.require_ray()

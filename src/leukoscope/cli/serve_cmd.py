@@ -17,6 +17,7 @@ from rich.markup import escape
 from leukoscope.cli.common import DISCLAIMER, console
 from leukoscope.errors import UsageError
 
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
 DB_HELP = ("The web app's database: a SQLite file, or postgresql://USER[:PASSWORD]@HOST[:PORT]/NAME (default: "
            "$LEUKOSCOPE_DB_URL, else $LEUKOSCOPE_DB, else ./leukoscope-data/leukoscope.db).")
 
@@ -67,6 +68,7 @@ def serve_command(
     from leukoscope.serve.service import model_version
     from leukoscope.serve.settings import MIB
 
+    _check_options(host=host, port=port, max_file_mb=max_file_mb, max_request_mb=max_request_mb, log_level=log_level)
     settings = Settings.from_env(
         host=host, port=port, model=model, db=db, workers=workers, queue=queue, insecure=insecure,
         max_files=max_files, max_file_bytes=int(max_file_mb * MIB), max_request_bytes=int(max_request_mb * MIB),
@@ -140,6 +142,24 @@ def register(app: typer.Typer) -> None:
     """Add `serve` and `db` to the leukoscope app."""
     app.command("serve")(serve_command)
     app.add_typer(db_app, name="db")
+
+
+def _check_options(*, host: str, port: int, max_file_mb: float, max_request_mb: float, log_level: str) -> None:
+    """What click's ranges let through but uvicorn would fail on after start-up (a traceback, or log lines
+    after "serving on"): infinite sizes, an unknown log level, a --host that names no address."""
+    import math
+    import socket
+
+    for option, value in (("--max-file-mb", max_file_mb), ("--max-request-mb", max_request_mb)):
+        if not math.isfinite(value):
+            raise UsageError(f"{option} must be a finite number of MiB, got {value}")
+    if log_level.lower() not in LOG_LEVELS:
+        raise UsageError(f"unknown --log-level {log_level!r}; choose from {', '.join(LOG_LEVELS)}")
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise UsageError(f"--host {host!r} is not an address to listen on: {reason}") from None
 
 
 def _refuse_cell_model(model: object) -> None:

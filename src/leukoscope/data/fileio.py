@@ -26,8 +26,11 @@ def _umask() -> int:
 def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
     """Open a temporary file beside `path`; rename it onto `path` only if the block ends without error."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:  # name the file the caller asked for, not the temporary one
+        raise OSError(exc.errno, exc.strerror, str(target)) from None
     try:
         os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; results are meant to be shared
         with os.fdopen(fd, mode, **kwargs) as handle:
@@ -42,7 +45,9 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
 
 
 def write_text(path: str | Path, text: str) -> None:
-    with atomic_open(path, "w", encoding="utf-8") as handle:
+    """UTF-8, except that file names which are not UTF-8 (surrogate-escaped by Python) are written back as
+    their original bytes, so a CSV row still names the file on disk instead of failing the whole write."""
+    with atomic_open(path, "w", encoding="utf-8", errors="surrogateescape") as handle:
         handle.write(text)
 
 

@@ -71,6 +71,8 @@ def resolve_data(handle: ModelHandle, data: str | Path | None, *, split_csv: str
         if not base:
             raise UsageError(f"{data} lists paths relative to a data folder; give it with --root")
         full = read_manifest_csv(data, Path(base))
+        if not len(full):  # else the metrics fail on no samples, after the model was loaded
+            raise DataError(f"{data} lists no images")
         return EvalData(_take_part(full, part, data) if _has_parts(full) else full, full,
                         part if _has_parts(full) else "all", data if _has_parts(full) else None)
     if split_csv is None and run_split is not None and run_split.is_file() and _same_folder(run_root, data):

@@ -59,7 +59,9 @@ class Settings(BaseModel):
     tta: bool = False
     page_size: int = Field(50, ge=1)
     retry_after_s: int = Field(2, ge=0)
-    keep_images_days: float | None = Field(None, gt=0)  # None: keep uploaded images; else purge after this many days
+    # None: keep uploaded images; else purge after this many days. At most a century: 1e300 overflowed the
+    # date arithmetic of the purge at start-up (a traceback from inside the server).
+    keep_images_days: float | None = Field(None, gt=0, le=36500)
     allowed_hosts: tuple[str, ...] = ()  # Host names accepted besides loopback and the bound host ("*": any)
     session_hours: float = Field(12.0, gt=0)  # a login cookie stops working after this long
     warmup: bool = True  # one prediction and one Grad-CAM at start-up, so the first click is not slow

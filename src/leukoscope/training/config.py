@@ -30,14 +30,14 @@ class TrainConfig(BaseModel):
     Built with keywords, like a dataclass; a value of the wrong type or out of range raises ConfigError.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # lr=inf would "train" to a useless model
 
     data: str = ""
     split_csv: str = ""
     out_dir: str = "runs"
     name: str = ""
     protocol: Literal["paper", "finetune", "custom"] = "finetune"
-    seed: int = 0
+    seed: int = Field(0, ge=0)  # numpy's generators (the split) take only non-negative seeds
     test_size: float = Field(0.3, ge=0, lt=1)
     val_size: float = Field(0.1, ge=0, lt=1)
     near_duplicate_distance: int = 4  # below 0: near-copies are not grouped
@@ -116,6 +116,9 @@ class TrainConfig(BaseModel):
     def _consistent(self) -> TrainConfig:
         if self.epochs + self.warmup_epochs == 0:
             raise _text_error("nothing to train: epochs and warmup_epochs are both 0")
+        if self.name and (Path(self.name).name != self.name or self.name in (".", "..")):
+            # the run folder is out_dir/name: "../x" or "a/b" would write a run outside out_dir
+            raise _text_error(f"name must be a folder name (the run folder under out_dir); got {self.name!r}")
         if self.unit == "cells" and self.soft_targets:
             raise _text_error("unit cells trains a head on frozen-backbone features of the cell crops: soft_targets "
                               "do not apply to it")
@@ -147,7 +150,8 @@ RUN_ONLY_KEYS = ("command", "eval_part")
 
 _TYPE_WORDS = {"int_from_float": "a whole number", "int_parsing": "a number", "int_type": "a number",
                "float_parsing": "a number", "float_type": "a number", "bool_type": "true or false",
-               "bool_parsing": "true or false", "string_type": "text", "dict_type": "a mapping"}
+               "bool_parsing": "true or false", "string_type": "text", "dict_type": "a mapping",
+               "finite_number": "a finite number"}
 
 
 def _unknown_key(name: str) -> str:
@@ -221,8 +225,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:  # YAML's messages span lines: one line here
+        raise ConfigError(f"cannot read config {path}: {' '.join(str(exc).split())}") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"config {path} must be a mapping of option: value")
     for key in RUN_ONLY_KEYS:  # a run's config.yaml repeats the run: `--config runs/x/config.yaml`

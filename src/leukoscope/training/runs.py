@@ -59,7 +59,12 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     file = run_dir / "config.yaml"
     if not file.is_file():
         raise ConfigError(f"no config.yaml in {run_dir}: not a leukoscope run folder")
-    values = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    try:
+        values = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:  # YAML's messages span lines: one line here
+        raise ConfigError(f"cannot read {file}: {' '.join(str(exc).split())}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{file} must be a mapping of option: value")
     values.pop("command", None)
     values.pop("eval_part", None)
     return values
