@@ -123,6 +123,23 @@ def test_a_database_of_an_unknown_newer_revision_is_refused_in_one_line(db_url: 
     assert "\n" not in str(info.value)
 
 
+def test_a_database_of_another_application_is_refused_and_left_as_it_was(db_url: str):
+    """A mistyped --db naming another application's database: refused in one line, nothing written into it."""
+    if "://" not in db_url:
+        Path(db_url).parent.mkdir(parents=True, exist_ok=True)
+    foreign = Store(db_url)  # its engine only: writing through it does not migrate
+    foreign.write(lambda conn: conn.execute(text("CREATE TABLE patients (id INTEGER PRIMARY KEY, name TEXT)")))
+    foreign.close()
+    with pytest.raises(DataError, match=r"holds other tables \(patients\) and no leukoscope data") as info:
+        Store(db_url).open()
+    assert "\n" not in str(info.value)
+    probe = Store(db_url)
+    assert [r["n"] for r in probe.query("SELECT COUNT(*) AS n FROM patients")] == [0]
+    with pytest.raises(Exception):  # noqa: B017 (the driver's own error): leukoscope made no table
+        probe.query("SELECT COUNT(*) FROM predictions")
+    probe.close()
+
+
 def test_purged_images_lose_their_bytes_but_keep_their_predictions(store: Store):
     first = add(store, new(1, sha="a" * 64))[0]
     boundary = first.created_at

@@ -17,6 +17,7 @@ from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 
 from leukoscope.errors import DataError
@@ -76,11 +77,25 @@ def refuse_newer(conn: Connection, where: str) -> None:
                         f"({head()}): upgrade leukoscope or use another --db")
 
 
+def refuse_foreign(conn: Connection, where: str) -> None:
+    """DataError (one line) for a database that holds another application's tables and no leukoscope schema:
+    a mistyped --db must not get leukoscope's tables written among someone else's. Every leukoscope schema,
+    the hand-written ones of 0.1 included, has a `predictions` table; an empty database (or file) is new."""
+    if current(conn) is not None or version_of(conn) > 0:
+        return
+    tables = sorted(inspect(conn).get_table_names())
+    if tables and "predictions" not in tables:
+        shown = ", ".join(tables[:5]) + (f" and {len(tables) - 5} more" if len(tables) > 5 else "")
+        raise DataError(f"{where} holds other tables ({shown}) and no leukoscope data: give an empty or a "
+                        "leukoscope database with --db")
+
+
 def upgrade(conn: Connection, where: str) -> int:
     """Apply every missing revision on `conn`, inside its open transaction; returns the schema version."""
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({LOCK_ID})")
     refuse_newer(conn, where)
+    refuse_foreign(conn, where)
     scripts = script()
     if current(conn) != head():
         with EnvironmentContext(Config(), scripts, fn=lambda rev, _ctx: scripts._upgrade_revs(head(), rev)) as env:
