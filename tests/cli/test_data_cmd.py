@@ -322,3 +322,12 @@ def test_export_verified_of_one_clinic(capsys, tmp_path: Path) -> None:
     assert code == 0 and "exported 1 verified image(s)" in stdout, err
     code, _, err = run(capsys, "data", "export-verified", "--db", db, "--out", tmp_path / "b", "--clinic", "nowhere")
     assert code != 0 and "nowhere" in one_error_line(err)
+
+
+@pytest.mark.parametrize("command", ["check", "split"])
+def test_an_empty_dataset_root_is_refused_not_read_as_the_current_folder(capsys, tmp_path, monkeypatch, command):
+    """`leukoscope data check "$DATA"` with $DATA unset: as a Path, '' would quietly mean the current folder."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "data", command, "")
+    assert code == 2 and "the dataset root is an empty path" in one_error_line(err)
+    assert list(tmp_path.iterdir()) == []  # no split.csv written for the current folder

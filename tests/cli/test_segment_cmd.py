@@ -122,3 +122,11 @@ def test_segment_a_file_name_that_is_not_utf8(tmp_path: Path, capsys) -> None:
     code, _, err = run(capsys, "segment", tmp_path / "in", "--out", tmp_path / "out", "--quiet")
     assert code == 0, err  # cells.csv used to fail after the masks and crops were written
     assert b"smear-\xff.png" in (tmp_path / "out" / "cells.csv").read_bytes()
+
+
+def test_an_empty_image_argument_is_refused(capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`leukoscope segment "$IMAGES" ...` with $IMAGES unset must not segment the current folder."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "segment", "", "--out", tmp_path / "out")
+    assert code == 2 and "an image argument is an empty path" in err
+    assert not (tmp_path / "out").exists()

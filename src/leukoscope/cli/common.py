@@ -33,6 +33,14 @@ def error(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {escape(one_line(message))}", highlight=False, soft_wrap=True)
 
 
+def path_argument(value: str, what: str) -> Path:
+    """A path given as an argument; an empty one (an unset shell variable, say) is refused, because as a Path
+    it would quietly mean the current folder."""
+    if not value.strip():
+        raise UsageError(f"{what} is an empty path")
+    return Path(value)
+
+
 def prepare_output_folder(option: str, given: Path, folder: Path) -> None:
     """Make `folder` (where `option` writes `given`) and try a file in it, so a location that cannot be written
     (under a file, /proc, read-only) is one usage error before the work instead of a failure after it."""

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from leukoscope.cli.common import console, progress_bar, warn
+from leukoscope.cli.common import console, path_argument, progress_bar, warn
 from leukoscope.data.discover import check, discover
 from leukoscope.data.fileio import write_json
 from leukoscope.data.split import split
@@ -30,7 +30,7 @@ def scan(directory: Path, quiet: bool):
 
 @data_app.command("check")
 def check_command(
-    directory: Path = typer.Argument(
+    directory: str = typer.Argument(
         ..., help="Dataset root: one subfolder per class (any published layout)."
     ),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the full report as JSON here."),
@@ -42,7 +42,7 @@ def check_command(
     """
     if json_out is not None and json_out.is_dir():
         raise UsageError(f"--json {json_out} is a folder; give a file name")
-    report = check(scan(directory, quiet))
+    report = check(scan(path_argument(directory, "the dataset root"), quiet))
     manifest = report.manifest
     info = report.as_dict()
     table = Table(title=escape(f"{manifest.root} — {len(manifest)} usable images"))
@@ -91,7 +91,7 @@ def check_command(
 
 @data_app.command("split")
 def split_command(
-    directory: Path = typer.Argument(..., help="Dataset root: one subfolder per class."),
+    directory: str = typer.Argument(..., help="Dataset root: one subfolder per class."),
     out: Path = typer.Option(
         Path("split.csv"), "--out", "-o", help="CSV to write (path, sha256, label, part, ...)."
     ),
@@ -125,7 +125,7 @@ def split_command(
         )
     if out.is_dir():
         raise UsageError(f"--out {out} is a folder; give a file name")
-    manifest = scan(directory, quiet)
+    manifest = scan(path_argument(directory, "the dataset root"), quiet)
     distance = None if near_duplicates < 0 else near_duplicates
     if folds:
         _write_folds(manifest, out, folds=folds, val_size=val_size, seed=seed, distance=distance)

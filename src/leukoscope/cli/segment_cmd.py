@@ -12,12 +12,12 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from leukoscope.cli.common import console, progress_bar, warn
+from leukoscope.cli.common import console, path_argument, progress_bar, warn
 from leukoscope.errors import DataError
 
 
 def segment(
-    images: list[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
+    images: list[str] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: cells.csv, masks/, crops/ (must not exist "
                              "unless --overwrite)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace cells.csv, masks/ and crops/ of an "
@@ -34,9 +34,10 @@ def segment(
     """
     from leukoscope.segmentation.batch import segment_paths
 
+    paths = [path_argument(image, "an image argument") for image in images]
     messages: list[str] = []
-    with progress_bar("segmenting", total=len(images), quiet=quiet) as update:
-        summary = segment_paths(images, out, overwrite=overwrite, log=messages.append, progress=update)
+    with progress_bar("segmenting", total=len(paths), quiet=quiet) as update:
+        summary = segment_paths(paths, out, overwrite=overwrite, log=messages.append, progress=update)
     for message in messages:
         warn(message)
     if summary.readable == 0:
