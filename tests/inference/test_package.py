@@ -100,3 +100,39 @@ def test_exported_package_verifies_and_detects_tampering(tiny_package: Path, tmp
         handle.write(b"\0")
     with pytest.raises(ModelError, match=r"model\.onnx does not match"):
         verify_package(copy)
+
+
+_SIZE = {"input_size": 8, "mean": [0, 0, 0], "std": [1, 1, 1]}
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("classes", 5, "'classes' must be a list of at least 2 distinct names"),
+    ("classes", ["a", "a"], "'classes' must be a list"),
+    ("preprocess", "x", "'preprocess' must give an input_size"),
+    ("preprocess", {**_SIZE, "input_size": "big"}, "'preprocess' must give an input_size"),
+    ("preprocess", {**_SIZE, "std": [1, 0, 1]}, r"'preprocess.std' must be 3 numbers, all above 0"),
+    ("preprocess", {**_SIZE, "mean": [0.5]}, r"'preprocess.mean' must be 3 numbers"),
+    ("temperature", -1.5, "'temperature' must be a number above 0"),
+    ("temperature", "hot", "'temperature' must be a number above 0"),
+    ("training_image_size", "x", "'training_image_size' must be a whole number"),
+    ("default_onnx", "nope.onnx", "'default_onnx' must name one of the package's files"),
+    ("review", "x", "'review' must be a mapping"),
+    ("review", {"confidence_threshold": "high"}, "'review' holds a value of the wrong type"),
+    ("review", {"cell_scale_range": [1]}, "'review' holds a value of the wrong type"),
+])
+def test_a_hand_edited_model_json_is_one_clear_model_error(tmp_path: Path, key: str, value, message: str) -> None:
+    """model.json holds the other files' hashes, so nothing hashes it: wrong types and ranges must be caught when
+    it is read, before they become a Python error inside a prediction or silently change the calls."""
+    package = _minimal(tmp_path)
+    info = json.loads((package / MODEL_JSON).read_text())
+    info[key] = value
+    (package / MODEL_JSON).write_text(json.dumps(info))
+    with pytest.raises(ModelError, match=message) as caught:
+        read_package_json(package)
+    assert "\n" not in str(caught.value) and "re-export the package" in str(caught.value)
+
+
+def test_the_bundled_and_the_tiny_packages_pass_the_checks(tiny_package: Path) -> None:
+    for package in (bundled_package_path(), tiny_package):
+        if is_package(package):
+            assert read_package_json(package)["classes"]

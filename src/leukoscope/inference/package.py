@@ -16,6 +16,7 @@ by hand must fail loudly rather than silently give other answers.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -69,7 +70,57 @@ def read_package_json(path: str | Path) -> dict[str, Any]:
     for key in ("classes", "preprocess", "spec", "files"):
         if key not in info:
             raise ModelError(f"{json_path} lacks {key!r}")
+    _check_description(info, json_path)
     return info
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_description(info: dict[str, Any], json_path: Path) -> None:
+    """ModelError (one line) for the values a Predictor reads when their types or ranges are wrong.
+
+    model.json is not among the sha256-checked files (it holds their hashes), so an edit by hand must be
+    caught here: a wrong type would otherwise surface as a Python error inside a prediction, and some values
+    would silently change calls (a negative temperature inverts every probability, a zero std gives NaN)."""
+    def bad(what: str) -> ModelError:
+        return ModelError(f"{json_path}: {what}; the file was damaged or edited: re-export the package")
+
+    classes = info["classes"]
+    if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) and c for c in classes)
+            and len(set(classes)) == len(classes)):
+        raise bad("'classes' must be a list of at least 2 distinct names")
+    preprocess = info["preprocess"]
+    if not (isinstance(preprocess, dict) and isinstance(preprocess.get("input_size"), int)
+            and not isinstance(preprocess.get("input_size"), bool) and 8 <= preprocess["input_size"] <= 4096):
+        raise bad("'preprocess' must give an input_size from 8 to 4096 px")
+    for key in ("mean", "std"):
+        values = preprocess.get(key)
+        if not (isinstance(values, list) and len(values) == 3 and all(_number(v) for v in values)
+                and (key == "mean" or min(values) > 0)):
+            raise bad(f"'preprocess.{key}' must be 3 numbers" + (", all above 0" if key == "std" else ""))
+    if not isinstance(preprocess.get("interpolation", "bilinear"), str):
+        raise bad("'preprocess.interpolation' must be a name")
+    temperature = info.get("temperature")
+    if temperature is not None and not (_number(temperature) and temperature > 0):
+        raise bad("'temperature' must be a number above 0")
+    size = info.get("training_image_size")
+    if size is not None and not (isinstance(size, int) and not isinstance(size, bool) and size > 0):
+        raise bad("'training_image_size' must be a whole number of px")
+    default = info.get("default_onnx")
+    files = info["files"]
+    if default is not None and not (isinstance(default, str) and isinstance(files, dict) and default in files):
+        raise bad("'default_onnx' must name one of the package's files")
+    review = info.get("review", {})
+    if not isinstance(review, dict):
+        raise bad("'review' must be a mapping")
+    from leukoscope.review.rules import ReviewThresholds  # here: reading a package's name does not need it
+
+    try:
+        ReviewThresholds.from_dict(review, size or preprocess["input_size"])
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+        raise bad(f"'review' holds a value of the wrong type ({type(exc).__name__}: {exc})") from None
 
 
 def verify_package(path: str | Path) -> dict[str, Any]:
