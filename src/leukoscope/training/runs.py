@@ -17,6 +17,7 @@ import yaml
 from leukoscope.data.fileio import write_json, write_text
 from leukoscope.data.manifest import Manifest
 from leukoscope.errors import ConfigError, DataError
+from leukoscope.training.config import load_yaml
 
 METRIC_COLUMNS = ("epoch", "stage", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "lr", "seconds")
 
@@ -56,18 +57,11 @@ def write_config(path: Path, config: dict[str, Any], command: str) -> None:
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
+    """The options a run was trained with (its config.yaml, run-only keys dropped), as `--config` reads them."""
     file = run_dir / "config.yaml"
     if not file.is_file():
         raise ConfigError(f"no config.yaml in {run_dir}: not a leukoscope run folder")
-    try:
-        values = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:  # YAML's messages span lines: one line here
-        raise ConfigError(f"cannot read {file}: {' '.join(str(exc).split())}") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"{file} must be a mapping of option: value")
-    values.pop("command", None)
-    values.pop("eval_part", None)
-    return values
+    return load_yaml(file)
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
