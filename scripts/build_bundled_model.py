@@ -6,6 +6,8 @@ Steps, each a plain leukoscope command so that every number can be traced to one
   2. evaluate the run on the test part (metrics with bootstrap intervals; fits the temperature on val);
   3. export  the run as a package (fp32 ONNX + fp16 model.pt + OOD statistics), parity-checked, with the
                review rules for other labs' images chosen on shifted copies of the val part (--shift-rules);
+  3b. choose the package's realignment views (other magnifications and stain hues for images unlike the
+               training ones) on the same shifted val copies: scripts/fit_realign.py;
   4. evaluate the package on the test part (with where the model looks: --localisation) and write
                MODEL_CARD.md + report.html into bundle/.
 
@@ -80,10 +82,12 @@ def main() -> None:
                    "--name", run.name, "--out-dir", str(run.parent), "--device", args.device, *resume)
     leukoscope("evaluate", str(run), args.data, "--split", args.split, "--part", "test", "--out", str(run))
     leukoscope("export", str(run), "--out", str(PACKAGE), "--data", args.data, "--name", NAME, "--shift-rules")
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "fit_realign.py"), str(PACKAGE), "--data", args.data,
+                    "--split", args.split, "--no-card"], check=True)
     evaluation = ROOT / "bundle" / "evaluation"
     leukoscope("evaluate", str(PACKAGE), args.data, "--split", args.split, "--part", "test", "--out", str(evaluation),
                "--localisation")
-    card = (evaluation / "MODEL_CARD.md").read_text(encoding="utf-8") + provenance(run)
+    card = (evaluation / "MODEL_CARD.md").read_text(encoding="utf-8") + provenance(run) + realign_section()
     (PACKAGE / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     (ROOT / "bundle" / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     for name in ("report.html", "metrics.json"):
@@ -91,6 +95,17 @@ def main() -> None:
     # the run's own report adds the training curves (the package no longer has its history)
     shutil.copyfile(run / "report.html", ROOT / "bundle" / "training_report.html")
     print(f"bundled package: {PACKAGE}")
+
+
+def realign_section() -> str:
+    """fit_realign's card section from the package's recorded fit (empty when it chose no views)."""
+    from fit_realign import section  # the sibling script (scripts/ is on sys.path when run as a script)
+
+    from leukoscope.review.realign import RealignRule
+
+    info = json.loads((PACKAGE / "model.json").read_text(encoding="utf-8"))
+    realign = info.get("review", {}).get("realign")
+    return "\n" + section(RealignRule.from_dict(realign), info["realign_fit"]) if realign else ""
 
 
 if __name__ == "__main__":

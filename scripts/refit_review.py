@@ -148,20 +148,52 @@ def rules_section(review: dict[str, Any], refit: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+LIMITATIONS = "\n## Known limitations\n"
+
+
+def _bullets(section: str) -> list[str]:
+    """The top-level bullets of a markdown section, each with its continuation lines."""
+    bullets: list[str] = []
+    for line in section.splitlines():
+        if line.startswith("- "):
+            bullets.append(line)
+        elif bullets and line.startswith("  "):
+            bullets[-1] += "\n" + line
+    return bullets
+
+
+def keep_added_limitations(old: str, new: str) -> str:
+    """`new` with the Known-limitations bullets that were added to `old` by hand (measured findings with their
+    commands) and that `leukoscope evaluate`'s card does not write, appended to its own list."""
+    if LIMITATIONS not in old or LIMITATIONS not in new:
+        return new
+    old_section = old.split(LIMITATIONS, 1)[1].split("\n## ", 1)[0]
+    head, rest = new.split(LIMITATIONS, 1)
+    section, _, tail = rest.partition("\n## ")
+    added = [b for b in _bullets(old_section) if b not in _bullets(section)]
+    if not added:
+        return new
+    section = section.rstrip("\n") + "\n" + "\n".join(added) + "\n"
+    return head + LIMITATIONS + section + ("\n## " + tail if tail else "")
+
+
 def rebuild_card(package: Path, data: str, split: Path, review: dict[str, Any], refit: dict[str, Any]) -> str:
-    """`leukoscope evaluate`'s card of the refitted package, the old card's build section, the rules section."""
+    """`leukoscope evaluate`'s card of the refitted package (with the bullets added by hand to the old card's
+    Known limitations), the old card's build section, the rules section."""
     old = (package / CARD).read_text(encoding="utf-8") if (package / CARD).is_file() else ""
     build = old[old.index(BUILD_SECTION):] if BUILD_SECTION in old else ""
     build = build.split(RULES_SECTION)[0].rstrip("\n") + "\n" if build else ""
     with tempfile.TemporaryDirectory(prefix="leukoscope-refit-") as tmp:
         subprocess.run([sys.executable, "-m", "leukoscope", "evaluate", str(package), data, "--split", str(split),
                         "--part", "test", "--out", tmp], check=True)
-        card = (Path(tmp) / CARD).read_text(encoding="utf-8")
+        card = keep_added_limitations(old, (Path(tmp) / CARD).read_text(encoding="utf-8"))
     return card + build + "\n" + rules_section(review, refit)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def package_arguments(description: str | None, fit: str) -> argparse.ArgumentParser:
+    """The options the scripts that refit a package's review rules on shifted val copies share; `fit` names
+    what they record ("refit", "fit") in --card-only's help."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("package", nargs="?", default=str(bundled_package_path()))
     parser.add_argument("--data", default=os.path.relpath(ROOT.parent / "shared" / "data" / "ALL"))
     parser.add_argument("--split", type=Path, default=ROOT / "bundle" / "split.csv")
@@ -170,7 +202,12 @@ def main() -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the report, write nothing")
     parser.add_argument("--no-card", action="store_true", help="leave MODEL_CARD.md as it is")
     parser.add_argument("--card-only", action="store_true",
-                        help="only rebuild MODEL_CARD.md from the package's recorded refit (no refit)")
+                        help=f"only rebuild MODEL_CARD.md from the package's recorded {fit} (no {fit})")
+    return parser
+
+
+def main() -> None:
+    parser = package_arguments(__doc__, "refit")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     package = Path(args.package)

@@ -256,7 +256,8 @@ def test_shift_row_counts_what_evaluate_counts(tiny_images) -> None:
     row = shift.score(predictor, "solid colours", "beyond", items, labels)
     assert (row.n, row.flagged, row.n_leukemia, row.n_benign) == (2, 1.0, 1, 1)  # solid colours: both flagged
     assert row.leukemia_called_benign_not_flagged == 0 and row.benign_called_leukemia_not_flagged == 0
-    assert row.cells()[0] == "solid colours" and row.cells()[6] == "**0**"
+    assert row.cells()[0] == "solid colours" and row.cells()[8] == "**0**"
+    assert row.accuracy_as_given == row.accuracy and row.realigned == 0  # the tiny package has no realignment
 
 
 def test_shift_rows_cover_the_family_and_the_targets_are_stated(tiny: dict[str, Path], tiny_images) -> None:
@@ -274,3 +275,26 @@ def test_shift_rows_cover_the_family_and_the_targets_are_stated(tiny: dict[str, 
     assert body.count("**met**") + body.count("**not met**") == 3
     met = dict((name, ok) for name, ok, _ in shift.targets(rows))
     assert len(met) == 3 and all(isinstance(ok, bool) for ok in met.values())
+
+
+def test_shift_row_scores_realigned_calls_with_and_without_their_view() -> None:
+    from leukoscope.inference.prediction import Prediction
+
+    classes = ("Benign", "Early Pre-B", "Pre-B", "Pro-B")
+
+    def call(label: str, as_given: str | None) -> Prediction:
+        details = {"realigned": {"label_as_given": as_given}} if as_given else {}
+        codes = ["out_of_distribution", "realigned"] if as_given else []
+        return Prediction("x", "", label, dict.fromkeys(classes, 0.25), 0.99, bool(as_given), codes, None, 1, 1,
+                          None, "ok", codes, details)
+
+    class Fake:
+        def __init__(self) -> None:
+            self.classes = classes
+
+        def predict_bytes(self, items):
+            return [call("Pro-B", "Benign"), call("Pre-B", None), call("Benign", "Pre-B"), call("Benign", None)]
+
+    row = shift.score(Fake(), "x2", "named", [("a", b"")] * 4, ["Pro-B", "Pre-B", "Pre-B", "Benign"])
+    assert (row.accuracy, row.accuracy_as_given, row.realigned) == (0.75, 0.75, 0.5)
+    assert row.leukemia_called_benign == 1 and row.leukemia_called_benign_flagged == 1

@@ -236,3 +236,42 @@ def test_damaged_and_missing_packages(tiny_package: Path, tmp_path: Path,
         load_predictor()
 
 
+
+
+def test_realign_takes_the_call_from_the_view_that_looks_most_like_training(tiny_package: Path,
+                                                                            tmp_path: Path) -> None:
+    images = held_out(3)
+    items = [(f"{i}.png", encode(image)) for i, image in enumerate(images)]
+    rule = {"views": [{"scale": 0.5}, {"scale": 2.0}, {"hue": 20.0}], "margin": 0.0}
+    predictor = load_predictor(_with_review(tiny_package, tmp_path, realign=rule), threads=1)
+    assert predictor.realign is not None and predictor.realign.to_dict() == rule and predictor.ood is not None
+    before = load_predictor(tiny_package, threads=1).predict_bytes(items)
+    predictor.ood.threshold = float("inf")  # nothing looks unlike the training images: nothing is realigned
+    assert [p.probabilities for p in predictor.predict_bytes(items)] == [p.probabilities for p in before]
+    predictor.ood.threshold = -1.0  # every image does
+    after = predictor.predict_bytes(items)
+    realigned = 0
+    for image, old, new in zip(images, before, after, strict=True):
+        _, (own,) = predictor.scored(image[None])
+        views = [predictor.scored(view.apply(image)[None]) for view in predictor.realign.views]
+        best = int(np.argmin([score[0] for _, score in views]))
+        assert new.review and "out_of_distribution" in new.review_codes
+        if views[best][1][0] < own:
+            realigned += 1
+            assert "realigned" in new.review_codes
+            assert new.review_details["realigned"]["view"] == predictor.realign.views[best].describe()
+            assert np.allclose(list(new.probabilities.values()), views[best][0][0], atol=1e-6)
+            assert new.label == CLASSES[int(np.argmax(views[best][0][0]))]
+            assert new.review_details["realigned"]["label_as_given"] == old.label
+        else:
+            assert "realigned" not in new.review_codes and new.probabilities == old.probabilities
+    assert realigned > 0
+    predictor.realign = None  # callers can compare with and without
+    assert [p.probabilities for p in predictor.predict_bytes(items)] == [p.probabilities for p in before]
+
+
+@pytest.mark.parametrize("realign", [{"views": []}, {"views": [{"scale": 9}]}, {"views": [{"scale": 1, "hue": 0}]},
+                                     {"views": [{"zoom": 2}]}, {"views": [{"scale": 2}], "margin": -1}, "x2"])
+def test_a_bad_realign_section_is_one_model_error(tiny_package: Path, tmp_path: Path, realign) -> None:
+    with pytest.raises(ModelError, match="review"):
+        load_predictor(_with_review(tiny_package, tmp_path, realign=realign), threads=1)

@@ -5,7 +5,9 @@ A prediction is only useful with its caveats, so every `Prediction` carries cali
 (softmax of logits / temperature) and a `review` flag with its reasons: low calibrated confidence (a Benign
 call needs more where the package says so), an image unlike the training data (leukoscope.review.ood), a
 blurry image, one far from the training resolution (leukoscope.review.quality) or with cells at another
-scale (leukoscope.review.rules). Images that show nothing to judge (blank, noise, a smooth gradient,
+scale (leukoscope.review.rules). An image unlike the training data is tried at the package's other
+magnifications and stain hues, and keeps its flag when one of those gives the call (leukoscope.review.realign).
+Images that show nothing to judge (blank, noise, a smooth gradient,
 a few pixels) get status `unusable` and no class. Unreadable files become predictions with `error` set
 instead of exceptions, so one bad file never stops a folder of thousands.
 """
@@ -125,6 +127,7 @@ class Predictor:
         self.benign_threshold = max(self.confidence_threshold, rules.benign_confidence)
         self.benign_index = self.classes.index(rules.benign_class) if rules.benign_class in self.classes else None
         self.cell_scale_range = rules.cell_scale_range
+        self.realign = rules.realign  # None: never realign (set it to None to compare with and without)
         self.ood = ood
         self.source = source
         self._torch_model = torch_model
@@ -174,6 +177,15 @@ class Predictor:
             return np.zeros((0, len(self.classes)))
         return self._forward(batch, tta)[0]
 
+    def scored(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Calibrated probabilities (N x C) and OOD scores (N; None without OOD statistics) of an N x S x S x 3
+        uint8 batch at the model's input size, with no review rule applied (for fitting rules)."""
+        probs, feats = self._forward(np.asarray(batch, dtype=np.uint8), False)
+        if self.ood is None:
+            return probs, None
+        with _BLAS_LOCK, one_blas_thread():
+            return probs, self.ood.score(feats)
+
     # ---- decoding
 
     def _decode(self, source: str, data: bytes) -> _Decoded:
@@ -221,11 +233,14 @@ class Predictor:
         good = [i for i, item in enumerate(items) if item.pixels is not None]
         probs = np.zeros((0, len(self.classes)))
         scores: np.ndarray | None = None
+        realigned: dict[int, Reason] = {}
         if good:
-            probs, feats = self._forward(np.stack([items[i].pixels for i in good]), tta)
+            pixels = np.stack([items[i].pixels for i in good])
+            probs, feats = self._forward(pixels, tta)
             if self.ood is not None:
                 with _BLAS_LOCK, one_blas_thread():
                     scores = self.ood.score(feats)
+                realigned = self._realign(pixels, probs, scores, tta)
         results: list[Prediction] = []
         row_of = {index: row for row, index in enumerate(good)}
         for index, item in enumerate(items):
@@ -237,15 +252,40 @@ class Predictor:
                 continue
             p = probs[row_of[index]]
             score = None if scores is None else float(scores[row_of[index]])
-            results.append(self._prediction(item, p, score))
+            results.append(self._prediction(item, p, score, realigned.get(row_of[index])))
         return results
 
-    def _prediction(self, item: _Decoded, p: np.ndarray, score: float | None) -> Prediction:
+    def _realign(self, pixels: np.ndarray, probs: np.ndarray, scores: np.ndarray, tta: bool) -> dict[int, Reason]:
+        """Replace, in place, the probabilities of OOD-flagged rows whose best view (leukoscope.review.realign)
+        looks more like the training images; the `realigned` reason of each replaced row, by row."""
+        rule, ood = self.realign, self.ood
+        if rule is None or ood is None:
+            return {}
+        rows = np.flatnonzero(scores > ood.threshold)
+        if not len(rows):
+            return {}
+        view_probs, view_feats = self._forward(rule.view_batch(pixels[rows]), tta)
+        with _BLAS_LOCK, one_blas_thread():
+            view_scores = ood.score(view_feats).reshape(len(rows), len(rule.views))
+        chosen = rule.choose(scores[rows], view_scores)
+        done: dict[int, Reason] = {}
+        for k, (row, view) in enumerate(zip(rows.tolist(), chosen.tolist(), strict=True)):
+            if view >= 0:
+                as_given = self.classes[int(np.argmax(probs[row]))], float(np.max(probs[row]))
+                probs[row] = view_probs[k * len(rule.views) + view]
+                done[row] = why.realigned(rule.views[view].describe(), float(scores[row]),
+                                          float(view_scores[k, view]), *as_given)
+        return done
+
+    def _prediction(self, item: _Decoded, p: np.ndarray, score: float | None,
+                    realigned: Reason | None = None) -> Prediction:
         top = int(np.argmax(p))
         confidence = float(p[top])
         reasons = list(item.reasons)
         if score is not None and self.ood is not None and score > self.ood.threshold:
             reasons.append(why.out_of_distribution(score, self.ood.threshold))
+        if realigned is not None:
+            reasons.append(realigned)
         if confidence < self.confidence_threshold:
             reasons.append(why.low_confidence(confidence, self.confidence_threshold))
         elif top == self.benign_index and confidence < self.benign_threshold:

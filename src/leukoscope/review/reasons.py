@@ -7,7 +7,7 @@ it. Codes never change meaning once released; messages may be reworded freely.
 Codes (docs/INTERFACES.md):
   unusable (the image gets no class): `too_small`, `uniform`, `noise`, `no_cells`
   review (a class, to be checked): `low_confidence`, `out_of_distribution`, `blurry`, `small_image`,
-  `large_image`, `not_square`, `jpeg_quality`, `benign_low_confidence`, `cell_scale`
+  `large_image`, `not_square`, `jpeg_quality`, `benign_low_confidence`, `cell_scale`, `realigned`
   error (the file could not be read): `unreadable`
 """
 
@@ -19,7 +19,8 @@ from typing import Any
 
 UNUSABLE_CODES = frozenset({"too_small", "uniform", "noise", "no_cells"})
 REVIEW_CODES = frozenset({"low_confidence", "out_of_distribution", "blurry", "small_image", "large_image",
-                          "not_square", "jpeg_quality", "benign_low_confidence", "cell_scale"})
+                          "not_square", "jpeg_quality", "benign_low_confidence", "cell_scale",
+                          "realigned"})
 ERROR_CODES = frozenset({"unreadable"})
 CODES = UNUSABLE_CODES | REVIEW_CODES | ERROR_CODES
 
@@ -110,6 +111,13 @@ def cell_scale(scale: float, low: float, high: float) -> Reason:
     return Reason("cell_scale", f"cells look {size} than in the training images (another magnification?): "
                   "take the image at the magnification the model was trained on",
                   {"scale": _r(scale, 2), "low": _r(low, 2), "high": _r(high, 2)})
+
+
+def realigned(view: str, score: float, view_score: float, label_as_given: str, confidence_as_given: float) -> Reason:
+    return Reason("realigned", f"the call comes from the image {view}, where it looks most like the training "
+                  f"images (as given it read {label_as_given}): check the call, and the microscope and stain settings",
+                  {"view": view, "ood_score": _r(score, 2), "view_ood_score": _r(view_score, 2),
+                   "label_as_given": label_as_given, "confidence_as_given": _r(confidence_as_given, 4)})
 
 
 def unreadable(message: str) -> Reason:

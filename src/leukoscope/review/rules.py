@@ -34,6 +34,7 @@ from leukoscope.review.quality import (
     image_stats,
     neighbour_correlation,
 )
+from leukoscope.review.realign import RealignRule
 from leukoscope.review.reasons import Reason
 
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ class ReviewThresholds:
     benign_confidence: float = 0.0  # a Benign call below this (and above `confidence`): benign_low_confidence
     benign_class: str = DEFAULT_BENIGN_CLASS
     cell_scale_range: tuple[float, float] | None = None  # cell_scale outside it: review (None: no check)
+    realign: RealignRule | None = None  # views to try on OOD-flagged images (leukoscope.review.realign)
 
     @classmethod
     def from_dict(cls, review: Mapping[str, Any], training_size: int) -> ReviewThresholds:
@@ -87,7 +89,8 @@ class ReviewThresholds:
                    min_side=int(review.get("min_side", max(2, round(training_size * MIN_SIDE_FRACTION)))),
                    benign_confidence=float(review.get("benign_confidence_threshold", confidence)),
                    benign_class=str(review.get("benign_class", DEFAULT_BENIGN_CLASS)),
-                   cell_scale_range=_pair(review.get("cell_scale_range")))
+                   cell_scale_range=_pair(review.get("cell_scale_range")),
+                   realign=RealignRule.from_dict(review["realign"]) if review.get("realign") is not None else None)
 
 
 def _pair(value: Any) -> tuple[float, float] | None:
