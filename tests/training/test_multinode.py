@@ -56,15 +56,20 @@ SPY = textwrap.dedent("""
     from leukoscope.cli import main
 
     node, markers = os.environ["NODE"], sys.argv[1]
-    with open(os.path.join(markers, f"worker-{node}-{os.getpid()}"), "w") as file:
-        file.write(os.environ["RANK"])
+
+    def mark(name, text):  # atomically: the test polls for the file and reads it at once
+        temporary = os.path.join(markers, "." + name + ".tmp")  # outside the test's worker-* globs
+        with open(temporary, "w") as file:
+            file.write(text)
+        os.replace(temporary, os.path.join(markers, name))
+
+    mark(f"worker-{node}-{os.getpid()}", os.environ["RANK"])
     save_epoch = training._save_epoch
 
     def spy(session, state, row, payload, improved):
         save_epoch(session, state, row, payload, improved)
         if os.environ.get("PAUSE_NODE") == node and row["epoch"] == 1:
-            with open(os.path.join(markers, f"paused-{node}"), "w") as file:
-                file.write(f"{os.getpid()} {os.environ['RANK']}")
+            mark(f"paused-{node}", f"{os.getpid()} {os.environ['RANK']}")
             time.sleep(600)
 
     training._save_epoch = spy
