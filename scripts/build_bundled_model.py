@@ -101,9 +101,10 @@ def realign_section() -> str:
     """fit_realign's card section from the package's recorded fit (empty when it chose no views)."""
     from fit_realign import section  # the sibling script (scripts/ is on sys.path when run as a script)
 
+    from leukoscope.inference.package import read_package_json
     from leukoscope.review.realign import RealignRule
 
-    info = json.loads((PACKAGE / "model.json").read_text(encoding="utf-8"))
+    info = read_package_json(PACKAGE)
     realign = info.get("review", {}).get("realign")
     return "\n" + section(RealignRule.from_dict(realign), info["realign_fit"]) if realign else ""
 

@@ -35,13 +35,12 @@ import numpy as np
 
 from leukoscope import __version__
 from leukoscope.data.fileio import sha256_file, write_text
-from leukoscope.data.imaging import load_rgb
 from leukoscope.data.manifest import read_manifest_csv
-from leukoscope.data.shifts import HUE_SHIFTS, MAGNIFICATION_SHIFTS, validation_shifts
+from leukoscope.data.shifts import HUE_SHIFTS, MAGNIFICATION_SHIFTS
 from leukoscope.errors import DataError
-from leukoscope.inference.package import MODEL_JSON, bundled_package_path, verify_package
-from leukoscope.inference.predictor import DECODE_SIDE_FACTOR, Predictor, load_predictor
-from leukoscope.models.preprocessing import resize_rgb
+from leukoscope.inference.export import shifted_copies
+from leukoscope.inference.package import MODEL_JSON, ONNX_FP32, bundled_package_path, verify_package
+from leukoscope.inference.predictor import Predictor, load_predictor
 from leukoscope.review.realign import RealignRule, View
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -60,19 +59,6 @@ RULE = ("Chosen on the val part and seeded shifted copies of it (leukoscope.data
         "accuracy over all shifted copies, then the fewest views, then the smaller margin. A realigned image keeps "
         "its review flag.")
 SECTION = "\n## Realignment: other magnifications and stain hues\n"
-
-
-def copies_of_val(predictor: Predictor, paths: list[str], seed: int, composites: int
-                  ) -> dict[str, tuple[list[bytes], np.ndarray]]:
-    """Each val copy as the other lab's files (bytes) and as model-input pixels, decoded as a Predictor does."""
-    images = [load_rgb(p) for p in paths]
-    side = DECODE_SIDE_FACTOR * predictor.preprocess.input_size
-    out = {}
-    for name, shifts in validation_shifts(len(images), composites=composites, seed=seed).items():
-        files = [shift.encode(image) for image, shift in zip(images, shifts, strict=True)]
-        pixels = np.stack([resize_rgb(load_rgb(data, max_side=side), predictor.preprocess) for data in files])
-        out[name] = (files, pixels)
-    return out
 
 
 def outputs(predictor: Predictor, pixels: np.ndarray, view: View | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -126,35 +112,37 @@ def main() -> None:
     split = read_manifest_csv(args.split, args.data, classes=tuple(info["classes"]))
     if split.digest() != info.get("data", {}).get("split_digest"):
         raise DataError(f"{args.split} is not the split {package} was exported with (split digest differs)")
-    predictor = load_predictor(package, onnx_file="model.onnx")
+    predictor = load_predictor(package, onnx_file=ONNX_FP32)
     predictor.realign = None
     if predictor.ood is None:
         raise DataError(f"{package} has no OOD statistics: realignment chooses views by their OOD score")
     val = split.part("val")
-    labels = np.asarray(val.labels)
     started = time.time()
-    all_views = sorted({v for _, rule in candidates() if rule is not None for v in rule.views},
+    rules = dict(candidates())
+    all_views = sorted({v for rule in rules.values() if rule is not None for v in rule.views},
                        key=lambda v: (v.hue, v.scale))
-    table: dict[str, dict[str, float]] = {name: {} for name, _ in candidates()}
-    val_copies = copies_of_val(predictor, [str(p) for p in val.paths()], args.seed, args.composites)
-    for copy_name, (_, pixels) in val_copies.items():
+    table: dict[str, dict[str, float]] = {name: {} for name in rules}
+    val_copies: dict[str, list[bytes]] = {}
+    for copy_name, files, pixels, labels in shifted_copies(val, predictor.preprocess, composites=args.composites,
+                                                           seed=args.seed):
+        val_copies[copy_name] = files
         given = outputs(predictor, pixels)
         views_out = view_outputs(predictor, pixels, all_views)
-        for name, rule in candidates():
+        for name, rule in rules.items():
             table[name][copy_name] = accuracy_with(rule, all_views, given, views_out, labels, predictor.ood.threshold)
         print(f"val copy {copy_name!r}: {len(labels)} images, {time.time() - started:.0f} s", flush=True)
     shifted = [c for c in val_copies if c != "none"]
     baseline = table["no realignment"]["none"]
 
     def key(name: str) -> tuple[float, float, int, float]:
-        rule = dict(candidates())[name]
+        rule = rules[name]
         views, margin = (len(rule.views), rule.margin) if rule else (0, 0.0)
         return (-min(table[name][c] for c in TARGET_COPIES), -float(np.mean([table[name][c] for c in shifted])),
                 views, margin)
 
     eligible = [name for name in table if table[name]["none"] >= baseline]
     chosen = min(eligible, key=key)
-    rule = dict(candidates())[chosen]
+    rule = rules[chosen]
     check = checked_on_val(predictor, rule, val_copies, labels, info)
     summary = {name: {"unshifted": table[name]["none"], "min_hue_magnification": -key(name)[0],
                       "mean_shifted": -key(name)[1]} for name in table}
@@ -191,13 +179,13 @@ def write_card(package: Path, args: argparse.Namespace, info: dict[str, Any], ru
         print(f"wrote {path}")
 
 
-def checked_on_val(predictor: Predictor, rule: RealignRule | None, val_copies: dict[str, Any], labels: np.ndarray,
+def checked_on_val(predictor: Predictor, rule: RealignRule | None, val_copies: dict[str, list[bytes]], labels: np.ndarray,
                    info: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The chosen rule through Predictor.predict_bytes on every val copy, against no realignment: accuracy,
     flagged share and leukemia called Benign without a flag (must not rise)."""
     benign = list(info["classes"]).index(info.get("review", {}).get("benign_class", "Benign"))
     out = {}
-    for name, (files, _) in val_copies.items():
+    for name, files in val_copies.items():
         row = {}
         for label, applied in (("before", None), ("after", rule)):
             predictor.realign = applied

@@ -23,7 +23,7 @@ import copy
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,12 +91,10 @@ def run_backend(backend: Any, pixels: np.ndarray, preprocess: Preprocess, batch_
     return np.concatenate(logits), np.concatenate(feats)
 
 
-def shifted_review_images(manifest: Manifest, backend: Any, preprocess: Preprocess, *,
-                          composites: int = VALIDATION_COMPOSITES, seed: int = VALIDATION_SEED,
-                          log: Log | None = None) -> ReviewImages:
-    """`manifest`'s images as they are and through every copy of validation_shifts (encoded as the other
-    lab's files, decoded as a Predictor decodes them), through `backend`: what fit_shift_rules chooses on.
-    One copy at a time, so only its outputs and pixel measures are kept."""
+def shifted_copies(manifest: Manifest, preprocess: Preprocess, *, composites: int = VALIDATION_COMPOSITES,
+                   seed: int = VALIDATION_SEED) -> Iterator[tuple[str, list[bytes], np.ndarray, np.ndarray]]:
+    """(name, files, model-input pixels, labels) of each copy of validation_shifts of `manifest`'s readable
+    images: encoded as the other lab's files and decoded as a Predictor decodes them."""
     from leukoscope.inference.predictor import DECODE_SIDE_FACTOR
 
     records = []
@@ -107,10 +105,19 @@ def shifted_review_images(manifest: Manifest, backend: Any, preprocess: Preproce
             continue
     labels = np.asarray([label for _, label in records], np.int64)
     side = DECODE_SIDE_FACTOR * preprocess.input_size
-    parts = []
     for name, shifts in validation_shifts(len(records), composites=composites, seed=seed).items():
-        pixels = np.stack([resize_rgb(load_rgb(shift.encode(image), max_side=side), preprocess)
-                           for (image, _), shift in zip(records, shifts, strict=True)])
+        files = [shift.encode(image) for (image, _), shift in zip(records, shifts, strict=True)]
+        yield name, files, np.stack([resize_rgb(load_rgb(data, max_side=side), preprocess) for data in files]), labels
+
+
+def shifted_review_images(manifest: Manifest, backend: Any, preprocess: Preprocess, *,
+                          composites: int = VALIDATION_COMPOSITES, seed: int = VALIDATION_SEED,
+                          log: Log | None = None) -> ReviewImages:
+    """`manifest`'s images as they are and through every copy of validation_shifts (shifted_copies),
+    through `backend`: what fit_shift_rules chooses on. One copy at a time, so only its outputs and pixel
+    measures are kept."""
+    parts = []
+    for name, _, pixels, labels in shifted_copies(manifest, preprocess, composites=composites, seed=seed):
         logits, feats = run_backend(backend, pixels, preprocess)
         parts.append(ReviewImages(logits, feats, labels, pixel_measures(pixels),
                                   np.full(len(labels), name != "none"), [name] * len(labels)))
