@@ -159,7 +159,9 @@ def render(rows: list[Row], command: str, model: str) -> str:
              "call as the image itself gave it, i.e. without the package's realignment (`leukoscope.review.realign`: an "
              "image the OOD check flags is also tried at the package's other magnifications and stain hues, chosen "
              "by `scripts/fit_realign.py` on the val part; *realigned*: the share whose call came from such a "
-             "view; a realigned image stays flagged).\n\n")
+             "view; a realigned image stays flagged). A Benign call nothing else flags is also read at the package's "
+             "Benign-check views and flagged `benign_view` when P(Benign) drops there (`leukoscope.review.benign_check`, "
+             "chosen by `scripts/fit_benign_check.py` on the val part); it adds flags, never changes a call.\n\n")
     header = ["images", "n", "accuracy", "accuracy as given", "realigned", "flagged for review", "leukemia called Benign",
               "of them flagged",
               "of them not flagged", "benign called leukemia, not flagged"]

@@ -8,6 +8,8 @@ Steps, each a plain leukoscope command so that every number can be traced to one
                review rules for other labs' images chosen on shifted copies of the val part (--shift-rules);
   3b. choose the package's realignment views (other magnifications and stain hues for images unlike the
                training ones) on the same shifted val copies: scripts/fit_realign.py;
+  3c. choose the package's Benign view check (a Benign call nothing else flags must hold at another
+               magnification) on the same copies: scripts/fit_benign_check.py;
   4. evaluate the package on the test part (with where the model looks: --localisation) and write
                MODEL_CARD.md + report.html into bundle/.
 
@@ -84,10 +86,12 @@ def main() -> None:
     leukoscope("export", str(run), "--out", str(PACKAGE), "--data", args.data, "--name", NAME, "--shift-rules")
     subprocess.run([sys.executable, str(ROOT / "scripts" / "fit_realign.py"), str(PACKAGE), "--data", args.data,
                     "--split", args.split, "--no-card"], check=True)
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "fit_benign_check.py"), str(PACKAGE), "--data", args.data,
+                    "--split", args.split, "--no-card"], check=True)
     evaluation = ROOT / "bundle" / "evaluation"
     leukoscope("evaluate", str(PACKAGE), args.data, "--split", args.split, "--part", "test", "--out", str(evaluation),
                "--localisation")
-    card = (evaluation / "MODEL_CARD.md").read_text(encoding="utf-8") + provenance(run) + realign_section()
+    card = (evaluation / "MODEL_CARD.md").read_text(encoding="utf-8") + provenance(run) + fit_sections()
     (PACKAGE / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     (ROOT / "bundle" / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     for name in ("report.html", "metrics.json"):
@@ -97,16 +101,13 @@ def main() -> None:
     print(f"bundled package: {PACKAGE}")
 
 
-def realign_section() -> str:
-    """fit_realign's card section from the package's recorded fit (empty when it chose no views)."""
-    from fit_realign import section  # the sibling script (scripts/ is on sys.path when run as a script)
+def fit_sections() -> str:
+    """fit_realign's and fit_benign_check's card sections from the package's recorded fits ("" for none)."""
+    from fit_realign import sections  # the sibling script (scripts/ is on sys.path when run as a script)
 
     from leukoscope.inference.package import read_package_json
-    from leukoscope.review.realign import RealignRule
 
-    info = read_package_json(PACKAGE)
-    realign = info.get("review", {}).get("realign")
-    return "\n" + section(RealignRule.from_dict(realign), info["realign_fit"]) if realign else ""
+    return sections(read_package_json(PACKAGE))
 
 
 if __name__ == "__main__":

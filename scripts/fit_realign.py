@@ -107,7 +107,7 @@ def main() -> None:
     if args.card_only:
         if "realign_fit" not in info or "review_refit" not in info:
             raise DataError(f"{package} has no recorded realign fit and review refit; run without --card-only")
-        write_card(package, args, info, RealignRule.from_dict(info["review"]["realign"]), info["realign_fit"])
+        write_card(package, args, info)
         return
     split = read_manifest_csv(args.split, args.data, classes=tuple(info["classes"]))
     if split.digest() != info.get("data", {}).get("split_digest"):
@@ -164,19 +164,32 @@ def main() -> None:
     verify_package(package)
     print(f"wrote {package / MODEL_JSON}")
     if not args.no_card and "review_refit" in updated:
-        write_card(package, args, updated, rule, fit)
+        write_card(package, args, updated)
 
 
-def write_card(package: Path, args: argparse.Namespace, info: dict[str, Any], rule: RealignRule,
-               fit: dict[str, Any]) -> None:
-    """refit_review's card of the package (it evaluates the test part) with the realignment section after it;
-    for the bundled package, bundle/MODEL_CARD.md too."""
+def write_card(package: Path, args: argparse.Namespace, info: dict[str, Any]) -> None:
+    """refit_review's card of the package (it evaluates the test part) with the sections of the fits the
+    package records after it; for the bundled package, bundle/MODEL_CARD.md too."""
     card = rebuild_card(package, args.data, args.split, info["review"], info["review_refit"])
-    card = card.rstrip("\n") + "\n\n" + section(rule, fit)
+    card = card.rstrip("\n") + "\n" + sections(info)
     mirrors = [ROOT / "bundle" / CARD] if package.resolve() == bundled_package_path().resolve() else []
     for path in [package / CARD, *mirrors]:  # bundle/ keeps a copy of the bundled package's card
         write_text(path, card)
         print(f"wrote {path}")
+
+
+def sections(info: dict[str, Any]) -> str:
+    """The card sections of the realignment and of the Benign view check the package records ("" for none)."""
+    from fit_benign_check import section as benign_section  # the sibling script, which imports this one
+
+    from leukoscope.review.benign_check import BenignCheck
+
+    review, text = info.get("review", {}), ""
+    if review.get("realign") and "realign_fit" in info:
+        text += "\n" + section(RealignRule.from_dict(review["realign"]), info["realign_fit"])
+    if review.get("benign_check") and "benign_check_fit" in info:
+        text += "\n" + benign_section(BenignCheck.from_dict(review["benign_check"]), info["benign_check_fit"])
+    return text
 
 
 def checked_on_val(predictor: Predictor, rule: RealignRule | None, val_copies: dict[str, list[bytes]], labels: np.ndarray,

@@ -12,6 +12,8 @@ from PIL import Image
 
 from leukoscope.errors import ModelError
 from leukoscope.inference.predictor import load_predictor, tta_views
+from leukoscope.review.benign_check import BenignCheck
+from leukoscope.review.realign import View
 from tests.helpers.modelfixtures import shared_tiny_package, shared_tiny_run, smear_image
 
 CLASSES = ("Benign", "Early Pre-B", "Pre-B", "Pro-B")
@@ -275,3 +277,43 @@ def test_realign_takes_the_call_from_the_view_that_looks_most_like_training(tiny
 def test_a_bad_realign_section_is_one_model_error(tiny_package: Path, tmp_path: Path, realign) -> None:
     with pytest.raises(ModelError, match="review"):
         load_predictor(_with_review(tiny_package, tmp_path, realign=realign), threads=1)
+
+
+def test_benign_check_flags_only_unflagged_benign_calls_a_view_doubts_and_never_changes_a_call(
+        tiny_package: Path, tmp_path: Path) -> None:
+    images = held_out(3)
+    items = [(f"{i}.png", encode(image)) for i, image in enumerate(images)]
+    check = {"views": [{"scale": 0.5}, {"scale": 2.0}], "threshold": 1.0}  # every view doubts: below 1
+    package = _with_review(tiny_package, tmp_path, benign_check=check, confidence_threshold=0.0,
+                           benign_confidence_threshold=0.0)
+    predictor = load_predictor(package, threads=1)
+    assert predictor.benign_check is not None and predictor.benign_check.to_dict() == check
+    predictor.realign, predictor.ood.threshold = None, float("inf")  # nothing else flags any image
+    flagged = predictor.predict_bytes(items)
+    predictor.benign_check = None  # callers can compare with and without
+    plain = predictor.predict_bytes(items)
+    assert [p.probabilities for p in flagged] == [p.probabilities for p in plain]  # calls never change
+    assert not any(p.review for p in plain)
+    benign_calls = [p.label == "Benign" for p in plain]
+    assert 0 < sum(benign_calls) < len(items)
+    for image, new, is_benign in zip(images, flagged, benign_calls, strict=True):
+        assert ("benign_view" in new.review_codes) == is_benign and new.review == is_benign
+        if is_benign:
+            views = [predictor.scored(View(**v).apply(image)[None])[0][0] for v in check["views"]]
+            lowest = int(np.argmin([p[0] for p in views]))
+            details = new.review_details["benign_view"]
+            assert details["view"] == View(**check["views"][lowest]).describe(why=False)
+            assert details["p_benign_at_view"] == pytest.approx(views[lowest][0], abs=1e-6)
+            assert details["label_at_view"] == CLASSES[int(np.argmax(views[lowest]))]
+    predictor.benign_check = BenignCheck.from_dict({**check, "threshold": 1e-12})  # no view doubts that little
+    assert not any(p.review for p in predictor.predict_bytes(items))
+    predictor.benign_check = BenignCheck.from_dict(check)
+    predictor.ood.threshold = -1.0  # every image is flagged already: the check does not run on any
+    assert not any("benign_view" in p.review_codes for p in predictor.predict_bytes(items))
+
+
+@pytest.mark.parametrize("check", [{"views": [{"scale": 2}]}, {"views": [], "threshold": 0.9}, "x2",
+                                   {"views": [{"scale": 2}], "threshold": 2}])
+def test_a_bad_benign_check_section_is_one_model_error(tiny_package: Path, tmp_path: Path, check) -> None:
+    with pytest.raises(ModelError, match="review"):
+        load_predictor(_with_review(tiny_package, tmp_path, benign_check=check), threads=1)

@@ -34,6 +34,7 @@ def test_views_are_the_shift_family_undone() -> None:
     assert tuple(out[0, 0]) == (225, 215, 220)  # padded with the background colour
     assert (zoom_in.apply(image)[..., 0] < 150).mean() > (image[..., 0] < 150).mean()  # the cell fills more
     assert "smaller" in zoom_in.describe() and "larger" in zoom_out.describe() and "-20" in hue.describe()
+    assert zoom_in.describe(why=False) == "resized x2"  # the benign check's views: no cause claimed
 
 
 @pytest.mark.parametrize("kwargs", [{"scale": 0.1}, {"scale": 5.0}, {"scale": math.nan}, {"hue": 200.0},

@@ -6,9 +6,10 @@ A prediction is only useful with its caveats, so every `Prediction` carries cali
 call needs more where the package says so), an image unlike the training data (leukoscope.review.ood), a
 blurry image, one far from the training resolution (leukoscope.review.quality) or with cells at another
 scale (leukoscope.review.rules). An image unlike the training data is tried at the package's other
-magnifications and stain hues, and keeps its flag when one of those gives the call (leukoscope.review.realign).
-Images that show nothing to judge (blank, noise, a smooth gradient,
-a few pixels) get status `unusable` and no class. Unreadable files become predictions with `error` set
+magnifications and stain hues, and keeps its flag when one of those gives the call (leukoscope.review.realign);
+a Benign call nothing else flags must also hold at the package's other magnifications
+(leukoscope.review.benign_check). Images that show nothing to judge (blank, noise, a smooth gradient, a few
+pixels) get status `unusable` and no class. Unreadable files become predictions with `error` set
 instead of exceptions, so one bad file never stops a folder of thousands.
 """
 
@@ -128,6 +129,7 @@ class Predictor:
         self.benign_index = self.classes.index(rules.benign_class) if rules.benign_class in self.classes else None
         self.cell_scale_range = rules.cell_scale_range
         self.realign = rules.realign  # None: never realign (set it to None to compare with and without)
+        self.benign_check = rules.benign_check  # None: no view check of Benign calls (likewise)
         self.ood = ood
         self.source = source
         self._torch_model = torch_model
@@ -233,14 +235,17 @@ class Predictor:
         good = [i for i, item in enumerate(items) if item.pixels is not None]
         probs = np.zeros((0, len(self.classes)))
         scores: np.ndarray | None = None
-        realigned: dict[int, Reason] = {}
+        added: dict[int, Reason] = {}  # by row: `realigned` or `benign_view`
         if good:
             pixels = np.stack([items[i].pixels for i in good])
             probs, feats = self._forward(pixels, tta)
             if self.ood is not None:
                 with _BLAS_LOCK, one_blas_thread():
                     scores = self.ood.score(feats)
-                realigned = self._realign(pixels, probs, scores, tta)
+                added = self._realign(pixels, probs, scores, tta)
+            plain = [row for row, index in enumerate(good) if not items[index].reasons and row not in added
+                     and (scores is None or self.ood is None or scores[row] <= self.ood.threshold)]
+            added.update(self._check_benign(pixels, probs, plain, tta))
         results: list[Prediction] = []
         row_of = {index: row for row, index in enumerate(good)}
         for index, item in enumerate(items):
@@ -252,7 +257,7 @@ class Predictor:
                 continue
             p = probs[row_of[index]]
             score = None if scores is None else float(scores[row_of[index]])
-            results.append(self._prediction(item, p, score, realigned.get(row_of[index])))
+            results.append(self._prediction(item, p, score, added.get(row_of[index])))
         return results
 
     def _realign(self, pixels: np.ndarray, probs: np.ndarray, scores: np.ndarray, tta: bool) -> dict[int, Reason]:
@@ -277,15 +282,32 @@ class Predictor:
                                           float(view_scores[k, view]), *as_given)
         return done
 
+    def _check_benign(self, pixels: np.ndarray, probs: np.ndarray, rows: Sequence[int], tta: bool) -> dict[int, Reason]:
+        """The `benign_view` reason, by row, of those `rows` (nothing else flags them) called Benign with the
+        confidence a Benign call needs whose lowest view P(Benign) falls below the check's threshold."""
+        check, benign = self.benign_check, self.benign_index
+        if check is None or benign is None or not len(rows):
+            return {}
+        rows = np.asarray(rows, np.int64)
+        called = (probs[rows].argmax(1) == benign) & (probs[rows, benign] >= self.benign_threshold)
+        rows = rows[called]
+        if not len(rows):
+            return {}
+        view_probs = self._forward(check.view_batch(pixels[rows]), tta)[0].reshape(len(rows), len(check.views), -1)
+        doubt = check.doubting_view(view_probs[:, :, benign])
+        return {int(row): why.benign_view(check.views[view].describe(why=False), float(view_probs[k, view, benign]),
+                                          check.threshold, self.classes[int(view_probs[k, view].argmax())])
+                for k, (row, view) in enumerate(zip(rows.tolist(), doubt.tolist(), strict=True)) if view >= 0}
+
     def _prediction(self, item: _Decoded, p: np.ndarray, score: float | None,
-                    realigned: Reason | None = None) -> Prediction:
+                    added: Reason | None = None) -> Prediction:
         top = int(np.argmax(p))
         confidence = float(p[top])
         reasons = list(item.reasons)
         if score is not None and self.ood is not None and score > self.ood.threshold:
             reasons.append(why.out_of_distribution(score, self.ood.threshold))
-        if realigned is not None:
-            reasons.append(realigned)
+        if added is not None:  # realigned, or benign_view
+            reasons.append(added)
         if confidence < self.confidence_threshold:
             reasons.append(why.low_confidence(confidence, self.confidence_threshold))
         elif top == self.benign_index and confidence < self.benign_threshold:

@@ -53,10 +53,12 @@ class View:
         if self.scale == 1.0 and self.hue == 0.0:
             raise ValueError("a view must change the image (scale 1 and hue 0 is the image as given)")
 
-    def describe(self) -> str:
-        """In words, for the review reason: "resized x0.5 (cells looked larger than in training)"."""
+    def describe(self, *, why: bool = True) -> str:
+        """In words, for a review reason: "resized x0.5 (cells looked larger than in training)", or without
+        `why` (the view was not chosen because the cells looked so) "resized x0.5"."""
         size = "larger" if self.scale < 1 else "smaller"
-        parts = [f"resized x{self.scale:g} (cells looked {size} than in training)"] if self.scale != 1.0 else []
+        because = f" (cells looked {size} than in training)" if why else ""
+        parts = [f"resized x{self.scale:g}{because}"] if self.scale != 1.0 else []
         parts += [f"with its stain hue turned {self.hue:+g} degrees"] if self.hue else []
         return " and ".join(parts)
 
@@ -72,6 +74,26 @@ class View:
     def to_dict(self) -> dict[str, float]:
         """Only what the view changes: {"scale": 0.5} or {"hue": -10.0}."""
         return {**({"scale": self.scale} if self.scale != 1.0 else {}), **({"hue": self.hue} if self.hue else {})}
+
+
+def view_batch(views: Sequence[View], pixels: Sequence[np.ndarray]) -> np.ndarray:
+    """Every view of every image, image-major: row i * len(views) + j is view j of image i."""
+    return np.stack([view.apply(p) for p in pixels for view in views])
+
+
+def views_from_dicts(values: Any, what: str) -> tuple[View, ...]:
+    """model.json's list of views ([{"scale": 2.0}, {"hue": -10.0}]) as Views; ValueError naming `what`."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise ValueError(f"{what} must hold a list of views")
+    views = []
+    for view in values:
+        if not isinstance(view, Mapping) or set(view) - {"scale", "hue"}:
+            raise ValueError(f"a {what} view is a mapping of scale and hue, got {view!r}")
+        try:
+            views.append(View(float(view.get("scale", 1.0)), float(view.get("hue", 0.0))))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{what}: {exc}") from None
+    return tuple(views)
 
 
 @dataclass(frozen=True)
@@ -90,21 +112,16 @@ class RealignRule:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> RealignRule:
-        if not isinstance(values, Mapping) or not isinstance(values.get("views"), Sequence):
+        if not isinstance(values, Mapping):
             raise ValueError("review.realign must be a mapping with a list of views")
-        views = []
-        for view in values["views"]:
-            if not isinstance(view, Mapping) or set(view) - {"scale", "hue"}:
-                raise ValueError(f"a realign view is a mapping of scale and hue, got {view!r}")
-            views.append(View(float(view.get("scale", 1.0)), float(view.get("hue", 0.0))))
-        return cls(tuple(views), float(values.get("margin", 0.0)))
+        return cls(views_from_dicts(values.get("views"), "review.realign"), float(values.get("margin", 0.0)))
 
     def to_dict(self) -> dict[str, Any]:
         return {"views": [v.to_dict() for v in self.views], "margin": self.margin}
 
     def view_batch(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
         """Every view of every image, image-major: row i * len(views) + j is view j of image i."""
-        return np.stack([view.apply(p) for p in pixels for view in self.views])
+        return view_batch(self.views, pixels)
 
     def choose(self, given: np.ndarray, views: np.ndarray) -> np.ndarray:
         """Per image, the index of the view to take the call from, or -1 to keep the image as given.

@@ -7,7 +7,8 @@ it. Codes never change meaning once released; messages may be reworded freely.
 Codes (docs/INTERFACES.md):
   unusable (the image gets no class): `too_small`, `uniform`, `noise`, `no_cells`
   review (a class, to be checked): `low_confidence`, `out_of_distribution`, `blurry`, `small_image`,
-  `large_image`, `not_square`, `jpeg_quality`, `benign_low_confidence`, `cell_scale`, `realigned`
+  `large_image`, `not_square`, `jpeg_quality`, `benign_low_confidence`, `cell_scale`, `realigned`,
+  `benign_view`
   error (the file could not be read): `unreadable`
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 UNUSABLE_CODES = frozenset({"too_small", "uniform", "noise", "no_cells"})
 REVIEW_CODES = frozenset({"low_confidence", "out_of_distribution", "blurry", "small_image", "large_image",
                           "not_square", "jpeg_quality", "benign_low_confidence", "cell_scale",
-                          "realigned"})
+                          "realigned", "benign_view"})
 ERROR_CODES = frozenset({"unreadable"})
 CODES = UNUSABLE_CODES | REVIEW_CODES | ERROR_CODES
 
@@ -118,6 +119,14 @@ def realigned(view: str, score: float, view_score: float, label_as_given: str, c
                   f"images (as given it read {label_as_given}): check the call, and the microscope and stain settings",
                   {"view": view, "ood_score": _r(score, 2), "view_ood_score": _r(view_score, 2),
                    "label_as_given": label_as_given, "confidence_as_given": _r(confidence_as_given, 4)})
+
+
+def benign_view(view: str, p_benign: float, threshold: float, label_at_view: str) -> Reason:
+    return Reason("benign_view", f"called Benign, but the image {view} reads {label_at_view} (P(Benign) "
+                  f"{p_benign:.4f}, a Benign call needs {threshold:g} there too): have a specialist check for "
+                  "leukemic cells, and the microscope's magnification",
+                  {"view": view, "p_benign_at_view": _r(p_benign, 6), "threshold": _r(threshold, 6),
+                   "label_at_view": label_at_view})
 
 
 def unreadable(message: str) -> Reason:

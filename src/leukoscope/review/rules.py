@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from leukoscope.review import reasons as why
+from leukoscope.review.benign_check import BenignCheck
 from leukoscope.review.calibration import fit_temperature, softmax
 from leukoscope.review.ood import DEFAULT_QUANTILE, OOD_FILE, MahalanobisOOD
 from leukoscope.review.quality import (
@@ -77,6 +78,7 @@ class ReviewThresholds:
     benign_class: str = DEFAULT_BENIGN_CLASS
     cell_scale_range: tuple[float, float] | None = None  # cell_scale outside it: review (None: no check)
     realign: RealignRule | None = None  # views to try on OOD-flagged images (leukoscope.review.realign)
+    benign_check: BenignCheck | None = None  # views an unflagged Benign call must hold at (review.benign_check)
 
     @classmethod
     def from_dict(cls, review: Mapping[str, Any], training_size: int) -> ReviewThresholds:
@@ -90,7 +92,9 @@ class ReviewThresholds:
                    benign_confidence=float(review.get("benign_confidence_threshold", confidence)),
                    benign_class=str(review.get("benign_class", DEFAULT_BENIGN_CLASS)),
                    cell_scale_range=_pair(review.get("cell_scale_range")),
-                   realign=RealignRule.from_dict(review["realign"]) if review.get("realign") is not None else None)
+                   realign=RealignRule.from_dict(review["realign"]) if review.get("realign") is not None else None,
+                   benign_check=(BenignCheck.from_dict(review["benign_check"])
+                                 if review.get("benign_check") is not None else None))
 
 
 def _pair(value: Any) -> tuple[float, float] | None:
