@@ -235,3 +235,12 @@ def test_options_the_ray_engine_refuses(package, images, tmp_path, capsys, monke
 def test_address_needs_the_ray_engine(package, images, capsys) -> None:
     code, _, err = run(capsys, "predict", images, "-m", package, "--address", "auto")
     assert code == 2 and "--address and --actors need --engine ray" in err
+
+
+def test_default_names_the_bundled_package_as_in_evaluate(images, tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no file called "default" here
+    code, out, err = run(capsys, "predict", images / "patient1" / "img0.png", "--model", "default",
+                         "--format", "json", "--threads", "1")
+    assert code == 0, err
+    [row] = json.loads(out)
+    assert row["label"] in CLASSES and not row["error"] and row["status"] == "ok"

@@ -379,7 +379,8 @@ class Predictor:
 def load_predictor(model: str | Path | None = None, *, backend: str = "auto", threads: int | None = None,
                    confidence_threshold: float | None = None, onnx_file: str | None = None,
                    streams: int | None = None) -> Predictor:
-    """A Predictor for a model package folder, a run folder or checkpoint, or (None) the bundled package.
+    """A Predictor for a model package folder, a run folder or checkpoint, or (None, or `default` where no such
+    path exists, as `leukoscope evaluate` reads it) the bundled package.
 
     backend "auto" uses ONNX Runtime when the package has an ONNX model (the int8 one when model.json's
     `default_onnx` names it, or `onnx_file` to choose), else PyTorch. An int8 model is first checked on this
@@ -393,6 +394,8 @@ def load_predictor(model: str | Path | None = None, *, backend: str = "auto", th
         raise UsageError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
     if streams is not None and streams < 1:
         raise UsageError(f"streams must be at least 1, got {streams}")
+    if model is not None and str(model) == "default" and not Path(model).exists():
+        model = None
     path = Path(model) if model is not None else bundled_package_path()
     if model is None or is_package(path) or path.name == MODEL_JSON:
         path = path.parent if path.name == MODEL_JSON else path
