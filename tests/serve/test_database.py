@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -125,6 +126,10 @@ def test_serve_processes_2_runs_two_processes_on_one_port(tmp_path: Path, tiny_p
         for seed in range(4):
             assert httpx.post(f"{server.url}/api/v1/predict", files=files((f"{seed}.jpg", image_bytes(seed=seed))),
                               timeout=60).status_code == 200
+        # the first worker can answer all four before the second has finished starting: wait for it
+        deadline = time.monotonic() + 60
+        while server.log().count("Application startup complete") < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
         log = server.log()
     assert log.count("Application startup complete") == 2, log[-2000:]
     with Store(db) as store:
