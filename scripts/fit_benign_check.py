@@ -25,10 +25,8 @@ change a call; the script checks the chosen one through Predictor.predict_bytes 
 
 from __future__ import annotations
 
-import copy
 import itertools
 import json
-import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -37,20 +35,16 @@ from typing import Any
 
 import numpy as np
 
-from leukoscope import __version__
-from leukoscope.data.fileio import sha256_file, write_text
-from leukoscope.data.manifest import read_manifest_csv
 from leukoscope.errors import DataError
 from leukoscope.inference.export import shifted_copies
-from leukoscope.inference.package import MODEL_JSON, ONNX_FP32, verify_package
+from leukoscope.inference.package import ONNX_FP32
 from leukoscope.inference.predictor import Predictor, load_predictor
 from leukoscope.review.benign_check import BenignCheck
 from leukoscope.review.realign import View
 from leukoscope.review.rules import MAX_FLAG_RISE
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fit_realign import outputs, write_card
-from refit_review import package_arguments, part_digest
+from fit_realign import fit_record, open_fit, outputs, record_fit, val_table
 
 CANDIDATE_VIEWS = {"x0.5": (0.5,), "x2": (2.0,), "x0.5, x2": (0.5, 2.0), "x0.71, x1.41": (0.71, 1.41),
                    "x0.5, x0.71, x1.41, x2": (0.5, 0.71, 1.41, 2.0)}
@@ -153,17 +147,10 @@ def checked_on_val(predictor: Predictor, check: BenignCheck, val_copies: dict[st
 
 
 def main() -> None:
-    args = package_arguments(__doc__, "fit").parse_args()
-    package = Path(args.package)
-    info = verify_package(package)
-    if args.card_only:
-        if "benign_check_fit" not in info or "review_refit" not in info:
-            raise DataError(f"{package} has no recorded benign check fit and review refit; run without --card-only")
-        write_card(package, args, info)
+    opened = open_fit(__doc__, "benign_check_fit", "benign check fit")
+    if opened is None:
         return
-    split = read_manifest_csv(args.split, args.data, classes=tuple(info["classes"]))
-    if split.digest() != info.get("data", {}).get("split_digest"):
-        raise DataError(f"{args.split} is not the split {package} was exported with (split digest differs)")
+    args, package, info, split = opened
     predictor = load_predictor(package, onnx_file=ONNX_FP32)
     predictor.benign_check = None
     benign = predictor.benign_index
@@ -194,23 +181,10 @@ def main() -> None:
     print(json.dumps({"chosen": chosen, "candidates": summary}, indent=2))
     if args.dry_run or check is None:
         return
-    fit = {"script": "scripts/fit_benign_check.py",
-           "command": shlex.join(["scripts/fit_benign_check.py", *sys.argv[1:]]),
-           "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "leukoscope_version": __version__,
-           "seconds": round(time.time() - started, 1), "rule": RULE, "chosen": chosen, "candidates": summary,
-           "per_copy": {c: {"before": table[NO_CHECK][c], "after": verified[c]} for c in val_copies},
-           "shifts": {"composites": args.composites, "seed": args.seed},
-           "data": {"split_sha256": sha256_file(args.split), "split_digest": split.digest(),
-                    "val_images": len(val), "val_digest": part_digest(split, "val")}}
-    updated = {k: copy.deepcopy(v) for k, v in info.items() if k != "files"}
-    updated["review"] = {**info.get("review", {}), "benign_check": check.to_dict()}
-    updated["benign_check_fit"] = fit
-    updated["files"] = {name: sha256_file(package / name) for name in info["files"]}
-    write_text(package / MODEL_JSON, json.dumps(updated, indent=2, default=str) + "\n")
-    verify_package(package)
-    print(f"wrote {package / MODEL_JSON}")
-    if not args.no_card and "review_refit" in updated:
-        write_card(package, args, updated)
+    fit = {**fit_record("scripts/fit_benign_check.py", RULE, args, split, started), "chosen": chosen,
+           "candidates": summary,
+           "per_copy": {c: {"before": table[NO_CHECK][c], "after": verified[c]} for c in val_copies}}
+    record_fit(package, args, info, "benign_check", check.to_dict(), "benign_check_fit", fit)
 
 
 def section(check: BenignCheck, fit: dict[str, Any]) -> str:
@@ -219,16 +193,11 @@ def section(check: BenignCheck, fit: dict[str, Any]) -> str:
     lines = [SECTION.lstrip("\n"), f"Chosen by `{fit['command']}` ({fit['date']}): a Benign call that no other "
              f"reason flags is also read {views}; when P(Benign) there is below {check.threshold:g}, the image is "
              "flagged (`benign_view`) and keeps its call.", "",
-             f"Rule, fixed before the candidates were compared: {RULE}", "",
-             f"Val part ({fit['data']['val_images']} images) and its shifted copies, through Predictor.predict_bytes:",
-             "", "| val copy | flagged without -> with | leukemia called Benign, not flagged |", "|---|---|---|"]
-    for name, row in fit["per_copy"].items():
-        b, a = row["before"], row["after"]
-        lines.append(f"| {name} | {b['flagged']:.3f} -> {a['flagged']:.3f} "
-                     f"| {b['leukemia_called_benign_not_flagged']} -> {a['leukemia_called_benign_not_flagged']} |")
-    lines += ["", "Test part under every shift: `benchmarks/RESULTS.md`, *Review flag under distribution shift* "
-              "(`python -m benchmarks.shift`).", ""]
-    return "\n".join(lines)
+             f"Rule, fixed before the candidates were compared: {RULE}", ""]
+    rows = {name: f"{row['before']['flagged']:.3f} -> {row['after']['flagged']:.3f} | "
+                  f"{row['before']['leukemia_called_benign_not_flagged']} -> "
+                  f"{row['after']['leukemia_called_benign_not_flagged']}" for name, row in fit["per_copy"].items()}
+    return "\n".join(lines) + "\n" + val_table(fit, ["flagged without -> with", "leukemia called Benign, not flagged"], rows)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ import numpy as np
 
 from leukoscope import __version__
 from leukoscope.data.fileio import sha256_file, write_text
-from leukoscope.data.manifest import read_manifest_csv
+from leukoscope.data.manifest import Manifest, read_manifest_csv
 from leukoscope.data.shifts import HUE_SHIFTS, MAGNIFICATION_SHIFTS
 from leukoscope.errors import DataError
 from leukoscope.inference.export import shifted_copies
@@ -101,17 +101,10 @@ def accuracy_with(rule: RealignRule | None, all_views: list[View], given: tuple[
 
 
 def main() -> None:
-    args = package_arguments(__doc__, "fit").parse_args()
-    package = Path(args.package)
-    info = verify_package(package)
-    if args.card_only:
-        if "realign_fit" not in info or "review_refit" not in info:
-            raise DataError(f"{package} has no recorded realign fit and review refit; run without --card-only")
-        write_card(package, args, info)
+    opened = open_fit(__doc__, "realign_fit", "realign fit")
+    if opened is None:
         return
-    split = read_manifest_csv(args.split, args.data, classes=tuple(info["classes"]))
-    if split.digest() != info.get("data", {}).get("split_digest"):
-        raise DataError(f"{args.split} is not the split {package} was exported with (split digest differs)")
+    args, package, info, split = opened
     predictor = load_predictor(package, onnx_file=ONNX_FP32)
     predictor.realign = None
     if predictor.ood is None:
@@ -149,16 +142,47 @@ def main() -> None:
     print(json.dumps({"chosen": chosen, "check": check, "candidates": summary}, indent=2))
     if args.dry_run or rule is None:
         return
-    fit = {"script": "scripts/fit_realign.py", "command": shlex.join(["scripts/fit_realign.py", *sys.argv[1:]]),
-           "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "leukoscope_version": __version__,
-           "seconds": round(time.time() - started, 1), "rule": RULE, "chosen": chosen, "candidates": summary,
+    fit = {**fit_record("scripts/fit_realign.py", RULE, args, split, started), "chosen": chosen,
+           "candidates": summary,
            "per_copy": {c: {"before": table["no realignment"][c], "after": table[chosen][c]} for c in val_copies},
-           "check": check, "shifts": {"composites": args.composites, "seed": args.seed},
-           "data": {"split_sha256": sha256_file(args.split), "split_digest": split.digest(),
-                    "val_images": len(val), "val_digest": part_digest(split, "val")}}
+           "check": check}
+    record_fit(package, args, info, "realign", rule.to_dict(), "realign_fit", fit)
+
+
+def open_fit(doc: str | None, fit_key: str, what: str) -> tuple[argparse.Namespace, Path, dict[str, Any], Manifest] | None:
+    """A fit script's start: its options, the verified package, its model.json and the split it was exported
+    with (DataError for another one); None after --card-only rebuilt the card from the recorded `fit_key`."""
+    args = package_arguments(doc, "fit").parse_args()
+    package = Path(args.package)
+    info = verify_package(package)
+    if args.card_only:
+        if fit_key not in info or "review_refit" not in info:
+            raise DataError(f"{package} has no recorded {what} and review refit; run without --card-only")
+        write_card(package, args, info)
+        return None
+    split = read_manifest_csv(args.split, args.data, classes=tuple(info["classes"]))
+    if split.digest() != info.get("data", {}).get("split_digest"):
+        raise DataError(f"{args.split} is not the split {package} was exported with (split digest differs)")
+    return args, package, info, split
+
+
+def fit_record(script: str, rule: str, args: argparse.Namespace, split: Manifest, started: float) -> dict[str, Any]:
+    """What every fit records of itself: command, date, version, time, rule, shifts and data hashes."""
+    return {"script": script, "command": shlex.join([script, *sys.argv[1:]]),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "leukoscope_version": __version__,
+            "seconds": round(time.time() - started, 1), "rule": rule,
+            "shifts": {"composites": args.composites, "seed": args.seed},
+            "data": {"split_sha256": sha256_file(args.split), "split_digest": split.digest(),
+                     "val_images": len(split.part("val")), "val_digest": part_digest(split, "val")}}
+
+
+def record_fit(package: Path, args: argparse.Namespace, info: dict[str, Any], review_key: str, value: Any,
+               fit_key: str, fit: dict[str, Any]) -> None:
+    """model.json with review[`review_key`] = value and `fit_key` = fit, replaced atomically and verified; then
+    the card, unless --no-card."""
     updated = {k: copy.deepcopy(v) for k, v in info.items() if k != "files"}
-    updated["review"] = {**info.get("review", {}), "realign": rule.to_dict()}
-    updated["realign_fit"] = fit
+    updated["review"] = {**info.get("review", {}), review_key: value}
+    updated[fit_key] = fit
     updated["files"] = {name: sha256_file(package / name) for name in info["files"]}
     write_text(package / MODEL_JSON, json.dumps(updated, indent=2, default=str) + "\n")
     verify_package(package)
@@ -222,14 +246,19 @@ def section(rule: RealignRule, fit: dict[str, Any]) -> str:
     lines = [SECTION.lstrip("\n"), f"Chosen by `{fit['command']}` ({fit['date']}): an image the OOD check flags is "
              f"also tried {views}; the view whose features lie closest to the training classes gives the call when "
              f"its OOD score is lower than the image's own{by}, and the image stays flagged (`realigned`).", "",
-             f"Rule, fixed before the candidates were compared: {RULE}", "",
-             f"Val part ({fit['data']['val_images']} images) and its shifted copies, through Predictor.predict_bytes:", "",
-             "| val copy | accuracy without -> with | flagged without -> with | leukemia called Benign, not flagged |",
-             "|---|---|---|---|"]
-    for name, row in fit["check"].items():
-        b, a = row["before"], row["after"]
-        lines.append(f"| {name} | {b['accuracy']:.3f} -> {a['accuracy']:.3f} | {b['flagged']:.3f} -> {a['flagged']:.3f} "
-                     f"| {b['leukemia_called_benign_not_flagged']} -> {a['leukemia_called_benign_not_flagged']} |")
+             f"Rule, fixed before the candidates were compared: {RULE}", ""]
+    rows = {name: f"{b['accuracy']:.3f} -> {a['accuracy']:.3f} | {b['flagged']:.3f} -> {a['flagged']:.3f} | "
+                  f"{b['leukemia_called_benign_not_flagged']} -> {a['leukemia_called_benign_not_flagged']}"
+            for name, (b, a) in ((name, (row["before"], row["after"])) for name, row in fit["check"].items())}
+    return "\n".join(lines) + "\n" + val_table(fit, ["accuracy without -> with", "flagged without -> with",
+                                              "leukemia called Benign, not flagged"], rows)
+
+
+def val_table(fit: dict[str, Any], columns: list[str], rows: dict[str, str]) -> str:
+    """A fit section's table of the val copies (one row of cells per copy) and its pointer to the test part."""
+    lines = [f"Val part ({fit['data']['val_images']} images) and its shifted copies, through Predictor.predict_bytes:",
+             "", "| val copy | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines += [f"| {name} | {cells} |" for name, cells in rows.items()]
     lines += ["", "Test part under every shift: `benchmarks/RESULTS.md`, *Review flag under distribution shift* "
               "(`python -m benchmarks.shift`).", ""]
     return "\n".join(lines)
