@@ -37,8 +37,7 @@ import numpy as np
 
 from leukoscope.errors import DataError
 from leukoscope.inference.export import shifted_copies
-from leukoscope.inference.package import ONNX_FP32
-from leukoscope.inference.predictor import Predictor, load_predictor
+from leukoscope.inference.predictor import Predictor
 from leukoscope.review.benign_check import BenignCheck
 from leukoscope.review.realign import View
 from leukoscope.review.rules import MAX_FLAG_RISE
@@ -147,12 +146,10 @@ def checked_on_val(predictor: Predictor, check: BenignCheck, val_copies: dict[st
 
 
 def main() -> None:
-    opened = open_fit(__doc__, "benign_check_fit", "benign check fit")
+    opened = open_fit(__doc__, "benign_check_fit", "benign check fit", switch_off="benign_check")
     if opened is None:
         return
-    args, package, info, split = opened
-    predictor = load_predictor(package, onnx_file=ONNX_FP32)
-    predictor.benign_check = None
+    args, package, info, split, predictor = opened
     benign = predictor.benign_index
     if benign is None:
         raise DataError(f"{package} has no Benign class: there is no Benign call to check")

@@ -101,12 +101,10 @@ def accuracy_with(rule: RealignRule | None, all_views: list[View], given: tuple[
 
 
 def main() -> None:
-    opened = open_fit(__doc__, "realign_fit", "realign fit")
+    opened = open_fit(__doc__, "realign_fit", "realign fit", switch_off="realign")
     if opened is None:
         return
-    args, package, info, split = opened
-    predictor = load_predictor(package, onnx_file=ONNX_FP32)
-    predictor.realign = None
+    args, package, info, split, predictor = opened
     if predictor.ood is None:
         raise DataError(f"{package} has no OOD statistics: realignment chooses views by their OOD score")
     val = split.part("val")
@@ -149,9 +147,11 @@ def main() -> None:
     record_fit(package, args, info, "realign", rule.to_dict(), "realign_fit", fit)
 
 
-def open_fit(doc: str | None, fit_key: str, what: str) -> tuple[argparse.Namespace, Path, dict[str, Any], Manifest] | None:
-    """A fit script's start: its options, the verified package, its model.json and the split it was exported
-    with (DataError for another one); None after --card-only rebuilt the card from the recorded `fit_key`."""
+def open_fit(doc: str | None, fit_key: str, what: str, *, switch_off: str,
+             ) -> tuple[argparse.Namespace, Path, dict[str, Any], Manifest, Predictor] | None:
+    """A fit script's start: its options, the verified package, its model.json, the split it was exported with
+    (DataError for another one) and its fp32 Predictor with the rule being fitted (`switch_off`, a Predictor
+    attribute) off; None after --card-only rebuilt the card from the recorded `fit_key`."""
     args = package_arguments(doc, "fit").parse_args()
     package = Path(args.package)
     info = verify_package(package)
@@ -163,7 +163,9 @@ def open_fit(doc: str | None, fit_key: str, what: str) -> tuple[argparse.Namespa
     split = read_manifest_csv(args.split, args.data, classes=tuple(info["classes"]))
     if split.digest() != info.get("data", {}).get("split_digest"):
         raise DataError(f"{args.split} is not the split {package} was exported with (split digest differs)")
-    return args, package, info, split
+    predictor = load_predictor(package, onnx_file=ONNX_FP32)
+    setattr(predictor, switch_off, None)
+    return args, package, info, split, predictor
 
 
 def fit_record(script: str, rule: str, args: argparse.Namespace, split: Manifest, started: float) -> dict[str, Any]:

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 
 from leukoscope.review.benign_check import BenignCheck
 from leukoscope.review.realign import View
-from tests.scripts.test_refit_review import ROOT, script
+from tests.scripts.test_refit_review import script
 
 
 def fit_benign_check():
-    sys.path.insert(0, str(ROOT / "scripts"))  # as when run: it imports its siblings fit_realign and refit_review
-    try:
-        return script("fit_benign_check")
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
+    return script("fit_benign_check")
 
 
 def test_candidates_are_the_written_grid_with_the_package_threshold_and_no_check() -> None:

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 
 from leukoscope.review.realign import RealignRule, View
-from tests.scripts.test_refit_review import ROOT, script
+from tests.scripts.test_refit_review import script
 
 
 def fit_realign():
-    sys.path.insert(0, str(ROOT / "scripts"))  # as when run: it imports its sibling refit_review
-    try:
-        return script("fit_realign")
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
+    return script("fit_realign")
 
 
 def test_candidates_are_the_written_grid_with_one_empty_candidate() -> None:
