@@ -41,6 +41,7 @@ from benchmarks.speed_e2e import (
     decode_timing,
     e2e_folder,
     overlap_check,
+    review_view_passes,
     startup_seconds,
     time_cli,
     time_predict_paths,
@@ -314,6 +315,7 @@ def measure_e2e(packages: dict[str, Path], bundled: str, split: Any, work: Path,
             out["decode"] = decode_timing(predictor, files[: args.decode_images], args.repeats)
             out["overlap"] = overlap_check(predictor, files, out["predict_paths_fp32_one_stream"]["seconds"],
                                            args.e2e_repeats)
+            out["review_view_passes"] = review_view_passes(predictor, [predictor._decode_path(f) for f in files])
     for key in ("cli_fp32", "cli_int8"):  # readable commands: placeholders for the temporary paths
         for path, name in ((folder, f"FOLDER_OF_{len(files)}_IMAGES"), (work / "predict.csv", "OUT.csv"),
                            (variant, f"{'INT8' if bundled == 'fp32' else 'FP32'}_PACKAGE")):

@@ -92,6 +92,12 @@ def render_e2e(results: dict[str, Any]) -> str:
              f"alone {o['inference_s']:.2f} s; the same work without overlap (decode a batch, wait, run it) "
              f"{o['no_overlap_s']:.2f} s; predict_paths with one stream (decoding batch k+1 in threads while batch k "
              f"runs) {o['predict_paths_s']:.2f} s: {overlap_verdict(o)}\n")
+    if "review_view_passes" in e2e:
+        text += (f"\nThe network ran {e2e['review_view_passes']:.3f} more passes per image than one on these files: the "
+                 "package's review views (realignment of images the OOD check flags, the Benign view check of Benign "
+                 "calls nothing else flags), counted in Predictor._finish. The model-only figure makes one pass per "
+                 f"image, so with the views the end-to-end ceiling is about {1 / (1 + e2e['review_view_passes']):.2f}x "
+                 "it before any decoding or start-up.\n")
     return text
 
 
