@@ -172,6 +172,7 @@ def measure(model: str | Path, records: Manifest, replay: Manifest, work: Path, 
             result = adapt_manifests(parent, lab, replay, out, options=options, log=log,
                                      command=f"benchmarks.second_lab: adapt on lab B, N={n}")
             entry["adapt_metrics"] = result.metrics
+            entry["lab_shift"] = result.info["adaptation"].get("lab_shift")
             entry.update(_scored(out, f"N={n}", eval_b, lab_a))
         except AdaptationRefused as exc:
             entry["refused"] = str(exc)
@@ -260,6 +261,14 @@ def render(result: dict[str, Any], command: str, model: str, wall: float, plot: 
     header = ["package", "lab-B accuracy", "lab-B flagged", "leukemia called Benign: flagged / not flagged",
               "benign called leukemia, not flagged", "lab-A accuracy", "adapt + score time"]
     body += table(header, [cells(row) for row in result["rows"]]) + "\n"
+    shifts = [(row["n"], row["lab_shift"]) for row in result["rows"] if row.get("lab_shift")]
+    if shifts:
+        body += ("Lab B's shift as each adaptation estimated it from its adaptation images (simulated replay, "
+                 "`leukoscope.adaptation.lab_shift`; the true one is above):\n\n" + "".join(
+                     f"- N={n}: magnification x{s['magnification']:.2f}, hue {s['hue_degrees']:+.0f} deg, colour "
+                     + ", ".join(f"{c} x{a:.2f}{b:+.0f}" for c, a, b in zip("RGB", s["colour_slope"],
+                                                                             s["colour_offset"], strict=True))
+                     + "\n" for n, s in shifts) + "\n")
     body += "Issue #13's targets with N = 100:\n\n" + "".join(
         f"- {name}: {measured}: **{'PASS' if met else 'FAIL'}**\n" for name, met, measured in targets(result))
     if plot:

@@ -43,7 +43,7 @@ from leukoscope.review.realign import View
 from leukoscope.review.rules import MAX_FLAG_RISE
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fit_realign import fit_record, open_fit, outputs, record_fit, val_table
+from fit_realign import fit_record, open_fit, outputs, read_copy, record_fit, val_table
 
 CANDIDATE_VIEWS = {"x0.5": (0.5,), "x2": (2.0,), "x0.5, x2": (0.5, 2.0), "x0.71, x1.41": (0.71, 1.41),
                    "x0.5, x0.71, x1.41, x2": (0.5, 0.71, 1.41, 2.0)}
@@ -114,9 +114,8 @@ def choose(table: dict[str, dict[str, dict[str, Any]]], checks: dict[str, Benign
 
 def copy_outputs(predictor: Predictor, files: list[bytes], pixels: np.ndarray, labels: np.ndarray,
                  views: list[View], name: str) -> CopyOutputs:
-    predictions = predictor.predict_bytes([(f"{name}/{i}", data) for i, data in enumerate(files)])
-    called = np.array([predictor.classes.index(p.label) if p.label else -1 for p in predictions])
-    flagged = np.array([p.review for p in predictions], bool)
+    calls = read_copy(predictor, files, name)
+    called, flagged = calls.called, calls.flagged
     rows = np.flatnonzero((called == predictor.benign_index) & ~flagged)
     p_benign = np.zeros((len(views), 0))
     if len(rows):
@@ -130,12 +129,10 @@ def checked_on_val(predictor: Predictor, check: BenignCheck, val_copies: dict[st
     predictor.benign_check = check
     out = {}
     for name, (files, labels) in val_copies.items():
-        predictions = predictor.predict_bytes([(f"{name}/{i}", data) for i, data in enumerate(files)])
-        called = np.array([predictor.classes.index(p.label) if p.label else -1 for p in predictions])
-        flagged = np.array([p.review for p in predictions], bool)
-        missed = (labels != predictor.benign_index) & (called == predictor.benign_index) & ~flagged
-        row = {"flagged": float(flagged.mean()), "leukemia_called_benign_not_flagged": int(missed.sum()),
-               "benign_view_flags": sum("benign_view" in p.review_codes for p in predictions)}
+        calls = read_copy(predictor, files, name)
+        row = {"flagged": float(calls.flagged.mean()),
+               "leukemia_called_benign_not_flagged": int(calls.missed(labels, predictor.benign_index).sum()),
+               "benign_view_flags": sum("benign_view" in p.review_codes for p in calls.predictions)}
         if (row["leukemia_called_benign_not_flagged"] != expected[name]["leukemia_called_benign_not_flagged"]
                 or abs(row["flagged"] - expected[name]["flagged"]) > 1e-9):
             raise DataError(f"the chosen check gave other numbers through predict_bytes on {name!r} than in the "

@@ -28,6 +28,7 @@ import json
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from leukoscope.data.shifts import HUE_SHIFTS, MAGNIFICATION_SHIFTS
 from leukoscope.errors import DataError
 from leukoscope.inference.export import shifted_copies
 from leukoscope.inference.package import MODEL_JSON, ONNX_FP32, bundled_package_path, verify_package
+from leukoscope.inference.prediction import Prediction
 from leukoscope.inference.predictor import Predictor, load_predictor
 from leukoscope.review.realign import RealignRule, View
 
@@ -218,6 +220,27 @@ def sections(info: dict[str, Any]) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class CopyCalls:
+    """What the Predictor said on one copy of the val part: the calls (class index, -1 without a class) and
+    the review flags, one per file, in order."""
+
+    predictions: list[Prediction]
+    called: np.ndarray
+    flagged: np.ndarray
+
+    def missed(self, labels: np.ndarray, benign: int) -> np.ndarray:
+        """Leukemia images called Benign without a review flag: the error that must never go unflagged."""
+        return (labels != benign) & (self.called == benign) & ~self.flagged
+
+
+def read_copy(predictor: Predictor, files: list[bytes], name: str) -> CopyCalls:
+    """Every file of one val copy through Predictor.predict_bytes, as a lab's upload would go."""
+    predictions = predictor.predict_bytes([(f"{name}/{i}", data) for i, data in enumerate(files)])
+    called = np.array([predictor.classes.index(p.label) if p.label else -1 for p in predictions])
+    return CopyCalls(predictions, called, np.array([p.review for p in predictions], bool))
+
+
 def checked_on_val(predictor: Predictor, rule: RealignRule | None, val_copies: dict[str, list[bytes]], labels: np.ndarray,
                    info: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The chosen rule through Predictor.predict_bytes on every val copy, against no realignment: accuracy,
@@ -228,12 +251,9 @@ def checked_on_val(predictor: Predictor, rule: RealignRule | None, val_copies: d
         row = {}
         for label, applied in (("before", None), ("after", rule)):
             predictor.realign = applied
-            predictions = predictor.predict_bytes([(f"{name}/{i}", data) for i, data in enumerate(files)])
-            called = np.array([predictor.classes.index(p.label) if p.label else -1 for p in predictions])
-            flagged = np.array([p.review for p in predictions])
-            missed = (labels != benign) & (called == benign)
-            row[label] = {"accuracy": float(np.mean(called == labels)), "flagged": float(flagged.mean()),
-                          "leukemia_called_benign_not_flagged": int((missed & ~flagged).sum())}
+            calls = read_copy(predictor, files, name)
+            row[label] = {"accuracy": float(np.mean(calls.called == labels)), "flagged": float(calls.flagged.mean()),
+                          "leukemia_called_benign_not_flagged": int(calls.missed(labels, benign).sum())}
         out[name] = row
         if row["after"]["leukemia_called_benign_not_flagged"] > row["before"]["leukemia_called_benign_not_flagged"]:
             raise DataError(f"realignment left more leukemia images called Benign without a flag on {name!r}")

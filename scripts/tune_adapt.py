@@ -35,7 +35,32 @@ Rule:
 3. If none is eligible: among the non-refused, the smallest lab-A' drop, then rule 2's order. If every
    candidate is refused: no change to the defaults.
 
+Revision 2 (2026-12-01, written before any of its candidates was measured): simulated replay
+(`leukoscope.adaptation.lab_shift`: the parent's training images shown through the lab's shift estimated
+from its adaptation images). Candidates: the defaults of revision 1 (lr 5e-5, replay 4, no simulated
+replay: `lr5e-05_r4`) and the same with simulate_ratio 2 and 4 (`lr5e-05_r4_s2`, `lr5e-05_r4_s4`), same
+data, epochs and rules 1-3, rule 2's ties broken last by the lower simulate ratio (less work). The choice
+sets AdaptOptions.simulate_ratio.
+
+Revision 3 (2026-12-01, written after revision 2's numbers and before any of its own was measured): the
+revision-2 choice with its simulated images also in the export's training part (AdaptOptions.simulate_review:
+the OOD statistics and the image-quality and cell-scale ranges then know the lab's look), candidate
+`<choice>_review`. Eligible: rule 1, and no more lab-B' leukemia called Benign without a flag than the
+revision-2 choice; then rule 2's order against the revision-2 choice. The choice sets
+AdaptOptions.simulate_review.
+
+Revision 4 (2026-12-01, written before any of its numbers was measured). Why: on the second-lab benchmark
+(test part) the revision-3 defaults left 2 leukemia images called Benign without a flag at N = 100, where
+every tuning candidate had left 0 on lab B'. The test part must not choose, so the question goes back to
+validation data, made wider: two more tuning labs from the same val part through other shifts (`LABS`: b2,
+b3), each adapted with the revision-2 choice (`lr5e-05_r4_s2`) and the revision-3 choice
+(`lr5e-05_r4_s2_review`). Rule: keep simulate_review only if its leukemia called Benign without a flag,
+summed over b1 (= lab B'), b2 and b3, is not above the revision-2 choice's; else switch it off (safety
+first: fewer flags never buy a missed leukemia). `safety` prints the table and the decision.
+
     nice -n 5 .venv/bin/python scripts/tune_adapt.py run lr5e-5_r2 lr1e-4_r2   # one or more candidates
+    nice -n 5 .venv/bin/python scripts/tune_adapt.py run --lab b2 lr5e-05_r4_s2 lr5e-05_r4_s2_review
+    .venv/bin/python scripts/tune_adapt.py safety                               # revision 4's decision
     .venv/bin/python scripts/tune_adapt.py choose                                # table + choice.json
 """
 
@@ -68,17 +93,28 @@ SPLIT = ROOT / "bundle" / "split.csv"
 OUT = Path("/work/scratch/tune_adapt")
 SHIFT = Shift(hue_degrees=-10.0, stain_h=1.25, stain_e=0.85, magnification=1.7, blur_sigma=0.4, gain_r=0.92,
               gain_b=1.08, jpeg_quality=75)
+LABS = {  # revision 4's tuning labs (b1 is lab B' above; its results stay in OUT itself)
+    "b1": SHIFT,
+    "b2": Shift(hue_degrees=15.0, stain_h=0.9, stain_e=1.15, magnification=1.4, blur_sigma=0.6, gain_r=1.08,
+                gain_b=0.9, jpeg_quality=65),
+    "b3": Shift(hue_degrees=-20.0, stain_h=1.2, magnification=0.7, blur_sigma=0.3, gain_r=0.95, gain_b=1.05,
+                jpeg_quality=80),
+}
 SEED, POOL, EPOCHS, LAB_A_TOLERANCE = 31, 100, 6, 0.003
 CANDIDATES = {f"lr{lr:g}_r{ratio:g}": {"lr": lr, "replay_ratio": ratio}
               for lr in (5e-5, 1e-4) for ratio in (2.0, 4.0)}
+CANDIDATES.update({f"lr5e-05_r4_s{sim:g}": {"lr": 5e-5, "replay_ratio": 4.0, "simulate_ratio": sim}
+                   for sim in (2.0, 4.0)})  # revision 2
+CANDIDATES.update({f"lr5e-05_r4_s{sim:g}_review": {"lr": 5e-5, "replay_ratio": 4.0, "simulate_ratio": sim,
+                                                   "simulate_review": True} for sim in (2.0, 4.0)})  # revision 3
 DISCLAIMER = "Research software, not a medical device."
 
 
-def tuning_data(work: Path) -> dict[str, Any]:
+def tuning_data(work: Path, shift: Shift = SHIFT) -> dict[str, Any]:
     """Lab B' (adaptation set split as adapt splits it, evaluation part), lab A' and the replay split."""
     full = read_manifest_csv(SPLIT, DATA)
     original = full.part("val")
-    lab_b = lab_b_files(original, work / "lab-b-prime", SHIFT)
+    lab_b = lab_b_files(original, work / "lab-b-prime", shift)
     in_pool = pool_and_evaluation(original, POOL, SEED)
     pool_b = lab_b.with_records(r for r, p in zip(lab_b.records, in_pool, strict=True) if p)
     eval_b = lab_b.with_records(r for r, p in zip(lab_b.records, in_pool, strict=True) if not p)
@@ -95,7 +131,7 @@ def scored(package: Path, name: str, eval_b: Manifest, lab_a: Manifest) -> dict[
     return {key: row.__dict__ for key, row in evaluate(package, name, eval_b, lab_a).items()}
 
 
-def run(names: list[str], out: Path, threads: int | None) -> None:
+def run(names: list[str], out: Path, threads: int | None, shift: Shift = SHIFT) -> None:
     """Adapt and score each named candidate; one JSON per candidate (and the parent's once)."""
     import torch
 
@@ -108,7 +144,7 @@ def run(names: list[str], out: Path, threads: int | None) -> None:
         if name not in CANDIDATES:
             raise SystemExit(f"unknown candidate {name!r}; one of {', '.join(CANDIDATES)}")
         work = out / "work" / name
-        data = tuning_data(work)
+        data = tuning_data(work, shift)
         lab = with_classes(data["lab"], parent.classes, "lab B'")
         replay = with_classes(data["replay"], parent.classes, "the replay split")
         parent_file = out / "parent.json"
@@ -116,7 +152,7 @@ def run(names: list[str], out: Path, threads: int | None) -> None:
             write_json(parent_file, {"name": "parent", **scored(parent.path, "parent", data["eval_b"],
                                                                  data["lab_a"])})
         options = AdaptOptions(epochs=EPOCHS, threads=threads, **CANDIDATES[name])
-        entry: dict[str, Any] = {"name": name, **CANDIDATES[name], "epochs": EPOCHS, "shift": SHIFT.describe(),
+        entry: dict[str, Any] = {"name": name, **CANDIDATES[name], "epochs": EPOCHS, "shift": shift.describe(),
                                  "parts": {p: len(lab.part(p)) for p in ("train", "val", "test")},
                                  "evaluation": len(data["eval_b"]), "options": asdict(options),
                                  "command": f"nice -n 5 .venv/bin/python scripts/tune_adapt.py run {name}"}
@@ -146,9 +182,18 @@ def choose(entries: list[dict[str, Any]], parent: dict[str, Any]) -> dict[str, A
     for e in done:
         e["lab_a_drop_points"] = (base - e["lab_a"]["accuracy"]) * 100
     eligible = [e for e in done if e["lab_a_drop_points"] <= LAB_A_TOLERANCE * 100 + 1e-9]
+    by_name = {e["name"]: e for e in done}
+
+    def safe(e: dict[str, Any]) -> bool:  # revision 3: no more unflagged misses than without simulate_review
+        base = by_name.get(e["name"].removesuffix("_review")) if e.get("simulate_review") else None
+        missed = "leukemia_called_benign_not_flagged"
+        return base is None or e["lab_b"][missed] <= base["lab_b"][missed]
+
+    eligible = [e for e in eligible if safe(e)]
 
     def order(e: dict[str, Any]) -> tuple[Any, ...]:
-        return -round(e["lab_b"]["accuracy"] * e["lab_b"]["n"]), e["lab_b"]["flagged"], e["lr"], -e["replay_ratio"]
+        return (-round(e["lab_b"]["accuracy"] * e["lab_b"]["n"]), e["lab_b"]["flagged"], e["lr"], -e["replay_ratio"],
+                e.get("simulate_ratio", 0.0))
 
     if eligible:
         return min(eligible, key=order)
@@ -182,24 +227,61 @@ def report(out: Path) -> None:
         verdict = f"{chosen['name']} ({'rule 2' if eligible else 'no candidate eligible: rule 3'})"
     lines += ["", f"chosen: {verdict}"]
     write_text(out / "TABLE.md", "\n".join(lines) + "\n")
-    write_json(out / "choice.json", {"chosen": chosen and {k: chosen[k] for k in ("name", "lr", "replay_ratio",
-                                                                                    "epochs")},
+    write_json(out / "choice.json", {"chosen": chosen and {k: chosen.get(k, 0.0) for k in (
+                                         "name", "lr", "replay_ratio", "simulate_ratio", "simulate_review",
+                                         "epochs")},
                                      "disclaimer": DISCLAIMER})
+    print("\n".join(lines))
+
+
+def lab_out(out: Path, lab: str) -> Path:
+    return out if lab == "b1" else out / lab
+
+
+def safety(out: Path) -> None:
+    """Revision 4's table and decision."""
+    missed = "leukemia_called_benign_not_flagged"
+    totals = {"lr5e-05_r4_s2": 0, "lr5e-05_r4_s2_review": 0}
+    lines = [f"# adapt defaults, revision 4: safety on three tuning labs ({DISCLAIMER})", "",
+             "| tuning lab | shift | candidate | lab-B accuracy | flagged | leukemia called Benign: flagged / not "
+             "flagged | lab-A accuracy |", "|---|---|---|---|---|---|---|"]
+    for lab, shift in LABS.items():
+        for name in totals:
+            path = lab_out(out, lab) / "candidates" / f"{name}.json"
+            if not path.is_file():
+                raise SystemExit(f"{path} is missing: run `scripts/tune_adapt.py run --lab {lab} {name}` first")
+            e = json.loads(path.read_text())
+            if "refused" in e:
+                lines.append(f"| {lab} | {shift.describe()} | {name} | {e['refused']} | | | |")
+                continue
+            b, a = e["lab_b"], e["lab_a"]
+            totals[name] += b[missed]
+            lines.append(f"| {lab} | {shift.describe()} | {name} | {b['accuracy']:.2%} ({b['n']}) | {b['flagged']:.1%} "
+                         f"| {b['leukemia_called_benign_flagged']} / {b[missed]} | {a['accuracy']:.2%} |")
+    keep = totals["lr5e-05_r4_s2_review"] <= totals["lr5e-05_r4_s2"]
+    lines += ["", f"leukemia called Benign without a flag, summed: without simulate_review "
+              f"{totals['lr5e-05_r4_s2']}, with {totals['lr5e-05_r4_s2_review']}: simulate_review "
+              f"{'kept' if keep else 'switched off'}"]
+    write_text(out / "SAFETY.md", "\n".join(lines) + "\n")
+    write_json(out / "safety.json", {"totals": totals, "simulate_review": keep, "disclaimer": DISCLAIMER})
     print("\n".join(lines))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=("run", "choose"))
+    parser.add_argument("action", choices=("run", "choose", "safety"))
+    parser.add_argument("--lab", choices=tuple(LABS), default="b1", help="tuning lab (revision 4)")
     parser.add_argument("candidates", nargs="*", default=list(CANDIDATES))
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--threads", type=int, default=None, help="torch / onnxruntime threads")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # `run --lab b2 NAME ...`: options between the positionals
     print(DISCLAIMER, flush=True)
     if args.action == "run":
-        run(args.candidates, args.out, args.threads)
+        run(args.candidates, lab_out(args.out, args.lab), args.threads, LABS[args.lab])
+    elif args.action == "safety":
+        safety(args.out)
     else:
-        report(args.out)
+        report(lab_out(args.out, args.lab))
 
 
 if __name__ == "__main__":

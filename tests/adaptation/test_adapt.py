@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import leukoscope
 from leukoscope.adaptation.adapt import CARD, CONFIG, LAB_SPLIT, REPLAY_SPLIT, adapt
@@ -21,10 +22,12 @@ from leukoscope.data.discover import discover
 from leukoscope.data.manifest import read_manifest_csv
 from leukoscope.errors import ConfigError, DataError, ModelError, UsageError
 from leukoscope.inference.package import verify_package
+from leukoscope.training.dataset import TensorSet
 from tests.adaptation.fixtures import make_lab, shared_parent
 from tests.helpers.modelfixtures import shared_tiny_package, shared_tiny_run
 
-GOOD = AdaptOptions(epochs=16, lr=5e-4, replay_ratio=2.0, augment="paper", device="cpu", threads=1)
+GOOD = AdaptOptions(epochs=16, lr=5e-4, replay_ratio=2.0, simulate_ratio=1.0, simulate_review=True, augment="paper",
+                    device="cpu", threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +66,10 @@ def test_adapting_to_a_stained_lab_helps_and_names_the_parent(parent: Path, stai
     assert replay["after"]["accuracy"] >= replay["before"]["accuracy"] - 0.005  # and it did not forget
     assert lab["before"]["images"] == lab["after"]["images"] == 24 and replay["before"]["images"] == 24
     assert {"flagged_fraction", "leukemia_called_benign_not_flagged"} <= set(lab["after"]["review"])
+    shift = result.info["adaptation"]["lab_shift"]  # simulated replay: the lab's estimated look, recorded
+    assert set(shift) >= {"magnification", "hue_degrees", "colour_slope", "colour_offset"}
+    assert any(line.startswith("the lab's estimated shift: magnification x") for line in lines)
+    assert [row["simulated_images"] for row in result.info["adaptation"]["history"]] == [44] * 16
     assert result.line().startswith(f"wrote {out} (adapted from parent): lab held-out accuracy ")
 
     info = verify_package(out)  # every file, the added ones too, matches its sha256
@@ -76,17 +83,30 @@ def test_adapting_to_a_stained_lab_helps_and_names_the_parent(parent: Path, stai
     assert datasets["replay"]["split_digest"] == parent_info["data"]["split_digest"]
     assert {LAB_SPLIT, REPLAY_SPLIT, CONFIG} <= set(info["files"])
     assert info["adaptation"]["options"]["augment"] == "paper" and info["adaptation"]["command"] == "test"
-    assert info["temperature"] > 0 and info["data"]["parts"] == {"train": 44 + 60, "val": 12 + 12, "test": 24 + 24}
+    assert info["temperature"] > 0 and info["data"]["parts"] == {"train": 44 + 60 + 60, "val": 12 + 12, "test": 24 + 24}
     lab_split = read_manifest_csv(out / LAB_SPLIT, stained_lab)
     assert lab_split.digest() == datasets["lab"]["split_digest"]
     card = (out / CARD).read_text()
     assert "parent" in card and datasets["lab"]["manifest_digest"] in card and "Before and after" in card
+    assert "- Simulated replay: 1 of the replay's train images per lab image" in card
 
     predictor = leukoscope.load_model(out)  # loads and predicts like any package
     paths = discover(stained_lab).paths()[:3]
     assert [p.status for p in predictor.predict_paths(paths)] == ["ok"] * 3
     assert any("fp32 ONNX vs PyTorch" in line for line in lines)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapted"]  # no staging left
+
+
+def test_simulated_replay_without_replay_data_is_skipped_with_a_line() -> None:
+    from leukoscope.adaptation.adapt import _simulated
+
+    lab = TensorSet(torch.zeros((2, 3, 8, 8), dtype=torch.uint8), torch.zeros(2, dtype=torch.long))
+    lines: list[str] = []
+    assert _simulated(None, lab, None, AdaptOptions(simulate_ratio=2.0), None, lines.append) == (None, None)
+    assert lines == ["simulated replay needs the parent's training images (--replay) and lab images to adapt on: "
+                     "skipped"]
+    assert _simulated(None, lab, lab, AdaptOptions(simulate_ratio=0.0), None, lines.append) == (None, None)
+    assert len(lines) == 1  # switched off: nothing to say
 
 
 def test_refused_when_the_lab_held_out_accuracy_does_not_improve(tiny: Path, tiny_replay: dict[str, Path],

@@ -14,6 +14,8 @@ from leukoscope.errors import ConfigError
     ({"replay_ratio": float("inf")}, "--replay-ratio must be a finite number, 0 or more, got inf"),
     ({"lr": float("inf")}, "--lr must be above 0 and finite"),
     ({"lr": float("nan")}, "--lr must be above 0 and finite"),
+    ({"simulate_ratio": float("nan")}, "--simulate-ratio must be a finite number, 0 or more, got nan"),
+    ({"simulate_ratio": -1.0}, "--simulate-ratio must be a finite number, 0 or more, got -1"),
     ({"seed": -1}, "--seed must be 0 or more, got -1"),  # numpy refused it after the parent was loaded
 ])
 def test_bad_options_are_one_config_error(changes, message) -> None:

@@ -7,15 +7,29 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from leukoscope.adaptation.card import model_card
-from leukoscope.adaptation.data import LAB, REPLAY, Parent, describe, joined, lab_split, replay_split, with_classes
+from leukoscope.adaptation.data import (
+    LAB,
+    REPLAY,
+    SIMULATED,
+    Parent,
+    describe,
+    joined,
+    lab_split,
+    replay_split,
+    with_classes,
+    with_simulated,
+)
 from leukoscope.adaptation.finetune import AdaptOptions, epoch_set, replay_count, round_fp16
 from leukoscope.adaptation.scores import LAB_HELD_OUT, REPLAY_TEST, AdaptationRefused, judge, summary_line
 from leukoscope.data.classes import CANONICAL_CLASSES
 from leukoscope.data.discover import discover
+from leukoscope.data.fileio import sha256_file
 from leukoscope.data.split import split
 from leukoscope.errors import DataError, UsageError
 from leukoscope.models.factory import ModelSpec
@@ -137,6 +151,25 @@ def test_joined_folder_and_descriptions(tmp_path: Path) -> None:
     assert info["images"] == 24 and info["parts"]["val"] == 0 and info["split_digest"] == lab.digest()
     assert info["manifest_digest"] != info["split_digest"] and info["classes"]["Pre-B"] == 6
     assert with_classes(discover(tmp_path / "lab"), CANONICAL_CLASSES, "x").classes == CANONICAL_CLASSES
+
+
+def test_simulated_images_join_the_training_part_as_files(tmp_path: Path) -> None:
+    lab = lab_split(make_lab(tmp_path / "lab", per_class=6), CANONICAL_CLASSES, held_out=0.3, val=0.0, seed=0)
+    replay = split(discover(make_lab(tmp_path / "replay", per_class=6, start=5)), test_size=0.3, seed=0)
+    both = joined(lab, replay, tmp_path / "work" / "data")
+    train = replay.part("train")
+    images = torch.randint(0, 256, (len(train), 3, 8, 8), dtype=torch.uint8)
+    more = with_simulated(both, train, images)
+    added = more.records[len(both):]
+    assert more.records[:len(both)] == both.records and len(added) == len(train)
+    assert {r.part for r in added} == {"train"} and [r.label for r in added] == [r.label for r in train.records]
+    assert all(r.path.startswith(f"{SIMULATED}/") and r.path.endswith(".png") for r in added)
+    first = np.asarray(Image.open(more.root / added[0].path))
+    assert np.array_equal(first, images[0].permute(1, 2, 0).numpy())  # lossless, pixel for pixel
+    assert added[0].sha256 == sha256_file(more.root / added[0].path)
+    assert not (tmp_path / "replay" / SIMULATED).exists()  # written beside the links, never into a dataset
+    with pytest.raises(ValueError, match="simulated images for"):
+        with_simulated(both, train, images[:1])
 
 
 def test_model_card_names_the_parent_datasets_and_figures() -> None:

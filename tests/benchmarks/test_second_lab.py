@@ -104,5 +104,10 @@ def test_core_runs_on_a_small_parent_and_counts_add_up(tmp_path_factory: pytest.
     assert len(checks) == 4 and all(not met for _, met, _ in checks)  # N = 100 was not measured: FAIL
     text = second_lab.render(result, "python -m benchmarks.second_lab", "model parent", 1.0, "x.png")
     assert second_lab.DISCLAIMER in text and text.count("**FAIL**") == 4 and "N=12" in text
+    estimate = {"magnification": 1.5, "hue_degrees": -15.0, "colour_slope": [1.0, 1.1, 0.9],
+                "colour_offset": [0.0, -3.0, 2.0]}
+    with_shift = {**result, "rows": [*rows, {**rows[0], "n": 99, "lab_shift": estimate}]}
+    text = second_lab.render(with_shift, "python -m benchmarks.second_lab", "model parent", 1.0, None)
+    assert "- N=99: magnification x1.50, hue -15 deg, colour R x1.00+0, G x1.10-3, B x0.90+2\n" in text
     second_lab.save_plot(result, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

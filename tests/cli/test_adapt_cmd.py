@@ -28,7 +28,7 @@ def test_adapt_writes_a_package_that_names_its_parent(tmp_path_factory: pytest.T
     parent = shared_parent(tmp_path_factory)
     out = tmp_path / "adapted"
     code, stdout, err = run(capsys, "adapt", parent, stained_lab, "--out", out, "--epochs", "16", "--lr", "5e-4",
-                            "--augment", "paper", "--device", "cpu", "--name", "lab-b", "-q")
+                            "--augment", "paper", "--device", "cpu", "--name", "lab-b", "--simulate-ratio", "1", "-q")
     assert code == 0, err
     line = stdout.strip()
     assert line.startswith(f"wrote {out} (adapted from parent): lab held-out accuracy ") and "(24 images)" in line
@@ -36,6 +36,8 @@ def test_adapt_writes_a_package_that_names_its_parent(tmp_path_factory: pytest.T
     info = json.loads((out / "model.json").read_text())
     assert info["name"] == "lab-b" and info["parent"]["name"] == "parent"
     assert info["adaptation"]["datasets"]["replay"] is None
+    assert info["adaptation"]["options"]["simulate_ratio"] == 1.0  # asked for, but no replay to simulate from
+    assert info["adaptation"]["lab_shift"] is None
     assert info["adaptation"]["command"].startswith("leukoscope")  # as typed (sys.argv), like train's
     assert (out / "MODEL_CARD.md").is_file() and (out / "adaptation.yaml").is_file()
     metrics = info["adaptation"]["metrics"]["lab_held_out"]
@@ -65,6 +67,7 @@ def test_adapt_bad_input_is_one_line_exit_2(tmp_path_factory: pytest.TempPathFac
         (["adapt", tiny, stained_lab, "--out", out, "--epochs", "0"], "--epochs must be at least 1"),
         (["adapt", tiny, stained_lab, "--out", out, "--held-out", "1.5"], "--held-out must be in (0, 1)"),
         (["adapt", tiny, stained_lab, "--out", out, "--augment", "wild"], "--augment must be one of"),
+        (["adapt", tiny, stained_lab, "--out", out, "--simulate-ratio", "nan"], "--simulate-ratio must be a finite"),
         (["adapt", tiny, stained_lab, "--out", out, "--split", tmp_path / "s.csv"], "give --replay DATA too"),
         (["adapt", tiny, stained_lab, "--out", tiny], "exists and is not empty"),
     ]

@@ -29,8 +29,19 @@ from typing import Any
 import yaml
 
 from leukoscope.adaptation.card import model_card
-from leukoscope.adaptation.data import Parent, describe, joined, lab_split, load_parent, replay_split, with_classes
+from leukoscope.adaptation.data import (
+    Parent,
+    describe,
+    joined,
+    lab_split,
+    load_parent,
+    replay_split,
+    with_classes,
+    with_simulated,
+)
 from leukoscope.adaptation.finetune import AdaptOptions, Progress, finetune, round_fp16
+from leukoscope.adaptation.lab_shift import LabShift
+from leukoscope.adaptation.lab_shift import estimate as estimate_lab_shift
 from leukoscope.adaptation.scores import LAB_HELD_OUT, REPLAY_TEST, judge, network_scores, review_figures, summary_line
 from leukoscope.data.fileio import sha256_file, write_text
 from leukoscope.data.manifest import Manifest
@@ -44,6 +55,11 @@ CARD, CONFIG, LAB_SPLIT, REPLAY_SPLIT = "MODEL_CARD.md", "adaptation.yaml", "lab
 METHOD = ("fine-tuned on the lab's train part (BatchNorm frozen), each epoch with as many of the replay data's "
           "train images as --replay-ratio says; temperature, review thresholds and OOD statistics refitted on "
           "both datasets' train and val parts by the export")
+SIMULATED_METHOD = ("; simulated replay: as many of the replay's train images per lab image as --simulate-ratio says, "
+             "shown through the lab's shift estimated from its adaptation images (magnification and hue by the "
+             "parent's likelihood of their verified classes, colour by per-channel statistics)")
+SIMULATED_REVIEW = ("; the simulated images also joined the export's training part (OOD statistics, image-quality "
+                    "and cell-scale ranges)")
 
 
 @dataclass(frozen=True)
@@ -118,16 +134,20 @@ def adapt_manifests(parent: Parent, lab: Manifest, replay: Manifest | None, out:
     log(f"lab: {len(lab_train)} images to adapt on, {len(lab.part('val'))} to calibrate on, {len(lab_test)} held "
         "out" + (f"; replay: {len(replay_train)} train, {len(replay_test)} test" if replay is not None else ""))
     model = copy.deepcopy(parent.model).to(device).eval()
+    shift, simulated = _simulated(model, lab_train, replay_train, options, pre, log)
     metrics: dict[str, Any] = {LAB_HELD_OUT: {"before": _scores(model, lab_test, parent)}}
     if replay_test is not None:
         metrics[REPLAY_TEST] = {"before": _scores(model, replay_test, parent)}
     with tempfile.TemporaryDirectory(prefix="leukoscope-adapt-") as tmp:
         work = Path(tmp)
         data = joined(lab, replay, work / "data")
+        if simulated is not None and replay is not None and options.simulate_review:
+            data = with_simulated(data, replay.part("train"), simulated.images)
         name = options.name or f"{parent.name}-adapted"
         config = options.train_config(str(work / "data"), parent.spec, pre, name)
         history = finetune(model, lab_train, replay_train, config, pre, replay_ratio=options.replay_ratio,
-                           num_classes=len(parent.classes), progress=progress)
+                           num_classes=len(parent.classes), progress=progress, simulated=simulated,
+                           simulate_ratio=options.simulate_ratio)
         model = model.cpu()
         round_fp16(model)
         model.to(device)
@@ -146,9 +166,25 @@ def adapt_manifests(parent: Parent, lab: Manifest, replay: Manifest | None, out:
             if part is not None:
                 metrics[key]["before"]["review"] = review_figures(parent.path, part, threads=options.threads)
                 metrics[key]["after"]["review"] = review_figures(package, part, threads=options.threads)
-        info = _finish(package, parent, lab, replay, metrics, options, history, command, config.to_dict())
+        info = _finish(package, parent, lab, replay, metrics, options, history, command, config.to_dict(), shift)
         _place(package, out)
     return AdaptResult(out, info)
+
+
+def _simulated(model: Any, lab_train: TensorSet, replay_train: TensorSet | None, options: AdaptOptions, pre: Any,
+               log: Log) -> tuple[LabShift | None, TensorSet | None]:
+    """The lab's estimated shift and the replay's training images through it (adaptation.lab_shift), when
+    simulated replay is on and there are replay images to simulate from; else (None, None)."""
+    if options.simulate_ratio <= 0:
+        return None, None
+    if replay_train is None or not len(replay_train) or not len(lab_train):
+        log("simulated replay needs the parent's training images (--replay) and lab images to adapt on: skipped")
+        return None, None
+    shift = estimate_lab_shift(model, lab_train.images, lab_train.labels, replay_train.images, pre,
+                               seed=options.seed)
+    log(f"the lab's estimated shift: {shift.describe()} (the parent's NLL on its adaptation images "
+        f"{shift.nll_as_given:.3f}, undone {shift.nll_undone:.3f})")
+    return shift, TensorSet(shift.apply_batch(replay_train.images), replay_train.labels)
 
 
 def _write_run(run: Path, model: Any, parent: Parent, config: Any, data: Manifest, history: list[dict[str, Any]],
@@ -170,7 +206,7 @@ def _write_run(run: Path, model: Any, parent: Parent, config: Any, data: Manifes
 
 def _finish(package: Path, parent: Parent, lab: Manifest, replay: Manifest | None, metrics: dict[str, Any],
             options: AdaptOptions, history: list[dict[str, Any]], command: str,
-            config: dict[str, Any]) -> dict[str, Any]:
+            config: dict[str, Any], shift: LabShift | None = None) -> dict[str, Any]:
     """model.json's parent and adaptation entries, the card, the config and the splits, in the package."""
     info = json.loads((package / MODEL_JSON).read_text(encoding="utf-8"))
     datasets = {"lab": describe(lab), "replay": describe(replay) if replay is not None else None}
@@ -184,8 +220,11 @@ def _finish(package: Path, parent: Parent, lab: Manifest, replay: Manifest | Non
     write_text(package / CONFIG, yaml.safe_dump(settings, sort_keys=False))
     added.append(CONFIG)
     info["parent"] = parent.identity()
-    info["adaptation"] = {"method": METHOD, "command": command, "datasets": datasets, "metrics": metrics,
-                          "options": asdict(options), "history": history,
+    method = METHOD + (SIMULATED_METHOD if shift is not None else "") + (
+        SIMULATED_REVIEW if shift is not None and options.simulate_review and replay is not None else "")
+    info["adaptation"] = {"method": method, "command": command,
+                          "datasets": datasets, "metrics": metrics, "options": asdict(options), "history": history,
+                          "lab_shift": shift.to_dict() if shift is not None else None,
                           "files": {"config": CONFIG, "lab_split": LAB_SPLIT,
                                     "replay_split": REPLAY_SPLIT if replay is not None else None}}
     info["files"] = {**info["files"], **{name: sha256_file(package / name) for name in added}}

@@ -37,6 +37,22 @@ def _dataset(title: str, data: dict[str, Any]) -> list[str]:
             f"`{data['manifest_digest']}`, split sha256 `{data['split_digest']}`"]
 
 
+def _simulated(options: dict[str, Any], shift: dict[str, Any] | None) -> list[str]:
+    """The simulated-replay line: the lab's estimated shift, or why there was none."""
+    ratio = float(options.get("simulate_ratio") or 0.0)
+    if ratio <= 0:
+        return []
+    if not shift:
+        return [f"- Simulated replay ({ratio:g} per lab image) was asked for but skipped: no replay data."]
+    colour = ", ".join(f"{c} x{s:.2f}{o:+.0f}" for c, s, o in zip("RGB", shift["colour_slope"],
+                                                                  shift["colour_offset"], strict=True))
+    return [f"- Simulated replay: {ratio:g} of the replay's train images per lab image each epoch, shown as this "
+            f"lab would show them. The lab's shift, estimated from its adaptation images: magnification "
+            f"x{shift['magnification']:.2f}, hue {shift['hue_degrees']:+.0f} degrees, colour {colour} (the "
+            f"parent's mean negative log-likelihood of their verified classes {shift['parent_nll_as_given']:.3f}, "
+            f"{shift['parent_nll_undone']:.3f} with magnification and hue undone)."]
+
+
 def model_card(info: dict[str, Any]) -> str:
     """The card's Markdown from an adapted package's model.json."""
     parent, adaptation = info["parent"], info["adaptation"]
@@ -62,6 +78,7 @@ def model_card(info: dict[str, Any]) -> str:
         f"{options['seed']}, trainable: {options['trainable']}, augmentation: {options['augment']}; BatchNorm frozen.",
         f"- Replay: {options['replay_ratio']:g} replayed image(s) per lab image each epoch"
         + ("" if datasets.get("replay") else " (no replay data given)") + ".",
+        *_simulated(options, adaptation.get("lab_shift")),
         f"- Temperature {info.get('temperature', 1.0):.3f} ({info.get('temperature_source', '')}); review below "
         f"confidence {review.get('confidence_threshold', 'n/a')}; out-of-distribution statistics refitted on both "
         "datasets' train parts, thresholded on their val parts.",
@@ -77,6 +94,10 @@ def model_card(info: dict[str, Any]) -> str:
         "## Limitations", "",
         "- The held-out part is small: its accuracy has a wide interval. Keep verifying calls in the web app; the "
         "lab's verified images are its running validation.",
-        "- Adapted to one lab: another lab needs its own adaptation.", "",
+        "- Adapted to one lab: another lab needs its own adaptation.",
+        "- An adapted package does not carry its parent's realignment or Benign view check, and on the project's "
+        "simulated second lab adapted packages have called a few leukemia images Benign without a review flag "
+        "(benchmarks/RESULTS.md, second lab): verify Benign calls, with their Grad-CAM, until the lab's own "
+        "verified images show how the package does there.", "",
     ]
     return "\n".join(lines)

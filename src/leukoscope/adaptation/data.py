@@ -10,14 +10,19 @@ is exported as any run is: one split.csv over one data root.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+from PIL import Image
+
 from leukoscope.data.classes import canonical_class
 from leukoscope.data.discover import discover
+from leukoscope.data.fileio import sha256_bytes, write_bytes
 from leukoscope.data.manifest import Manifest, read_manifest_csv
 from leukoscope.data.split import split
 from leukoscope.errors import DataError, ModelError, UsageError
@@ -27,6 +32,7 @@ from leukoscope.models.factory import ModelSpec
 from leukoscope.models.preprocessing import Preprocess
 
 LAB, REPLAY = "lab", "replay"  # the two datasets' folders under the joined data root
+SIMULATED = "simulated"  # and the simulated replay's, when it joins the export's training part
 
 
 @dataclass
@@ -159,6 +165,24 @@ def joined(lab: Manifest, replay: Manifest | None, folder: Path) -> Manifest:
         os.symlink(Path(manifest.root).resolve(), folder / name, target_is_directory=True)
         records.extend(replace(r, path=f"{name}/{r.path}") for r in manifest.records if r.part)
     return Manifest(folder, lab.classes, records)
+
+
+def with_simulated(data: Manifest, replay_train: Manifest, images: torch.Tensor) -> Manifest:
+    """`data` (from `joined`) plus the simulated replay as training images: `images` (N x 3 x S x S uint8, the
+    replay's train part through the lab's shift, in `replay_train`'s order) written as PNG files under
+    data.root/simulated, one per replay image, with the replay image's label."""
+    if len(images) != len(replay_train):
+        raise ValueError(f"{len(images)} simulated images for {len(replay_train)} replay images")
+    records = list(data.records)
+    for record, pixels in zip(replay_train.records, images.permute(0, 2, 3, 1).cpu().numpy(), strict=True):
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
+        encoded = buffer.getvalue()
+        path = f"{SIMULATED}/{Path(record.path).with_suffix('.png')}"
+        write_bytes(data.root / path, encoded)
+        records.append(replace(record, path=path, sha256=sha256_bytes(encoded), bytes=len(encoded), mode="RGB",
+                               width=pixels.shape[1], height=pixels.shape[0], dhash="", part="train"))
+    return Manifest(data.root, data.classes, records)
 
 
 def describe(manifest: Manifest, *, source: str | Path | None = None) -> dict[str, Any]:

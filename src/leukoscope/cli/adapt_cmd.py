@@ -36,6 +36,12 @@ def adapt(
                               "thresholds."),
     replay_ratio: float = typer.Option(4.0, "--replay-ratio", help="Replayed images per lab image, each epoch "
                                        "(more: less forgetting, slower; default chosen as --lr's)."),
+    simulate_ratio: float = typer.Option(2.0, "--simulate-ratio", help="Images of --replay's train part "
+                                                "per lab image, each epoch, shown through the lab's estimated "
+                                                "magnification, hue and colour (0: none; default chosen as --lr's)."),
+    simulate_review: bool = typer.Option(True, "--simulate-review/--no-simulate-review", help="Also fit "
+                                                "the review statistics (OOD, image quality, cell scale) on the "
+                                                "simulated images (default chosen as --lr's)."),
     augment: str | None = typer.Option(None, "--augment", help="none, paper, strong or robust (default: the parent's "
                                        "training recipe)."),
     int8: bool = typer.Option(False, "--int8", help="Also write a static int8 ONNX model (as `leukoscope export`)."),
@@ -59,7 +65,8 @@ def adapt(
             raise UsageError(f"{what} not found: {path}")
     options = AdaptOptions(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, held_out=held_out, val=val,
                            replay_ratio=replay_ratio, augment=augment, int8=int8, shift_rules=shift_rules, name=name,
-                           device=device)
+                           device=device, simulate_ratio=simulate_ratio, simulate_review=simulate_review)
+
 
     def log(message: str) -> None:
         if not quiet:
