@@ -11,14 +11,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def script(name: str) -> ModuleType:
-    """scripts/NAME.py as a module, with scripts/ on sys.path while it loads (as when run: the fit scripts
-    import their siblings)."""
+    """scripts/NAME.py as a module registered as NAME, with scripts/ on sys.path while it loads (as when run:
+    the fit scripts import their siblings)."""
     spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # as an import would: dataclasses look their module up there
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
         spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
     finally:
         sys.path.remove(str(ROOT / "scripts"))
     return module
