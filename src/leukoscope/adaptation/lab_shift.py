@@ -29,12 +29,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
-from leukoscope.data.shifts import magnify, rotate_hue
 from leukoscope.models.preprocessing import Preprocess
 from leukoscope.models.scoring import score_model
+from leukoscope.review.realign import View, view_batch
 
 SCALES = tuple(round(2 ** (k / 4), 4) for k in range(-4, 5))  # undoing rescalings, x0.5 to x2 (coarse)
 HUES = tuple(float(h) for h in range(-30, 31, 10))  # undoing hue rotations, degrees (coarse)
@@ -56,16 +55,15 @@ class LabShift:
     nll_undone: float = math.nan  # ... and through the undoing view (how much step 1 explains)
 
     def apply(self, pixels: np.ndarray) -> np.ndarray:
-        """An H x W x 3 uint8 image of the parent's as this lab would show it."""
-        image = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8))
-        if self.hue:
-            image = rotate_hue(image, self.hue)
-        if self.magnification != 1.0:
-            image = magnify(image, self.magnification)
-        array = np.asarray(image, dtype=np.float32)
-        if self.slope != (1.0, 1.0, 1.0) or self.offset != (0.0, 0.0, 0.0):
-            array = array * np.asarray(self.slope, np.float32) + np.asarray(self.offset, np.float32)
-        return np.clip(np.rint(array), 0, 255).astype(np.uint8)
+        """An H x W x 3 uint8 image of the parent's as this lab would show it: the geometry and hue as a
+        realignment View would turn it (hue, then magnification), then the colour map."""
+        array = np.asarray(pixels, dtype=np.uint8)
+        if (self.magnification, self.hue) != (1.0, 0.0):
+            array = View(self.magnification, self.hue).apply(array)
+        if self.slope == (1.0, 1.0, 1.0) and self.offset == (0.0, 0.0, 0.0):
+            return array
+        mapped = array.astype(np.float32) * np.asarray(self.slope, np.float32) + np.asarray(self.offset, np.float32)
+        return np.clip(np.rint(mapped), 0, 255).astype(np.uint8)
 
     def apply_batch(self, images: torch.Tensor) -> torch.Tensor:
         """An N x 3 x S x S uint8 tensor through `apply`, on the tensor's device."""
@@ -87,18 +85,8 @@ class LabShift:
 
 
 def _undo(images: np.ndarray, scale: float, hue: float) -> np.ndarray:
-    """NHWC uint8 images through the undoing view (hue first, as View.apply does)."""
-    if scale == 1.0 and hue == 0.0:
-        return images
-    out = []
-    for pixels in images:
-        image = Image.fromarray(pixels)
-        if hue:
-            image = rotate_hue(image, hue)
-        if scale != 1.0:
-            image = magnify(image, scale)
-        out.append(np.asarray(image, dtype=np.uint8))
-    return np.stack(out)
+    """NHWC uint8 images through the undoing view."""
+    return images if (scale, hue) == (1.0, 0.0) else view_batch([View(scale, hue)], images)
 
 
 def _nll(model: nn.Module, images: np.ndarray, labels: np.ndarray, preprocess: Preprocess) -> float:
