@@ -55,9 +55,9 @@ CARD, CONFIG, LAB_SPLIT, REPLAY_SPLIT = "MODEL_CARD.md", "adaptation.yaml", "lab
 METHOD = ("fine-tuned on the lab's train part (BatchNorm frozen), each epoch with as many of the replay data's "
           "train images as --replay-ratio says; temperature, review thresholds and OOD statistics refitted on "
           "both datasets' train and val parts by the export")
-SIMULATED_METHOD = ("; simulated replay: as many of the replay's train images per lab image as --simulate-ratio says, "
-             "shown through the lab's shift estimated from its adaptation images (magnification and hue by the "
-             "parent's likelihood of their verified classes, colour by per-channel statistics)")
+SIMULATED_METHOD = ("; simulated replay: as many of the replay's train images per lab image as --simulate-ratio "
+                    "says, shown through the lab's shift estimated from its adaptation images (magnification and "
+                    "hue by the parent's likelihood of their verified classes, colour by per-channel statistics)")
 SIMULATED_REVIEW = ("; the simulated images also joined the export's training part (OOD statistics, image-quality "
                     "and cell-scale ranges)")
 
@@ -220,10 +220,11 @@ def _finish(package: Path, parent: Parent, lab: Manifest, replay: Manifest | Non
     write_text(package / CONFIG, yaml.safe_dump(settings, sort_keys=False))
     added.append(CONFIG)
     info["parent"] = parent.identity()
-    method = METHOD + (SIMULATED_METHOD if shift is not None else "") + (
-        SIMULATED_REVIEW if shift is not None and options.simulate_review and replay is not None else "")
-    info["adaptation"] = {"method": method, "command": command,
-                          "datasets": datasets, "metrics": metrics, "options": asdict(options), "history": history,
+    method = METHOD  # a shift exists only where there was replay to simulate from (_simulated)
+    if shift is not None:
+        method += SIMULATED_METHOD + (SIMULATED_REVIEW if options.simulate_review else "")
+    info["adaptation"] = {"method": method, "command": command, "datasets": datasets, "metrics": metrics,
+                          "options": asdict(options), "history": history,
                           "lab_shift": shift.to_dict() if shift is not None else None,
                           "files": {"config": CONFIG, "lab_split": LAB_SPLIT,
                                     "replay_split": REPLAY_SPLIT if replay is not None else None}}

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -117,13 +117,15 @@ def estimate_view(model: nn.Module, images: np.ndarray, labels: np.ndarray, prep
     return scale, hue, given, nll(scale, hue)
 
 
-def colour_map(lab: np.ndarray, simulated: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def colour_map(lab: np.ndarray, simulated: np.ndarray) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     """Per-channel (slopes, offsets) that give `simulated` (NHWC uint8) the mean and std of `lab`."""
     lab_f = lab.reshape(-1, 3).astype(np.float64)
     sim_f = simulated.reshape(-1, 3).astype(np.float64)
     slope = np.clip(lab_f.std(0) / np.maximum(sim_f.std(0), 1e-6), *GAIN_LIMITS)
     offset = lab_f.mean(0) - slope * sim_f.mean(0)
-    return tuple(float(round(v, 4)) for v in slope), tuple(float(round(v, 3)) for v in offset)
+    s_r, s_g, s_b = (float(round(v, 4)) for v in slope)
+    o_r, o_g, o_b = (float(round(v, 3)) for v in offset)
+    return (s_r, s_g, s_b), (o_r, o_g, o_b)
 
 
 def estimate(model: nn.Module, lab_images: torch.Tensor, lab_labels: torch.Tensor, parent_images: torch.Tensor,
@@ -137,4 +139,4 @@ def estimate(model: nn.Module, lab_images: torch.Tensor, lab_labels: torch.Tenso
     chosen = torch.randperm(len(parent_images), generator=generator)[:colour_sample]
     simulated = geometry.apply_batch(parent_images[chosen].cpu()).permute(0, 2, 3, 1).numpy()
     slope, offset = colour_map(lab, simulated)
-    return LabShift(geometry.magnification, geometry.hue, slope, offset, given, undone)  # type: ignore[arg-type]
+    return replace(geometry, slope=slope, offset=offset)

@@ -67,7 +67,6 @@ def adapt(
                            replay_ratio=replay_ratio, augment=augment, int8=int8, shift_rules=shift_rules, name=name,
                            device=device, simulate_ratio=simulate_ratio, simulate_review=simulate_review)
 
-
     def log(message: str) -> None:
         if not quiet:
             console.print(escape(message), highlight=False, soft_wrap=True)
