@@ -56,7 +56,9 @@ validation data, made wider: two more tuning labs from the same val part through
 b3), each adapted with the revision-2 choice (`lr5e-05_r4_s2`) and the revision-3 choice
 (`lr5e-05_r4_s2_review`). Rule: keep simulate_review only if its leukemia called Benign without a flag,
 summed over b1 (= lab B'), b2 and b3, is not above the revision-2 choice's; else switch it off (safety
-first: fewer flags never buy a missed leukemia). `safety` prints the table and the decision.
+first: fewer flags never buy a missed leukemia). `safety` prints the table and the decision. (Its first
+runs left simulate_review out of the "without" candidate, which then took the retuned default, on; b3's was
+rerun with it off. b2's refusal comes before the export, where simulate_review acts, so it stands.)
 
     nice -n 5 .venv/bin/python scripts/tune_adapt.py run lr5e-5_r2 lr1e-4_r2   # one or more candidates
     nice -n 5 .venv/bin/python scripts/tune_adapt.py run --lab b2 lr5e-05_r4_s2 lr5e-05_r4_s2_review
@@ -101,12 +103,14 @@ LABS = {  # revision 4's tuning labs (b1 is lab B' above; its results stay in OU
                 jpeg_quality=80),
 }
 SEED, POOL, EPOCHS, LAB_A_TOLERANCE = 31, 100, 6, 0.003
-CANDIDATES = {f"lr{lr:g}_r{ratio:g}": {"lr": lr, "replay_ratio": ratio}
+# Every candidate names each option a later revision added, so that a retuned default never changes what an
+# earlier candidate measures (revision 4's first runs had simulate_review on where it was meant off).
+CANDIDATES = {f"lr{lr:g}_r{ratio:g}": {"lr": lr, "replay_ratio": ratio, "simulate_ratio": 0.0,
+                                       "simulate_review": False}
               for lr in (5e-5, 1e-4) for ratio in (2.0, 4.0)}
-CANDIDATES.update({f"lr5e-05_r4_s{sim:g}": {"lr": 5e-5, "replay_ratio": 4.0, "simulate_ratio": sim}
-                   for sim in (2.0, 4.0)})  # revision 2
-CANDIDATES.update({f"lr5e-05_r4_s{sim:g}_review": {"lr": 5e-5, "replay_ratio": 4.0, "simulate_ratio": sim,
-                                                   "simulate_review": True} for sim in (2.0, 4.0)})  # revision 3
+CANDIDATES.update({f"lr5e-05_r4_s{sim:g}{'_review' if review else ''}": {
+    "lr": 5e-5, "replay_ratio": 4.0, "simulate_ratio": sim, "simulate_review": review}
+    for sim in (2.0, 4.0) for review in (False, True)})  # revision 2 (without _review) and 3
 DISCLAIMER = "Research software, not a medical device."
 
 
@@ -133,6 +137,7 @@ def scored(package: Path, name: str, eval_b: Manifest, lab_a: Manifest) -> dict[
 
 def run(names: list[str], out: Path, threads: int | None, shift: Shift = SHIFT) -> None:
     """Adapt and score each named candidate; one JSON per candidate (and the parent's once)."""
+    lab_flag = "".join(f"--lab {lab} " for lab, s in LABS.items() if s == shift and lab != "b1")
     import torch
 
     if threads:
@@ -155,7 +160,7 @@ def run(names: list[str], out: Path, threads: int | None, shift: Shift = SHIFT) 
         entry: dict[str, Any] = {"name": name, **CANDIDATES[name], "epochs": EPOCHS, "shift": shift.describe(),
                                  "parts": {p: len(lab.part(p)) for p in ("train", "val", "test")},
                                  "evaluation": len(data["eval_b"]), "options": asdict(options),
-                                 "command": f"nice -n 5 .venv/bin/python scripts/tune_adapt.py run {name}"}
+                                 "command": f"nice -n 5 .venv/bin/python scripts/tune_adapt.py run {lab_flag}{name}"}
         started = time.perf_counter()
         package = out / "packages" / name
         try:

@@ -58,8 +58,9 @@ class AdaptOptions:
     # the simulated images also join the export's training part, so that the review statistics fitted there
     # (OOD class statistics, image-quality and cell-scale ranges) know the lab's look. Revision 3: same
     # accuracy, flagged 26.5% -> 19.9%, leukemia called Benign without a flag 0 -> 0; chosen. Revision 4 (after
-    # the second-lab benchmark showed 2 such misses at N = 100): two more tuning labs (one refused: too mild),
-    # 0 misses with and without it, so its rule kept it. benchmarks/RESULTS.md has the test-part figures.
+    # the second-lab benchmark showed 2 such misses at N = 100): two more tuning labs; b2 refused (too mild),
+    # b3 0 misses with and without it (flagged 33.7% vs 36.5%), so its rule kept it. benchmarks/RESULTS.md
+    # has the test-part figures.
     simulate_review: bool = True
     trainable: str = "all"
     augment: str | None = None  # None: the parent's own recipe (model.json training.config), else "paper"
