@@ -23,25 +23,34 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
-    """Open a temporary file beside `path`; rename it onto `path` only if the block ends without error."""
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary file's path beside `path` for the block to write; synced to disk and renamed onto `path`
+    only if the block ends without error, removed otherwise."""
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as exc:  # name the file the caller asked for, not the temporary one
         raise OSError(exc.errno, exc.strerror, str(target)) from None
+    os.close(fd)
     try:
         os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; results are meant to be shared
-        with os.fdopen(fd, mode, **kwargs) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield Path(tmp_name)
+        with open(tmp_name, "rb") as written:
+            os.fsync(written.fileno())
         os.replace(tmp_name, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
+    """Open a temporary file beside `path`; rename it onto `path` only if the block ends without error."""
+    with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as handle:
+        yield handle
+        handle.flush()
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -61,11 +70,13 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def save_torch(path: str | Path, obj: Any) -> None:
-    """torch.save through a temporary file, so an interrupted save keeps the previous checkpoint."""
+    """torch.save through a temporary file, so an interrupted save keeps the previous checkpoint. torch.save
+    is given the file's path, not a Python file object: a Ctrl-C inside a Python write that PyTorch's C++
+    writer called came out as RuntimeError ("unexpected pos"), an "unexpected error" instead of exit 130."""
     import torch
 
-    with atomic_open(path, "wb") as handle:
-        torch.save(obj, handle)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
