@@ -28,7 +28,6 @@ import json
 import shlex
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +40,8 @@ from leukoscope.data.shifts import HUE_SHIFTS, MAGNIFICATION_SHIFTS
 from leukoscope.errors import DataError
 from leukoscope.inference.export import shifted_copies
 from leukoscope.inference.package import MODEL_JSON, ONNX_FP32, bundled_package_path, verify_package
-from leukoscope.inference.prediction import Prediction
 from leukoscope.inference.predictor import Predictor, load_predictor
+from leukoscope.inference.val_copies import outputs, read_copy
 from leukoscope.review.realign import RealignRule, View
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -61,13 +60,6 @@ RULE = ("Chosen on the val part and seeded shifted copies of it (leukoscope.data
         "accuracy over all shifted copies, then the fewest views, then the smaller margin. A realigned image keeps "
         "its review flag.")
 SECTION = "\n## Realignment: other magnifications and stain hues\n"
-
-
-def outputs(predictor: Predictor, pixels: np.ndarray, view: View | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Calibrated probabilities (N x C) and OOD scores (N) of the images, or of their `view`."""
-    batch = pixels if view is None else np.stack([view.apply(p) for p in pixels])
-    parts = [predictor.scored(batch[i:i + 32]) for i in range(0, len(batch), 32)]
-    return np.concatenate([p for p, _ in parts]), np.concatenate([s for _, s in parts])
 
 
 def view_outputs(predictor: Predictor, pixels: np.ndarray, views: list[View]) -> tuple[np.ndarray, np.ndarray]:
@@ -218,27 +210,6 @@ def sections(info: dict[str, Any]) -> str:
     if review.get("benign_check") and "benign_check_fit" in info:
         text += "\n" + benign_section(BenignCheck.from_dict(review["benign_check"]), info["benign_check_fit"])
     return text
-
-
-@dataclass(frozen=True)
-class CopyCalls:
-    """What the Predictor said on one copy of the val part: the calls (class index, -1 without a class) and
-    the review flags, one per file, in order."""
-
-    predictions: list[Prediction]
-    called: np.ndarray
-    flagged: np.ndarray
-
-    def missed(self, labels: np.ndarray, benign: int) -> np.ndarray:
-        """Leukemia images called Benign without a review flag: the error that must never go unflagged."""
-        return (labels != benign) & (self.called == benign) & ~self.flagged
-
-
-def read_copy(predictor: Predictor, files: list[bytes], name: str) -> CopyCalls:
-    """Every file of one val copy through Predictor.predict_bytes, as a lab's upload would go."""
-    predictions = predictor.predict_bytes([(f"{name}/{i}", data) for i, data in enumerate(files)])
-    called = np.array([predictor.classes.index(p.label) if p.label else -1 for p in predictions])
-    return CopyCalls(predictions, called, np.array([p.review for p in predictions], bool))
 
 
 def checked_on_val(predictor: Predictor, rule: RealignRule | None, val_copies: dict[str, list[bytes]], labels: np.ndarray,

@@ -60,9 +60,21 @@ first: fewer flags never buy a missed leukemia). `safety` prints the table and t
 runs left simulate_review out of the "without" candidate, which then took the retuned default, on; b3's was
 rerun with it off. b2's refusal comes before the export, where simulate_review acts, so it stands.)
 
+Revision 5 (2026-12-01, written before any of its numbers was measured): the adapted network's own Benign
+view check (AdaptOptions.benign_check: leukoscope.inference.benign_check_fit, the bundled package's rule, run
+on the joined val parts of both datasets and shifted copies of them). It only adds review flags, so it cannot
+add a leukemia image called Benign without a flag; its cost is flags and time. Candidate
+`lr5e-05_r4_s2_review_check` (the revision-3/4 choice with the check) on b1 and b3 (b2's adaptations are
+refused before the export, where the check is fitted). Rule: keep it on by default unless its lab-B flagged
+share is more than 5 points above the revision-3 choice's on b1 or on b3 (the fit's own cap, seen on the
+tuning labs), or its unflagged misses summed over b1 and b3 are above that choice's (possible only if the
+fine-tuning did not repeat itself; then it is reported, and the check is kept only if it is not above).
+`check` prints the table and the decision.
+
     nice -n 5 .venv/bin/python scripts/tune_adapt.py run lr5e-5_r2 lr1e-4_r2   # one or more candidates
     nice -n 5 .venv/bin/python scripts/tune_adapt.py run --lab b2 lr5e-05_r4_s2 lr5e-05_r4_s2_review
     .venv/bin/python scripts/tune_adapt.py safety                               # revision 4's decision
+    .venv/bin/python scripts/tune_adapt.py check                                # revision 5's decision
     .venv/bin/python scripts/tune_adapt.py choose                                # table + choice.json
 """
 
@@ -106,11 +118,13 @@ SEED, POOL, EPOCHS, LAB_A_TOLERANCE = 31, 100, 6, 0.003
 # Every candidate names each option a later revision added, so that a retuned default never changes what an
 # earlier candidate measures (revision 4's first runs had simulate_review on where it was meant off).
 CANDIDATES = {f"lr{lr:g}_r{ratio:g}": {"lr": lr, "replay_ratio": ratio, "simulate_ratio": 0.0,
-                                       "simulate_review": False}
+                                       "simulate_review": False, "benign_check": False}
               for lr in (5e-5, 1e-4) for ratio in (2.0, 4.0)}
 CANDIDATES.update({f"lr5e-05_r4_s{sim:g}{'_review' if review else ''}": {
-    "lr": 5e-5, "replay_ratio": 4.0, "simulate_ratio": sim, "simulate_review": review}
+    "lr": 5e-5, "replay_ratio": 4.0, "simulate_ratio": sim, "simulate_review": review, "benign_check": False}
     for sim in (2.0, 4.0) for review in (False, True)})  # revision 2 (without _review) and 3
+CANDIDATES["lr5e-05_r4_s2_review_check"] = {**CANDIDATES["lr5e-05_r4_s2_review"], "benign_check": True}  # rev. 5
+CHECK_MAX_FLAG_RISE = 0.05  # revision 5: the Benign view check fit's own cap
 DISCLAIMER = "Research software, not a medical device."
 
 
@@ -167,6 +181,7 @@ def run(names: list[str], out: Path, threads: int | None, shift: Shift = SHIFT) 
             result = adapt_manifests(parent, lab, replay, package, options=options, log=print,
                                      command=f"scripts/tune_adapt.py: candidate {name}")
             entry["adapt_metrics"] = result.metrics  # includes the replay test gate's figures: never used to choose
+            entry["benign_check_fit"] = result.info.get("benign_check_fit")
             entry.update(scored(package, name, data["eval_b"], data["lab_a"]))
         except AdaptationRefused as exc:
             entry["refused"] = str(exc)
@@ -272,9 +287,41 @@ def safety(out: Path) -> None:
     print("\n".join(lines))
 
 
+def check(out: Path) -> None:
+    """Revision 5's table and decision."""
+    missed = "leukemia_called_benign_not_flagged"
+    pair = ("lr5e-05_r4_s2_review", "lr5e-05_r4_s2_review_check")
+    lines = [f"# adapt defaults, revision 5: the adapted network's own Benign view check ({DISCLAIMER})", "",
+             "| tuning lab | candidate | lab-B accuracy | flagged | leukemia called Benign: flagged / not flagged | "
+             "lab-A accuracy | Benign check chosen | time |", "|---|---|---|---|---|---|---|---|"]
+    totals, rises = dict.fromkeys(pair, 0), []
+    for lab in ("b1", "b3"):
+        rows = {}
+        for name in pair:
+            path = lab_out(out, lab) / "candidates" / f"{name}.json"
+            if not path.is_file():
+                raise SystemExit(f"{path} is missing: run `scripts/tune_adapt.py run --lab {lab} {name}` first")
+            rows[name] = e = json.loads(path.read_text())
+            b, a = e["lab_b"], e["lab_a"]
+            totals[name] += b[missed]
+            chosen = (e.get("benign_check_fit") or {}).get("chosen", "(off)")
+            lines.append(f"| {lab} | {name} | {b['accuracy']:.2%} ({b['n']}) | {b['flagged']:.1%} | "
+                         f"{b['leukemia_called_benign_flagged']} / {b[missed]} | {a['accuracy']:.2%} | {chosen} | "
+                         f"{e['seconds']:.0f} s |")
+        rises.append(rows[pair[1]]["lab_b"]["flagged"] - rows[pair[0]]["lab_b"]["flagged"])
+    keep = max(rises) <= CHECK_MAX_FLAG_RISE + 1e-12 and totals[pair[1]] <= totals[pair[0]]
+    lines += ["", f"flagged share rise with the check: {', '.join(f'{r * 100:+.1f} points' for r in rises)} (b1, b3); "
+              f"leukemia called Benign without a flag, summed: without {totals[pair[0]]}, with {totals[pair[1]]}: "
+              f"benign_check {'kept on' if keep else 'switched off'}"]
+    write_text(out / "CHECK.md", "\n".join(lines) + "\n")
+    write_json(out / "check.json", {"totals": totals, "flag_rises": rises, "benign_check": keep,
+                                    "disclaimer": DISCLAIMER})
+    print("\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=("run", "choose", "safety"))
+    parser.add_argument("action", choices=("run", "choose", "safety", "check"))
     parser.add_argument("--lab", choices=tuple(LABS), default="b1", help="tuning lab (revision 4)")
     parser.add_argument("candidates", nargs="*", default=list(CANDIDATES))
     parser.add_argument("--out", type=Path, default=OUT)
@@ -285,6 +332,8 @@ def main() -> None:
         run(args.candidates, lab_out(args.out, args.lab), args.threads, LABS[args.lab])
     elif args.action == "safety":
         safety(args.out)
+    elif args.action == "check":
+        check(args.out)
     else:
         report(lab_out(args.out, args.lab))
 

@@ -9,19 +9,23 @@ better), and a lab whose classes are permuted (adapting to it forgets the parent
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 import leukoscope
-from leukoscope.adaptation.adapt import CARD, CONFIG, LAB_SPLIT, REPLAY_SPLIT, adapt
+from leukoscope.adaptation.adapt import BENIGN_CHECK_METHOD, CARD, CONFIG, LAB_SPLIT, REPLAY_SPLIT, adapt
 from leukoscope.adaptation.finetune import AdaptOptions
 from leukoscope.adaptation.scores import LAB_HELD_OUT, REPLAY_TEST, AdaptationRefused
 from leukoscope.data.discover import discover
 from leukoscope.data.manifest import read_manifest_csv
 from leukoscope.errors import ConfigError, DataError, ModelError, UsageError
+from leukoscope.inference.benign_check_fit import RULE as BENIGN_RULE
 from leukoscope.inference.package import verify_package
+from leukoscope.review.benign_check import BenignCheck
+from leukoscope.review.realign import View
 from leukoscope.training.dataset import TensorSet
 from tests.adaptation.fixtures import make_lab, shared_parent
 from tests.helpers.modelfixtures import shared_tiny_package, shared_tiny_run
@@ -89,12 +93,50 @@ def test_adapting_to_a_stained_lab_helps_and_names_the_parent(parent: Path, stai
     card = (out / CARD).read_text()
     assert "parent" in card and datasets["lab"]["manifest_digest"] in card and "Before and after" in card
     assert "- Simulated replay: 1 of the replay's train images per lab image" in card
+    fit = info["benign_check_fit"]  # the new network's own Benign view check, chosen on both val parts
+    assert fit["rule"] == BENIGN_RULE and fit["data"]["val_images"] == 12 + 12 and fit["command"] == "test"
+    assert any(line.startswith("Benign view check: ") for line in lines)
+    assert "- Benign view check: " in card and info["adaptation"]["method"].endswith(BENIGN_CHECK_METHOD)
+    if info["review"].get("benign_check"):
+        assert fit["chosen"] != "no check"
 
     predictor = leukoscope.load_model(out)  # loads and predicts like any package
+    assert predictor.benign_check == (BenignCheck.from_dict(info["review"]["benign_check"])
+                                      if info["review"].get("benign_check") else None)
     paths = discover(stained_lab).paths()[:3]
     assert [p.status for p in predictor.predict_paths(paths)] == ["ok"] * 3
     assert any("fp32 ONNX vs PyTorch" in line for line in lines)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapted"]  # no staging left
+
+
+def test_the_benign_check_is_chosen_for_the_new_network_and_written_into_its_package(
+        tiny: Path, tiny_replay: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from leukoscope.adaptation.adapt import _benign_check
+    from leukoscope.inference import benign_check_fit
+
+    package = Path(shutil.copytree(tiny, tmp_path / "package"))
+    data = read_manifest_csv(tiny_replay["split_csv"], tiny_replay["replay"])
+    chosen = BenignCheck((View(scale=2.0),), 0.999)
+    real = benign_check_fit.fit_benign_check
+
+    def fit_choosing_x2(predictor, val, **kwargs):  # whatever the tiny network's val says, write one check
+        found = real(predictor, val, composites=0, **{k: v for k, v in kwargs.items() if k != "composites"})
+        return replace(found, chosen="views x2; P(Benign) >= 0.999", check=chosen)
+
+    monkeypatch.setattr(benign_check_fit, "fit_benign_check", fit_choosing_x2)
+    lines: list[str] = []
+    record = _benign_check(package, data, AdaptOptions(threads=1), "the command", lines.append)
+    info = verify_package(package)  # model.json is not among the hashed files: the package still verifies
+    assert info["review"]["benign_check"] == chosen.to_dict() and info["benign_check_fit"] == record
+    assert record["data"] == {"val_images": len(data.part("val")), "val_digest": data.part("val").digest()}
+    assert record["command"] == "the command" and lines[-1].startswith("Benign view check: views x2")
+    assert leukoscope.load_model(package).benign_check == chosen
+
+    empty = data.with_records(r for r in data.records if r.part != "val")
+    assert _benign_check(package, empty, AdaptOptions(threads=1), "c", lines.append) is None
+    assert lines[-1] == "Benign view check: skipped (no Benign class or no val images)"
 
 
 def test_simulated_replay_without_replay_data_is_skipped_with_a_line() -> None:

@@ -190,3 +190,11 @@ def test_model_card_names_the_parent_datasets_and_figures() -> None:
     assert "| accuracy | 50.0% | 95.0% |" in card and "| flagged for review | 90.0% | 10.0% |" in card
     assert "no replay data given" in card and "Replay data, test part" not in card
     assert "Research software, not a certified medical device" in card
+    assert "Benign view check" not in card  # adapted without the fit: no line
+
+    info["benign_check_fit"] = {"data": {"val_images": 24}, "chosen": "no check"}
+    assert ("- Benign view check: none (chosen on both datasets' val parts (24 images) and shifted copies of them"
+            in model_card(info))
+    info["review"]["benign_check"] = {"views": [{"scale": 2.0}], "threshold": 0.999}
+    line = next(x for x in model_card(info).splitlines() if x.startswith("- Benign view check: "))
+    assert "read again resized x2" in line and "below P(Benign) 0.999 there it is flagged (`benign_view`)" in line

@@ -9,6 +9,8 @@ Order of work, and why:
 3. The adapted network is written as a run folder (best.pt, split.csv over both datasets, config.yaml) in a
    temporary folder and exported by `leukoscope.inference.export.export_run`, which refits the temperature,
    the review thresholds and the OOD statistics on both datasets' train and val parts and checks ONNX parity.
+   With `benign_check` (default), the new network's Benign view check is chosen on the joined val parts and
+   shifted copies of them by the rule the bundled package's was (leukoscope.inference.benign_check_fit).
 4. model.json gains `parent` and `adaptation` (both datasets' digests, before/after figures, options), the
    package gains MODEL_CARD.md, adaptation.yaml and the two split CSVs, and the folder is renamed into --out.
 """
@@ -46,7 +48,7 @@ from leukoscope.adaptation.scores import LAB_HELD_OUT, REPLAY_TEST, judge, netwo
 from leukoscope.data.fileio import sha256_file, write_text
 from leukoscope.data.manifest import Manifest
 from leukoscope.errors import UsageError
-from leukoscope.inference.package import MODEL_JSON
+from leukoscope.inference.package import MODEL_JSON, ONNX_FP32
 from leukoscope.training.dataset import TensorSet, load_part
 from leukoscope.training.devices import pick_device
 
@@ -58,6 +60,8 @@ METHOD = ("fine-tuned on the lab's train part (BatchNorm frozen), each epoch wit
 SIMULATED_METHOD = ("; simulated replay: as many of the replay's train images per lab image as --simulate-ratio "
                     "says, shown through the lab's shift estimated from its adaptation images (magnification and "
                     "hue by the parent's likelihood of their verified classes, colour by per-channel statistics)")
+BENIGN_CHECK_METHOD = ("; a Benign view check for the new network chosen on both datasets' val parts and shifted "
+                       "copies of them (leukoscope.inference.benign_check_fit)")
 SIMULATED_REVIEW = ("; the simulated images also joined the export's training part (OOD statistics, image-quality "
                     "and cell-scale ranges)")
 
@@ -162,11 +166,13 @@ def adapt_manifests(parent: Parent, lab: Manifest, replay: Manifest | None, out:
         extra = {"shift_rules": True} if options.shift_rules else {}  # older export_run: no such option
         package = export_run(run, work / "package", int8=options.int8, data_root=work / "data", name=name,
                              threads=options.threads, log=log, **extra)
+        checked = _benign_check(package, data, options, command, log) if options.benign_check else None
         for key, part in ((LAB_HELD_OUT, lab.part("test")), (REPLAY_TEST, replay.part("test") if replay else None)):
             if part is not None:
                 metrics[key]["before"]["review"] = review_figures(parent.path, part, threads=options.threads)
                 metrics[key]["after"]["review"] = review_figures(package, part, threads=options.threads)
-        info = _finish(package, parent, lab, replay, metrics, options, history, command, config.to_dict(), shift)
+        info = _finish(package, parent, lab, replay, metrics, options, history, command, config.to_dict(), shift,
+                       checked)
         _place(package, out)
     return AdaptResult(out, info)
 
@@ -185,6 +191,30 @@ def _simulated(model: Any, lab_train: TensorSet, replay_train: TensorSet | None,
     log(f"the lab's estimated shift: {shift.describe()} (the parent's NLL on its adaptation images "
         f"{shift.nll_as_given:.3f}, undone {shift.nll_undone:.3f})")
     return shift, TensorSet(shift.apply_batch(replay_train.images), replay_train.labels)
+
+
+def _benign_check(package: Path, data: Manifest, options: AdaptOptions, command: str, log: Log
+                  ) -> dict[str, Any] | None:
+    """Choose the adapted network's Benign view check on `data`'s val part (both datasets') and write it into
+    the package's model.json before anything reads the package; returns model.json's `benign_check_fit`, or
+    None when there is no Benign class or no val image to choose on."""
+    from leukoscope.inference.benign_check_fit import fit_benign_check
+    from leukoscope.inference.predictor import load_predictor
+
+    val = data.part("val")
+    predictor = load_predictor(package, onnx_file=ONNX_FP32, threads=options.threads)
+    if predictor.benign_index is None or not len(val):
+        log("Benign view check: skipped (no Benign class or no val images)")
+        return None
+    fit = fit_benign_check(predictor, val, log=log)
+    log(f"Benign view check: {fit.chosen} ({fit.seconds:.0f} s)")
+    record = {**fit.record(), "command": command, "data": {"val_images": len(val), "val_digest": val.digest()}}
+    info = json.loads((package / MODEL_JSON).read_text(encoding="utf-8"))
+    if fit.check is not None:
+        info["review"] = {**info["review"], "benign_check": fit.check.to_dict()}
+    info["benign_check_fit"] = record
+    write_text(package / MODEL_JSON, json.dumps(info, indent=2, default=str) + "\n")
+    return record
 
 
 def _write_run(run: Path, model: Any, parent: Parent, config: Any, data: Manifest, history: list[dict[str, Any]],
@@ -206,7 +236,8 @@ def _write_run(run: Path, model: Any, parent: Parent, config: Any, data: Manifes
 
 def _finish(package: Path, parent: Parent, lab: Manifest, replay: Manifest | None, metrics: dict[str, Any],
             options: AdaptOptions, history: list[dict[str, Any]], command: str,
-            config: dict[str, Any], shift: LabShift | None = None) -> dict[str, Any]:
+            config: dict[str, Any], shift: LabShift | None = None,
+            benign_check: dict[str, Any] | None = None) -> dict[str, Any]:
     """model.json's parent and adaptation entries, the card, the config and the splits, in the package."""
     info = json.loads((package / MODEL_JSON).read_text(encoding="utf-8"))
     datasets = {"lab": describe(lab), "replay": describe(replay) if replay is not None else None}
@@ -223,6 +254,8 @@ def _finish(package: Path, parent: Parent, lab: Manifest, replay: Manifest | Non
     method = METHOD  # a shift exists only where there was replay to simulate from (_simulated)
     if shift is not None:
         method += SIMULATED_METHOD + (SIMULATED_REVIEW if options.simulate_review else "")
+    if benign_check is not None:
+        method += BENIGN_CHECK_METHOD
     info["adaptation"] = {"method": method, "command": command, "datasets": datasets, "metrics": metrics,
                           "options": asdict(options), "history": history,
                           "lab_shift": shift.to_dict() if shift is not None else None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from leukoscope.adaptation.scores import LAB_HELD_OUT, REPLAY_TEST
+from leukoscope.review.benign_check import BenignCheck
 
 DISCLAIMER = ("Research software, not a certified medical device: never use it alone for a diagnosis. Every "
               "result must be reviewed by a qualified specialist.")
@@ -53,6 +54,24 @@ def _simulated(options: dict[str, Any], shift: dict[str, Any] | None) -> list[st
             f"{shift['parent_nll_undone']:.3f} with magnification and hue undone)."]
 
 
+def _benign_check(info: dict[str, Any]) -> list[str]:
+    """The Benign view check line: the views and threshold chosen for this network, or that none earned its
+    flags on val, or nothing when the package was adapted without the fit."""
+    fit = info.get("benign_check_fit")
+    if not fit:
+        return []
+    check = info.get("review", {}).get("benign_check")
+    where = (f"chosen on both datasets' val parts ({fit['data']['val_images']} images) and shifted copies of them "
+             "by the rule the bundled package's check was (leukoscope.inference.benign_check_fit)")
+    if not check:
+        return [f"- Benign view check: none ({where}: no candidate caught a leukemia image called Benign without a "
+                "flag there, so none was worth its flags)."]
+    parsed = BenignCheck.from_dict(check)
+    views = ", ".join(v.describe(why=False) for v in parsed.views)
+    return [f"- Benign view check: a Benign call no other reason flags is read again {views}; below "
+            f"P(Benign) {parsed.threshold:g} there it is flagged (`benign_view`); {where}."]
+
+
 def model_card(info: dict[str, Any]) -> str:
     """The card's Markdown from an adapted package's model.json."""
     parent, adaptation = info["parent"], info["adaptation"]
@@ -79,6 +98,7 @@ def model_card(info: dict[str, Any]) -> str:
         f"- Replay: {options['replay_ratio']:g} replayed image(s) per lab image each epoch"
         + ("" if datasets.get("replay") else " (no replay data given)") + ".",
         *_simulated(options, adaptation.get("lab_shift")),
+        *_benign_check(info),
         f"- Temperature {info.get('temperature', 1.0):.3f} ({info.get('temperature_source', '')}); review below "
         f"confidence {review.get('confidence_threshold', 'n/a')}; out-of-distribution statistics refitted on both "
         "datasets' train parts, thresholded on their val parts.",
@@ -95,9 +115,9 @@ def model_card(info: dict[str, Any]) -> str:
         "- The held-out part is small: its accuracy has a wide interval. Keep verifying calls in the web app; the "
         "lab's verified images are its running validation.",
         "- Adapted to one lab: another lab needs its own adaptation.",
-        "- An adapted package does not carry its parent's realignment or Benign view check, and on the project's "
-        "simulated second lab adapted packages have called a few leukemia images Benign without a review flag "
-        "(benchmarks/RESULTS.md, second lab): verify Benign calls, with their Grad-CAM, until the lab's own "
-        "verified images show how the package does there.", "",
+        "- An adapted package does not carry its parent's realignment, and on the project's simulated second lab "
+        "adapted packages have called leukemia images Benign without a review flag (benchmarks/RESULTS.md, second "
+        "lab): verify Benign calls, with their Grad-CAM, until the lab's own verified images show how the package "
+        "does there.", "",
     ]
     return "\n".join(lines)

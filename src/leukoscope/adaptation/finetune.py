@@ -62,6 +62,9 @@ class AdaptOptions:
     # b3 0 misses with and without it (flagged 33.7% vs 36.5%), so its rule kept it. benchmarks/RESULTS.md
     # has the test-part figures.
     simulate_review: bool = True
+    # the adapted network gets its own Benign view check (leukoscope.inference.benign_check_fit: the parent's
+    # rule, on both datasets' val parts and shifted copies of them); it only adds flags, never changes a call.
+    benign_check: bool = True
     trainable: str = "all"
     augment: str | None = None  # None: the parent's own recipe (model.json training.config), else "paper"
     label_smoothing: float = 0.05

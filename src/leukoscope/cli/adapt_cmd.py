@@ -42,6 +42,8 @@ def adapt(
     simulate_review: bool = typer.Option(True, "--simulate-review/--no-simulate-review", help="Also fit "
                                                 "the review statistics (OOD, image quality, cell scale) on the "
                                                 "simulated images (default chosen as --lr's)."),
+    benign_check: bool = typer.Option(True, "--benign-check/--no-benign-check", help="Choose the new network's "
+                                      "Benign view check on both datasets' val parts (it only adds review flags)."),
     augment: str | None = typer.Option(None, "--augment", help="none, paper, strong or robust (default: the parent's "
                                        "training recipe)."),
     int8: bool = typer.Option(False, "--int8", help="Also write a static int8 ONNX model (as `leukoscope export`)."),
@@ -65,7 +67,8 @@ def adapt(
             raise UsageError(f"{what} not found: {path}")
     options = AdaptOptions(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, held_out=held_out, val=val,
                            replay_ratio=replay_ratio, augment=augment, int8=int8, shift_rules=shift_rules, name=name,
-                           device=device, simulate_ratio=simulate_ratio, simulate_review=simulate_review)
+                           device=device, simulate_ratio=simulate_ratio, simulate_review=simulate_review,
+                           benign_check=benign_check)
 
     def log(message: str) -> None:
         if not quiet:
