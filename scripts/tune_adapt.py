@@ -69,12 +69,24 @@ refused before the export, where the check is fitted). Rule: keep it on by defau
 share is more than 5 points above the revision-3 choice's on b1 or on b3 (the fit's own cap, seen on the
 tuning labs), or its unflagged misses summed over b1 and b3 are above that choice's (possible only if the
 fine-tuning did not repeat itself; then it is reported, and the check is kept only if it is not above).
-`check` prints the table and the decision.
+`check` prints the table and the decision. (Its runs named the option `benign_check` (True); it is now
+`benign_rules` ("check"), the same adaptation.)
+
+Revision 6 (2026-12-01, written before any of its numbers was measured). Why: an adapted package's flags are
+dominated by its Benign confidence threshold (the export's shift rule (a) sets it just below the most
+confident leukemia image called Benign on the shifted val copies: ~0.999999 on b1), while a view check can
+catch such confident misses at a lower cost in flags. Candidate `lr5e-05_r4_s2_review_joint`: benign_rules
+"joint" (leukoscope.inference.benign_check_fit.JOINT_RULE: the check and the Benign threshold chosen
+together on the same val copies) on b1 and b3, against revision 5's choice ("check"). Rule: switch the
+default to "joint" only if its leukemia called Benign without a flag, summed over b1 and b3, is not above
+"check"'s, and its mean lab-B flagged share over b1 and b3 is at least 2 points lower; else keep "check".
+`joint` prints the table and the decision.
 
     nice -n 5 .venv/bin/python scripts/tune_adapt.py run lr5e-5_r2 lr1e-4_r2   # one or more candidates
     nice -n 5 .venv/bin/python scripts/tune_adapt.py run --lab b2 lr5e-05_r4_s2 lr5e-05_r4_s2_review
     .venv/bin/python scripts/tune_adapt.py safety                               # revision 4's decision
     .venv/bin/python scripts/tune_adapt.py check                                # revision 5's decision
+    .venv/bin/python scripts/tune_adapt.py joint                                # revision 6's decision
     .venv/bin/python scripts/tune_adapt.py choose                                # table + choice.json
 """
 
@@ -87,6 +99,8 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -118,12 +132,14 @@ SEED, POOL, EPOCHS, LAB_A_TOLERANCE = 31, 100, 6, 0.003
 # Every candidate names each option a later revision added, so that a retuned default never changes what an
 # earlier candidate measures (revision 4's first runs had simulate_review on where it was meant off).
 CANDIDATES = {f"lr{lr:g}_r{ratio:g}": {"lr": lr, "replay_ratio": ratio, "simulate_ratio": 0.0,
-                                       "simulate_review": False, "benign_check": False}
+                                       "simulate_review": False, "benign_rules": "export"}
               for lr in (5e-5, 1e-4) for ratio in (2.0, 4.0)}
 CANDIDATES.update({f"lr5e-05_r4_s{sim:g}{'_review' if review else ''}": {
-    "lr": 5e-5, "replay_ratio": 4.0, "simulate_ratio": sim, "simulate_review": review, "benign_check": False}
+    "lr": 5e-5, "replay_ratio": 4.0, "simulate_ratio": sim, "simulate_review": review, "benign_rules": "export"}
     for sim in (2.0, 4.0) for review in (False, True)})  # revision 2 (without _review) and 3
-CANDIDATES["lr5e-05_r4_s2_review_check"] = {**CANDIDATES["lr5e-05_r4_s2_review"], "benign_check": True}  # rev. 5
+CANDIDATES["lr5e-05_r4_s2_review_check"] = {**CANDIDATES["lr5e-05_r4_s2_review"], "benign_rules": "check"}  # rev. 5
+CANDIDATES["lr5e-05_r4_s2_review_joint"] = {**CANDIDATES["lr5e-05_r4_s2_review"], "benign_rules": "joint"}  # rev. 6
+JOINT_MIN_FLAG_DROP = 0.02  # revision 6: joint must lower the mean lab-B flagged share (b1, b3) by 2 points
 CHECK_MAX_FLAG_RISE = 0.05  # revision 5: the Benign view check fit's own cap
 DISCLAIMER = "Research software, not a medical device."
 
@@ -287,11 +303,14 @@ def safety(out: Path) -> None:
     print("\n".join(lines))
 
 
-def check(out: Path) -> None:
-    """Revision 5's table and decision."""
+def check(out: Path, revision: int = 5) -> None:
+    """Revision 5's (or 6's) table and decision."""
     missed = "leukemia_called_benign_not_flagged"
-    pair = ("lr5e-05_r4_s2_review", "lr5e-05_r4_s2_review_check")
-    lines = [f"# adapt defaults, revision 5: the adapted network's own Benign view check ({DISCLAIMER})", "",
+    pair = (("lr5e-05_r4_s2_review", "lr5e-05_r4_s2_review_check") if revision == 5 else
+            ("lr5e-05_r4_s2_review_check", "lr5e-05_r4_s2_review_joint"))
+    title = ("the adapted network's own Benign view check" if revision == 5 else
+             "the Benign view check and Benign threshold chosen together")
+    lines = [f"# adapt defaults, revision {revision}: {title} ({DISCLAIMER})", "",
              "| tuning lab | candidate | lab-B accuracy | flagged | leukemia called Benign: flagged / not flagged | "
              "lab-A accuracy | Benign check chosen | time |", "|---|---|---|---|---|---|---|---|"]
     totals, rises = dict.fromkeys(pair, 0), []
@@ -304,24 +323,33 @@ def check(out: Path) -> None:
             rows[name] = e = json.loads(path.read_text())
             b, a = e["lab_b"], e["lab_a"]
             totals[name] += b[missed]
-            chosen = (e.get("benign_check_fit") or {}).get("chosen", "(off)")
+            fit = e.get("benign_check_fit") or {}
+            chosen = fit.get("chosen", "(off)") + (f"; Benign threshold {fit['benign_confidence_threshold']:.6f}"
+                                                   if "benign_confidence_threshold" in fit else "")
             lines.append(f"| {lab} | {name} | {b['accuracy']:.2%} ({b['n']}) | {b['flagged']:.1%} | "
                          f"{b['leukemia_called_benign_flagged']} / {b[missed]} | {a['accuracy']:.2%} | {chosen} | "
                          f"{e['seconds']:.0f} s |")
         rises.append(rows[pair[1]]["lab_b"]["flagged"] - rows[pair[0]]["lab_b"]["flagged"])
-    keep = max(rises) <= CHECK_MAX_FLAG_RISE + 1e-12 and totals[pair[1]] <= totals[pair[0]]
-    lines += ["", f"flagged share rise with the check: {', '.join(f'{r * 100:+.1f} points' for r in rises)} (b1, b3); "
-              f"leukemia called Benign without a flag, summed: without {totals[pair[0]]}, with {totals[pair[1]]}: "
-              f"benign_check {'kept on' if keep else 'switched off'}"]
-    write_text(out / "CHECK.md", "\n".join(lines) + "\n")
-    write_json(out / "check.json", {"totals": totals, "flag_rises": rises, "benign_check": keep,
-                                    "disclaimer": DISCLAIMER})
+    safe = totals[pair[1]] <= totals[pair[0]]
+    if revision == 5:
+        keep = max(rises) <= CHECK_MAX_FLAG_RISE + 1e-12 and safe
+        verdict = f"benign_check {'kept on' if keep else 'switched off'}"
+    else:
+        keep = -float(np.mean(rises)) >= JOINT_MIN_FLAG_DROP - 1e-12 and safe
+        verdict = f"benign_rules {'joint' if keep else 'check (kept)'}"
+    lines += ["", f"flagged share change: {', '.join(f'{r * 100:+.1f} points' for r in rises)} (b1, b3); "
+              f"leukemia called Benign without a flag, summed: {pair[0]} {totals[pair[0]]}, {pair[1]} "
+              f"{totals[pair[1]]}: {verdict}"]
+    name = "CHECK" if revision == 5 else "JOINT"
+    write_text(out / f"{name}.md", "\n".join(lines) + "\n")
+    write_json(out / f"{name.lower()}.json", {"totals": totals, "flag_changes": rises, "adopted": keep,
+                                              "disclaimer": DISCLAIMER})
     print("\n".join(lines))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=("run", "choose", "safety", "check"))
+    parser.add_argument("action", choices=("run", "choose", "safety", "check", "joint"))
     parser.add_argument("--lab", choices=tuple(LABS), default="b1", help="tuning lab (revision 4)")
     parser.add_argument("candidates", nargs="*", default=list(CANDIDATES))
     parser.add_argument("--out", type=Path, default=OUT)
@@ -332,8 +360,8 @@ def main() -> None:
         run(args.candidates, lab_out(args.out, args.lab), args.threads, LABS[args.lab])
     elif args.action == "safety":
         safety(args.out)
-    elif args.action == "check":
-        check(args.out)
+    elif args.action in ("check", "joint"):
+        check(args.out, 5 if args.action == "check" else 6)
     else:
         report(lab_out(args.out, args.lab))
 

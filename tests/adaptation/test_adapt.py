@@ -134,6 +134,22 @@ def test_the_benign_check_is_chosen_for_the_new_network_and_written_into_its_pac
     assert record["command"] == "the command" and lines[-1].startswith("Benign view check: views x2")
     assert leukoscope.load_model(package).benign_check == chosen
 
+    def joint_choosing_x2(predictor, val, **kwargs):
+        found = real_joint(predictor, val, composites=0, **{k: v for k, v in kwargs.items() if k != "composites"})
+        return replace(found, chosen="views x2; P(Benign) >= 0.999", check=chosen, threshold=0.95)
+
+    real_joint = benign_check_fit.fit_benign_rules
+    monkeypatch.setattr(benign_check_fit, "fit_benign_rules", joint_choosing_x2)
+    exported = info["review"].get("benign_confidence_threshold")  # None: the tiny package has no shift rules
+    record = _benign_check(package, data, AdaptOptions(threads=1, benign_rules="joint"), "c", lines.append)
+    review = verify_package(package)["review"]
+    assert review["benign_check"] == chosen.to_dict() and review["benign_confidence_threshold"] == 0.95
+    assert review["benign_confidence_threshold_exported"] == exported and record["rule"] == benign_check_fit.JOINT_RULE
+    assert lines[-1].startswith("Benign view check: views x2; P(Benign) >= 0.999; Benign calls reviewed below "
+                                "confidence 0.950000")
+    loaded = leukoscope.load_model(package)
+    assert loaded.benign_threshold == max(0.95, loaded.confidence_threshold)
+
     empty = data.with_records(r for r in data.records if r.part != "val")
     assert _benign_check(package, empty, AdaptOptions(threads=1), "c", lines.append) is None
     assert lines[-1] == "Benign view check: skipped (no Benign class or no val images)"

@@ -198,3 +198,8 @@ def test_model_card_names_the_parent_datasets_and_figures() -> None:
     info["review"]["benign_check"] = {"views": [{"scale": 2.0}], "threshold": 0.999}
     line = next(x for x in model_card(info).splitlines() if x.startswith("- Benign view check: "))
     assert "read again resized x2" in line and "below P(Benign) 0.999 there it is flagged (`benign_view`)" in line
+    assert "JOINT_RULE" not in line and "benign_low_confidence" not in line
+    info["benign_check_fit"]["benign_confidence_threshold"] = 0.9995
+    line = next(x for x in model_card(info).splitlines() if x.startswith("- Benign view check: "))
+    assert "together with the Benign confidence threshold" in line
+    assert line.endswith("Benign calls below confidence 0.999500 are flagged (`benign_low_confidence`).")

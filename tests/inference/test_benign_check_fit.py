@@ -100,3 +100,51 @@ def test_a_fit_without_val_images_or_a_benign_class_is_refused(tiny_package: Pat
     predictor.benign_index = None
     with pytest.raises(DataError, match="no Benign class"):
         fit.fit_benign_check(predictor, tiny_val)
+
+
+def _joint_copy(labels, p_benign, other=None, rows_p=None):
+    """A JointCopy of 2 classes (0 Benign) from P(Benign) per image and the x2 view's P(Benign) per row."""
+    labels, p = np.asarray(labels), np.asarray(p_benign, float)
+    other = np.zeros(len(p), bool) if other is None else np.asarray(other)
+    probs = np.stack([p, 1 - p], 1)
+    rows = np.flatnonzero((p > 0.5) & ~other)
+    views = fit.all_views()
+    p_views = np.ones((len(views), len(rows)))
+    if rows_p is not None:
+        p_views[views.index(View(scale=2.0))] = np.asarray(rows_p, float)
+    return fit.JointCopy(labels, probs, other, other.copy(), rows, p_views)
+
+
+def test_the_joint_rule_lets_the_check_catch_what_a_stricter_benign_threshold_would_cost() -> None:
+    # unshifted: 10 Benign images at 0.9995-0.99999, 2 leukemia called leukemia. Shifted: a leukemia image
+    # called Benign at 0.999999 that x2 doubts (P(Benign) 0.2 there), and 10 Benign images that x2 does not.
+    benign_p = [0.9995, 0.9996, 0.9997, 0.9998, 0.9999, 0.99991, 0.99993, 0.99995, 0.99997, 0.99999]
+    plain = _joint_copy([0] * 10 + [1, 1], [*benign_p, 0.1, 0.2])
+    shifted = _joint_copy([0] * 10 + [1], [*benign_p, 0.999999], rows_p=[0.9999] * 10 + [0.2])
+    copies = {"none": plain, "x2": shifted}
+    checks = {fit.NO_CHECK: None, "views x2; P(Benign) >= 0.5": BenignCheck((View(scale=2.0),), 0.5),
+              "views x2; P(Benign) >= 0.99999": BenignCheck((View(scale=2.0),), 0.99999)}
+    table = fit.joint_table(copies, checks, fit.all_views(), benign=0, confidence_threshold=0.9, max_flag_rise=1.0)
+    assert table[fit.NO_CHECK]["threshold"] == 0.9999995  # 1 - 1e-6 / 2: every Benign image goes to review
+    assert table[fit.NO_CHECK]["copies"]["none"]["flagged"] == 10 / 12
+    caught = table["views x2; P(Benign) >= 0.5"]
+    assert caught["threshold"] == 0.9 and caught["copies"]["x2"]["leukemia_called_benign_not_flagged"] == 0
+    assert caught["copies"]["none"]["flagged"] == 0.0  # the check caught the miss: no Benign call needs review
+    assert fit.choose_joint(table, checks) == "views x2; P(Benign) >= 0.5"
+    capped = fit.joint_table(copies, checks, fit.all_views(), benign=0, confidence_threshold=0.9, max_flag_rise=0.05)
+    assert capped[fit.NO_CHECK]["copies"]["x2"]["leukemia_called_benign_not_flagged"] == 1  # the cap binds
+    assert fit.choose_joint(capped, checks) == "views x2; P(Benign) >= 0.5"
+    strict = "views x2; P(Benign) >= 0.99999"  # doubts every shifted Benign image: over the cap there
+    assert capped[strict]["copies"]["x2"]["flagged"] == 1.0
+
+
+def test_a_joint_fit_on_a_tiny_package_matches_predict_bytes(tiny_package: Path, tiny_val) -> None:
+    predictor = load_predictor(tiny_package, threads=1)
+    before = predictor.benign_threshold
+    found = fit.fit_benign_rules(predictor, tiny_val, composites=1, seed=7)
+    assert predictor.benign_check is None and predictor.benign_threshold == before
+    assert found.chosen in found.summary and found.threshold >= predictor.confidence_threshold
+    assert found.summary[found.chosen]["benign_confidence_threshold"] == found.threshold
+    assert list(found.per_copy) == list(validation_shifts(len(tiny_val), composites=1, seed=7))
+    assert set(found.per_copy["none"]) == {"package_as_exported", "after"}
+    assert found.record()["rule"] == fit.JOINT_RULE

@@ -9,8 +9,9 @@ Order of work, and why:
 3. The adapted network is written as a run folder (best.pt, split.csv over both datasets, config.yaml) in a
    temporary folder and exported by `leukoscope.inference.export.export_run`, which refits the temperature,
    the review thresholds and the OOD statistics on both datasets' train and val parts and checks ONNX parity.
-   With `benign_check` (default), the new network's Benign view check is chosen on the joined val parts and
-   shifted copies of them by the rule the bundled package's was (leukoscope.inference.benign_check_fit).
+   With `benign_rules` "check" the new network's Benign view check is chosen on the joined val parts and
+   shifted copies of them by the rule the bundled package's was; with "joint" the check and the Benign
+   confidence threshold are chosen together there (leukoscope.inference.benign_check_fit).
 4. model.json gains `parent` and `adaptation` (both datasets' digests, before/after figures, options), the
    package gains MODEL_CARD.md, adaptation.yaml and the two split CSVs, and the folder is renamed into --out.
 """
@@ -62,6 +63,8 @@ SIMULATED_METHOD = ("; simulated replay: as many of the replay's train images pe
                     "hue by the parent's likelihood of their verified classes, colour by per-channel statistics)")
 BENIGN_CHECK_METHOD = ("; a Benign view check for the new network chosen on both datasets' val parts and shifted "
                        "copies of them (leukoscope.inference.benign_check_fit)")
+BENIGN_JOINT_METHOD = ("; the new network's Benign view check and Benign confidence threshold chosen together on "
+                       "both datasets' val parts and shifted copies of them (leukoscope.inference.benign_check_fit)")
 SIMULATED_REVIEW = ("; the simulated images also joined the export's training part (OOD statistics, image-quality "
                     "and cell-scale ranges)")
 
@@ -166,7 +169,7 @@ def adapt_manifests(parent: Parent, lab: Manifest, replay: Manifest | None, out:
         extra = {"shift_rules": True} if options.shift_rules else {}  # older export_run: no such option
         package = export_run(run, work / "package", int8=options.int8, data_root=work / "data", name=name,
                              threads=options.threads, log=log, **extra)
-        checked = _benign_check(package, data, options, command, log) if options.benign_check else None
+        checked = _benign_check(package, data, options, command, log) if options.benign_rules != "export" else None
         for key, part in ((LAB_HELD_OUT, lab.part("test")), (REPLAY_TEST, replay.part("test") if replay else None)):
             if part is not None:
                 metrics[key]["before"]["review"] = review_figures(parent.path, part, threads=options.threads)
@@ -198,7 +201,7 @@ def _benign_check(package: Path, data: Manifest, options: AdaptOptions, command:
     """Choose the adapted network's Benign view check on `data`'s val part (both datasets') and write it into
     the package's model.json before anything reads the package; returns model.json's `benign_check_fit`, or
     None when there is no Benign class or no val image to choose on."""
-    from leukoscope.inference.benign_check_fit import fit_benign_check
+    from leukoscope.inference.benign_check_fit import fit_benign_check, fit_benign_rules
     from leukoscope.inference.predictor import load_predictor
 
     val = data.part("val")
@@ -206,12 +209,21 @@ def _benign_check(package: Path, data: Manifest, options: AdaptOptions, command:
     if predictor.benign_index is None or not len(val):
         log("Benign view check: skipped (no Benign class or no val images)")
         return None
-    fit = fit_benign_check(predictor, val, log=log)
-    log(f"Benign view check: {fit.chosen} ({fit.seconds:.0f} s)")
+    joint = options.benign_rules == "joint"
+    fit = fit_benign_rules(predictor, val, log=log) if joint else fit_benign_check(predictor, val, log=log)
+    log(f"Benign view check: {fit.chosen}" + (f"; Benign calls reviewed below confidence {fit.threshold:.6f}"
+                                               if joint else "") + f" ({fit.seconds:.0f} s)")
     record = {**fit.record(), "command": command, "data": {"val_images": len(val), "val_digest": val.digest()}}
     info = json.loads((package / MODEL_JSON).read_text(encoding="utf-8"))
+    review = {key: value for key, value in info["review"].items() if key != "benign_check"}
     if fit.check is not None:
-        info["review"] = {**info["review"], "benign_check": fit.check.to_dict()}
+        review["benign_check"] = fit.check.to_dict()
+    if joint:
+        review["benign_confidence_threshold_exported"] = review.get("benign_confidence_threshold")
+        review["benign_confidence_threshold"] = fit.threshold
+        review["benign_confidence_threshold_source"] = ("chosen with the Benign view check on both datasets' val "
+                                                        "parts and shifted copies of them (benign_check_fit)")
+    info["review"] = review
     info["benign_check_fit"] = record
     write_text(package / MODEL_JSON, json.dumps(info, indent=2, default=str) + "\n")
     return record
@@ -255,7 +267,7 @@ def _finish(package: Path, parent: Parent, lab: Manifest, replay: Manifest | Non
     if shift is not None:
         method += SIMULATED_METHOD + (SIMULATED_REVIEW if options.simulate_review else "")
     if benign_check is not None:
-        method += BENIGN_CHECK_METHOD
+        method += BENIGN_JOINT_METHOD if options.benign_rules == "joint" else BENIGN_CHECK_METHOD
     info["adaptation"] = {"method": method, "command": command, "datasets": datasets, "metrics": metrics,
                           "options": asdict(options), "history": history,
                           "lab_shift": shift.to_dict() if shift is not None else None,

@@ -55,21 +55,26 @@ def _simulated(options: dict[str, Any], shift: dict[str, Any] | None) -> list[st
 
 
 def _benign_check(info: dict[str, Any]) -> list[str]:
-    """The Benign view check line: the views and threshold chosen for this network, or that none earned its
-    flags on val, or nothing when the package was adapted without the fit."""
+    """The Benign view check line: the views and threshold chosen for this network (with the Benign confidence
+    threshold when both were chosen together), or that none earned its flags on val, or nothing when the
+    package was adapted without the fit."""
     fit = info.get("benign_check_fit")
     if not fit:
         return []
     check = info.get("review", {}).get("benign_check")
+    joint = "benign_confidence_threshold" in fit
     where = (f"chosen on both datasets' val parts ({fit['data']['val_images']} images) and shifted copies of them "
-             "by the rule the bundled package's check was (leukoscope.inference.benign_check_fit)")
+             + ("together with the Benign confidence threshold (leukoscope.inference.benign_check_fit.JOINT_RULE)"
+                if joint else "by the rule the bundled package's check was (leukoscope.inference.benign_check_fit)"))
+    threshold = (f" Benign calls below confidence {fit['benign_confidence_threshold']:.6f} are flagged "
+                 f"(`benign_low_confidence`)." if joint else "")
     if not check:
         return [f"- Benign view check: none ({where}: no candidate caught a leukemia image called Benign without a "
-                "flag there, so none was worth its flags)."]
+                f"flag there at a lower cost, so none was worth its flags).{threshold}"]
     parsed = BenignCheck.from_dict(check)
     views = ", ".join(v.describe(why=False) for v in parsed.views)
     return [f"- Benign view check: a Benign call no other reason flags is read again {views}; below "
-            f"P(Benign) {parsed.threshold:g} there it is flagged (`benign_view`); {where}."]
+            f"P(Benign) {parsed.threshold:g} there it is flagged (`benign_view`); {where}.{threshold}"]
 
 
 def model_card(info: dict[str, Any]) -> str:

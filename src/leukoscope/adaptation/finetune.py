@@ -33,6 +33,9 @@ Progress = Callable[[str, int, int], None]  # (label, done, total), as the fit l
 SHIFT_RULES_KEY = "benign_confidence_threshold"  # in model.json's review: exported with shift rules
 
 
+BENIGN_RULES = ("export", "check", "joint")
+
+
 @dataclass(frozen=True)
 class AdaptOptions:
     """How to adapt. The defaults fine-tune a pretrained network gently: a low learning rate, few epochs,
@@ -62,9 +65,14 @@ class AdaptOptions:
     # b3 0 misses with and without it (flagged 33.7% vs 36.5%), so its rule kept it. benchmarks/RESULTS.md
     # has the test-part figures.
     simulate_review: bool = True
-    # the adapted network gets its own Benign view check (leukoscope.inference.benign_check_fit: the parent's
-    # rule, on both datasets' val parts and shifted copies of them); it only adds flags, never changes a call.
-    benign_check: bool = True
+    # how the adapted network's Benign calls are reviewed (BENIGN_RULES): "export", the export's Benign
+    # confidence threshold alone; "check", plus its own Benign view check (leukoscope.inference.benign_check_fit,
+    # the bundled package's rule on both datasets' val parts and shifted copies; it only adds flags); "joint",
+    # the check and the Benign threshold chosen together there (a check that catches the most confident misses
+    # lets the threshold drop). scripts/tune_adapt.py revision 5 chose "check" over "export" (b1: no check
+    # chosen, flagged +0.0 points; b3: x0.5 @ 0.5, +0.6 points; 0 misses both ways); revision 6 kept "check"
+    # over "joint" (b1 the same; b3 flagged 34.3% -> 26.5% but 1 leukemia called Benign without a flag).
+    benign_rules: str = "check"
     trainable: str = "all"
     augment: str | None = None  # None: the parent's own recipe (model.json training.config), else "paper"
     label_smoothing: float = 0.05
@@ -94,6 +102,8 @@ class AdaptOptions:
             raise ConfigError(f"--seed must be 0 or more, got {self.seed}")
         if self.augment is not None and self.augment not in RECIPES:
             raise ConfigError(f"--augment must be one of {', '.join(RECIPES)}; got {self.augment!r}")
+        if self.benign_rules not in BENIGN_RULES:
+            raise ConfigError(f"--benign-rules must be one of {', '.join(BENIGN_RULES)}; got {self.benign_rules!r}")
         if not 0 <= self.max_replay_drop < 1:
             raise ConfigError(f"the allowed replay drop must be in [0, 1), got {self.max_replay_drop:g}")
 

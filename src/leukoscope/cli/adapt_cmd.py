@@ -42,8 +42,10 @@ def adapt(
     simulate_review: bool = typer.Option(True, "--simulate-review/--no-simulate-review", help="Also fit "
                                                 "the review statistics (OOD, image quality, cell scale) on the "
                                                 "simulated images (default chosen as --lr's)."),
-    benign_check: bool = typer.Option(True, "--benign-check/--no-benign-check", help="Choose the new network's "
-                                      "Benign view check on both datasets' val parts (it only adds review flags)."),
+    benign_rules: str = typer.Option("check", "--benign-rules", help="How Benign calls are reviewed: export (the "
+                                     "export's Benign threshold), check (plus a Benign view check chosen for the new "
+                                     "network on both datasets' val parts), joint (check and threshold chosen "
+                                     "together); default chosen as --lr's."),
     augment: str | None = typer.Option(None, "--augment", help="none, paper, strong or robust (default: the parent's "
                                        "training recipe)."),
     int8: bool = typer.Option(False, "--int8", help="Also write a static int8 ONNX model (as `leukoscope export`)."),
@@ -68,7 +70,7 @@ def adapt(
     options = AdaptOptions(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, held_out=held_out, val=val,
                            replay_ratio=replay_ratio, augment=augment, int8=int8, shift_rules=shift_rules, name=name,
                            device=device, simulate_ratio=simulate_ratio, simulate_review=simulate_review,
-                           benign_check=benign_check)
+                           benign_rules=benign_rules)
 
     def log(message: str) -> None:
         if not quiet:

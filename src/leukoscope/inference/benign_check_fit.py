@@ -188,3 +188,185 @@ def fit_benign_check(predictor: Predictor, val: Manifest, *, composites: int = V
     verified = checked_on_val(predictor, check, val_copies, table[chosen]) if check is not None else {}
     per_copy = {c: {"before": table[NO_CHECK][c], "after": verified.get(c, table[NO_CHECK][c])} for c in val_copies}
     return BenignCheckFit(chosen, check, summary, per_copy, time.time() - started)
+
+
+# ------------------------------------------------------------------------------------------- joint rule
+
+JOINT_RULE = (
+    "Chosen on the val part and seeded shifted copies of it (leukoscope.data.shifts.validation_shifts), never on "
+    "the test part, through Predictor.predict_bytes. For every Benign view check candidate of RULE (no check "
+    "included), the Benign confidence threshold is chosen again by the export's shift rule (a) "
+    "(leukoscope.review.rules.choose_benign_threshold: 1 - m / 2, m the smallest 1 - P(Benign) among leukemia "
+    "images called Benign that no reason flags, now counting the check's flags as reasons) over all copies at once. "
+    "Keep the pairs whose unshifted flagged share is at most 5 points above the share flagged by every reason "
+    "but the Benign rules (Benign confidence, Benign view, cell scale); then the fewest leukemia images called "
+    "Benign without a flag over the shifted copies, then the lowest unshifted flagged share, then the lowest mean "
+    "shifted flagged share, then the fewest views, then the lower check threshold. The pair only sets when a "
+    "Benign call is flagged; it never changes a call.")
+BENIGN_RULE_CODES = frozenset({"benign_low_confidence", "benign_view"})  # what the joint rule decides
+NOT_IN_BASELINE = BENIGN_RULE_CODES | {"cell_scale"}  # the export's cap baseline leaves the scale range out too
+
+
+@dataclass
+class JointCopy:
+    """One val copy through the package with no Benign rule of its own: calibrated probabilities, whether a
+    reason other than the Benign rules flags each image (`other`; no call counts as flagged), and P(Benign)
+    at every candidate view of the Benign calls nothing else flags (`rows`)."""
+
+    labels: np.ndarray  # N
+    probs: np.ndarray  # N x C (zeros without a call)
+    other: np.ndarray  # N bool
+    baseline: np.ndarray  # N bool: flagged by a reason the export's cap counts as the package's own
+    rows: np.ndarray
+    p_benign: np.ndarray  # V x len(rows)
+
+
+@dataclass(frozen=True)
+class BenignRulesFit:
+    """The joint rule's choice: the Benign view check (None: none) and the Benign confidence threshold."""
+
+    chosen: str
+    check: BenignCheck | None
+    threshold: float
+    summary: dict[str, dict[str, Any]]
+    per_copy: dict[str, dict[str, Any]]
+    seconds: float
+
+    def record(self) -> dict[str, Any]:
+        return {"rule": JOINT_RULE, "chosen": self.chosen, "benign_confidence_threshold": self.threshold,
+                "candidates": self.summary, "per_copy": self.per_copy, "seconds": round(self.seconds, 1)}
+
+
+def joint_copy(predictor: Predictor, files: list[bytes], pixels: np.ndarray, labels: np.ndarray,
+               views: list[View], name: str) -> JointCopy:
+    """One val copy through `predictor` (its Benign check off) and P(Benign) of every view of the Benign calls
+    no other reason flags."""
+    calls = read_copy(predictor, files, name)
+    probs = np.array([[p.probabilities[c] for c in predictor.classes] for p in calls.predictions], np.float64)
+    other = np.array([bool(set(p.review_codes) - BENIGN_RULE_CODES) or p.label is None for p in calls.predictions])
+    baseline = np.array([bool(set(p.review_codes) - NOT_IN_BASELINE) or p.label is None for p in calls.predictions])
+    rows = np.flatnonzero((calls.called == predictor.benign_index) & ~other)
+    p_benign = np.zeros((len(views), 0))
+    if len(rows):
+        p_benign = np.stack([outputs(predictor, pixels[rows], view)[0][:, predictor.benign_index] for view in views])
+    return JointCopy(labels, probs.reshape(len(labels), len(predictor.classes)), other, baseline, rows, p_benign)
+
+
+def joint_table(copies: dict[str, JointCopy], checks: dict[str, BenignCheck | None], views: list[View], *,
+                benign: int, confidence_threshold: float, max_flag_rise: float = MAX_FLAG_RISE,
+                ) -> dict[str, dict[str, Any]]:
+    """Per candidate check: the Benign threshold rule (a) then chooses over all copies, and per copy the flagged
+    share and the leukemia called Benign without a flag under the pair."""
+    from leukoscope.review.rules import choose_benign_threshold
+
+    names = list(copies)
+    labels = np.concatenate([copies[n].labels for n in names])
+    probs = np.concatenate([copies[n].probs for n in names])
+    other = np.concatenate([copies[n].other for n in names])
+    shifted = np.concatenate([np.full(len(copies[n].labels), n != "none") for n in names])
+    plain = ~shifted
+    baseline = float(np.concatenate([copies[n].baseline for n in names])[plain].mean()) if plain.any() else 0.0
+    offsets = np.cumsum([0, *(len(copies[n].labels) for n in names)])
+    called, p_benign = probs.argmax(1), probs[:, benign]
+    out: dict[str, dict[str, Any]] = {}
+    for cname, check in checks.items():
+        doubt = np.zeros(len(labels), bool)
+        if check is not None:
+            index = [views.index(v) for v in check.views]
+            for k, n in enumerate(names):
+                c = copies[n]
+                if len(c.rows):
+                    doubt[offsets[k] + c.rows[check.doubting_view(c.p_benign[index].T) >= 0]] = True
+        flagged_before = other | doubt
+        threshold, _ = choose_benign_threshold(probs, labels, flagged_before, shifted, benign=benign,
+                                               confidence_threshold=confidence_threshold, baseline=baseline,
+                                               max_flag_rise=max_flag_rise)
+        flagged = flagged_before | ((called == benign) & (p_benign < threshold))
+        missed = (labels != benign) & (called == benign) & ~flagged
+        per_copy = {n: {"flagged": float(flagged[offsets[k]:offsets[k + 1]].mean()),
+                        "leukemia_called_benign_not_flagged": int(missed[offsets[k]:offsets[k + 1]].sum())}
+                    for k, n in enumerate(names)}
+        out[cname] = {"threshold": threshold, "copies": per_copy,
+                      "within_cap": per_copy.get("none", {"flagged": 0.0})["flagged"] <= baseline + max_flag_rise + 1e-12}
+    return out
+
+
+def choose_joint(table: dict[str, dict[str, Any]], checks: dict[str, BenignCheck | None]) -> str:
+    """JOINT_RULE's choice (no check stands when no pair keeps within the cap)."""
+    def key(name: str) -> tuple[int, float, float, int, float]:
+        rows, check = table[name]["copies"], checks[name]
+        shifted = [row for copy_name, row in rows.items() if copy_name != "none"]
+        return (sum(r["leukemia_called_benign_not_flagged"] for r in shifted), rows["none"]["flagged"],
+                float(np.mean([r["flagged"] for r in shifted])) if shifted else 0.0,
+                len(check.views) if check else 0, check.threshold if check else 0.0)
+
+    eligible = [name for name in table if table[name]["within_cap"]] or [NO_CHECK]
+    return min(eligible, key=key)
+
+
+def fit_benign_rules(predictor: Predictor, val: Manifest, *, composites: int = VALIDATION_COMPOSITES,
+                     seed: int = VALIDATION_SEED, log: Log | None = None) -> BenignRulesFit:
+    """JOINT_RULE on `val` through `predictor`; the predictor is left with its Benign check off and its Benign
+    threshold as it was. DataError when the package has no Benign class or `val` no images."""
+    log = log or (lambda message: None)
+    benign = predictor.benign_index
+    if benign is None:
+        raise DataError("the package has no Benign class: there is no Benign call to check")
+    if not len(val):
+        raise DataError("there are no val images to choose the Benign rules on")
+    predictor.benign_check = None
+    started = time.time()
+    checks = dict(candidates(predictor.benign_threshold))
+    views = all_views()
+    copies: dict[str, JointCopy] = {}
+    val_copies: dict[str, tuple[list[bytes], np.ndarray]] = {}
+    for copy_name, files, pixels, labels in shifted_copies(val, predictor.preprocess, composites=composites,
+                                                           seed=seed):
+        val_copies[copy_name] = (files, labels)
+        copies[copy_name] = joint_copy(predictor, files, pixels, labels, views, copy_name)
+        log(f"Benign rules: val copy {copy_name!r}, {len(labels)} images, {len(copies[copy_name].rows)} Benign calls "
+            f"no other reason flags, {time.time() - started:.0f} s")
+    table = joint_table(copies, checks, views, benign=benign, confidence_threshold=predictor.confidence_threshold)
+    chosen = choose_joint(table, checks)
+    check, threshold = checks[chosen], float(table[chosen]["threshold"])
+    summary = {name: {"benign_confidence_threshold": row["threshold"], "within_cap": row["within_cap"],
+                      "unshifted_flagged": row["copies"]["none"]["flagged"],
+                      "shifted_mean_flagged": float(np.mean([r["flagged"] for c, r in row["copies"].items()
+                                                             if c != "none"] or [0.0])),
+                      "shifted_missed": sum(r["leukemia_called_benign_not_flagged"] for c, r in row["copies"].items()
+                                            if c != "none")}
+               for name, row in table.items()}
+    kept = predictor.benign_threshold
+    predictor.benign_threshold = threshold
+    try:
+        verified = (checked_on_val(predictor, check, val_copies, table[chosen]["copies"]) if check is not None
+                    else _checked_without(predictor, val_copies, table[chosen]["copies"]))
+    finally:
+        predictor.benign_threshold = kept
+    per_copy = {c: {"package_as_exported": _as_exported(copies[c], benign, kept), "after": verified[c]}
+                for c in val_copies}
+    return BenignRulesFit(chosen, check, threshold, summary, per_copy, time.time() - started)
+
+
+def _as_exported(copy: JointCopy, benign: int, threshold: float) -> dict[str, Any]:
+    """The copy's numbers under the package's own Benign threshold and no check."""
+    called = copy.probs.argmax(1)
+    flagged = copy.other | ((called == benign) & (copy.probs[:, benign] < threshold))
+    missed = (copy.labels != benign) & (called == benign) & ~flagged
+    return {"flagged": float(flagged.mean()), "leukemia_called_benign_not_flagged": int(missed.sum())}
+
+
+def _checked_without(predictor: Predictor, val_copies: dict[str, tuple[list[bytes], np.ndarray]],
+                     expected: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The chosen threshold (no check) through predict_bytes on every copy: the table's numbers, or DataError."""
+    out = {}
+    for name, (files, labels) in val_copies.items():
+        calls = read_copy(predictor, files, name)
+        row = {"flagged": float(calls.flagged.mean()),
+               "leukemia_called_benign_not_flagged": int(calls.missed(labels, predictor.benign_index).sum())}
+        if (row["leukemia_called_benign_not_flagged"] != expected[name]["leukemia_called_benign_not_flagged"]
+                or abs(row["flagged"] - expected[name]["flagged"]) > 1e-9):
+            raise DataError(f"the chosen Benign threshold gave other numbers through predict_bytes on {name!r} than "
+                            f"in the table: {row} vs {expected[name]}")
+        out[name] = row
+    return out
