@@ -173,6 +173,7 @@ def measure(model: str | Path, records: Manifest, replay: Manifest, work: Path, 
                                      command=f"benchmarks.second_lab: adapt on lab B, N={n}")
             entry["adapt_metrics"] = result.metrics
             entry["lab_shift"] = result.info["adaptation"].get("lab_shift")
+            entry["benign_rules"] = benign_rules(result.info)
             entry.update(_scored(out, f"N={n}", eval_b, lab_a))
         except AdaptationRefused as exc:
             entry["refused"] = str(exc)
@@ -185,6 +186,14 @@ def measure(model: str | Path, records: Manifest, replay: Manifest, work: Path, 
             "evaluation": len(eval_b), "lab_a": len(lab_a), "options": asdict(options), "rows": rows,
             "sets": {n: [pool_b.records[i].path for i in idx] for n, idx in sets.items()},
             "evaluation_paths": [r.path for r in eval_b.records]}
+
+
+def benign_rules(info: dict[str, Any]) -> dict[str, Any]:
+    """How an adapted package reviews its Benign calls: its Benign confidence threshold and the Benign view
+    check adapt chose for it (None: none)."""
+    review, fit = info.get("review", {}), info.get("benign_check_fit") or {}
+    return {"benign_confidence_threshold": review.get("benign_confidence_threshold"),
+            "benign_check": review.get("benign_check"), "chosen": fit.get("chosen")}
 
 
 def _scored(package: Path, name: str, eval_b: Manifest, lab_a: Manifest) -> dict[str, Any]:
@@ -269,11 +278,35 @@ def render(result: dict[str, Any], command: str, model: str, wall: float, plot: 
                      + ", ".join(f"{c} x{a:.2f}{b:+.0f}" for c, a, b in zip("RGB", s["colour_slope"],
                                                                              s["colour_offset"], strict=True))
                      + "\n" for n, s in shifts) + "\n")
+    body += _review_lines(result["rows"])
     body += "Issue #13's targets with N = 100:\n\n" + "".join(
         f"- {name}: {measured}: **{'PASS' if met else 'FAIL'}**\n" for name, met, measured in targets(result))
     if plot:
         body += f"\n![lab-B figures against N]({plot})\n"
     return body
+
+
+def _review_lines(rows: list[dict[str, Any]]) -> str:
+    """Why lab-B images were flagged (share with each review code; an image may have several) and each adapted
+    package's Benign rules."""
+    lines = []
+    for row in rows:
+        codes = row.get("lab_b", {}).get("flag_codes")
+        if codes is None:
+            continue
+        reasons = ", ".join(f"{code} {share:.1%}" for code, share in sorted(codes.items(), key=lambda kv: -kv[1]))
+        rules = row.get("benign_rules")
+        extra = ""
+        if rules:
+            threshold = rules.get("benign_confidence_threshold")
+            extra = (f"; Benign calls reviewed below confidence {threshold:.6g}" if threshold is not None else "")
+            extra += f"; Benign view check: {rules.get('chosen') or 'not fitted'}"
+        lines.append(f"- {row['name']}: {reasons or 'none'}{extra}\n")
+    if not lines:
+        return ""
+    return ("Why lab-B images were flagged (share of the evaluation images with each review code, "
+            "`leukoscope.review.reasons`; an image may have several), and each adapted package's Benign rules:\n\n"
+            + "".join(lines) + "\n")
 
 
 def save_plot(result: dict[str, Any], path: Path) -> None:

@@ -21,8 +21,9 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,7 @@ class Row:
     benign_called_leukemia_not_flagged: int
     accuracy_as_given: float | None = None  # realigned images' calls as given (no realignment); None: = accuracy
     realigned: float = 0.0  # share of images whose call came from a realignment view
+    flag_codes: dict[str, float] = field(default_factory=dict)  # share of images with each review code
 
     def __post_init__(self) -> None:
         if self.accuracy_as_given is None:
@@ -92,10 +94,12 @@ def score(predictor: Any, name: str, kind: str, items: list[tuple[str, bytes]], 
     as_given = np.array([classes.index(d["label_as_given"]) if d else c for d, c in zip(realigned, called, strict=True)])
     flagged = np.array([r.review for r in results], bool)
     leukemia, missed = y != benign, (y != benign) & (called == benign)
+    codes = Counter(code for r in results for code in set(r.review_codes))
     return Row(name, kind, len(y), float((called == y).mean()), float(flagged.mean()), int(leukemia.sum()),
                int(missed.sum()), int((missed & flagged).sum()), int((missed & ~flagged).sum()),
                int((~leukemia).sum()), int((~leukemia & (called != benign) & (called >= 0) & ~flagged).sum()),
-               float((as_given == y).mean()), float(np.mean([d is not None for d in realigned])))
+               float((as_given == y).mean()), float(np.mean([d is not None for d in realigned])),
+               {code: count / len(y) for code, count in sorted(codes.items())})
 
 
 def test_records(split: Path = SPLIT) -> list[dict[str, str]]:

@@ -109,5 +109,13 @@ def test_core_runs_on_a_small_parent_and_counts_add_up(tmp_path_factory: pytest.
     with_shift = {**result, "rows": [*rows, {**rows[0], "n": 99, "lab_shift": estimate}]}
     text = second_lab.render(with_shift, "python -m benchmarks.second_lab", "model parent", 1.0, None)
     assert "- N=99: magnification x1.50, hue -15 deg, colour R x1.00+0, G x1.10-3, B x0.90+2\n" in text
+    assert "Why lab-B images were flagged" in text and "- parent (not adapted): " in text
+    assert all("flag_codes" in r["lab_b"] for r in rows if "lab_b" in r)
+    adapted = {**rows[0], "name": "adapted on N=99", "lab_b": {**rows[0]["lab_b"], "flag_codes": {
+        "out_of_distribution": 0.1, "benign_low_confidence": 0.25}},
+        "benign_rules": {"benign_confidence_threshold": 0.9954, "benign_check": None, "chosen": "no check"}}
+    text = second_lab.render({**result, "rows": [adapted]}, "python -m benchmarks.second_lab", "m", 1.0, None)
+    assert ("- adapted on N=99: benign_low_confidence 25.0%, out_of_distribution 10.0%; Benign calls reviewed below "
+            "confidence 0.9954; Benign view check: no check\n") in text
     second_lab.save_plot(result, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
