@@ -133,9 +133,11 @@ def copy_outputs(predictor: Predictor, files: list[bytes], pixels: np.ndarray, l
     return CopyOutputs(labels, called, flagged, rows, p_benign)
 
 
-def checked_on_val(predictor: Predictor, check: BenignCheck, val_copies: dict[str, tuple[list[bytes], np.ndarray]],
+def checked_on_val(predictor: Predictor, check: BenignCheck | None,
+                   val_copies: dict[str, tuple[list[bytes], np.ndarray]],
                    expected: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The chosen check through Predictor.predict_bytes on every val copy: the table's numbers, or DataError."""
+    """The chosen check (None: none, under the predictor's Benign threshold) through Predictor.predict_bytes on
+    every val copy: the table's numbers, or DataError."""
     predictor.benign_check = check
     out = {}
     try:
@@ -154,17 +156,23 @@ def checked_on_val(predictor: Predictor, check: BenignCheck, val_copies: dict[st
     return out
 
 
+def _benign_of(predictor: Predictor, val: Manifest, what: str) -> int:
+    """The Benign class index, with the predictor's own Benign check switched off for a fit; DataError when
+    there is no Benign class or no val image."""
+    if predictor.benign_index is None:
+        raise DataError("the package has no Benign class: there is no Benign call to check")
+    if not len(val):
+        raise DataError(f"there are no val images to choose {what} on")
+    predictor.benign_check = None
+    return predictor.benign_index
+
+
 def fit_benign_check(predictor: Predictor, val: Manifest, *, composites: int = VALIDATION_COMPOSITES,
                      seed: int = VALIDATION_SEED, log: Log | None = None) -> BenignCheckFit:
     """RULE on `val` (a package's val part) through `predictor`, whose own Benign check is switched off for
     the fit and left off. DataError when the package has no Benign class or `val` no images."""
     log = log or (lambda message: None)
-    benign = predictor.benign_index
-    if benign is None:
-        raise DataError("the package has no Benign class: there is no Benign call to check")
-    if not len(val):
-        raise DataError("there are no val images to choose the Benign view check on")
-    predictor.benign_check = None
+    benign = _benign_of(predictor, val, "the Benign view check")
     started = time.time()
     checks = dict(candidates(predictor.benign_threshold))
     views = all_views()
@@ -309,12 +317,7 @@ def fit_benign_rules(predictor: Predictor, val: Manifest, *, composites: int = V
     """JOINT_RULE on `val` through `predictor`; the predictor is left with its Benign check off and its Benign
     threshold as it was. DataError when the package has no Benign class or `val` no images."""
     log = log or (lambda message: None)
-    benign = predictor.benign_index
-    if benign is None:
-        raise DataError("the package has no Benign class: there is no Benign call to check")
-    if not len(val):
-        raise DataError("there are no val images to choose the Benign rules on")
-    predictor.benign_check = None
+    benign = _benign_of(predictor, val, "the Benign rules")
     started = time.time()
     checks = dict(candidates(predictor.benign_threshold))
     views = all_views()
@@ -339,8 +342,7 @@ def fit_benign_rules(predictor: Predictor, val: Manifest, *, composites: int = V
     kept = predictor.benign_threshold
     predictor.benign_threshold = threshold
     try:
-        verified = (checked_on_val(predictor, check, val_copies, table[chosen]["copies"]) if check is not None
-                    else _checked_without(predictor, val_copies, table[chosen]["copies"]))
+        verified = checked_on_val(predictor, check, val_copies, table[chosen]["copies"])
     finally:
         predictor.benign_threshold = kept
     per_copy = {c: {"package_as_exported": _as_exported(copies[c], benign, kept), "after": verified[c]}
@@ -354,19 +356,3 @@ def _as_exported(copy: JointCopy, benign: int, threshold: float) -> dict[str, An
     flagged = copy.other | ((called == benign) & (copy.probs[:, benign] < threshold))
     missed = (copy.labels != benign) & (called == benign) & ~flagged
     return {"flagged": float(flagged.mean()), "leukemia_called_benign_not_flagged": int(missed.sum())}
-
-
-def _checked_without(predictor: Predictor, val_copies: dict[str, tuple[list[bytes], np.ndarray]],
-                     expected: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The chosen threshold (no check) through predict_bytes on every copy: the table's numbers, or DataError."""
-    out = {}
-    for name, (files, labels) in val_copies.items():
-        calls = read_copy(predictor, files, name)
-        row = {"flagged": float(calls.flagged.mean()),
-               "leukemia_called_benign_not_flagged": int(calls.missed(labels, predictor.benign_index).sum())}
-        if (row["leukemia_called_benign_not_flagged"] != expected[name]["leukemia_called_benign_not_flagged"]
-                or abs(row["flagged"] - expected[name]["flagged"]) > 1e-9):
-            raise DataError(f"the chosen Benign threshold gave other numbers through predict_bytes on {name!r} than "
-                            f"in the table: {row} vs {expected[name]}")
-        out[name] = row
-    return out
