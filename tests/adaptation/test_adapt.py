@@ -30,8 +30,8 @@ from leukoscope.training.dataset import TensorSet
 from tests.adaptation.fixtures import make_lab, shared_parent
 from tests.helpers.modelfixtures import shared_tiny_package, shared_tiny_run
 
-GOOD = AdaptOptions(epochs=16, lr=5e-4, replay_ratio=2.0, simulate_ratio=1.0, simulate_review=True, augment="paper",
-                    device="cpu", threads=1)
+GOOD = AdaptOptions(epochs=16, lr=5e-4, replay_ratio=2.0, simulate_ratio=1.0, simulate_review=True, simulate_val=True,
+                    augment="paper", device="cpu", threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -87,14 +87,16 @@ def test_adapting_to_a_stained_lab_helps_and_names_the_parent(parent: Path, stai
     assert datasets["replay"]["split_digest"] == parent_info["data"]["split_digest"]
     assert {LAB_SPLIT, REPLAY_SPLIT, CONFIG} <= set(info["files"])
     assert info["adaptation"]["options"]["augment"] == "paper" and info["adaptation"]["command"] == "test"
-    assert info["temperature"] > 0 and info["data"]["parts"] == {"train": 44 + 60 + 60, "val": 12 + 12, "test": 24 + 24}
+    assert info["temperature"] > 0 and info["data"]["parts"] == {"train": 44 + 60 + 60, "val": 12 + 12 + 12,
+                                                                 "test": 24 + 24}  # simulated train and val
     lab_split = read_manifest_csv(out / LAB_SPLIT, stained_lab)
     assert lab_split.digest() == datasets["lab"]["split_digest"]
     card = (out / CARD).read_text()
     assert "parent" in card and datasets["lab"]["manifest_digest"] in card and "Before and after" in card
     assert "- Simulated replay: 1 of the replay's train images per lab image" in card
+    assert "The replay's val part shown that way also joined the val part" in card
     fit = info["benign_check_fit"]  # the new network's own Benign view check, chosen on both val parts
-    assert fit["rule"] == BENIGN_RULE and fit["data"]["val_images"] == 12 + 12 and fit["command"] == "test"
+    assert fit["rule"] == BENIGN_RULE and fit["data"]["val_images"] == 12 + 12 + 12 and fit["command"] == "test"
     assert any(line.startswith("Benign view check: ") for line in lines)
     assert "- Benign view check: " in card and info["adaptation"]["method"].endswith(BENIGN_CHECK_METHOD)
     if info["review"].get("benign_check"):

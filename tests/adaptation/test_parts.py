@@ -170,6 +170,10 @@ def test_simulated_images_join_the_training_part_as_files(tmp_path: Path) -> Non
     assert not (tmp_path / "replay" / SIMULATED).exists()  # written beside the links, never into a dataset
     with pytest.raises(ValueError, match="simulated images for"):
         with_simulated(both, train, images[:1])
+    val = replay.part("test")  # any other part of the replay: its simulated copies go where they are asked
+    calibrate = with_simulated(more, val, torch.zeros((len(val), 3, 8, 8), dtype=torch.uint8), part="val")
+    assert [r.part for r in calibrate.records[len(more):]] == ["val"] * len(val)
+    assert len(calibrate.part("val")) == len(more.part("val")) + len(val)
 
 
 def test_model_card_names_the_parent_datasets_and_figures() -> None:

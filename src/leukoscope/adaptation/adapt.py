@@ -65,6 +65,8 @@ BENIGN_CHECK_METHOD = ("; a Benign view check for the new network chosen on both
                        "copies of them (leukoscope.inference.benign_check_fit)")
 BENIGN_JOINT_METHOD = ("; the new network's Benign view check and Benign confidence threshold chosen together on "
                        "both datasets' val parts and shifted copies of them (leukoscope.inference.benign_check_fit)")
+SIMULATED_VAL = ("; the replay's val part through the lab's shift also joined the export's val part (temperature, "
+                 "thresholds, Benign rules)")
 SIMULATED_REVIEW = ("; the simulated images also joined the export's training part (OOD statistics, image-quality "
                     "and cell-scale ranges)")
 
@@ -150,6 +152,9 @@ def adapt_manifests(parent: Parent, lab: Manifest, replay: Manifest | None, out:
         data = joined(lab, replay, work / "data")
         if simulated is not None and replay is not None and options.simulate_review:
             data = with_simulated(data, replay.part("train"), simulated.images)
+        if shift is not None and replay is not None and options.simulate_val:
+            replay_val = load_part(replay, "val", pre, device, 2)
+            data = with_simulated(data, replay.part("val"), shift.apply_batch(replay_val.images), part="val")
         name = options.name or f"{parent.name}-adapted"
         config = options.train_config(str(work / "data"), parent.spec, pre, name)
         history = finetune(model, lab_train, replay_train, config, pre, replay_ratio=options.replay_ratio,
@@ -265,7 +270,8 @@ def _finish(package: Path, parent: Parent, lab: Manifest, replay: Manifest | Non
     info["parent"] = parent.identity()
     method = METHOD  # a shift exists only where there was replay to simulate from (_simulated)
     if shift is not None:
-        method += SIMULATED_METHOD + (SIMULATED_REVIEW if options.simulate_review else "")
+        method += (SIMULATED_METHOD + (SIMULATED_REVIEW if options.simulate_review else "")
+                   + (SIMULATED_VAL if options.simulate_val and replay is not None else ""))
     if benign_check is not None:
         method += BENIGN_JOINT_METHOD if options.benign_rules == "joint" else BENIGN_CHECK_METHOD
     info["adaptation"] = {"method": method, "command": command, "datasets": datasets, "metrics": metrics,

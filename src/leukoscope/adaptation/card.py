@@ -51,7 +51,9 @@ def _simulated(options: dict[str, Any], shift: dict[str, Any] | None) -> list[st
             f"lab would show them. The lab's shift, estimated from its adaptation images: magnification "
             f"x{shift['magnification']:.2f}, hue {shift['hue_degrees']:+.0f} degrees, colour {colour} (the "
             f"parent's mean negative log-likelihood of their verified classes {shift['parent_nll_as_given']:.3f}, "
-            f"{shift['parent_nll_undone']:.3f} with magnification and hue undone)."]
+            f"{shift['parent_nll_undone']:.3f} with magnification and hue undone)."
+            + (" The replay's val part shown that way also joined the val part the temperature, the thresholds and "
+               "the Benign rules were fitted on." if options.get("simulate_val") else "")]
 
 
 def _benign_check(info: dict[str, Any]) -> list[str]:

@@ -167,10 +167,10 @@ def joined(lab: Manifest, replay: Manifest | None, folder: Path) -> Manifest:
     return Manifest(folder, lab.classes, records)
 
 
-def with_simulated(data: Manifest, replay_train: Manifest, images: torch.Tensor) -> Manifest:
-    """`data` (from `joined`) plus the simulated replay as training images: `images` (N x 3 x S x S uint8, the
-    replay's train part through the lab's shift, in `replay_train`'s order) written as PNG files under
-    data.root/simulated, one per replay image, with the replay image's label."""
+def with_simulated(data: Manifest, replay_train: Manifest, images: torch.Tensor, *, part: str = "train") -> Manifest:
+    """`data` (from `joined`) plus simulated images in `part`: `images` (N x 3 x S x S uint8, replay images
+    through the lab's shift, in `replay_train`'s order: its train part, or its val part for part "val") written
+    as PNG files under data.root/simulated, one per replay image, with the replay image's label."""
     if len(images) != len(replay_train):
         raise ValueError(f"{len(images)} simulated images for {len(replay_train)} replay images")
     records = list(data.records)
@@ -181,7 +181,7 @@ def with_simulated(data: Manifest, replay_train: Manifest, images: torch.Tensor)
         path = f"{SIMULATED}/{Path(record.path).with_suffix('.png')}"
         write_bytes(data.root / path, encoded)
         records.append(replace(record, path=path, sha256=sha256_bytes(encoded), bytes=len(encoded), mode="RGB",
-                               width=pixels.shape[1], height=pixels.shape[0], dhash="", part="train"))
+                               width=pixels.shape[1], height=pixels.shape[0], dhash="", part=part))
     return Manifest(data.root, data.classes, records)
 
 

@@ -65,6 +65,10 @@ class AdaptOptions:
     # b3 0 misses with and without it (flagged 33.7% vs 36.5%), so its rule kept it. benchmarks/RESULTS.md
     # has the test-part figures.
     simulate_review: bool = True
+    # the replay's val part through the lab's estimated shift also joins the export's val part, so that the
+    # temperature, the thresholds and the Benign rules fitted there see the lab's look in hundreds of images, not
+    # only its few calibration images. scripts/tune_adapt.py revision 7 decides the default.
+    simulate_val: bool = False
     # how the adapted network's Benign calls are reviewed (BENIGN_RULES): "export", the export's Benign
     # confidence threshold alone; "check", plus its own Benign view check (leukoscope.inference.benign_check_fit,
     # the bundled package's rule on both datasets' val parts and shifted copies; it only adds flags); "joint",

@@ -42,6 +42,9 @@ def adapt(
     simulate_review: bool = typer.Option(True, "--simulate-review/--no-simulate-review", help="Also fit "
                                                 "the review statistics (OOD, image quality, cell scale) on the "
                                                 "simulated images (default chosen as --lr's)."),
+    simulate_val: bool = typer.Option(False, "--simulate-val/--no-simulate-val", help="Also calibrate on the "
+                                      "replay's val part shown through the lab's estimated shift (temperature, "
+                                      "thresholds, Benign rules; default chosen as --lr's)."),
     benign_rules: str = typer.Option("check", "--benign-rules", help="How Benign calls are reviewed: export (the "
                                      "export's Benign threshold), check (plus a Benign view check chosen for the new "
                                      "network on both datasets' val parts), joint (check and threshold chosen "
@@ -70,7 +73,7 @@ def adapt(
     options = AdaptOptions(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, held_out=held_out, val=val,
                            replay_ratio=replay_ratio, augment=augment, int8=int8, shift_rules=shift_rules, name=name,
                            device=device, simulate_ratio=simulate_ratio, simulate_review=simulate_review,
-                           benign_rules=benign_rules)
+                           simulate_val=simulate_val, benign_rules=benign_rules)
 
     def log(message: str) -> None:
         if not quiet:
