@@ -67,7 +67,8 @@ class AdaptOptions:
     simulate_review: bool = True
     # the replay's val part through the lab's estimated shift also joins the export's val part, so that the
     # temperature, the thresholds and the Benign rules fitted there see the lab's look in hundreds of images, not
-    # only its few calibration images. scripts/tune_adapt.py revision 7 decides the default.
+    # only its few calibration images. scripts/tune_adapt.py revision 7 kept it off: 0 misses either way, but
+    # flagged +15.5 points on b1 (19.9% -> 35.4%) and -6.6 on b3 (34.3% -> 27.6%), not the 2-point mean drop.
     simulate_val: bool = False
     # how the adapted network's Benign calls are reviewed (BENIGN_RULES): "export", the export's Benign
     # confidence threshold alone; "check", plus its own Benign view check (leukoscope.inference.benign_check_fit,
