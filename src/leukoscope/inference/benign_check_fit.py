@@ -33,7 +33,7 @@ from leukoscope.inference.predictor import Predictor
 from leukoscope.inference.val_copies import outputs, read_copy
 from leukoscope.review.benign_check import BenignCheck
 from leukoscope.review.realign import View
-from leukoscope.review.rules import MAX_FLAG_RISE
+from leukoscope.review.rules import MAX_FLAG_RISE, choose_benign_threshold
 
 CANDIDATE_VIEWS = {"x0.5": (0.5,), "x2": (2.0,), "x0.5, x2": (0.5, 2.0), "x0.71, x1.41": (0.71, 1.41),
                    "x0.5, x0.71, x1.41, x2": (0.5, 0.71, 1.41, 2.0)}
@@ -100,24 +100,38 @@ def with_check(check: BenignCheck | None, views: list[View], copy_out: CopyOutpu
         doubted = check.doubting_view(copy_out.p_benign[index].T) >= 0
     flagged = copy_out.flagged.copy()
     flagged[copy_out.rows[doubted]] = True
-    missed = (copy_out.labels != benign) & (copy_out.called == benign) & ~flagged
+    return copy_counts(copy_out.labels, copy_out.called, flagged, benign)
+
+
+def copy_counts(labels: np.ndarray, called: np.ndarray, flagged: np.ndarray, benign: int) -> dict[str, Any]:
+    """One copy's flagged share and its leukemia images called Benign without a flag."""
+    missed = (labels != benign) & (called == benign) & ~flagged
     return {"flagged": float(flagged.mean()), "leukemia_called_benign_not_flagged": int(missed.sum())}
+
+
+def copies_summary(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A candidate's per-copy counts in the rules' terms: the unshifted flagged share (copy "none"), the mean
+    flagged share over the shifted copies and their leukemia called Benign without a flag."""
+    shifted = [row for name, row in rows.items() if name != "none"]
+    return {"unshifted_flagged": rows["none"]["flagged"],
+            "shifted_mean_flagged": float(np.mean([r["flagged"] for r in shifted])) if shifted else 0.0,
+            "shifted_missed": sum(r["leukemia_called_benign_not_flagged"] for r in shifted)}
+
+
+def _order(rows: dict[str, dict[str, Any]], check: BenignCheck | None) -> tuple[int, float, float, int, float]:
+    """Both rules' order: fewest shifted misses, then fewest unshifted flags, then fewest shifted flags, then the
+    fewest views, then the lower check threshold."""
+    summary = copies_summary(rows)
+    return (summary["shifted_missed"], summary["unshifted_flagged"], summary["shifted_mean_flagged"],
+            len(check.views) if check else 0, check.threshold if check else 0.0)
 
 
 def choose(table: dict[str, dict[str, dict[str, Any]]], checks: dict[str, BenignCheck | None],
            max_flag_rise: float = MAX_FLAG_RISE) -> str:
     """RULE's choice among the candidates' per-copy numbers (copy "none" is the unshifted val part)."""
     base = table[NO_CHECK]["none"]["flagged"]
-
-    def key(name: str) -> tuple[int, float, float, int, float]:
-        rows, check = table[name], checks[name]
-        shifted = [row for copy_name, row in rows.items() if copy_name != "none"]
-        return (sum(r["leukemia_called_benign_not_flagged"] for r in shifted), rows["none"]["flagged"],
-                float(np.mean([r["flagged"] for r in shifted])) if shifted else 0.0,
-                len(check.views) if check else 0, check.threshold if check else 0.0)
-
     eligible = [name for name in table if table[name]["none"]["flagged"] <= base + max_flag_rise + 1e-12]
-    return min(eligible, key=key)
+    return min(eligible, key=lambda name: _order(table[name], checks[name]))
 
 
 def copy_outputs(predictor: Predictor, files: list[bytes], pixels: np.ndarray, labels: np.ndarray,
@@ -188,11 +202,7 @@ def fit_benign_check(predictor: Predictor, val: Manifest, *, composites: int = V
             f"{time.time() - started:.0f} s")
     chosen = choose(table, checks)
     check = checks[chosen]
-    summary = {name: {"unshifted_flagged": rows["none"]["flagged"],
-                      "shifted_mean_flagged": float(np.mean([r["flagged"] for c, r in rows.items() if c != "none"])),
-                      "shifted_missed": sum(r["leukemia_called_benign_not_flagged"] for c, r in rows.items()
-                                            if c != "none")}
-               for name, rows in table.items()}
+    summary = {name: copies_summary(rows) for name, rows in table.items()}
     verified = checked_on_val(predictor, check, val_copies, table[chosen]) if check is not None else {}
     per_copy = {c: {"before": table[NO_CHECK][c], "after": verified.get(c, table[NO_CHECK][c])} for c in val_copies}
     return BenignCheckFit(chosen, check, summary, per_copy, time.time() - started)
@@ -265,8 +275,6 @@ def joint_table(copies: dict[str, JointCopy], checks: dict[str, BenignCheck | No
                 ) -> dict[str, dict[str, Any]]:
     """Per candidate check: the Benign threshold rule (a) then chooses over all copies, and per copy the flagged
     share and the leukemia called Benign without a flag under the pair."""
-    from leukoscope.review.rules import choose_benign_threshold
-
     names = list(copies)
     labels = np.concatenate([copies[n].labels for n in names])
     probs = np.concatenate([copies[n].probs for n in names])
@@ -290,9 +298,7 @@ def joint_table(copies: dict[str, JointCopy], checks: dict[str, BenignCheck | No
                                                confidence_threshold=confidence_threshold, baseline=baseline,
                                                max_flag_rise=max_flag_rise)
         flagged = flagged_before | ((called == benign) & (p_benign < threshold))
-        missed = (labels != benign) & (called == benign) & ~flagged
-        per_copy = {n: {"flagged": float(flagged[offsets[k]:offsets[k + 1]].mean()),
-                        "leukemia_called_benign_not_flagged": int(missed[offsets[k]:offsets[k + 1]].sum())}
+        per_copy = {n: copy_counts(*(a[offsets[k]:offsets[k + 1]] for a in (labels, called, flagged)), benign)
                     for k, n in enumerate(names)}
         out[cname] = {"threshold": threshold, "copies": per_copy,
                       "within_cap": per_copy.get("none", {"flagged": 0.0})["flagged"] <= baseline + max_flag_rise + 1e-12}
@@ -301,15 +307,8 @@ def joint_table(copies: dict[str, JointCopy], checks: dict[str, BenignCheck | No
 
 def choose_joint(table: dict[str, dict[str, Any]], checks: dict[str, BenignCheck | None]) -> str:
     """JOINT_RULE's choice (no check stands when no pair keeps within the cap)."""
-    def key(name: str) -> tuple[int, float, float, int, float]:
-        rows, check = table[name]["copies"], checks[name]
-        shifted = [row for copy_name, row in rows.items() if copy_name != "none"]
-        return (sum(r["leukemia_called_benign_not_flagged"] for r in shifted), rows["none"]["flagged"],
-                float(np.mean([r["flagged"] for r in shifted])) if shifted else 0.0,
-                len(check.views) if check else 0, check.threshold if check else 0.0)
-
     eligible = [name for name in table if table[name]["within_cap"]] or [NO_CHECK]
-    return min(eligible, key=key)
+    return min(eligible, key=lambda name: _order(table[name]["copies"], checks[name]))
 
 
 def fit_benign_rules(predictor: Predictor, val: Manifest, *, composites: int = VALIDATION_COMPOSITES,
@@ -333,12 +332,7 @@ def fit_benign_rules(predictor: Predictor, val: Manifest, *, composites: int = V
     chosen = choose_joint(table, checks)
     check, threshold = checks[chosen], float(table[chosen]["threshold"])
     summary = {name: {"benign_confidence_threshold": row["threshold"], "within_cap": row["within_cap"],
-                      "unshifted_flagged": row["copies"]["none"]["flagged"],
-                      "shifted_mean_flagged": float(np.mean([r["flagged"] for c, r in row["copies"].items()
-                                                             if c != "none"] or [0.0])),
-                      "shifted_missed": sum(r["leukemia_called_benign_not_flagged"] for c, r in row["copies"].items()
-                                            if c != "none")}
-               for name, row in table.items()}
+                      **copies_summary(row["copies"])} for name, row in table.items()}
     kept = predictor.benign_threshold
     predictor.benign_threshold = threshold
     try:
@@ -353,6 +347,5 @@ def fit_benign_rules(predictor: Predictor, val: Manifest, *, composites: int = V
 def _as_exported(copy: JointCopy, benign: int, threshold: float) -> dict[str, Any]:
     """The copy's numbers under the package's own Benign threshold and no check."""
     called = copy.probs.argmax(1)
-    flagged = copy.other | ((called == benign) & (copy.probs[:, benign] < threshold))
-    missed = (copy.labels != benign) & (called == benign) & ~flagged
-    return {"flagged": float(flagged.mean()), "leukemia_called_benign_not_flagged": int(missed.sum())}
+    return copy_counts(copy.labels, called, copy.other | ((called == benign) & (copy.probs[:, benign] < threshold)),
+                       benign)
