@@ -15,6 +15,10 @@ files of the same evaluation images (test-part images whose shifted copies were 
 
     .venv/bin/python -m benchmarks.second_lab [--model PACKAGE] [--sizes 25 50 100 200] [--no-write] [--json F]
 
+One draw of the lab's images is one sample: `--seed S --sizes 100 --no-write --json F` measures another
+(another pool, evaluation part and adaptation set), and `--draws F1 F2 ...` writes the section
+`second-lab-draws`, which sets such runs side by side (how much the N = 100 figures move from draw to draw).
+
 Research software, not a medical device.
 """
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import sys
 import tempfile
@@ -286,6 +291,41 @@ def render(result: dict[str, Any], command: str, model: str, wall: float, plot: 
     return body
 
 
+def render_draws(results: list[dict[str, Any]], command: str) -> str:
+    """The RESULTS.md section that repeats N = 100 over other draws of the lab's images (other --seed runs'
+    JSON): how much issue #13's figures move with which images a lab happens to verify and be judged on."""
+    body = section_header("Second lab: N = 100 over several draws of the lab's images", command) + "\n"
+    body += (f"{DISCLAIMER} Each row is one run of this benchmark with another `--seed` (another adaptation pool "
+             "and evaluation part of the same lab B, other adaptation images), adapt's default options; the runs: "
+             + "; ".join(f"`{r.get('command', '(command not recorded)')}`" for r in results) + ".\n\n")
+    header = ["seed", "parent: lab-B accuracy / flagged / unflagged misses", "N=100: lab-B accuracy",
+              "lab-B flagged", "leukemia called Benign: flagged / not flagged", "benign called leukemia, not flagged",
+              "lab-A accuracy (parent)", "targets met"]
+    rows, met_by_target = [], {}
+    for result in results:
+        by_n = {row["n"]: row for row in result["rows"]}
+        parent, row = by_n[0], by_n.get(TARGET_N)
+        pb = parent["lab_b"]
+        first = [str(result["seed"]), f"{pb['accuracy']:.2%} / {pb['flagged']:.1%} / "
+                                      f"{pb['leukemia_called_benign_not_flagged']}"]
+        checks = targets(result)
+        for name, met, _ in checks:
+            met_by_target.setdefault(name, []).append(met)
+        if row is None or "lab_b" not in row:
+            rows.append([*first, row["refused"] if row else "not measured", *[""] * 4, "0 of 4"])
+            continue
+        b, a = row["lab_b"], row["lab_a"]
+        rows.append([*first, f"{b['accuracy']:.2%}", f"{b['flagged']:.1%}",
+                     f"{b['leukemia_called_benign_flagged']} / **{b['leukemia_called_benign_not_flagged']}** of "
+                     f"{b['n_leukemia']}", f"{b['benign_called_leukemia_not_flagged']} of {b['n_benign']}",
+                     f"{a['accuracy']:.2%} ({parent['lab_a']['accuracy']:.2%})",
+                     f"{sum(met for _, met, _ in checks)} of {len(checks)}"])
+    body += table(header, rows) + "\n"
+    body += "Issue #13's targets with N = 100, draws that meet each:\n\n" + "".join(
+        f"- {name}: {sum(mets)} of {len(mets)}\n" for name, mets in met_by_target.items())
+    return body
+
+
 def _review_lines(rows: list[dict[str, Any]]) -> str:
     """Why lab-B images were flagged (share with each review code; an image may have several) and each adapted
     package's Benign rules."""
@@ -345,16 +385,34 @@ def save_plot(result: dict[str, Any], path: Path) -> None:
     write_bytes(path, buffer.getvalue())
 
 
+def read_draws(paths: list[Path]) -> list[dict[str, Any]]:
+    """Earlier runs' --json files, in seed order; a missing or unreadable one ends the run with one line."""
+    results = []
+    for path in paths:
+        try:
+            result = json.loads(path.read_text(encoding="utf-8"))
+            result["rows"] = [{**row, "n": int(row["n"])} for row in result["rows"]]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SystemExit(f"{path}: not a second-lab --json file ({exc})") from None
+        results.append(result)
+    return sorted(results, key=lambda r: r.get("seed", 0))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="model package (default: the bundled one)")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="adaptation set sizes N")
     parser.add_argument("--pool", type=int, default=POOL, help="lab-B images set aside for adaptation")
+    parser.add_argument("--seed", type=int, default=SEED, help="seed of the pool / evaluation split and of the "
+                        "adaptation sets (another seed: another draw of the lab's images)")
     parser.add_argument("--no-write", action="store_true", help="print the section only (no RESULTS.md, no plot)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="RESULTS.md to update")
     parser.add_argument("--plot", type=Path, default=PLOT, help="where the PNG goes")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw figures as JSON")
     parser.add_argument("--keep", type=Path, default=None, help="keep the adapted packages in this folder")
+    parser.add_argument("--draws", type=Path, nargs="+", default=None, metavar="JSON",
+                        help="instead of measuring: the section that compares earlier runs' --json files "
+                        "(other --seed draws)")
     parser.add_argument("--epochs", type=int, default=None, help="adapt's --epochs (default: adapt's own)")
     parser.add_argument("--lr", type=float, default=None, help="adapt's --lr (default: adapt's own)")
     parser.add_argument("--replay-ratio", type=float, default=None, help="adapt's --replay-ratio (default: its own)")
@@ -363,6 +421,10 @@ def main(argv: list[str] | None = None) -> None:
         common.reexec_with_malloc_env(sys.argv)  # glibc settings that make PyTorch CPU training ~1.5x faster here
     if any(n < 1 for n in args.sizes):
         raise SystemExit("--sizes must be positive")
+    if args.draws:
+        publish("second-lab-draws", render_draws(read_draws(args.draws), command_line()),
+                write=not args.no_write, results=args.results)
+        return
     from leukoscope.inference.package import bundled_package_path
 
     print(DISCLAIMER)
@@ -375,9 +437,10 @@ def main(argv: list[str] | None = None) -> None:
               if v is not None}
     with tempfile.TemporaryDirectory(prefix="leukoscope-second-lab-") as tmp:
         result = measure(model, records, replay, Path(tmp), sizes=sorted(set(args.sizes)), pool=args.pool,
-                         keep=args.keep, options=AdaptOptions(**chosen))
+                         seed=args.seed, keep=args.keep, options=AdaptOptions(**chosen))
     wall = time.perf_counter() - started
     result["wall_seconds"] = wall
+    result["command"] = command_line()
     plot = None
     if not args.no_write:
         save_plot(result, args.plot)

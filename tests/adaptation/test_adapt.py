@@ -16,7 +16,15 @@ import pytest
 import torch
 
 import leukoscope
-from leukoscope.adaptation.adapt import BENIGN_CHECK_METHOD, CARD, CONFIG, LAB_SPLIT, REPLAY_SPLIT, adapt
+from leukoscope.adaptation.adapt import (
+    BENIGN_CHECK_METHOD,
+    CARD,
+    CONFIG,
+    DISTILL_METHOD,
+    LAB_SPLIT,
+    REPLAY_SPLIT,
+    adapt,
+)
 from leukoscope.adaptation.finetune import AdaptOptions
 from leukoscope.adaptation.scores import LAB_HELD_OUT, REPLAY_TEST, AdaptationRefused
 from leukoscope.data.discover import discover
@@ -31,7 +39,7 @@ from tests.adaptation.fixtures import make_lab, shared_parent
 from tests.helpers.modelfixtures import shared_tiny_package, shared_tiny_run
 
 GOOD = AdaptOptions(epochs=16, lr=5e-4, replay_ratio=2.0, simulate_ratio=1.0, simulate_review=True, simulate_val=True,
-                    augment="paper", device="cpu", threads=1)
+                    distill=0.5, augment="paper", device="cpu", threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +107,9 @@ def test_adapting_to_a_stained_lab_helps_and_names_the_parent(parent: Path, stai
     assert fit["rule"] == BENIGN_RULE and fit["data"]["val_images"] == 12 + 12 + 12 and fit["command"] == "test"
     assert any(line.startswith("Benign view check: ") for line in lines)
     assert "- Benign view check: " in card and info["adaptation"]["method"].endswith(BENIGN_CHECK_METHOD)
+    assert DISTILL_METHOD in info["adaptation"]["method"] and info["adaptation"]["options"]["distill"] == 0.5
+    assert "- Replay: 2 replayed image(s) per lab image each epoch; their targets 0.5 x the parent's own" in card
+    assert any(line.startswith("distillation: replayed and simulated images learn 0.5 x") for line in lines)
     if info["review"].get("benign_check"):
         assert fit["chosen"] != "no check"
 
@@ -167,6 +178,29 @@ def test_simulated_replay_without_replay_data_is_skipped_with_a_line() -> None:
                      "skipped"]
     assert _simulated(None, lab, lab, AdaptOptions(simulate_ratio=0.0), None, lines.append) == (None, None)
     assert len(lines) == 1  # switched off: nothing to say
+
+
+def test_distillation_gives_replayed_and_simulated_images_the_parents_probabilities(tiny: Path) -> None:
+    from leukoscope.adaptation.adapt import _distilled
+    from leukoscope.adaptation.data import load_parent
+    from leukoscope.models.scoring import score_model
+
+    parent = load_parent(tiny)
+    size = parent.preprocess.input_size
+    images = torch.randint(0, 256, (5, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    replay = TensorSet(images, torch.tensor([0, 1, 2, 3, 0]))
+    simulated = TensorSet(255 - images, replay.labels)
+    lines: list[str] = []
+    model = parent.model.eval()
+    got_replay, got_simulated = _distilled(model, replay, simulated, AdaptOptions(distill=0.5), parent, lines.append)
+    teacher = torch.softmax(score_model(model, images, parent.preprocess, batch_size=64).logits.float(), dim=1)
+    expected = 0.5 * torch.nn.functional.one_hot(replay.labels, len(parent.classes)).float() + 0.5 * teacher
+    assert torch.allclose(got_replay.targets, expected) and torch.allclose(got_replay.targets.sum(1), torch.ones(5))
+    assert torch.equal(got_simulated.targets, got_replay.targets)  # each copy learns its original's target
+    assert torch.equal(got_simulated.images, simulated.images) and len(lines) == 1
+    assert _distilled(model, replay, simulated, AdaptOptions(distill=0.0), parent, lines.append) == (replay, simulated)
+    assert _distilled(model, None, None, AdaptOptions(distill=0.5), parent, lines.append) == (None, None)
+    assert len(lines) == 1  # off, or nothing to distil: nothing said
 
 
 def test_refused_when_the_lab_held_out_accuracy_does_not_improve(tiny: Path, tiny_replay: dict[str, Path],

@@ -5,6 +5,7 @@ so `make bench` does not discover a broken script after an hour."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -119,3 +120,45 @@ def test_core_runs_on_a_small_parent_and_counts_add_up(tmp_path_factory: pytest.
             "confidence 0.9954; Benign view check: no check\n") in text
     second_lab.save_plot(result, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _figures(accuracy: float, flagged: float, missed: int, caught: int = 3) -> dict[str, float | int]:
+    return {"n": 588, "accuracy": accuracy, "flagged": flagged, "n_leukemia": 498, "n_benign": 90,
+            "leukemia_called_benign": missed + caught, "leukemia_called_benign_flagged": caught,
+            "leukemia_called_benign_not_flagged": missed, "benign_called_leukemia_not_flagged": 0}
+
+
+def _draw(seed: int, accuracy: float, flagged: float, missed: int) -> dict[str, object]:
+    parent = {"n": 0, "name": "parent (not adapted)", "lab_b": _figures(0.85, 0.9, 2), "lab_a": _figures(0.995, 0.05, 0)}
+    adapted = {"n": 100, "name": "adapted on N=100", "lab_b": _figures(accuracy, flagged, missed),
+               "lab_a": _figures(0.994, 0.05, 0)}
+    return {"seed": seed, "rows": [parent, adapted], "command": f"python -m benchmarks.second_lab --seed {seed}"}
+
+
+def test_draws_section_counts_the_targets_each_draw_meets(tmp_path: Path) -> None:
+    paths = []
+    for seed, figures in ((15, (0.991, 0.08, 0)), (13, (0.9677, 0.235, 2))):
+        path = tmp_path / f"seed{seed}.json"
+        path.write_text(json.dumps(_draw(seed, *figures)), encoding="utf-8")
+        paths.append(path)
+    draws = second_lab.read_draws(paths)
+    assert [d["seed"] for d in draws] == [13, 15]  # seed order, whatever the order given
+    text = second_lab.render_draws(draws, "python -m benchmarks.second_lab --draws a b")
+    assert second_lab.DISCLAIMER in text and "`python -m benchmarks.second_lab --seed 15`" in text
+    assert "| 13 | 85.00% / 90.0% / 2 | 96.77% | 23.5% | 3 / **2** of 498 | 0 of 90 | 99.40% (99.50%) | 1 of 4 |" in text
+    assert "| 15 |" in text and "4 of 4 |" in text
+    assert "- N=100: 0 leukemia called Benign without a flag: 1 of 2\n" in text
+    assert "- N=100: lab-A accuracy within 0.3 points of the parent: 2 of 2\n" in text
+    refused = {**draws[0], "seed": 16, "rows": [draws[0]["rows"][0], {"n": 100, "refused": "refused: forgets"}]}
+    assert "| 16 |" in second_lab.render_draws([refused], "c") and "refused: forgets" in second_lab.render_draws(
+        [refused], "c")
+
+
+def test_draws_refuses_a_file_that_is_not_a_result_in_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{\"rows\": 3}", encoding="utf-8")
+    with pytest.raises(SystemExit, match=r"bad\.json: not a second-lab --json file") as caught:
+        second_lab.main(["--draws", str(bad), "--no-write"])
+    assert "\n" not in str(caught.value)
+    with pytest.raises(SystemExit, match="not a second-lab"):
+        second_lab.read_draws([tmp_path / "missing.json"])

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from leukoscope.adaptation.card import model_card
@@ -42,7 +43,7 @@ from leukoscope.adaptation.data import (
     with_classes,
     with_simulated,
 )
-from leukoscope.adaptation.finetune import AdaptOptions, Progress, finetune, round_fp16
+from leukoscope.adaptation.finetune import AdaptOptions, Progress, distilled, finetune, round_fp16
 from leukoscope.adaptation.lab_shift import LabShift
 from leukoscope.adaptation.lab_shift import estimate as estimate_lab_shift
 from leukoscope.adaptation.scores import LAB_HELD_OUT, REPLAY_TEST, judge, network_scores, review_figures, summary_line
@@ -50,6 +51,7 @@ from leukoscope.data.fileio import sha256_file, write_text
 from leukoscope.data.manifest import Manifest
 from leukoscope.errors import UsageError
 from leukoscope.inference.package import MODEL_JSON, ONNX_FP32
+from leukoscope.models.scoring import score_model
 from leukoscope.training.dataset import TensorSet, load_part
 from leukoscope.training.devices import pick_device
 
@@ -67,6 +69,8 @@ BENIGN_JOINT_METHOD = ("; the new network's Benign view check and Benign confide
                        "both datasets' val parts and shifted copies of them (leukoscope.inference.benign_check_fit)")
 SIMULATED_VAL = ("; the replay's val part through the lab's shift also joined the export's val part (temperature, "
                  "thresholds, Benign rules)")
+DISTILL_METHOD = ("; distillation from the parent against forgetting: the replayed (and simulated) images learned "
+                  "--distill x the parent's probabilities for the (unshifted) image + the rest x their label")
 SIMULATED_REVIEW = ("; the simulated images also joined the export's training part (OOD statistics, image-quality "
                     "and cell-scale ranges)")
 
@@ -144,6 +148,7 @@ def adapt_manifests(parent: Parent, lab: Manifest, replay: Manifest | None, out:
         "out" + (f"; replay: {len(replay_train)} train, {len(replay_test)} test" if replay is not None else ""))
     model = copy.deepcopy(parent.model).to(device).eval()
     shift, simulated = _simulated(model, lab_train, replay_train, options, pre, log)
+    replay_train, simulated = _distilled(model, replay_train, simulated, options, parent, log)
     metrics: dict[str, Any] = {LAB_HELD_OUT: {"before": _scores(model, lab_test, parent)}}
     if replay_test is not None:
         metrics[REPLAY_TEST] = {"before": _scores(model, replay_test, parent)}
@@ -199,6 +204,21 @@ def _simulated(model: Any, lab_train: TensorSet, replay_train: TensorSet | None,
     log(f"the lab's estimated shift: {shift.describe()} (the parent's NLL on its adaptation images "
         f"{shift.nll_as_given:.3f}, undone {shift.nll_undone:.3f})")
     return shift, TensorSet(shift.apply_batch(replay_train.images), replay_train.labels)
+
+
+def _distilled(model: Any, replay_train: TensorSet | None, simulated: TensorSet | None, options: AdaptOptions,
+               parent: Parent, log: Log) -> tuple[TensorSet | None, TensorSet | None]:
+    """The replayed and simulated images with the parent's soft targets (AdaptOptions.distill) when it is on:
+    the parent's probabilities for each replayed image, which its simulated copy (same order) shares."""
+    if options.distill <= 0 or replay_train is None or not len(replay_train):
+        return replay_train, simulated
+    logits = score_model(model, replay_train.images, parent.preprocess, batch_size=64).logits
+    teacher = torch.softmax(logits.float(), dim=1)
+    classes = len(parent.classes)
+    log(f"distillation: replayed{' and simulated' if simulated is not None else ''} images learn "
+        f"{options.distill:g} x the parent's probabilities + {1 - options.distill:g} x their labels")
+    return (distilled(replay_train, teacher, options.distill, classes),
+            None if simulated is None else distilled(simulated, teacher, options.distill, classes))
 
 
 def _benign_check(package: Path, data: Manifest, options: AdaptOptions, command: str, log: Log
@@ -272,6 +292,8 @@ def _finish(package: Path, parent: Parent, lab: Manifest, replay: Manifest | Non
     if shift is not None:
         method += (SIMULATED_METHOD + (SIMULATED_REVIEW if options.simulate_review else "")
                    + (SIMULATED_VAL if options.simulate_val and replay is not None else ""))
+    if options.distill > 0 and replay is not None:
+        method += DISTILL_METHOD
     if benign_check is not None:
         method += BENIGN_JOINT_METHOD if options.benign_rules == "joint" else BENIGN_CHECK_METHOD
     info["adaptation"] = {"method": method, "command": command, "datasets": datasets, "metrics": metrics,

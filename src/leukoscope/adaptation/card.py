@@ -103,7 +103,10 @@ def model_card(info: dict[str, Any]) -> str:
         f"- {options['epochs']} epoch(s), learning rate {options['lr']:g}, batch {options['batch_size']}, seed "
         f"{options['seed']}, trainable: {options['trainable']}, augmentation: {options['augment']}; BatchNorm frozen.",
         f"- Replay: {options['replay_ratio']:g} replayed image(s) per lab image each epoch"
-        + ("" if datasets.get("replay") else " (no replay data given)") + ".",
+        + ("" if datasets.get("replay") else " (no replay data given)")
+        + (f"; their targets {options['distill']:g} x the parent's own probabilities for them (distillation "
+           "against forgetting; simulated images take their original's)"
+           if float(options.get("distill") or 0.0) > 0 and datasets.get("replay") else "") + ".",
         *_simulated(options, adaptation.get("lab_shift")),
         *_benign_check(info),
         f"- Temperature {info.get('temperature', 1.0):.3f} ({info.get('temperature_source', '')}); review below "

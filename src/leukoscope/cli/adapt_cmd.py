@@ -49,6 +49,9 @@ def adapt(
                                      "export's Benign threshold), check (plus a Benign view check chosen for the new "
                                      "network on both datasets' val parts), joint (check and threshold chosen "
                                      "together); default chosen as --lr's."),
+    distill: float = typer.Option(0.5, "--distill", help="Share of the parent's own probabilities in the replayed "
+                                  "images' targets (simulated ones take their original's), against forgetting; "
+                                  "0: labels only (default chosen as --lr's)."),
     augment: str | None = typer.Option(None, "--augment", help="none, paper, strong or robust (default: the parent's "
                                        "training recipe)."),
     int8: bool = typer.Option(False, "--int8", help="Also write a static int8 ONNX model (as `leukoscope export`)."),
@@ -73,7 +76,7 @@ def adapt(
     options = AdaptOptions(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, held_out=held_out, val=val,
                            replay_ratio=replay_ratio, augment=augment, int8=int8, shift_rules=shift_rules, name=name,
                            device=device, simulate_ratio=simulate_ratio, simulate_review=simulate_review,
-                           simulate_val=simulate_val, benign_rules=benign_rules)
+                           simulate_val=simulate_val, benign_rules=benign_rules, distill=distill)
 
     def log(message: str) -> None:
         if not quiet:
