@@ -39,7 +39,7 @@ from tests.adaptation.fixtures import make_lab, shared_parent
 from tests.helpers.modelfixtures import shared_tiny_package, shared_tiny_run
 
 GOOD = AdaptOptions(epochs=16, lr=5e-4, replay_ratio=2.0, simulate_ratio=1.0, simulate_review=True, simulate_val=True,
-                    distill=0.5, augment="paper", device="cpu", threads=1)
+                    distill=0.5, interpolate=True, augment="paper", device="cpu", threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +109,11 @@ def test_adapting_to_a_stained_lab_helps_and_names_the_parent(parent: Path, stai
     assert "- Benign view check: " in card and info["adaptation"]["method"].endswith(BENIGN_CHECK_METHOD)
     assert DISTILL_METHOD in info["adaptation"]["method"] and info["adaptation"]["options"]["distill"] == 0.5
     assert "- Replay: 2 replayed image(s) per lab image each epoch; their targets 0.5 x the parent's own" in card
+    ensemble = info["adaptation"]["interpolation"]  # WiSE-FT: the share chosen on both val parts, recorded
+    assert ensemble["parts"] == {"lab_val": 12, "replay_val": 12} and len(ensemble["table"]) == 3
+    assert ensemble["chosen"] in (0.5, 0.75, 1.0) and "model" not in ensemble
+    assert f"- Weight-space ensemble with the parent (WiSE-FT): {ensemble['chosen']:g} x the fine-tuned" in card
+    assert any(line.startswith("weight-space ensemble with the parent: ") for line in lines)
     assert any(line.startswith("distillation: replayed and simulated images learn 0.5 x") for line in lines)
     if info["review"].get("benign_check"):
         assert fit["chosen"] != "no check"

@@ -26,6 +26,9 @@ def test_the_oracle_puts_replay_images_through_exactly_the_labs_transform() -> N
         assert np.array_equal(made.permute(1, 2, 0).numpy(), expected)
     assert "the true transform" in oracle.describe() and oracle.to_dict()["oracle"]["jpeg_quality"] == 75
     assert "oracle" not in module.AdaptOptions.__dataclass_fields__  # run() takes it out before AdaptOptions
+    from leukoscope.adaptation.card import _simulated
+
+    assert "magnification x1.50, hue -10 degrees" in _simulated({"simulate_ratio": 2.0}, oracle.to_dict())[0]
 
 
 def _candidate(path: Path, accuracy: float) -> None:

@@ -71,6 +71,9 @@ SIMULATED_VAL = ("; the replay's val part through the lab's shift also joined th
                  "thresholds, Benign rules)")
 DISTILL_METHOD = ("; distillation from the parent against forgetting: the replayed (and simulated) images learned "
                   "--distill x the parent's probabilities for the (unshifted) image + the rest x their label")
+INTERPOLATE_METHOD = ("; weight-space ensembling with the parent (WiSE-FT): {weight:g} x the fine-tuned weights "
+                      "+ the rest x the parent's, the share chosen on both datasets' val parts "
+                      "(leukoscope.adaptation.interpolate)")
 SIMULATED_REVIEW = ("; the simulated images also joined the export's training part (OOD statistics, image-quality "
                     "and cell-scale ranges)")
 
@@ -165,6 +168,9 @@ def adapt_manifests(parent: Parent, lab: Manifest, replay: Manifest | None, out:
         history = finetune(model, lab_train, replay_train, config, pre, replay_ratio=options.replay_ratio,
                            num_classes=len(parent.classes), progress=progress, simulated=simulated,
                            simulate_ratio=options.simulate_ratio)
+        interpolation = _interpolated(parent, model, lab, replay, options, device, log)
+        if interpolation is not None:
+            model = interpolation.pop("model")
         model = model.cpu()
         round_fp16(model)
         model.to(device)
@@ -185,7 +191,7 @@ def adapt_manifests(parent: Parent, lab: Manifest, replay: Manifest | None, out:
                 metrics[key]["before"]["review"] = review_figures(parent.path, part, threads=options.threads)
                 metrics[key]["after"]["review"] = review_figures(package, part, threads=options.threads)
         info = _finish(package, parent, lab, replay, metrics, options, history, command, config.to_dict(), shift,
-                       checked)
+                       checked, interpolation)
         _place(package, out)
     return AdaptResult(out, info)
 
@@ -219,6 +225,26 @@ def _distilled(model: Any, replay_train: TensorSet | None, simulated: TensorSet 
         f"{options.distill:g} x the parent's probabilities + {1 - options.distill:g} x their labels")
     return (distilled(replay_train, teacher, options.distill, classes),
             None if simulated is None else distilled(simulated, teacher, options.distill, classes))
+
+
+def _interpolated(parent: Parent, tuned: Any, lab: Manifest, replay: Manifest | None, options: AdaptOptions,
+                  device: Any, log: Log) -> dict[str, Any] | None:
+    """When AdaptOptions.interpolate is on: the record of the weight-space ensemble chosen on both datasets' val
+    parts (adaptation.interpolate), with the network to ship under "model"; else None."""
+    if not options.interpolate:
+        return None
+    from leukoscope.adaptation.interpolate import choose_interpolation, interpolated
+
+    pre = parent.preprocess
+    parts = {"lab_val": load_part(lab, "val", pre, device, 2) if len(lab.part("val")) else None,
+             "replay_val": load_part(replay, "val", pre, device, 2) if replay is not None and len(replay.part("val"))
+             else None}
+    start = parent.model.to(device).eval()
+    weight, record = choose_interpolation(start, tuned.eval(), parts, pre)
+    table = ", ".join(f"{row['weight']:g}: {row['mean_nll']:.4f}" for row in record["table"])
+    log(f"weight-space ensemble with the parent: {weight:g} x the fine-tuned weights (mean val NLL by share: "
+        f"{table or record.get('reason', '')})")
+    return {**record, "model": tuned if weight == 1.0 else interpolated(start, tuned, weight)}
 
 
 def _benign_check(package: Path, data: Manifest, options: AdaptOptions, command: str, log: Log
@@ -274,7 +300,8 @@ def _write_run(run: Path, model: Any, parent: Parent, config: Any, data: Manifes
 def _finish(package: Path, parent: Parent, lab: Manifest, replay: Manifest | None, metrics: dict[str, Any],
             options: AdaptOptions, history: list[dict[str, Any]], command: str,
             config: dict[str, Any], shift: LabShift | None = None,
-            benign_check: dict[str, Any] | None = None) -> dict[str, Any]:
+            benign_check: dict[str, Any] | None = None, interpolation: dict[str, Any] | None = None
+            ) -> dict[str, Any]:
     """model.json's parent and adaptation entries, the card, the config and the splits, in the package."""
     info = json.loads((package / MODEL_JSON).read_text(encoding="utf-8"))
     datasets = {"lab": describe(lab), "replay": describe(replay) if replay is not None else None}
@@ -294,11 +321,14 @@ def _finish(package: Path, parent: Parent, lab: Manifest, replay: Manifest | Non
                    + (SIMULATED_VAL if options.simulate_val and replay is not None else ""))
     if options.distill > 0 and replay is not None:
         method += DISTILL_METHOD
+    if interpolation is not None:
+        method += INTERPOLATE_METHOD.format(weight=interpolation["chosen"])
     if benign_check is not None:
         method += BENIGN_JOINT_METHOD if options.benign_rules == "joint" else BENIGN_CHECK_METHOD
     info["adaptation"] = {"method": method, "command": command, "datasets": datasets, "metrics": metrics,
                           "options": asdict(options), "history": history,
                           "lab_shift": shift.to_dict() if shift is not None else None,
+                          "interpolation": interpolation,
                           "files": {"config": CONFIG, "lab_split": LAB_SPLIT,
                                     "replay_split": REPLAY_SPLIT if replay is not None else None}}
     info["files"] = {**info["files"], **{name: sha256_file(package / name) for name in added}}

@@ -56,6 +56,16 @@ def _simulated(options: dict[str, Any], shift: dict[str, Any] | None) -> list[st
                "the Benign rules were fitted on." if options.get("simulate_val") else "")]
 
 
+def _interpolation(record: dict[str, Any] | None) -> list[str]:
+    """The weight-space ensemble line: the share of the fine-tuned weights shipped and why."""
+    if not record:
+        return []
+    table = "; ".join(f"{row['weight']:g}: {row['mean_nll']:.4f}" for row in record.get("table", []))
+    why = f"mean val negative log-likelihood by share {table}" if table else record.get("reason", "")
+    return [f"- Weight-space ensemble with the parent (WiSE-FT): {record['chosen']:g} x the fine-tuned weights + "
+            f"the rest x the parent's ({why}; rule: {record['rule']})."]
+
+
 def _benign_check(info: dict[str, Any]) -> list[str]:
     """The Benign view check line: the views and threshold chosen for this network (with the Benign confidence
     threshold when both were chosen together), or that none earned its flags on val, or nothing when the
@@ -108,6 +118,7 @@ def model_card(info: dict[str, Any]) -> str:
            "against forgetting; simulated images take their original's)"
            if float(options.get("distill") or 0.0) > 0 and datasets.get("replay") else "") + ".",
         *_simulated(options, adaptation.get("lab_shift")),
+        *_interpolation(adaptation.get("interpolation")),
         *_benign_check(info),
         f"- Temperature {info.get('temperature', 1.0):.3f} ({info.get('temperature_source', '')}); review below "
         f"confidence {review.get('confidence_threshold', 'n/a')}; out-of-distribution statistics refitted on both "

@@ -85,6 +85,10 @@ class AdaptOptions:
     # switched it on: b1 97.79% / 19.9% -> 97.79% / 19.3% flagged, b3 97.24% / 34.3% -> 97.79% / 35.4%,
     # 0 misses and lab-A' 99.45% either way (one image of 181: within noise; the replay gate's drop unchanged).
     distill: float = 0.5
+    # weight-space ensembling with the parent (adaptation.interpolate, WiSE-FT): the package ships a mix of the
+    # parent's and the fine-tuned weights, the share chosen on both datasets' val parts. scripts/tune_adapt.py
+    # revision 10 decides the default.
+    interpolate: bool = False
     trainable: str = "all"
     augment: str | None = None  # None: the parent's own recipe (model.json training.config), else "paper"
     label_smoothing: float = 0.05

@@ -52,6 +52,9 @@ def adapt(
     distill: float = typer.Option(0.5, "--distill", help="Share of the parent's own probabilities in the replayed "
                                   "images' targets (simulated ones take their original's), against forgetting; "
                                   "0: labels only (default chosen as --lr's)."),
+    interpolate: bool = typer.Option(False, "--interpolate/--no-interpolate", help="Ship a mix of the parent's and "
+                                     "the fine-tuned weights (WiSE-FT), the share chosen on both datasets' val "
+                                     "parts, against forgetting (default chosen as --lr's)."),
     augment: str | None = typer.Option(None, "--augment", help="none, paper, strong or robust (default: the parent's "
                                        "training recipe)."),
     int8: bool = typer.Option(False, "--int8", help="Also write a static int8 ONNX model (as `leukoscope export`)."),
@@ -76,7 +79,7 @@ def adapt(
     options = AdaptOptions(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, held_out=held_out, val=val,
                            replay_ratio=replay_ratio, augment=augment, int8=int8, shift_rules=shift_rules, name=name,
                            device=device, simulate_ratio=simulate_ratio, simulate_review=simulate_review,
-                           simulate_val=simulate_val, benign_rules=benign_rules, distill=distill)
+                           simulate_val=simulate_val, benign_rules=benign_rules, distill=distill, interpolate=interpolate)
 
     def log(message: str) -> None:
         if not quiet:
