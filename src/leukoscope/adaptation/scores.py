@@ -65,6 +65,9 @@ def review_figures(package: str | Path, part: Manifest, *, threads: int | None =
     return {key: summary[key] for key in keys}
 
 
+FORGET_HINT = "verify more of the lab's images and adapt again, or replay more with --replay-ratio"
+
+
 def judge(metrics: dict[str, Any], *, max_replay_drop: float) -> None:
     """Raise AdaptationRefused (one line, with the numbers) unless the lab's held-out accuracy improved and
     the replay test accuracy dropped by at most `max_replay_drop`."""
@@ -81,7 +84,7 @@ def judge(metrics: dict[str, Any], *, max_replay_drop: float) -> None:
             raise AdaptationRefused(
                 f"refused: accuracy on the replay data's {replay['before']['images']} test images drops from "
                 f"{before:.2%} to {after:.2%} ({(before - after) * 100:.2f} points; at most "
-                f"{max_replay_drop * 100:g} allowed): the model would forget; nothing written", metrics)
+                f"{max_replay_drop * 100:g} allowed): the model would forget; nothing written ({FORGET_HINT})", metrics)
 
 
 def summary_line(metrics: dict[str, Any]) -> str:
