@@ -65,6 +65,7 @@ def review_figures(package: str | Path, part: Manifest, *, threads: int | None =
     return {key: summary[key] for key in keys}
 
 
+NOT_BETTER_HINT = "keep the parent for this lab, or verify more of the images it gets wrong and adapt again"
 FORGET_HINT = "verify more of the lab's images and adapt again, or replay more with --replay-ratio"
 
 
@@ -76,7 +77,8 @@ def judge(metrics: dict[str, Any], *, max_replay_drop: float) -> None:
     if not after > before:
         raise AdaptationRefused(
             f"refused: on the lab's {lab['before']['images']} held-out images the adapted model's accuracy "
-            f"({after:.1%}) is not better than the parent's ({before:.1%}); nothing written", metrics)
+            f"({after:.1%}) is not better than the parent's ({before:.1%}); nothing written ({NOT_BETTER_HINT})",
+            metrics)
     replay = metrics.get(REPLAY_TEST)
     if replay:
         before, after = replay["before"]["accuracy"], replay["after"]["accuracy"]
