@@ -311,15 +311,15 @@ def render_draws(results: list[dict[str, Any]], command: str) -> str:
         checks = targets(result)
         for name, met, _ in checks:
             met_by_target.setdefault(name, []).append(met)
+        met_count = f"{sum(met for _, met, _ in checks)} of {len(checks)}"
         if row is None or "lab_b" not in row:
-            rows.append([*first, row["refused"] if row else "not measured", *[""] * 4, "0 of 4"])
+            rows.append([*first, row["refused"] if row else "not measured", *[""] * 4, met_count])
             continue
         b, a = row["lab_b"], row["lab_a"]
         rows.append([*first, f"{b['accuracy']:.2%}", f"{b['flagged']:.1%}",
                      f"{b['leukemia_called_benign_flagged']} / **{b['leukemia_called_benign_not_flagged']}** of "
                      f"{b['n_leukemia']}", f"{b['benign_called_leukemia_not_flagged']} of {b['n_benign']}",
-                     f"{a['accuracy']:.2%} ({parent['lab_a']['accuracy']:.2%})",
-                     f"{sum(met for _, met, _ in checks)} of {len(checks)}"])
+                     f"{a['accuracy']:.2%} ({parent['lab_a']['accuracy']:.2%})", met_count])
     body += table(header, rows) + "\n"
     body += "Issue #13's targets with N = 100, draws that meet each:\n\n" + "".join(
         f"- {name}: {sum(mets)} of {len(mets)}\n" for name, mets in met_by_target.items())

@@ -393,25 +393,31 @@ def safety(out: Path) -> None:
     print("\n".join(lines))
 
 
+# revisions 5-10, each a pair (baseline, candidate) on b1 and b3: its action, report name and title
+PAIRED = {
+    5: ("check", "CHECK", ("lr5e-05_r4_s2_review", "lr5e-05_r4_s2_review_check"),
+        "the adapted network's own Benign view check"),
+    6: ("joint", "JOINT", ("lr5e-05_r4_s2_review_check", "lr5e-05_r4_s2_review_joint"),
+        "the Benign view check and Benign threshold chosen together"),
+    7: ("simval", "SIMVAL", ("lr5e-05_r4_s2_review_check", "lr5e-05_r4_s2_review_check_simval"),
+        "the replay's val part through the lab's shift in the export's val part"),
+    8: ("oracle", "ORACLE", ("lr5e-05_r4_s2_review_check", "lr5e-05_r4_s2_review_check_oracle"),
+        "simulated replay through the lab's true transform (a diagnosis)"),
+    9: ("distill", "DISTILL", ("lr5e-05_r4_s2_review_check", "lr5e-05_r4_s2_review_check_distill"),
+        "distillation from the parent against forgetting"),
+    10: ("wise", "WISE", ("lr5e-05_r4_s2_review_check_distill", "lr5e-05_r4_s2_review_check_distill_wise"),
+         "weight-space ensembling with the parent (WiSE-FT)"),
+}
+
+
 def check(out: Path, revision: int = 5) -> None:
-    """Revision 5's (6's, 7's) table and decision, or revision 8's reading."""
+    """A paired revision's (PAIRED) table and decision, or revision 8's reading."""
     missed = "leukemia_called_benign_not_flagged"
-    pair = {5: ("lr5e-05_r4_s2_review", "lr5e-05_r4_s2_review_check"),
-            6: ("lr5e-05_r4_s2_review_check", "lr5e-05_r4_s2_review_joint"),
-            7: ("lr5e-05_r4_s2_review_check", "lr5e-05_r4_s2_review_check_simval"),
-            8: ("lr5e-05_r4_s2_review_check", "lr5e-05_r4_s2_review_check_oracle"),
-            9: ("lr5e-05_r4_s2_review_check", "lr5e-05_r4_s2_review_check_distill"),
-            10: ("lr5e-05_r4_s2_review_check_distill", "lr5e-05_r4_s2_review_check_distill_wise")}[revision]
-    title = {5: "the adapted network's own Benign view check",
-             6: "the Benign view check and Benign threshold chosen together",
-             7: "the replay's val part through the lab's shift in the export's val part",
-             8: "simulated replay through the lab's true transform (a diagnosis)",
-             9: "distillation from the parent against forgetting",
-             10: "weight-space ensembling with the parent (WiSE-FT)"}[revision]
+    _, report, pair, title = PAIRED[revision]
     lines = [f"# adapt defaults, revision {revision}: {title} ({DISCLAIMER})", "",
              "| tuning lab | candidate | lab-B accuracy | flagged | leukemia called Benign: flagged / not flagged | "
              "lab-A accuracy | Benign check chosen | time |", "|---|---|---|---|---|---|---|---|"]
-    totals, rises, lab_a_kept, gains, lab_a_pairs = dict.fromkeys(pair, 0), [], True, [], []
+    totals, rises, gains, lab_a_changes = dict.fromkeys(pair, 0), [], [], []
     for lab in ("b1", "b3"):
         rows = {}
         for name in pair:
@@ -429,9 +435,9 @@ def check(out: Path, revision: int = 5) -> None:
                          f"{e['seconds']:.0f} s |")
         rises.append(rows[pair[1]]["lab_b"]["flagged"] - rows[pair[0]]["lab_b"]["flagged"])
         gains.append(rows[pair[1]]["lab_b"]["accuracy"] - rows[pair[0]]["lab_b"]["accuracy"])
-        lab_a_pairs.append((rows[pair[0]]["lab_a"]["accuracy"], rows[pair[1]]["lab_a"]["accuracy"]))
-        lab_a_kept &= rows[pair[1]]["lab_a"]["accuracy"] >= rows[pair[0]]["lab_a"]["accuracy"] - 1e-12
+        lab_a_changes.append(rows[pair[1]]["lab_a"]["accuracy"] - rows[pair[0]]["lab_a"]["accuracy"])
     safe = totals[pair[1]] <= totals[pair[0]]
+    lab_a_kept = all(change >= -1e-12 for change in lab_a_changes)
     if revision == 5:
         keep = max(rises) <= CHECK_MAX_FLAG_RISE + 1e-12 and safe
         verdict = f"benign_check {'kept on' if keep else 'switched off'}"
@@ -442,7 +448,6 @@ def check(out: Path, revision: int = 5) -> None:
         keep = -float(np.mean(rises)) >= JOINT_MIN_FLAG_DROP - 1e-12 and safe and lab_a_kept
         verdict = f"simulate_val {'on' if keep else 'off (kept)'}"
     elif revision in (9, 10):
-        lab_a_changes = [rows_a[1] - rows_a[0] for rows_a in lab_a_pairs]
         no_worse = safe and lab_a_kept and float(np.mean(gains)) >= -1e-12
         better = (any(c > 1e-12 for c in lab_a_changes) or float(np.mean(gains)) > 1e-12
                   or -float(np.mean(rises)) >= JOINT_MIN_FLAG_DROP - 1e-12)
@@ -457,17 +462,16 @@ def check(out: Path, revision: int = 5) -> None:
     lines += ["", f"flagged share change: {', '.join(f'{r * 100:+.1f} points' for r in rises)} (b1, b3); "
               f"leukemia called Benign without a flag, summed: {pair[0]} {totals[pair[0]]}, {pair[1]} "
               f"{totals[pair[1]]}: {verdict}"]
-    name = {5: "CHECK", 6: "JOINT", 7: "SIMVAL", 8: "ORACLE", 9: "DISTILL", 10: "WISE"}[revision]
-    write_text(out / f"{name}.md", "\n".join(lines) + "\n")
-    write_json(out / f"{name.lower()}.json", {"totals": totals, "flag_changes": rises, "adopted": keep, "accuracy_changes": gains,
-                                              "disclaimer": DISCLAIMER})
+    write_text(out / f"{report}.md", "\n".join(lines) + "\n")
+    write_json(out / f"{report.lower()}.json", {"totals": totals, "flag_changes": rises, "adopted": keep,
+                                                "accuracy_changes": gains, "disclaimer": DISCLAIMER})
     print("\n".join(lines))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=("run", "choose", "safety", "check", "joint", "simval",
-                                                       "oracle", "distill", "wise"))
+    actions = {action: revision for revision, (action, *_) in PAIRED.items()}
+    parser.add_argument("action", choices=("run", "choose", "safety", *actions))
     parser.add_argument("--lab", choices=tuple(LABS), default="b1", help="tuning lab (revision 4)")
     parser.add_argument("candidates", nargs="*", default=list(CANDIDATES))
     parser.add_argument("--out", type=Path, default=OUT)
@@ -478,8 +482,8 @@ def main() -> None:
         run(args.candidates, lab_out(args.out, args.lab), args.threads, LABS[args.lab])
     elif args.action == "safety":
         safety(args.out)
-    elif args.action in ("check", "joint", "simval", "oracle", "distill", "wise"):
-        check(args.out, {"check": 5, "joint": 6, "simval": 7, "oracle": 8, "distill": 9, "wise": 10}[args.action])
+    elif args.action in actions:
+        check(args.out, actions[args.action])
     else:
         report(lab_out(args.out, args.lab))
 

@@ -60,16 +60,18 @@ def test_the_rule_picks_the_share_with_the_lowest_mean_val_nll(tiny_parent) -> N
             if p.is_floating_point():
                 p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(2)) * 0.5)
     parts = {"lab_val": _own_calls(parent, pre), "replay_val": _own_calls(parent, pre, 6), "empty": None}
-    weight, record = choose_interpolation(parent, tuned.eval(), parts, pre)
+    weight, model, record = choose_interpolation(parent, tuned.eval(), parts, pre)
     rows = {row["weight"]: row for row in record["table"]}
     assert set(rows) == set(INTERPOLATION_WEIGHTS) and record["parts"] == {"lab_val": 12, "replay_val": 6}
     assert weight == record["chosen"] == min(rows, key=lambda w: rows[w]["mean_nll"])
     assert rows[1.0]["mean_nll"] == pytest.approx((mean_nll(tuned, parts["lab_val"], pre)
                                                    + mean_nll(tuned, parts["replay_val"], pre)) / 2)
     assert weight < 1.0  # the noise hurt what the parent fitted: some of the parent is kept
-    same, record = choose_interpolation(parent, copy.deepcopy(parent), parts, pre)
+    expected = interpolated(parent, tuned, weight).state_dict()  # the network it returns is that mix
+    assert all(torch.equal(value, expected[name]) for name, value in model.state_dict().items())
+    same, _, record = choose_interpolation(parent, copy.deepcopy(parent), parts, pre)
     assert same == 1.0  # a tie: the larger share (nothing to gain from the parent)
-    assert choose_interpolation(parent, tuned, {"lab_val": None}, pre)[1]["reason"].startswith("no val images")
+    assert choose_interpolation(parent, tuned, {"lab_val": None}, pre)[2]["reason"].startswith("no val images")
 
 
 def test_adapt_leaves_the_fine_tuned_network_alone_when_interpolation_is_off(tiny_parent) -> None:

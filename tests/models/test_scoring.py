@@ -82,3 +82,13 @@ def test_classification_scores_keep_the_summary_keys_and_values():
     expected = float(torch.nn.functional.cross_entropy(logits, torch.as_tensor(labels)))
     assert scores.loss == pytest.approx(expected)
     assert ModelScores(logits, labels).classification(4).macro_f1 == pytest.approx((1 + 2 / 3) / 4)
+
+
+def test_mean_nll_is_the_mean_negative_log_likelihood_of_the_labels_in_float64() -> None:
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, -1.0]])
+    labels = np.array([0, 1, 1])
+    expected = -np.mean([np.log(np.exp(2) / (np.exp(2) + 1)), np.log(np.e / (np.e + 1)),
+                         np.log(np.exp(-1) / (np.exp(3) + np.exp(-1)))])
+    assert ModelScores(logits, labels).mean_nll() == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError, match="no labels"):
+        ModelScores(logits).mean_nll()

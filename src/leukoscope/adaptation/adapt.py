@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import yaml
 
-from leukoscope.adaptation.card import model_card
+from leukoscope.adaptation.card import interpolation_table, model_card
 from leukoscope.adaptation.data import (
     Parent,
     describe,
@@ -233,18 +233,17 @@ def _interpolated(parent: Parent, tuned: Any, lab: Manifest, replay: Manifest | 
     parts (adaptation.interpolate), with the network to ship under "model"; else None."""
     if not options.interpolate:
         return None
-    from leukoscope.adaptation.interpolate import choose_interpolation, interpolated
+    from leukoscope.adaptation.interpolate import choose_interpolation
 
     pre = parent.preprocess
     parts = {"lab_val": load_part(lab, "val", pre, device, 2) if len(lab.part("val")) else None,
              "replay_val": load_part(replay, "val", pre, device, 2) if replay is not None and len(replay.part("val"))
              else None}
     start = parent.model.to(device).eval()
-    weight, record = choose_interpolation(start, tuned.eval(), parts, pre)
-    table = ", ".join(f"{row['weight']:g}: {row['mean_nll']:.4f}" for row in record["table"])
+    weight, model, record = choose_interpolation(start, tuned.eval(), parts, pre)
     log(f"weight-space ensemble with the parent: {weight:g} x the fine-tuned weights (mean val NLL by share: "
-        f"{table or record.get('reason', '')})")
-    return {**record, "model": tuned if weight == 1.0 else interpolated(start, tuned, weight)}
+        f"{interpolation_table(record) or record.get('reason', '')})")
+    return {**record, "model": model}
 
 
 def _benign_check(package: Path, data: Manifest, options: AdaptOptions, command: str, log: Log

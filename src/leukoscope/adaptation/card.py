@@ -56,11 +56,17 @@ def _simulated(options: dict[str, Any], shift: dict[str, Any] | None) -> list[st
                "the Benign rules were fitted on." if options.get("simulate_val") else "")]
 
 
+def interpolation_table(record: dict[str, Any]) -> str:
+    """"0.5: 0.1695, 0.75: 0.0784, 1: 0.0702": the mean val NLL of each share tried (adaptation.interpolate),
+    for the card and adapt's log line."""
+    return ", ".join(f"{row['weight']:g}: {row['mean_nll']:.4f}" for row in record.get("table", []))
+
+
 def _interpolation(record: dict[str, Any] | None) -> list[str]:
     """The weight-space ensemble line: the share of the fine-tuned weights shipped and why."""
     if not record:
         return []
-    table = "; ".join(f"{row['weight']:g}: {row['mean_nll']:.4f}" for row in record.get("table", []))
+    table = interpolation_table(record)
     why = f"mean val negative log-likelihood by share {table}" if table else record.get("reason", "")
     return [f"- Weight-space ensemble with the parent (WiSE-FT): {record['chosen']:g} x the fine-tuned weights + "
             f"the rest x the parent's ({why}; rule: {record['rule']})."]

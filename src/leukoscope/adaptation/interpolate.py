@@ -43,27 +43,25 @@ def interpolated(parent: nn.Module, tuned: nn.Module, weight: float) -> nn.Modul
 
 def mean_nll(model: nn.Module, data: TensorSet, preprocess: Preprocess) -> float:
     """Mean negative log-likelihood of the labels (no temperature: the network as it stands)."""
-    logits = score_model(model, data.images, preprocess, batch_size=64).logits.double()
-    log_p = torch.log_softmax(logits, dim=1)
-    labels = data.labels.cpu()
-    return float(-log_p[torch.arange(len(labels)), labels].mean())
+    return score_model(model, data.images, preprocess, labels=data.labels.cpu().numpy(), batch_size=64).mean_nll()
 
 
 def choose_interpolation(parent: nn.Module, tuned: nn.Module, parts: Mapping[str, TensorSet],
                          preprocess: Preprocess, weights: Sequence[float] = INTERPOLATION_WEIGHTS,
-                         ) -> tuple[float, dict[str, Any]]:
-    """(chosen weight, record) by the module doc's rule over the named val `parts`; with no val image at all
-    the fine-tuned network stays (weight 1.0) and the record says why."""
+                         ) -> tuple[float, nn.Module, dict[str, Any]]:
+    """(chosen weight, the network at that weight, record) by the module doc's rule over the named val
+    `parts`; with no val image at all the fine-tuned network stays (weight 1.0) and the record says why."""
     used = {name: part for name, part in parts.items() if part is not None and len(part)}
     record: dict[str, Any] = {"rule": INTERPOLATION_RULE.format(weights=", ".join(f"{w:g}" for w in weights)),
                               "parts": {name: len(part) for name, part in used.items()}, "table": []}
     if not used:
         record.update(chosen=1.0, reason="no val images: the fine-tuned network is kept")
-        return 1.0, record
+        return 1.0, tuned, record
+    models = {}
     for weight in weights:
-        model = tuned if weight == 1.0 else interpolated(parent, tuned, weight)
+        models[float(weight)] = model = tuned if weight == 1.0 else interpolated(parent, tuned, weight)
         nll = {name: mean_nll(model.eval(), part, preprocess) for name, part in used.items()}
         record["table"].append({"weight": float(weight), "nll": nll, "mean_nll": sum(nll.values()) / len(nll)})
     best = min(record["table"], key=lambda row: (round(row["mean_nll"], 9), -row["weight"]))
     record["chosen"] = best["weight"]
-    return best["weight"], record
+    return best["weight"], models[best["weight"]], record

@@ -91,9 +91,7 @@ def _undo(images: np.ndarray, scale: float, hue: float) -> np.ndarray:
 
 def _nll(model: nn.Module, images: np.ndarray, labels: np.ndarray, preprocess: Preprocess) -> float:
     tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
-    logits = score_model(model, tensor, preprocess, batch_size=64).logits.double()
-    log_p = torch.log_softmax(logits, dim=1)
-    return float(-log_p[torch.arange(len(labels)), torch.as_tensor(labels)].mean())
+    return score_model(model, tensor, preprocess, labels=labels, batch_size=64).mean_nll()
 
 
 def estimate_view(model: nn.Module, images: np.ndarray, labels: np.ndarray, preprocess: Preprocess,

@@ -79,6 +79,15 @@ class ModelScores:
     def __len__(self) -> int:
         return int(self.logits.shape[0])
 
+    def mean_nll(self) -> float:
+        """Mean negative log-likelihood of the labels, in float64 (no temperature: the network as it stands);
+        ValueError without labels. What adaptation compares views and weight mixes by."""
+        if self.labels is None:
+            raise ValueError("these scores have no labels to be compared with")
+        log_p = torch.log_softmax(self.logits.double(), dim=1)
+        labels = torch.as_tensor(np.asarray(self.labels), dtype=torch.long)
+        return float(-log_p[torch.arange(len(labels)), labels].mean())
+
     def classification(self, num_classes: int | None = None) -> ClassificationScores:
         """Accuracy, F1, ... against the labels (ValueError without them)."""
         if self.labels is None:
